@@ -1,0 +1,1 @@
+"""vdi-agent: the in-pod agent (checks, encoder choice, supervision, health callbacks)."""

@@ -1,0 +1,1 @@
+"""API tokens and scopes: who may call what."""

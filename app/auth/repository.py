@@ -1,0 +1,31 @@
+"""Queries on api_tokens."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.models import ApiToken
+
+
+async def get_active_by_hash(db: AsyncSession, token_hash: str) -> ApiToken | None:
+    result = await db.execute(
+        select(ApiToken).where(ApiToken.token_hash == token_hash, ApiToken.revoked_at.is_(None))
+    )
+    return result.scalar_one_or_none()
+
+
+async def get_by_hash(db: AsyncSession, token_hash: str) -> ApiToken | None:
+    result = await db.execute(select(ApiToken).where(ApiToken.token_hash == token_hash))
+    return result.scalar_one_or_none()
+
+
+async def get(db: AsyncSession, token_id: uuid.UUID) -> ApiToken | None:
+    return await db.get(ApiToken, token_id)
+
+
+async def list_all(db: AsyncSession) -> list[ApiToken]:
+    result = await db.execute(select(ApiToken).order_by(ApiToken.created_at, ApiToken.id))
+    return list(result.scalars())

@@ -1,0 +1,168 @@
+"""The command line: vdi-control serve | migrate | token create | openapi."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import structlog
+
+from app import __version__
+from app.config import ConfigError, Settings, load_settings
+
+log = structlog.get_logger("vdi.cli")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    print(f"vdi-control: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+@contextmanager
+def database(settings: Settings) -> Iterator[str]:
+    """The database URL: VDI_DATABASE_URL, or an embedded Postgres started now and stopped after."""
+    if settings.database_url is not None:
+        yield settings.database_url
+        return
+    from app.embedded import DATABASE_NAME, EmbeddedPostgres, ensure_database
+
+    server = EmbeddedPostgres(settings.data_dir / "postgres")
+    log.info("embedded postgres started", data_dir=str(settings.data_dir), pid=server.pid)
+    try:
+        asyncio.run(ensure_database(server.url(), DATABASE_NAME))
+        yield server.url(DATABASE_NAME)
+    finally:
+        server.stop()
+        log.info("embedded postgres stopped")
+
+
+def ensure_schema(settings: Settings, url: str) -> None:
+    from app.migrate import schema_status, upgrade
+
+    current, head = schema_status(url)
+    if current == head:
+        return
+    if settings.should_auto_migrate:
+        log.info("migrating the schema", current=current, head=head)
+        upgrade(url)
+        return
+    _fail(
+        f"the database schema is at {current or 'nothing (empty database)'} but this version "
+        f"needs {head}: run `vdi-control migrate` first (or set VDI_AUTO_MIGRATE=true)"
+    )
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as error:
+        _fail(f"configuration error: {error}")
+        raise  # unreachable
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from app.main import create_app
+    from app.observability import configure_logging
+
+    settings = _settings()
+    configure_logging(settings.log_level, json=settings.log_json)
+    if settings.cluster != "kubernetes":
+        log.warning(
+            "no Kubernetes cluster is wired into this build yet: sessions are stored and "
+            "move only by API calls and agent reports",
+            cluster=settings.cluster,
+        )
+    with database(settings) as url:
+        ensure_schema(settings, url)
+        uvicorn.run(
+            create_app(settings, url),
+            host=args.host or settings.host,
+            port=args.port or settings.port,
+            log_config=None,
+            proxy_headers=True,
+        )
+
+
+def cmd_migrate(_args: argparse.Namespace) -> None:
+    from app.migrate import schema_status, upgrade
+    from app.observability import configure_logging
+
+    settings = _settings()
+    configure_logging(settings.log_level, json=settings.log_json)
+    with database(settings) as url:
+        upgrade(url)
+        current, _head = schema_status(url)
+        print(f"schema at {current}")
+
+
+def cmd_token_create(args: argparse.Namespace) -> None:
+    from app.auth.schemas import Scope
+    from app.auth.service import create_token
+    from app.db import create_engine, create_sessionmaker
+    from app.observability import configure_logging
+
+    try:
+        scopes = [Scope(scope) for scope in args.scope]
+    except ValueError:
+        _fail(f"unknown scope in {args.scope}; scopes are {', '.join(s.value for s in Scope)}")
+    settings = _settings()
+    configure_logging("WARNING", json=settings.log_json)
+
+    async def _create(url: str) -> str:
+        engine = create_engine(url, pool_size=1)
+        try:
+            async with create_sessionmaker(engine)() as db, db.begin():
+                _token, plaintext = await create_token(db, args.name, scopes)
+            return plaintext
+        finally:
+            await engine.dispose()
+
+    with database(settings) as url:
+        ensure_schema(settings, url)
+        print(asyncio.run(_create(url)))
+
+
+def cmd_openapi(args: argparse.Namespace) -> None:
+    from app.main import create_app
+
+    # The document does not depend on secrets or the database: build it from defaults.
+    document = create_app(Settings(), "postgresql://unused@/unused").openapi()
+    print(json.dumps(document, indent=2 if args.pretty else None, sort_keys=False))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vdi-control", description=__doc__)
+    parser.add_argument("--version", action="version", version=__version__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the API (embedded Postgres unless VDI_DATABASE_URL)")
+    serve.add_argument("--host", help="listen address (VDI_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (VDI_PORT, default 8080)")
+    serve.set_defaults(handler=cmd_serve)
+
+    migrate = commands.add_parser("migrate", help="upgrade the database schema to this version")
+    migrate.set_defaults(handler=cmd_migrate)
+
+    token = commands.add_parser("token", help="API tokens")
+    token_commands = token.add_subparsers(dest="token_command", required=True)
+    create = token_commands.add_parser("create", help="create a token and print it")
+    create.add_argument("--name", required=True)
+    create.add_argument("--scope", action="extend", nargs="+", required=True,
+                        help="admin, sessions:read, sessions:write, sessions:connect, templates:write")
+    create.set_defaults(handler=cmd_token_create)
+
+    openapi = commands.add_parser("openapi", help="print the OpenAPI document")
+    openapi.add_argument("--pretty", action="store_true")
+    openapi.set_defaults(handler=cmd_openapi)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.handler(args)

@@ -1,0 +1,137 @@
+"""Settings: everything the control plane reads from its environment (prefix VDI_)."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIN_SECRET_CHARS = 32
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VDI_", extra="ignore", frozen=True)
+
+    database_url: str | None = Field(
+        default=None,
+        description="Postgres URL (postgresql://...). Unset: an embedded Postgres in VDI_DATA_DIR.",
+    )
+    data_dir: Path = Field(default=Path(".vdi-data"), description="Embedded Postgres and keys.")
+    auto_migrate: bool | None = Field(
+        default=None,
+        description="Upgrade the schema at start-up. Default: true for the embedded database.",
+    )
+    cluster: Literal["auto", "kubernetes", "simulated"] = "auto"
+    namespace: str = Field(default="vdi", pattern=DNS_LABEL_PATTERN, max_length=63)
+    base_domain: str = Field(
+        default="vdi.example.com",
+        pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?\.)+[a-z][-a-z0-9]*[a-z0-9]$",
+    )
+    callback_url: str = Field(
+        default="http://vdi-control.vdi-system.svc:8080",
+        pattern=r"^https?://[^\s/]+(/[^\s]*)?$",
+        description="The control plane's base URL as seen from session pods.",
+    )
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="Server key: agent tokens (HMAC) and encryption at rest (Fernet).",
+    )
+    turn_host: str | None = Field(default=None, description="TURN/STUN host; default base_domain")
+    turn_port: int = Field(default=3478, ge=1, le=65535)
+    turn_secret: SecretStr | None = Field(
+        default=None, description="coturn static-auth-secret (use-auth-secret)."
+    )
+    bootstrap_token: SecretStr | None = None
+    max_sessions_per_user: int = Field(default=1, ge=1, le=100)
+    max_body_bytes: int = Field(default=65536, ge=1024)
+    idempotency_ttl_s: int = Field(default=86400, ge=60)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_json: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+
+    @field_validator("secret_key", "turn_secret", "bootstrap_token")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_SECRET_CHARS:
+            raise ValueError(
+                f"must be at least {MIN_SECRET_CHARS} characters "
+                "(generate one with: python3 -c 'import secrets; print(secrets.token_urlsafe(48))')"
+            )
+        return value
+
+    @property
+    def embedded_database(self) -> bool:
+        return self.database_url is None
+
+    @property
+    def should_auto_migrate(self) -> bool:
+        return self.embedded_database if self.auto_migrate is None else self.auto_migrate
+
+    @property
+    def effective_turn_host(self) -> str:
+        return self.turn_host or self.base_domain
+
+    def require_secret_key(self) -> str:
+        if self.secret_key is None:
+            raise ConfigError("VDI_SECRET_KEY is not set")
+        return self.secret_key.get_secret_value()
+
+    def require_turn_secret(self) -> str:
+        if self.turn_secret is None:
+            raise ConfigError("VDI_TURN_SECRET is not set")
+        return self.turn_secret.get_secret_value()
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        name = "VDI_" + "_".join(str(part) for part in item["loc"]).upper()
+        # Never echo the value: it may be a secret.
+        lines.append(f"{name}: {item['msg']}")
+    return "; ".join(lines)
+
+
+def _local_secret(data_dir: Path, name: str) -> SecretStr:
+    """A secret generated once and kept in the data directory (embedded/dev mode only)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / name
+    if not path.exists():
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(48))
+    return SecretStr(path.read_text().strip())
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment; a bad or missing setting raises ConfigError naming the variable.
+
+    With the embedded database (a developer's machine), missing keys are generated once and
+    kept in VDI_DATA_DIR; with a real database they must be given.
+    """
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as error:
+        raise ConfigError(_describe(error)) from None
+    missing = [
+        name
+        for name, value in (("secret_key", settings.secret_key), ("turn_secret", settings.turn_secret))
+        if value is None
+    ]
+    if missing and not settings.embedded_database:
+        names = ", ".join(f"VDI_{name.upper()}" for name in missing)
+        raise ConfigError(
+            f"{names} must be set when VDI_DATABASE_URL is set "
+            f"(at least {MIN_SECRET_CHARS} characters each)"
+        )
+    if missing:
+        generated = {name: _local_secret(settings.data_dir, name) for name in missing}
+        settings = settings.model_copy(update=generated)
+    return settings

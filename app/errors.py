@@ -1,0 +1,192 @@
+"""Errors: the AppError hierarchy and its one rendering, application/problem+json (RFC 9457)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import structlog
+from asgi_correlation_id import correlation_id
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+PROBLEM_JSON = "application/problem+json"
+PROBLEM_TYPE_BASE = "urn:vdi-control:problem:"
+
+log = structlog.get_logger("vdi.errors")
+
+
+class FieldError(BaseModel):
+    field: str = Field(description="Dotted path of the bad field, e.g. `user` or `tolerations.0.effect`")
+    location: str = Field(description="Where the field was: body, query, path or header")
+    message: str
+    type: str = Field(description="Machine-readable error kind")
+
+
+class Problem(BaseModel):
+    """An error, as RFC 9457 problem details."""
+
+    type: str = Field(examples=[PROBLEM_TYPE_BASE + "session-not-found"])
+    title: str = Field(examples=["Session not found"])
+    status: int = Field(examples=[404])
+    detail: str = Field(examples=["No session with id 6f1c...; list sessions with GET /v1/sessions"])
+    instance: str | None = Field(default=None, description="The request path")
+    request_id: str | None = Field(default=None, description="Quote it when reporting a problem")
+    errors: list[FieldError] | None = Field(default=None, description="For 422: each bad field")
+
+
+class AppError(Exception):
+    status: ClassVar[int] = 400
+    slug: ClassVar[str] = "bad-request"
+    title: ClassVar[str] = "Bad request"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        errors: list[FieldError] | None = None,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.errors = errors
+        self.headers = headers or {}
+        self.extra = extra or {}
+
+
+class Unauthorized(AppError):
+    status, slug, title = 401, "unauthorized", "Authentication required"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": 'Bearer realm="vdi-control"'})
+
+
+class Forbidden(AppError):
+    status, slug, title = 403, "forbidden", "Not allowed"
+
+
+class NotFound(AppError):
+    status, slug, title = 404, "not-found", "Not found"
+
+
+class Conflict(AppError):
+    status, slug, title = 409, "conflict", "Conflict"
+
+
+class PayloadTooLarge(AppError):
+    status, slug, title = 413, "payload-too-large", "Request body too large"
+
+
+class ValidationFailed(AppError):
+    status, slug, title = 422, "validation-failed", "Invalid request"
+
+    def __init__(self, detail: str, *, field: str, location: str = "body") -> None:
+        super().__init__(
+            detail,
+            errors=[FieldError(field=field, location=location, message=detail, type="value_error")],
+        )
+
+
+class ServiceUnavailable(AppError):
+    status, slug, title = 503, "service-unavailable", "Service unavailable"
+
+    def __init__(self, detail: str, *, retry_after_s: int = 2) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after_s)})
+
+
+def problem_response(
+    request: Request | None,
+    *,
+    status: int,
+    slug: str,
+    title: str,
+    detail: str,
+    errors: list[FieldError] | None = None,
+    headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> JSONResponse:
+    body = Problem(
+        type=PROBLEM_TYPE_BASE + slug,
+        title=title,
+        status=status,
+        detail=detail,
+        instance=request.url.path if request is not None else None,
+        request_id=correlation_id.get(),
+        errors=errors,
+    ).model_dump(exclude_none=True)
+    body.update(extra or {})
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
+
+
+def problem_responses(*errors: type[AppError]) -> dict[int | str, dict[str, Any]]:
+    """The `responses=` of a route: each error it can raise, documented as problem+json."""
+    documented: dict[int | str, dict[str, Any]] = {}
+    for error in errors:
+        documented[error.status] = {
+            "model": Problem,
+            "description": error.title,
+            "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        }
+    return documented
+
+
+def _field_errors(exc: RequestValidationError) -> list[FieldError]:
+    result = []
+    for item in exc.errors():
+        loc = [str(part) for part in item.get("loc", ())]
+        location = loc[0] if loc else "body"
+        field = ".".join(loc[1:]) or location
+        message = str(item.get("msg", "invalid value"))
+        if item.get("type") == "string_pattern_mismatch" and field in ("user", "name"):
+            message = (
+                "must be a DNS label: lowercase letters, digits and '-', starting and ending "
+                "with a letter or digit, at most 63 characters"
+            )
+        result.append(FieldError(field=field, location=location, message=message, type=item["type"]))
+    return result
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(AppError)
+    async def _app_error(request: Request, exc: AppError) -> JSONResponse:
+        return problem_response(
+            request,
+            status=exc.status,
+            slug=exc.slug,
+            title=exc.title,
+            detail=exc.detail,
+            errors=exc.errors,
+            headers=exc.headers,
+            extra=exc.extra,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = _field_errors(exc)
+        fields = ", ".join(sorted({f"{e.location}.{e.field}" for e in errors}))
+        return problem_response(
+            request,
+            status=422,
+            slug="validation-failed",
+            title="Invalid request",
+            detail=f"Invalid fields: {fields}. See `errors` for what each must be.",
+            errors=errors,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        titles = {404: "Not found", 405: "Method not allowed", 406: "Not acceptable"}
+        detail = str(exc.detail)
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = f"No route {request.url.path}; the API is under /v1 (see /openapi.json)"
+        return problem_response(
+            request,
+            status=exc.status_code,
+            slug="http-" + str(exc.status_code),
+            title=titles.get(exc.status_code, "HTTP error"),
+            detail=detail,
+            headers=dict(exc.headers or {}),
+        )

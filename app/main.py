@@ -1,0 +1,78 @@
+"""create_app(): routers, middleware and the lifespan (database, event hub, bootstrap token)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import structlog
+from asgi_correlation_id import CorrelationIdMiddleware
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+
+from app import __version__
+from app.auth import service as auth_service
+from app.auth.router import router as tokens_router
+from app.config import Settings
+from app.db import create_engine, create_sessionmaker
+from app.errors import install_error_handlers
+from app.observability import EdgeMiddleware, Metrics
+from app.ops.router import router as ops_router
+from app.sessions.events import EventHub
+from app.sessions.router import router as sessions_router
+from app.templates.router import router as templates_router
+
+log = structlog.get_logger("vdi.app")
+
+DESCRIPTION = """
+Control plane for GPU remote-desktop sessions (Selkies-GStreamer over WebRTC) on Kubernetes.
+
+Authenticate with `Authorization: Bearer <token>`. Errors are `application/problem+json`.
+"""
+
+
+def _operation_id(route: APIRoute) -> str:
+    return route.name
+
+
+def create_app(settings: Settings, database_url: str) -> FastAPI:
+    """The ASGI app. `database_url` is resolved (an embedded server is started by the caller)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        engine = create_engine(database_url)
+        sessionmaker = create_sessionmaker(engine)
+        app.state.engine = engine
+        app.state.sessionmaker = sessionmaker
+        hub = EventHub(database_url)
+        app.state.event_hub = hub
+        try:
+            if settings.bootstrap_token is not None:
+                async with sessionmaker() as db, db.begin():
+                    created = await auth_service.ensure_bootstrap_token(
+                        db, settings.bootstrap_token.get_secret_value()
+                    )
+                log.info("bootstrap admin token", created=created)
+            await hub.start()
+            log.info("vdi-control ready", version=__version__, embedded_database=settings.embedded_database)
+            yield {}
+        finally:
+            await hub.stop()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="vdi-control",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        generate_unique_id_function=_operation_id,
+    )
+    app.state.settings = settings
+    app.state.metrics = Metrics()
+    install_error_handlers(app)
+    for router in (tokens_router, templates_router, sessions_router, ops_router):
+        app.include_router(router)
+    app.add_middleware(EdgeMiddleware, metrics=app.state.metrics, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(CorrelationIdMiddleware, header_name="X-Request-ID")
+    return app

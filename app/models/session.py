@@ -1,0 +1,59 @@
+"""Desktop sessions: desired and observed state of one user's desktop."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import CheckConstraint, Index, Integer, String, Text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base
+from app.models._types import TZDateTime, utcnow
+
+PHASES = (
+    "Pending",
+    "Provisioning",
+    "Starting",
+    "Running",
+    "Failed",
+    "Terminating",
+    "Terminated",
+)
+
+
+class VDISession(Base):
+    __tablename__ = "sessions"
+    __table_args__ = (
+        CheckConstraint(
+            "phase IN (" + ", ".join(f"'{phase}'" for phase in PHASES) + ")", name="phase_known"
+        ),
+        Index("ix_sessions_created_at_id", "created_at", "id"),
+        Index("ix_sessions_user_phase", "user", "phase"),
+        Index("ix_sessions_template_name_phase", "template_name", "phase"),
+        Index("ix_sessions_phase", "phase"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    user: Mapped[str] = mapped_column(String(63))
+    template_name: Mapped[str] = mapped_column(String(63))
+    # The template as it was at creation: replacing a template never changes a live session.
+    template_spec: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    phase: Mapped[str] = mapped_column(String(16), default="Pending")
+    reason: Mapped[str | None] = mapped_column(String(64))
+    message: Mapped[str | None] = mapped_column(Text)
+    conditions: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, default=list)
+    url: Mapped[str] = mapped_column(String(300))
+    encoder: Mapped[str | None] = mapped_column(String(64))
+    gpu: Mapped[int] = mapped_column(Integer)
+    # Fernet token of the session's basic-auth password and TURN credentials.
+    secrets_encrypted: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+    running_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    idle_deadline: Mapped[datetime] = mapped_column(TZDateTime)
+    expires_at: Mapped[datetime] = mapped_column(TZDateTime)
+    last_report_at: Mapped[datetime | None] = mapped_column(TZDateTime)

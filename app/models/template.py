@@ -1,0 +1,37 @@
+"""Session templates: what kind of desktop a session gets."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Boolean, Integer, String, Text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base
+from app.models._types import TZDateTime, utcnow
+
+
+class Template(Base):
+    __tablename__ = "templates"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    image: Mapped[str] = mapped_column(Text)
+    gpu: Mapped[int] = mapped_column(Integer)
+    cpu: Mapped[str | None] = mapped_column(String(32))
+    memory: Mapped[str | None] = mapped_column(String(32))
+    shm_size: Mapped[str] = mapped_column(String(32))
+    home_size: Mapped[str] = mapped_column(String(32))
+    storage_class: Mapped[str | None] = mapped_column(String(253))
+    bitrate_kbps: Mapped[int] = mapped_column(Integer)
+    framerate: Mapped[int] = mapped_column(Integer)
+    gop_size: Mapped[int] = mapped_column(Integer)
+    encoder_fallback: Mapped[bool] = mapped_column(Boolean)
+    start_timeout_s: Mapped[int] = mapped_column(Integer)
+    idle_timeout_s: Mapped[int] = mapped_column(Integer)
+    max_lifetime_s: Mapped[int] = mapped_column(Integer)
+    node_selector: Mapped[dict[str, str]] = mapped_column(JSONB)
+    tolerations: Mapped[list[dict[str, Any]]] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)

@@ -1,0 +1,67 @@
+"""GET /healthz, /readyz, /metrics (no authentication: probes and scrapers)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
+from sqlalchemy import text
+
+from app.errors import ServiceUnavailable, problem_responses
+from app.sessions.schemas import Phase
+from app.sessions.service import phase_counts
+
+router = APIRouter(tags=["operations"])
+log = structlog.get_logger("vdi.ops")
+
+READY_TIMEOUT_S = 2.0
+
+
+class Health(BaseModel):
+    status: str
+    checks: dict[str, str] = {}
+
+
+@router.get("/healthz", name="get_liveness", summary="Liveness: the process is serving")
+async def healthz() -> Health:
+    return Health(status="ok")
+
+
+@router.get(
+    "/readyz",
+    name="get_readiness",
+    responses=problem_responses(ServiceUnavailable),
+    summary="Readiness: the database answers",
+)
+async def readyz(request: Request) -> Health:
+    try:
+        async with asyncio.timeout(READY_TIMEOUT_S):
+            async with request.app.state.sessionmaker() as db:
+                await db.execute(text("SELECT 1"))
+    except Exception as error:  # noqa: BLE001 - any failure means not ready
+        log.warning("not ready: database", error=type(error).__name__)
+        raise ServiceUnavailable("The database does not answer", retry_after_s=5) from None
+    return Health(status="ok", checks={"database": "ok"})
+
+
+@router.get(
+    "/metrics",
+    name="get_metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}, "description": "Prometheus text format"}},
+    summary="Prometheus metrics",
+)
+async def metrics(request: Request) -> Response:
+    registry_metrics = request.app.state.metrics
+    try:
+        async with asyncio.timeout(READY_TIMEOUT_S):
+            async with request.app.state.sessionmaker() as db:
+                counts = await phase_counts(db)
+        for phase in Phase:
+            registry_metrics.sessions.labels(phase=phase.value).set(counts.get(phase.value, 0))
+    except Exception as error:  # noqa: BLE001 - still serve the process metrics
+        log.warning("metrics: session counts unavailable", error=type(error).__name__)
+    return Response(generate_latest(registry_metrics.registry), media_type=CONTENT_TYPE_LATEST)

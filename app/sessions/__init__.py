@@ -1,0 +1,1 @@
+"""Desktop sessions: the API, the state machine and the event log."""

@@ -1,0 +1,101 @@
+"""Live session events across replicas: one LISTEN connection per process, fanned out.
+
+Every event row is written with a NOTIFY in the same transaction, so a notification means
+"there is something committed to read". Subscribers still poll on a timer, which covers a
+listener reconnecting: a lost notification delays an event, never loses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import asyncpg
+import structlog
+from sqlalchemy.engine import make_url
+
+from app.sessions.repository import EVENTS_CHANNEL
+
+log = structlog.get_logger("vdi.events")
+
+RECONNECT_DELAY_S = 1.0
+
+
+def asyncpg_dsn(database_url: str) -> str:
+    return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+class EventHub:
+    def __init__(self, database_url: str) -> None:
+        self._dsn = asyncpg_dsn(database_url)
+        self._subscribers: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
+        self._task: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="vdi-event-hub")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._connected.wait(), timeout=5)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    @contextlib.contextmanager
+    def subscribe(self, session_id: uuid.UUID) -> Iterator[asyncio.Event]:
+        """An event set whenever the session may have new events."""
+        wake = asyncio.Event()
+        key = str(session_id)
+        self._subscribers[key].add(wake)
+        try:
+            yield wake
+        finally:
+            self._subscribers[key].discard(wake)
+            if not self._subscribers[key]:
+                del self._subscribers[key]
+
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        for wake in self._subscribers.get(payload, ()):
+            wake.set()
+
+    def _wake_all(self) -> None:
+        for wakes in self._subscribers.values():
+            for wake in wakes:
+                wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            connection = None
+            try:
+                connection = await asyncpg.connect(self._dsn)
+                await connection.add_listener(EVENTS_CHANNEL, self._on_notify)
+                self._connected.set()
+                self._wake_all()  # catch up on whatever passed while disconnected
+                closed = asyncio.Event()
+                connection.add_termination_listener(lambda _c: closed.set())
+                await closed.wait()
+                log.warning("event listener connection lost; reconnecting")
+            except asyncio.CancelledError:
+                raise
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+                log.warning("event listener cannot connect", error=str(error))
+            finally:
+                self._connected.clear()
+                if connection is not None and not connection.is_closed():
+                    with contextlib.suppress(Exception):
+                        await connection.close(timeout=2)
+            await asyncio.sleep(RECONNECT_DELAY_S)
+
+
+async def wait_for_wake(wake: asyncio.Event, timeout_s: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(wake.wait(), timeout=timeout_s)
+    wake.clear()
+
+

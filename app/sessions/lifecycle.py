@@ -1,0 +1,251 @@
+"""The session state machine: which phase follows which, and what a health report changes.
+
+Pure: it mutates a session object in memory and returns the events to record; it never
+touches the database or the network, so every rule is unit-testable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from app.errors import Conflict
+from app.models import VDISession
+from app.sessions.schemas import (
+    CheckName,
+    ConditionStatus,
+    ConditionType,
+    HealthCheck,
+    HealthReport,
+    Phase,
+)
+
+TRANSITIONS: dict[Phase, frozenset[Phase]] = {
+    Phase.pending: frozenset({Phase.provisioning, Phase.terminating}),
+    Phase.provisioning: frozenset({Phase.starting, Phase.failed, Phase.terminating}),
+    Phase.starting: frozenset({Phase.running, Phase.failed, Phase.terminating}),
+    Phase.running: frozenset({Phase.failed, Phase.terminating}),
+    Phase.failed: frozenset({Phase.terminating}),
+    Phase.terminating: frozenset({Phase.terminated}),
+    Phase.terminated: frozenset(),
+}
+# Phases that count against a user's session limit: the desktop exists or is on its way.
+ACTIVE_PHASES = frozenset({Phase.pending, Phase.provisioning, Phase.starting, Phase.running})
+# Phases in which the session is over: keepalive, connection and reports no longer apply.
+ENDED_PHASES = frozenset({Phase.failed, Phase.terminating, Phase.terminated})
+DELETED_PHASES = frozenset({Phase.terminating, Phase.terminated})
+
+GPU_INIT_ERROR = "GPU_INIT_ERROR"
+ENCODER_UNAVAILABLE = "ENCODER_UNAVAILABLE"
+SOFTWARE_FALLBACK = "SoftwareFallback"
+
+_CHECK_CONDITION = {
+    CheckName.gpu: ConditionType.gpu_available,
+    CheckName.encoder: ConditionType.encoder_ready,
+    CheckName.stream: ConditionType.stream_healthy,
+    CheckName.latency: ConditionType.latency_within_slo,
+}
+# reason of a passing / unknown check, per condition
+_OK_REASON = {
+    ConditionType.gpu_available: "GPUReady",
+    ConditionType.encoder_ready: "HardwareEncoder",
+    ConditionType.stream_healthy: "FramesDecoded",
+    ConditionType.latency_within_slo: "WithinSLO",
+}
+_FAILED_REASON = {
+    ConditionType.gpu_available: GPU_INIT_ERROR,
+    ConditionType.encoder_ready: ENCODER_UNAVAILABLE,
+    ConditionType.stream_healthy: "StreamUnhealthy",
+    ConditionType.latency_within_slo: "LatencyAboveSLO",
+}
+
+
+class InvalidTransition(Conflict):
+    slug, title = "invalid-transition", "Invalid phase transition"
+
+
+@dataclass(frozen=True)
+class EventDraft:
+    type: str
+    phase: str
+    reason: str | None
+    message: str | None
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def can_transition(current: Phase, target: Phase) -> bool:
+    return target in TRANSITIONS[current]
+
+
+def initial_conditions(gpu: int, now: datetime) -> list[dict[str, Any]]:
+    stamp = now.isoformat()
+    conditions = []
+    for condition_type in ConditionType:
+        status, reason, message = ConditionStatus.unknown, "NotChecked", "No report yet"
+        if condition_type is ConditionType.gpu_available and gpu == 0:
+            status, reason, message = ConditionStatus.false, "NotRequested", "A CPU session (gpu: 0)"
+        conditions.append(
+            {
+                "type": condition_type.value,
+                "status": status.value,
+                "reason": reason,
+                "message": message,
+                "last_transition_time": stamp,
+            }
+        )
+    return conditions
+
+
+def transition(
+    session: VDISession, target: Phase, *, reason: str, message: str, now: datetime
+) -> EventDraft:
+    current = Phase(session.phase)
+    if not can_transition(current, target):
+        raise InvalidTransition(
+            f"Session {session.id} cannot go from {current} to {target}; "
+            f"from {current} it can go to {', '.join(sorted(TRANSITIONS[current])) or 'nothing'}"
+        )
+    session.phase = target.value
+    session.reason = reason
+    session.message = message
+    session.updated_at = now
+    if target is Phase.running:
+        session.running_at = now
+    if target in (Phase.failed, Phase.terminating) and session.ended_at is None:
+        session.ended_at = now
+    return EventDraft(
+        type="PhaseChanged",
+        phase=target.value,
+        reason=reason,
+        message=message,
+        data={"from": current.value, "to": target.value},
+    )
+
+
+def set_condition(
+    session: VDISession,
+    condition_type: ConditionType,
+    status: ConditionStatus,
+    *,
+    reason: str,
+    message: str,
+    now: datetime,
+) -> EventDraft | None:
+    """Set one condition; an event only when its status or reason changed."""
+    conditions = [dict(item) for item in session.conditions]
+    existing = next((c for c in conditions if c["type"] == condition_type.value), None)
+    if existing is None:
+        existing = {"type": condition_type.value, "last_transition_time": now.isoformat()}
+        conditions.append(existing)
+    changed = existing.get("status") != status.value or existing.get("reason") != reason
+    if existing.get("status") != status.value:
+        existing["last_transition_time"] = now.isoformat()
+    existing.update(status=status.value, reason=reason, message=message)
+    session.conditions = conditions  # a new list, so the JSONB column is marked dirty
+    if not changed:
+        return None
+    session.updated_at = now
+    return EventDraft(
+        type="ConditionChanged",
+        phase=session.phase,
+        reason=reason,
+        message=message,
+        data={"condition": condition_type.value, "status": status.value},
+    )
+
+
+def _condition_from_check(check: HealthCheck, report: HealthReport) -> tuple[ConditionStatus, str, str]:
+    condition_type = _CHECK_CONDITION[check.name]
+    if check.ok is None:
+        return ConditionStatus.unknown, check.code or "NotMeasured", check.detail or "Not known yet"
+    if check.ok:
+        reason = _OK_REASON[condition_type]
+        if condition_type is ConditionType.encoder_ready and report.fallback:
+            reason = SOFTWARE_FALLBACK
+        return ConditionStatus.true, reason, check.detail or _describe_ok(check.name, report)
+    return (
+        ConditionStatus.false,
+        check.code or _FAILED_REASON[condition_type],
+        check.detail or f"The {check.name} check failed",
+    )
+
+
+def _describe_ok(name: CheckName, report: HealthReport) -> str:
+    if name is CheckName.encoder and report.encoder:
+        return f"Encoding with {report.encoder}"
+    if name is CheckName.stream and report.frames_decoded is not None:
+        return f"framesDecoded={report.frames_decoded} jitter={report.jitter_ms} ms"
+    if name is CheckName.latency and report.latency_ms is not None:
+        return f"glass-to-glass {report.latency_ms} ms"
+    return f"The {name} check passed"
+
+
+def _failure(
+    session: VDISession, checks: dict[CheckName, HealthCheck], report: HealthReport, fallback_allowed: bool
+) -> tuple[str, str] | None:
+    gpu = checks.get(CheckName.gpu)
+    if gpu is not None and gpu.ok is False and session.gpu >= 1:
+        return gpu.code or GPU_INIT_ERROR, gpu.detail or "nvidia-smi failed in the pod"
+    encoder = checks.get(CheckName.encoder)
+    if encoder is not None and encoder.ok is False:
+        return encoder.code or ENCODER_UNAVAILABLE, encoder.detail or "No usable encoder"
+    if encoder is not None and encoder.ok and report.fallback and not fallback_allowed:
+        return ENCODER_UNAVAILABLE, "NVENC is unusable and the template forbids the x264enc fallback"
+    return None
+
+
+def _ready(session: VDISession, checks: dict[CheckName, HealthCheck]) -> bool:
+    encoder = checks.get(CheckName.encoder)
+    if encoder is None or encoder.ok is not True:
+        return False
+    if session.gpu == 0:
+        return True
+    gpu = checks.get(CheckName.gpu)
+    return gpu is not None and gpu.ok is True
+
+
+def apply_health_report(
+    session: VDISession, report: HealthReport, *, fallback_allowed: bool, now: datetime
+) -> list[EventDraft]:
+    """Fold one agent report into the session: conditions first, then at most one phase move.
+
+    Stream and latency never gate Running (they need a viewer). A report can only move a
+    session forward: a stale one cannot revive a Failed session (the caller refuses reports on
+    deleted sessions altogether).
+    """
+    checks = {check.name: check for check in report.checks}
+    events: list[EventDraft] = []
+    session.last_report_at = now
+    if report.encoder:
+        session.encoder = report.encoder
+    for name, check in checks.items():
+        if name is CheckName.gpu and session.gpu == 0:
+            continue  # a CPU session has no GPU to check
+        status, reason, message = _condition_from_check(check, report)
+        event = set_condition(
+            session, _CHECK_CONDITION[name], status, reason=reason, message=message, now=now
+        )
+        if event is not None:
+            events.append(event)
+
+    phase = Phase(session.phase)
+    if phase not in (Phase.provisioning, Phase.starting, Phase.running):
+        return events
+    failure = _failure(session, checks, report, fallback_allowed)
+    if failure is not None:
+        code, detail = failure
+        events.append(transition(session, Phase.failed, reason=code, message=detail, now=now))
+        return events
+    if phase is not Phase.running and _ready(session, checks):
+        if phase is Phase.provisioning:
+            # The agent can answer before the reconciler records Starting; keep the machine's order.
+            events.append(
+                transition(session, Phase.starting, reason="AgentReported", message="The agent is up", now=now)
+            )
+        encoder = report.encoder or "an encoder"
+        message = f"GPU and encoder ready ({encoder})"
+        if report.fallback:
+            message = f"Running on the software fallback ({encoder}): NVENC is unusable"
+        events.append(transition(session, Phase.running, reason="AgentReady", message=message, now=now))
+    return events

@@ -1,0 +1,141 @@
+"""Queries on sessions, session_events and idempotency_keys."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select, text, tuple_, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.models import IdempotencyKey, SessionEvent, VDISession
+
+EVENTS_CHANNEL = "vdi_session_events"
+
+
+async def get(db: AsyncSession, session_id: uuid.UUID, *, for_update: bool = False) -> VDISession | None:
+    query = select(VDISession).where(VDISession.id == session_id)
+    if for_update:
+        query = query.with_for_update()
+    return (await db.execute(query)).scalar_one_or_none()
+
+
+async def get_phase(db: AsyncSession, session_id: uuid.UUID) -> str | None:
+    result = await db.execute(select(VDISession.phase).where(VDISession.id == session_id))
+    return result.scalar_one_or_none()
+
+
+async def lock_user(db: AsyncSession, user: str) -> None:
+    """Serialize session creation per user until the transaction ends (any replica)."""
+    await db.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"), {"key": "user:" + user})
+
+
+async def active_sessions_of_user(
+    db: AsyncSession, user: str, phases: Iterable[str]
+) -> list[VDISession]:
+    query = (
+        select(VDISession)
+        .where(VDISession.user == user, VDISession.phase.in_(list(phases)))
+        .order_by(VDISession.created_at)
+    )
+    return list((await db.execute(query)).scalars())
+
+
+async def list_page(
+    db: AsyncSession,
+    *,
+    user: str | None,
+    phase: str | None,
+    template: str | None,
+    after: tuple[datetime, uuid.UUID] | None,
+    limit: int,
+) -> list[VDISession]:
+    """Newest first, keyset-paginated on (created_at, id)."""
+    query = select(VDISession)
+    if user is not None:
+        query = query.where(VDISession.user == user)
+    if phase is not None:
+        query = query.where(VDISession.phase == phase)
+    if template is not None:
+        query = query.where(VDISession.template_name == template)
+    if after is not None:
+        query = query.where(tuple_(VDISession.created_at, VDISession.id) < tuple_(*after))
+    query = query.order_by(VDISession.created_at.desc(), VDISession.id.desc()).limit(limit)
+    return list((await db.execute(query)).scalars())
+
+
+async def count_by_phase(db: AsyncSession) -> dict[str, int]:
+    rows = await db.execute(select(VDISession.phase, func.count()).group_by(VDISession.phase))
+    return {phase: int(count) for phase, count in rows.all()}
+
+
+async def add_events(db: AsyncSession, session: VDISession, drafts: Sequence[Any], now: datetime) -> None:
+    """Append events and NOTIFY listeners (delivered when the transaction commits)."""
+    if not drafts:
+        return
+    for draft in drafts:
+        db.add(
+            SessionEvent(
+                session_id=session.id,
+                type=draft.type,
+                phase=draft.phase,
+                reason=draft.reason,
+                message=draft.message,
+                data=draft.data,
+                created_at=now,
+            )
+        )
+    await db.flush()
+    await db.execute(select(func.pg_notify(EVENTS_CHANNEL, str(session.id))))
+
+
+async def list_events(
+    db: AsyncSession, session_id: uuid.UUID, *, after: int, limit: int
+) -> list[SessionEvent]:
+    query = (
+        select(SessionEvent)
+        .where(SessionEvent.session_id == session_id, SessionEvent.id > after)
+        .order_by(SessionEvent.id)
+        .limit(limit)
+    )
+    return list((await db.execute(query)).scalars())
+
+
+async def claim_idempotency_key(
+    db: AsyncSession, *, token_id: uuid.UUID, key: str, request_hash: str, now: datetime, expired_before: datetime
+) -> IdempotencyKey | None:
+    """Claim a key; None when it is already taken (then the caller reads it).
+
+    A concurrent request with the same key waits here for the first one's transaction:
+    it then sees the committed result, or claims the key if the first one rolled back.
+    An expired key is claimed afresh.
+    """
+    statement = (
+        insert(IdempotencyKey)
+        .values(token_id=token_id, key=key, request_hash=request_hash, created_at=now)
+        .on_conflict_do_update(
+            index_elements=[IdempotencyKey.token_id, IdempotencyKey.key],
+            set_={"request_hash": request_hash, "created_at": now, "session_id": None,
+                  "response_status": None, "response_body": None},
+            where=IdempotencyKey.created_at < expired_before,
+        )
+        .returning(IdempotencyKey.key)
+    )
+    claimed = (await db.execute(statement)).scalar_one_or_none()
+    if claimed is not None:
+        return None
+    query = select(IdempotencyKey).where(IdempotencyKey.token_id == token_id, IdempotencyKey.key == key)
+    return (await db.execute(query)).scalar_one()
+
+
+async def record_idempotent_result(
+    db: AsyncSession, *, token_id: uuid.UUID, key: str, session_id: uuid.UUID, status: int, body: dict[str, Any]
+) -> None:
+    await db.execute(
+        update(IdempotencyKey)
+        .where(IdempotencyKey.token_id == token_id, IdempotencyKey.key == key)
+        .values(session_id=session_id, response_status=status, response_body=body)
+    )

@@ -1,0 +1,216 @@
+"""HTTP routes of /v1/sessions."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
+from fastapi.responses import JSONResponse
+from sse_starlette import EventSourceResponse
+
+from app.auth.deps import AUTH_ERRORS, BearerCredentials, SessionsConnect, SessionsRead, SessionsWrite
+from app.config import DNS_LABEL_PATTERN, Settings
+from app.db import DbSession
+from app.errors import Forbidden, Unauthorized, ValidationFailed, problem_responses
+from app.security import check_agent_token
+from app.sessions import service
+from app.sessions.schemas import (
+    Connection,
+    HealthReport,
+    Phase,
+    Session,
+    SessionCreate,
+    SessionEventList,
+    SessionEventOut,
+    SessionPage,
+)
+
+router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
+
+EVENT_STREAM = "text/event-stream"
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+AppSettings = Annotated[Settings, Depends(_settings)]
+
+
+async def _agent_of_session(
+    session_id: uuid.UUID, credentials: BearerCredentials, settings: AppSettings
+) -> uuid.UUID:
+    if credentials is None:
+        raise Unauthorized("Send the session's agent token as `Authorization: Bearer <token>`")
+    if not check_agent_token(settings.require_secret_key(), session_id, credentials.credentials):
+        raise Forbidden("This is not the agent token of this session")
+    return session_id
+
+
+AgentOfSession = Annotated[uuid.UUID, Depends(_agent_of_session)]
+
+
+@router.post(
+    "",
+    name="create_session",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=problem_responses(
+        *AUTH_ERRORS, service.UserSessionLimit, service.IdempotencyKeyReused
+    ),
+    summary="Ask for a desktop session for a user",
+    description=(
+        "Stores the session in `Pending` and returns at once; the reconciler provisions it. "
+        "Retry safely with the same `Idempotency-Key`: the first result is returned again."
+    ),
+)
+async def create_session(
+    body: SessionCreate,
+    db: DbSession,
+    principal: SessionsWrite,
+    settings: AppSettings,
+    response: Response,
+    idempotency_key: Annotated[
+        str | None,
+        Header(alias="Idempotency-Key", min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$"),
+    ] = None,
+) -> Session:
+    result = await service.create_session(
+        db, settings, body, token_id=principal.token_id, idempotency_key=idempotency_key
+    )
+    if isinstance(result, service.Replay):
+        return JSONResponse(  # type: ignore[return-value]
+            result.body,
+            status_code=result.status,
+            headers={"Location": f"/v1/sessions/{result.session_id}", "Idempotent-Replayed": "true"},
+        )
+    response.headers["Location"] = f"/v1/sessions/{result.id}"
+    return service.to_schema(result)
+
+
+@router.get(
+    "",
+    name="list_sessions",
+    responses=problem_responses(*AUTH_ERRORS),
+    summary="List sessions, newest first (keyset pagination)",
+)
+async def list_sessions(
+    db: DbSession,
+    _: SessionsRead,
+    user: Annotated[str | None, Query(pattern=DNS_LABEL_PATTERN, max_length=63)] = None,
+    phase: Phase | None = None,
+    template: Annotated[str | None, Query(pattern=DNS_LABEL_PATTERN, max_length=63)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> SessionPage:
+    rows, next_cursor = await service.list_sessions(
+        db, user=user, phase=phase, template=template, limit=limit, cursor=cursor
+    )
+    return SessionPage(items=[service.to_schema(s) for s in rows], next_cursor=next_cursor)
+
+
+@router.get(
+    "/{session_id}",
+    name="get_session",
+    responses=problem_responses(*AUTH_ERRORS, service.SessionNotFound),
+    summary="Get one session",
+)
+async def get_session(session_id: uuid.UUID, db: DbSession, _: SessionsRead) -> Session:
+    return service.to_schema(await service.get_session(db, session_id))
+
+
+@router.delete(
+    "/{session_id}",
+    name="delete_session",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=problem_responses(*AUTH_ERRORS, service.SessionNotFound),
+    summary="End a session (again on an ended session is not an error)",
+)
+async def delete_session(session_id: uuid.UUID, db: DbSession, _: SessionsWrite) -> Session:
+    return service.to_schema(await service.delete_session(db, session_id))
+
+
+@router.post(
+    "/{session_id}/keepalive",
+    name="keepalive_session",
+    responses=problem_responses(*AUTH_ERRORS, service.SessionNotFound, service.SessionEnded),
+    summary="Push the idle deadline by the template's idle timeout",
+)
+async def keepalive_session(session_id: uuid.UUID, db: DbSession, _: SessionsWrite) -> Session:
+    return service.to_schema(await service.keepalive(db, session_id))
+
+
+@router.get(
+    "/{session_id}/connection",
+    name="get_session_connection",
+    responses=problem_responses(*AUTH_ERRORS, service.SessionNotFound, service.SessionEnded),
+    summary="What the viewer needs: URL, basic-auth credentials and ICE servers",
+)
+async def get_session_connection(
+    session_id: uuid.UUID, db: DbSession, _: SessionsConnect, settings: AppSettings, response: Response
+) -> Connection:
+    response.headers["Cache-Control"] = "no-store"
+    return await service.connection(db, settings, session_id)
+
+
+def _sse(event: Any) -> dict[str, str]:
+    out = SessionEventOut.model_validate(event, from_attributes=True)
+    return {"id": str(out.id), "event": out.type, "data": out.model_dump_json()}
+
+
+@router.get(
+    "/{session_id}/events",
+    name="list_session_events",
+    responses={
+        200: {
+            "description": "The event log; with `Accept: text/event-stream`, a live SSE stream "
+            "(each message: `id`, `event` = the type, `data` = the event as JSON) that ends "
+            "when the session is Terminated",
+            "content": {EVENT_STREAM: {"schema": {"type": "string"}}},
+        },
+        **problem_responses(*AUTH_ERRORS, service.SessionNotFound),
+    },
+    summary="The session's event log, or a live stream of it",
+)
+async def list_session_events(
+    session_id: uuid.UUID,
+    request: Request,
+    db: DbSession,
+    _: SessionsRead,
+    after: Annotated[int, Query(ge=0, description="Only events with a larger id")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=20)] = None,
+) -> SessionEventList:
+    events = await service.list_events(db, session_id, after=after, limit=limit)
+    if EVENT_STREAM not in request.headers.get("accept", ""):
+        return SessionEventList(items=[SessionEventOut.model_validate(e, from_attributes=True) for e in events])
+    if last_event_id is not None:
+        if not last_event_id.isdigit():
+            raise ValidationFailed("Last-Event-ID must be an event id", field="Last-Event-ID", location="header")
+        after = max(after, int(last_event_id))
+
+    async def stream() -> AsyncIterator[dict[str, str]]:
+        async for event in service.follow_events(
+            request.app.state.sessionmaker, request.app.state.event_hub, session_id, after=after
+        ):
+            yield _sse(event)
+
+    return EventSourceResponse(stream(), ping=15, headers={"Cache-Control": "no-store"})  # type: ignore[return-value]
+
+
+@router.post(
+    "/{session_id}/health",
+    name="report_session_health",
+    responses=problem_responses(*AUTH_ERRORS, service.SessionNotFound, service.SessionEnded),
+    summary="The agent's health report (authorized by that session's agent token)",
+)
+async def report_session_health(
+    session_id: AgentOfSession, body: HealthReport, db: DbSession, request: Request
+) -> Session:
+    result = await service.report_health(db, session_id, body)
+    request.app.state.metrics.health_reports.labels(outcome=result.outcome).inc()
+    return service.to_schema(result.session)
+
+

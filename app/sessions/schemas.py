@@ -1,0 +1,154 @@
+"""Wire models of the session API and the agent's health report."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.config import DNS_LABEL_PATTERN
+
+UserName = Annotated[
+    str,
+    Field(
+        pattern=DNS_LABEL_PATTERN,
+        min_length=1,
+        max_length=63,
+        description="A DNS label (it becomes the host name `<user>.<base domain>`)",
+        examples=["alice"],
+    ),
+]
+TemplateRef = Annotated[
+    str, Field(pattern=DNS_LABEL_PATTERN, max_length=63, examples=["gpu-desktop"])
+]
+
+
+class Phase(StrEnum):
+    pending = "Pending"
+    provisioning = "Provisioning"
+    starting = "Starting"
+    running = "Running"
+    failed = "Failed"
+    terminating = "Terminating"
+    terminated = "Terminated"
+
+
+class ConditionType(StrEnum):
+    pod_scheduled = "PodScheduled"
+    gpu_available = "GPUAvailable"
+    encoder_ready = "EncoderReady"
+    stream_healthy = "StreamHealthy"
+    latency_within_slo = "LatencyWithinSLO"
+
+
+class ConditionStatus(StrEnum):
+    true = "True"
+    false = "False"
+    unknown = "Unknown"
+
+
+class Condition(BaseModel):
+    type: ConditionType
+    status: ConditionStatus
+    reason: str
+    message: str
+    last_transition_time: datetime
+
+
+class SessionCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user: UserName
+    template: TemplateRef
+
+
+class Session(BaseModel):
+    id: uuid.UUID
+    user: str
+    template: str
+    phase: Phase
+    reason: str | None = Field(description="Why the session is in this phase, e.g. GPU_INIT_ERROR")
+    message: str | None
+    conditions: list[Condition]
+    url: str = Field(description="Where the user's browser connects")
+    encoder: str | None = Field(description="The encoder element the agent chose")
+    gpu: int = Field(description="GPUs asked for (0: a CPU session)")
+    created_at: datetime
+    updated_at: datetime
+    running_at: datetime | None
+    ended_at: datetime | None = Field(description="When it became unusable (Failed or Terminating)")
+    idle_deadline: datetime = Field(description="Terminated after this unless kept alive")
+    expires_at: datetime = Field(description="The maximum lifetime's end")
+
+
+class SessionPage(BaseModel):
+    items: list[Session]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null at the end")
+
+
+class IceServer(BaseModel):
+    """An entry of RTCPeerConnection's `iceServers`, as browsers accept it."""
+
+    urls: list[str]
+    username: str | None = None
+    credential: str | None = None
+
+
+class Connection(BaseModel):
+    url: str
+    username: str = Field(description="Selkies basic-auth user")
+    password: str = Field(description="Selkies basic-auth password, unique to this session")
+    ice_servers: list[IceServer]
+
+
+class SessionEventOut(BaseModel):
+    id: int
+    session_id: uuid.UUID
+    type: Literal["PhaseChanged", "ConditionChanged"]
+    phase: Phase
+    reason: str | None
+    message: str | None
+    data: dict[str, Any]
+    created_at: datetime
+
+
+class SessionEventList(BaseModel):
+    items: list[SessionEventOut]
+
+
+class CheckName(StrEnum):
+    gpu = "gpu"
+    encoder = "encoder"
+    stream = "stream"
+    latency = "latency"
+
+
+class HealthCheck(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: CheckName
+    ok: bool | None = Field(description="null: not known yet (e.g. no viewer connected)")
+    code: str | None = Field(
+        default=None, max_length=64, pattern=r"^[A-Za-z0-9_]+$", examples=["GPU_INIT_ERROR"]
+    )
+    detail: str | None = Field(default=None, max_length=2000)
+
+
+class HealthReport(BaseModel):
+    """What the agent in the session pod reports."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    checks: list[HealthCheck] = Field(max_length=16)
+    encoder: str | None = Field(default=None, max_length=64, examples=["nvh264enc"])
+    fallback: bool | None = None
+    framerate: int | None = Field(default=None, ge=0, le=1000)
+    bitrate_kbps: int | None = Field(default=None, ge=0, le=1_000_000)
+    resolution: str | None = Field(default=None, pattern=r"^[0-9]{1,5}x[0-9]{1,5}$")
+    cpu_percent: float | None = Field(default=None, ge=0, le=100_000)
+    frames_decoded: int | None = Field(default=None, ge=0)
+    jitter_ms: float | None = Field(default=None, ge=0)
+    latency_ms: float | None = Field(default=None, ge=0)

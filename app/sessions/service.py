@@ -1,0 +1,356 @@
+"""Session rules: creation (limits, idempotency, secrets), reads, deletion, keepalive,
+connection details and agent health reports. Services flush; the request commits."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from collections.abc import AsyncIterator
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.config import Settings
+from app.errors import AppError, Conflict, NotFound, ValidationFailed
+from app.models import SessionEvent, VDISession
+from app.models._types import utcnow
+from app.security import SELKIES_BASIC_AUTH_USER, SecretBox, new_session_secrets
+from app.sessions import lifecycle, repository
+from app.sessions.events import EventHub, wait_for_wake
+from app.sessions.lifecycle import ACTIVE_PHASES, DELETED_PHASES, ENDED_PHASES, Phase
+from app.sessions.schemas import (
+    Connection,
+    HealthReport,
+    IceServer,
+    Session,
+    SessionCreate,
+)
+from app.templates.service import find_template, template_spec
+
+TURN_EXPIRY_MARGIN = timedelta(minutes=5)
+
+
+class SessionNotFound(NotFound):
+    slug, title = "session-not-found", "Session not found"
+
+
+class UserSessionLimit(Conflict):
+    slug, title = "user-session-limit", "User has a live session"
+
+
+class SessionEnded(Conflict):
+    slug, title = "session-ended", "Session has ended"
+
+
+class IdempotencyKeyReused(AppError):
+    status, slug, title = 422, "idempotency-key-reused", "Idempotency key reused"
+
+
+@dataclass(frozen=True)
+class Replay:
+    """A create request answered before: its first result, as it was."""
+
+    status: int
+    body: dict[str, Any]
+    session_id: uuid.UUID
+
+
+def to_schema(session: VDISession) -> Session:
+    return Session(
+        id=session.id,
+        user=session.user,
+        template=session.template_name,
+        phase=Phase(session.phase),
+        reason=session.reason,
+        message=session.message,
+        conditions=session.conditions,  # type: ignore[arg-type]
+        url=session.url,
+        encoder=session.encoder,
+        gpu=session.gpu,
+        created_at=session.created_at,
+        updated_at=session.updated_at,
+        running_at=session.running_at,
+        ended_at=session.ended_at,
+        idle_deadline=session.idle_deadline,
+        expires_at=session.expires_at,
+    )
+
+
+def _request_hash(body: SessionCreate) -> str:
+    return hashlib.sha256(json.dumps(body.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+async def _get(db: AsyncSession, session_id: uuid.UUID, *, for_update: bool = False) -> VDISession:
+    session = await repository.get(db, session_id, for_update=for_update)
+    if session is None:
+        raise SessionNotFound(f"No session with id {session_id}; list sessions with GET /v1/sessions")
+    return session
+
+
+async def create_session(
+    db: AsyncSession,
+    settings: Settings,
+    body: SessionCreate,
+    *,
+    token_id: uuid.UUID,
+    idempotency_key: str | None,
+) -> VDISession | Replay:
+    now = utcnow()
+    if idempotency_key is not None:
+        request_hash = _request_hash(body)
+        existing = await repository.claim_idempotency_key(
+            db,
+            token_id=token_id,
+            key=idempotency_key,
+            request_hash=request_hash,
+            now=now,
+            expired_before=now - timedelta(seconds=settings.idempotency_ttl_s),
+        )
+        if existing is not None:
+            if existing.request_hash != request_hash:
+                raise IdempotencyKeyReused(
+                    "This Idempotency-Key was used with a different body; use a new key for a "
+                    "new request",
+                    errors=None,
+                )
+            assert existing.response_body is not None and existing.session_id is not None
+            return Replay(existing.response_status or 202, existing.response_body, existing.session_id)
+
+    # A share lock: a template cannot be deleted under a session being created.
+    template = await find_template(db, body.template, lock="share")
+    if template is None:
+        raise ValidationFailed(
+            f"No template named '{body.template}'; list them with GET /v1/templates or create it "
+            f"with PUT /v1/templates/{body.template}",
+            field="template",
+        )
+    spec = template_spec(template)
+
+    await repository.lock_user(db, body.user)
+    active = await repository.active_sessions_of_user(db, body.user, [p.value for p in ACTIVE_PHASES])
+    if len(active) >= settings.max_sessions_per_user:
+        ids = [str(s.id) for s in active]
+        raise UserSessionLimit(
+            f"User '{body.user}' already has {len(active)} live session(s) ({', '.join(ids)}); "
+            f"the limit is {settings.max_sessions_per_user}. Reuse it, or end it with "
+            f"DELETE /v1/sessions/{ids[0]}",
+            extra={"live_session_ids": ids},
+        )
+
+    session_id = uuid.uuid4()
+    expires_at = now + timedelta(seconds=spec.max_lifetime_s)
+    secrets = new_session_secrets(
+        settings.require_turn_secret(), session_id, expires_at + TURN_EXPIRY_MARGIN
+    )
+    session = VDISession(
+        id=session_id,
+        user=body.user,
+        template_name=template.name,
+        template_spec=spec.model_dump(mode="json"),
+        url=f"https://{body.user}.{settings.base_domain}/",
+        phase=Phase.pending.value,
+        reason="Created",
+        message="Accepted; waiting for the reconciler",
+        conditions=lifecycle.initial_conditions(spec.gpu, now),
+        gpu=spec.gpu,
+        secrets_encrypted=SecretBox(settings.require_secret_key()).seal(secrets),
+        created_at=now,
+        updated_at=now,
+        idle_deadline=now + timedelta(seconds=spec.idle_timeout_s),
+        expires_at=expires_at,
+    )
+    db.add(session)
+    await db.flush()
+    created = lifecycle.EventDraft(
+        type="PhaseChanged",
+        phase=Phase.pending.value,
+        reason="Created",
+        message=f"Session for '{body.user}' from template '{template.name}'",
+        data={"from": None, "to": Phase.pending.value},
+    )
+    await repository.add_events(db, session, [created], now)
+    if idempotency_key is not None:
+        await repository.record_idempotent_result(
+            db,
+            token_id=token_id,
+            key=idempotency_key,
+            session_id=session.id,
+            status=202,
+            body=to_schema(session).model_dump(mode="json"),
+        )
+    return session
+
+
+async def get_session(db: AsyncSession, session_id: uuid.UUID) -> VDISession:
+    return await _get(db, session_id)
+
+
+def encode_cursor(session: VDISession) -> str:
+    raw = json.dumps([session.created_at.isoformat(), str(session.id)])
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        created_at, session_id = json.loads(base64.urlsafe_b64decode(padded))
+        return datetime.fromisoformat(created_at), uuid.UUID(session_id)
+    except (ValueError, TypeError, binascii.Error):
+        raise ValidationFailed(
+            "Not a cursor this API issued; pass `next_cursor` from the previous page as it is",
+            field="cursor",
+            location="query",
+        ) from None
+
+
+async def list_sessions(
+    db: AsyncSession,
+    *,
+    user: str | None,
+    phase: Phase | None,
+    template: str | None,
+    limit: int,
+    cursor: str | None,
+) -> tuple[list[VDISession], str | None]:
+    after = decode_cursor(cursor) if cursor else None
+    rows = await repository.list_page(
+        db,
+        user=user,
+        phase=phase.value if phase else None,
+        template=template,
+        after=after,
+        limit=limit + 1,
+    )
+    next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+    return rows[:limit], next_cursor
+
+
+async def delete_session(db: AsyncSession, session_id: uuid.UUID) -> VDISession:
+    """Ask for the session's end; on an ended session this changes nothing and is no error."""
+    session = await _get(db, session_id, for_update=True)
+    if Phase(session.phase) in DELETED_PHASES:
+        return session
+    now = utcnow()
+    event = lifecycle.transition(
+        session, Phase.terminating, reason="DeleteRequested", message="Deletion requested", now=now
+    )
+    await repository.add_events(db, session, [event], now)
+    return session
+
+
+def _refuse_if_ended(session: VDISession, action: str) -> None:
+    if Phase(session.phase) in ENDED_PHASES:
+        raise SessionEnded(
+            f"Session {session.id} is {session.phase} ({session.reason}); cannot {action}. "
+            "Create a new session with POST /v1/sessions"
+        )
+
+
+async def keepalive(db: AsyncSession, session_id: uuid.UUID) -> VDISession:
+    session = await _get(db, session_id, for_update=True)
+    _refuse_if_ended(session, "keep it alive")
+    now = utcnow()
+    idle_timeout_s = int(session.template_spec["idle_timeout_s"])
+    session.idle_deadline = min(now + timedelta(seconds=idle_timeout_s), session.expires_at)
+    session.updated_at = now
+    await db.flush()
+    return session
+
+
+def ice_servers(settings: Settings, turn_username: str, turn_password: str) -> list[IceServer]:
+    host, port = settings.effective_turn_host, settings.turn_port
+    return [
+        IceServer(urls=[f"stun:{host}:{port}"]),
+        IceServer(
+            urls=[f"turn:{host}:{port}?transport=udp"],
+            username=turn_username,
+            credential=turn_password,
+        ),
+    ]
+
+
+async def connection(db: AsyncSession, settings: Settings, session_id: uuid.UUID) -> Connection:
+    session = await _get(db, session_id)
+    _refuse_if_ended(session, "connect to it")
+    secrets = SecretBox(settings.require_secret_key()).open(session.secrets_encrypted)
+    return Connection(
+        url=session.url,
+        username=SELKIES_BASIC_AUTH_USER,
+        password=secrets.password,
+        ice_servers=ice_servers(settings, secrets.turn_username, secrets.turn_password),
+    )
+
+
+async def list_events(
+    db: AsyncSession, session_id: uuid.UUID, *, after: int, limit: int
+) -> list[SessionEvent]:
+    await _get(db, session_id)
+    return await repository.list_events(db, session_id, after=after, limit=limit)
+
+
+@dataclass(frozen=True)
+class ReportOutcome:
+    session: VDISession
+    outcome: str  # running | failed | updated | unchanged
+
+
+async def report_health(db: AsyncSession, session_id: uuid.UUID, report: HealthReport) -> ReportOutcome:
+    session = await _get(db, session_id, for_update=True)
+    if Phase(session.phase) in DELETED_PHASES:
+        raise SessionEnded(
+            f"Session {session.id} is {session.phase}; reports are no longer accepted. "
+            "The agent should stop."
+        )
+    before = session.phase
+    now = utcnow()
+    events = lifecycle.apply_health_report(
+        session,
+        report,
+        fallback_allowed=bool(session.template_spec.get("encoder_fallback", True)),
+        now=now,
+    )
+    await db.flush()
+    await repository.add_events(db, session, events, now)
+    if session.phase != before and session.phase in (Phase.running, Phase.failed):
+        outcome = session.phase.lower()
+    else:
+        outcome = "updated" if events else "unchanged"
+    return ReportOutcome(session, outcome)
+
+
+async def phase_counts(db: AsyncSession) -> dict[str, int]:
+    return await repository.count_by_phase(db)
+
+
+POLL_INTERVAL_S = 5.0
+STREAM_BATCH = 500
+
+
+async def follow_events(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    hub: EventHub,
+    session_id: uuid.UUID,
+    *,
+    after: int,
+) -> AsyncIterator[SessionEvent]:
+    """Yield the session's events after `after`, then new ones as they commit, until it is
+    Terminated. Each read is its own short transaction: nothing is held open while waiting."""
+    last_id = after
+    with hub.subscribe(session_id) as wake:  # subscribe before reading: no gap
+        while True:
+            async with sessionmaker() as db:
+                events = await repository.list_events(db, session_id, after=last_id, limit=STREAM_BATCH)
+                phase = await repository.get_phase(db, session_id)
+            for event in events:
+                last_id = event.id
+                yield event
+            if len(events) == STREAM_BATCH:
+                continue
+            if phase is None or phase == Phase.terminated.value:
+                return
+            await wait_for_wake(wake, POLL_INTERVAL_S)

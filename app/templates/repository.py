@@ -1,0 +1,51 @@
+"""Queries on templates."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, literal_column, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.models import Template, VDISession
+from app.models._types import utcnow
+
+LIVE_PHASES_EXCLUDED = ("Terminated",)
+
+
+async def get(db: AsyncSession, name: str, *, lock: str | None = None) -> Template | None:
+    query = select(Template).where(Template.name == name)
+    if lock == "share":
+        query = query.with_for_update(read=True)
+    elif lock == "update":
+        query = query.with_for_update()
+    return (await db.execute(query)).scalar_one_or_none()
+
+
+async def list_all(db: AsyncSession) -> list[Template]:
+    return list((await db.execute(select(Template).order_by(Template.name))).scalars())
+
+
+async def upsert(db: AsyncSession, name: str, values: dict[str, Any]) -> tuple[Template, bool]:
+    now = utcnow()
+    statement = (
+        insert(Template)
+        .values(name=name, created_at=now, updated_at=now, **values)
+        .on_conflict_do_update(index_elements=[Template.name], set_={**values, "updated_at": now})
+        .returning(Template, literal_column("(xmax = 0)").label("created"))
+    )
+    row = (await db.execute(statement, execution_options={"populate_existing": True})).one()
+    return row[0], bool(row[1])
+
+
+async def count_live_sessions(db: AsyncSession, name: str) -> int:
+    query = select(func.count()).where(
+        VDISession.template_name == name, VDISession.phase.not_in(LIVE_PHASES_EXCLUDED)
+    )
+    return int((await db.execute(query)).scalar_one())
+
+
+async def delete(db: AsyncSession, template: Template) -> None:
+    await db.delete(template)
+    await db.flush()

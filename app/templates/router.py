@@ -1,0 +1,66 @@
+"""HTTP routes of /v1/templates."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Response, status
+
+from app.auth.deps import AUTH_ERRORS, SessionsRead, TemplatesWrite
+from app.db import DbSession
+from app.errors import problem_responses
+from app.templates import service
+from app.templates.schemas import TemplateList, TemplateOut, TemplateSpec
+from app.config import DNS_LABEL_PATTERN
+
+router = APIRouter(prefix="/v1/templates", tags=["templates"])
+
+NamePath = Annotated[
+    str,
+    Path(pattern=DNS_LABEL_PATTERN, max_length=63, description="A DNS label", examples=["gpu-desktop"]),
+]
+
+
+@router.put(
+    "/{name}",
+    name="put_template",
+    responses={
+        201: {"model": TemplateOut, "description": "Created"},
+        **problem_responses(*AUTH_ERRORS),
+    },
+    summary="Create or replace a template (200 replaced, 201 created)",
+)
+async def put_template(
+    name: NamePath, body: TemplateSpec, db: DbSession, _: TemplatesWrite, response: Response
+) -> TemplateOut:
+    template, created = await service.put_template(db, name, body)
+    if created:
+        response.status_code = status.HTTP_201_CREATED
+    return TemplateOut.model_validate(template)
+
+
+@router.get("", name="list_templates", responses=problem_responses(*AUTH_ERRORS), summary="List templates")
+async def list_templates(db: DbSession, _: SessionsRead) -> TemplateList:
+    return TemplateList(items=[TemplateOut.model_validate(t) for t in await service.list_templates(db)])
+
+
+@router.get(
+    "/{name}",
+    name="get_template",
+    responses=problem_responses(*AUTH_ERRORS, service.TemplateNotFound),
+    summary="Get a template",
+)
+async def get_template(name: NamePath, db: DbSession, _: SessionsRead) -> TemplateOut:
+    return TemplateOut.model_validate(await service.get_template(db, name))
+
+
+@router.delete(
+    "/{name}",
+    name="delete_template",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=problem_responses(*AUTH_ERRORS, service.TemplateNotFound, service.TemplateInUse),
+    summary="Delete a template (409 while live sessions use it)",
+)
+async def delete_template(name: NamePath, db: DbSession, _: TemplatesWrite) -> Response:
+    await service.delete_template(db, name)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

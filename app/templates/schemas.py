@@ -1,0 +1,76 @@
+"""Wire models of the template API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from app.config import DNS_LABEL_PATTERN
+
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
+Quantity = Annotated[str, Field(pattern=QUANTITY_PATTERN, max_length=32, examples=["16Gi"])]
+TemplateName = Annotated[str, Field(pattern=DNS_LABEL_PATTERN, max_length=63, examples=["gpu-desktop"])]
+LabelKey = Annotated[str, Field(pattern=r"^([a-z0-9.-]{1,253}/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")]
+
+
+class Toleration(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    key: str | None = Field(default=None, max_length=316, examples=["nvidia.com/gpu"])
+    operator: Literal["Exists", "Equal"] = "Equal"
+    value: str | None = Field(default=None, max_length=63)
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = Field(default=None, ge=0)
+
+
+class TemplateSpec(BaseModel):
+    """What a session of this template gets. Omitted fields take their defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: str = Field(
+        min_length=1,
+        max_length=512,
+        pattern=r"^[^\s]+$",
+        description="The session image (agent/Dockerfile: Selkies-GStreamer + the agent)",
+        examples=["registry.example.com/vdi/session:1.0"],
+    )
+    gpu: int = Field(default=1, ge=0, le=8, description="nvidia.com/gpu; 0 is a CPU session (x264enc)")
+    cpu: Quantity | None = Field(default=None, description="CPU request and limit, e.g. `4`")
+    memory: Quantity | None = Field(default=None, description="Memory request and limit, e.g. `16Gi`")
+    shm_size: Quantity = Field(default="2Gi", description="Size of the /dev/shm memory volume")
+    home_size: Quantity = Field(default="10Gi", description="Size of the user's home PVC")
+    storage_class: str | None = Field(default=None, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    bitrate_kbps: int = Field(default=8000, ge=500, le=100_000)
+    framerate: int = Field(default=60, ge=10, le=240)
+    gop_size: int = Field(default=30, ge=1, le=1000)
+    encoder_fallback: bool = Field(
+        default=True, description="Allow x264enc when NVENC is unusable; false fails the session"
+    )
+    start_timeout_s: int = Field(default=300, ge=30, le=3600)
+    idle_timeout_s: int = Field(default=3600, ge=60, le=7 * 86400)
+    max_lifetime_s: int = Field(default=43200, ge=300, le=30 * 86400)
+    node_selector: dict[LabelKey, Annotated[str, Field(max_length=63)]] = Field(
+        default_factory=dict, max_length=32
+    )
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
+
+    @model_validator(mode="after")
+    def _idle_within_lifetime(self) -> Self:
+        if self.idle_timeout_s > self.max_lifetime_s:
+            raise ValueError("idle_timeout_s must not exceed max_lifetime_s")
+        return self
+
+
+class TemplateOut(TemplateSpec):
+    model_config = ConfigDict(from_attributes=True)
+
+    name: TemplateName
+    created_at: datetime
+    updated_at: datetime
+
+
+class TemplateList(BaseModel):
+    items: list[TemplateOut]
