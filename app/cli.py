@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -64,6 +65,10 @@ def _settings() -> Settings:
         raise  # unreachable
 
 
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(0)
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
@@ -78,6 +83,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
             "move only by API calls and agent reports",
             cluster=settings.cluster,
         )
+    # uvicorn re-raises SIGTERM once it has shut down; make that an exception, so the embedded
+    # database below is stopped instead of the process dying on the default handler.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     with database(settings) as url:
         ensure_schema(settings, url)
         uvicorn.run(

@@ -1,0 +1,102 @@
+"""PUT/GET/DELETE /v1/templates."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import ADMIN
+
+PROBLEM = "application/problem+json"
+
+
+async def test_put_creates_then_replaces(client: httpx.AsyncClient) -> None:
+    created = await client.put("/v1/templates/gpu-desktop", json={"image": "reg/session:1"}, headers=ADMIN)
+    assert created.status_code == 201
+    body = created.json()
+    assert body["name"] == "gpu-desktop"
+    # DESIGN.md defaults
+    assert (body["gpu"], body["shm_size"], body["bitrate_kbps"], body["framerate"], body["gop_size"]) == (
+        1, "2Gi", 8000, 60, 30,
+    )
+    assert body["encoder_fallback"] is True
+
+    replaced = await client.put(
+        "/v1/templates/gpu-desktop",
+        json={"image": "reg/session:2", "gpu": 2, "node_selector": {"nvidia.com/gpu.product": "L4"},
+              "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
+        headers=ADMIN,
+    )
+    assert replaced.status_code == 200
+    assert replaced.json()["created_at"] == body["created_at"]
+    assert replaced.json()["updated_at"] > body["updated_at"]
+    fetched = (await client.get("/v1/templates/gpu-desktop", headers=ADMIN)).json()
+    assert fetched["image"] == "reg/session:2" and fetched["gpu"] == 2
+    assert fetched["tolerations"][0]["operator"] == "Exists"
+    listing = (await client.get("/v1/templates", headers=ADMIN)).json()
+    assert [t["name"] for t in listing["items"]] == ["gpu-desktop"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({}, "image"),
+        ({"image": "i", "gpu": -1}, "gpu"),
+        ({"image": "i", "gpu": "one"}, "gpu"),
+        ({"image": "i", "memory": "16 gigs"}, "memory"),
+        ({"image": "i", "shm_size": "-2Gi"}, "shm_size"),
+        ({"image": "i", "bitrate_kbps": 10}, "bitrate_kbps"),
+        ({"image": "i", "tolerations": [{"effect": "Sometimes"}]}, "tolerations.0.effect"),
+        ({"image": "i", "node_selector": {"bad key!": "x"}}, "node_selector.bad key!.[key]"),
+        ({"image": "i", "imagePullPolicy": "Always"}, "imagePullPolicy"),
+        ({"image": "i", "idle_timeout_s": 7200, "max_lifetime_s": 3600}, "body"),
+    ],
+)
+async def test_bad_template_is_422_naming_the_field_and_stores_nothing(
+    client: httpx.AsyncClient, body: dict[str, Any], field: str
+) -> None:
+    response = await client.put("/v1/templates/t", json=body, headers=ADMIN)
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == PROBLEM
+    assert field in [e["field"] for e in response.json()["errors"]]
+    assert (await client.get("/v1/templates/t", headers=ADMIN)).status_code == 404
+
+
+async def test_bad_template_name_in_the_path(client: httpx.AsyncClient) -> None:
+    response = await client.put("/v1/templates/Bad_Name", json={"image": "i"}, headers=ADMIN)
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["location"] == "path"
+    assert "DNS label" in response.json()["errors"][0]["message"]
+
+
+async def test_a_failed_replace_keeps_the_stored_template(client: httpx.AsyncClient, make_template: Callable[..., Awaitable[dict[str, Any]]]) -> None:
+    await make_template("keep", gpu=2)
+    bad = await client.put("/v1/templates/keep", json={"image": "i", "gpu": 99}, headers=ADMIN)
+    assert bad.status_code == 422
+    assert (await client.get("/v1/templates/keep", headers=ADMIN)).json()["gpu"] == 2
+
+
+async def test_delete_is_refused_while_a_live_session_uses_it(
+    client: httpx.AsyncClient,
+    make_session: Callable[..., Awaitable[dict[str, Any]]],
+    set_phase: Callable[..., Awaitable[None]],
+) -> None:
+    session = await make_session("alice", "busy")
+    refused = await client.delete("/v1/templates/busy", headers=ADMIN)
+    assert refused.status_code == 409
+    assert refused.json()["title"] == "Template in use" and refused.json()["live_sessions"] == 1
+    assert "GET /v1/sessions?template=busy" in refused.json()["detail"]
+
+    await client.delete(f"/v1/sessions/{session['id']}", headers=ADMIN)
+    assert (await client.delete("/v1/templates/busy", headers=ADMIN)).status_code == 409  # Terminating
+    await set_phase(session["id"], "Terminated")
+    assert (await client.delete("/v1/templates/busy", headers=ADMIN)).status_code == 204
+    missing = await client.delete("/v1/templates/busy", headers=ADMIN)
+    assert missing.status_code == 404
+    assert "PUT /v1/templates/busy" in missing.json()["detail"]
+    # the ended session keeps its record (audit), template name included
+    kept = await client.get(f"/v1/sessions/{session['id']}", headers=ADMIN)
+    assert kept.json()["template"] == "busy"
