@@ -149,7 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=__version__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="run the API (embedded Postgres unless VDI_DATABASE_URL)")
+    serve = commands.add_parser(
+        "serve", help="run the API (embedded Postgres unless VDI_DATABASE_URL)"
+    )
     serve.add_argument("--host", help="listen address (VDI_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (VDI_PORT, default 8080)")
     serve.set_defaults(handler=cmd_serve)
@@ -161,8 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
     token_commands = token.add_subparsers(dest="token_command", required=True)
     create = token_commands.add_parser("create", help="create a token and print it")
     create.add_argument("--name", required=True)
-    create.add_argument("--scope", action="extend", nargs="+", required=True,
-                        help="admin, sessions:read, sessions:write, sessions:connect, templates:write")
+    create.add_argument(
+        "--scope",
+        action="extend",
+        nargs="+",
+        required=True,
+        help="admin, sessions:read, sessions:write, sessions:connect, templates:write",
+    )
     create.set_defaults(handler=cmd_token_create)
 
     openapi = commands.add_parser("openapi", help="print the OpenAPI document")

@@ -122,7 +122,10 @@ def load_settings(**overrides: object) -> Settings:
         raise ConfigError(_describe(error)) from None
     missing = [
         name
-        for name, value in (("secret_key", settings.secret_key), ("turn_secret", settings.turn_secret))
+        for name, value in (
+            ("secret_key", settings.secret_key),
+            ("turn_secret", settings.turn_secret),
+        )
         if value is None
     ]
     if missing and not settings.embedded_database:

@@ -40,7 +40,9 @@ class EmbeddedPostgres:
     def __init__(self, pgdata: Path, *, delete_on_stop: bool = False) -> None:
         pgdata = pgdata.resolve()
         pgdata.parent.mkdir(parents=True, exist_ok=True)
-        self._server = _library().get_server(pgdata, cleanup_mode="delete" if delete_on_stop else "stop")
+        self._server = _library().get_server(
+            pgdata, cleanup_mode="delete" if delete_on_stop else "stop"
+        )
 
     @property
     def pid(self) -> int:

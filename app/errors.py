@@ -19,7 +19,9 @@ log = structlog.get_logger("vdi.errors")
 
 
 class FieldError(BaseModel):
-    field: str = Field(description="Dotted path of the bad field, e.g. `user` or `tolerations.0.effect`")
+    field: str = Field(
+        description="Dotted path of the bad field, e.g. `user` or `tolerations.0.effect`"
+    )
     location: str = Field(description="Where the field was: body, query, path or header")
     message: str
     type: str = Field(description="Machine-readable error kind")
@@ -31,7 +33,9 @@ class Problem(BaseModel):
     type: str = Field(examples=[PROBLEM_TYPE_BASE + "session-not-found"])
     title: str = Field(examples=["Session not found"])
     status: int = Field(examples=[404])
-    detail: str = Field(examples=["No session with id 6f1c...; list sessions with GET /v1/sessions"])
+    detail: str = Field(
+        examples=["No session with id 6f1c...; list sessions with GET /v1/sessions"]
+    )
     instance: str | None = Field(default=None, description="The request path")
     request_id: str | None = Field(default=None, description="Quote it when reporting a problem")
     errors: list[FieldError] | None = Field(default=None, description="For 422: each bad field")
@@ -145,7 +149,9 @@ def _field_errors(exc: RequestValidationError) -> list[FieldError]:
                 "must be a DNS label: lowercase letters, digits and '-', starting and ending "
                 "with a letter or digit, at most 63 characters"
             )
-        result.append(FieldError(field=field, location=location, message=message, type=item["type"]))
+        result.append(
+            FieldError(field=field, location=location, message=message, type=item["type"])
+        )
     return result
 
 

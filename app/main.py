@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import structlog
 from asgi_correlation_id import CorrelationIdMiddleware
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 
 from app import __version__
@@ -16,7 +17,7 @@ from app.auth import service as auth_service
 from app.auth.router import router as tokens_router
 from app.config import Settings
 from app.db import create_engine, create_sessionmaker
-from app.errors import install_error_handlers
+from app.errors import PROBLEM_JSON, install_error_handlers
 from app.observability import EdgeMiddleware, Metrics
 from app.ops.router import router as ops_router
 from app.sessions.events import EventHub
@@ -34,6 +35,38 @@ Authenticate with `Authorization: Bearer <token>`. Errors are `application/probl
 
 def _operation_id(route: APIRoute) -> str:
     return route.name
+
+
+def _problem_only_openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """Every documented error is application/problem+json with the Problem schema, including
+    FastAPI's own 422 (which it would describe as HTTPValidationError) and the 413 of a body."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        document = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        problem = {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+        for operations in document["paths"].values():
+            for operation in operations.values():
+                responses = operation["responses"]
+                if "requestBody" in operation:
+                    responses.setdefault("413", {"description": "Request body too large"})
+                for code, response in responses.items():
+                    if code.isdigit() and int(code) >= 400:
+                        if code == "422":
+                            response["description"] = (
+                                "Invalid request: `errors` names each bad field"
+                            )
+                        response["content"] = problem
+        schemas = document["components"]["schemas"]
+        for unused in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(unused, None)
+        app.openapi_schema = document
+        return document
+
+    return openapi
 
 
 def create_app(settings: Settings, database_url: str) -> FastAPI:
@@ -55,7 +88,11 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
                     )
                 log.info("bootstrap admin token", created=created)
             await hub.start()
-            log.info("vdi-control ready", version=__version__, embedded_database=settings.embedded_database)
+            log.info(
+                "vdi-control ready",
+                version=__version__,
+                embedded_database=settings.embedded_database,
+            )
             yield {}
         finally:
             await hub.stop()
@@ -73,6 +110,9 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
     install_error_handlers(app)
     for router in (tokens_router, templates_router, sessions_router, ops_router):
         app.include_router(router)
-    app.add_middleware(EdgeMiddleware, metrics=app.state.metrics, max_body_bytes=settings.max_body_bytes)
+    app.openapi = _problem_only_openapi(app)  # type: ignore[method-assign]
+    app.add_middleware(
+        EdgeMiddleware, metrics=app.state.metrics, max_body_bytes=settings.max_body_bytes
+    )
     app.add_middleware(CorrelationIdMiddleware, header_name="X-Request-ID")
     return app

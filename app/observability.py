@@ -35,7 +35,9 @@ def _redact(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
-def configure_logging(level: str = "INFO", *, json: bool = True, stream: TextIO | None = None) -> None:
+def configure_logging(
+    level: str = "INFO", *, json: bool = True, stream: TextIO | None = None
+) -> None:
     """structlog for our logs, and the stdlib's (uvicorn, sqlalchemy) through the same renderer."""
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -91,7 +93,10 @@ class Metrics:
             registry=self.registry,
         )
         self.sessions = Gauge(
-            "vdi_sessions", "Sessions by phase (read at scrape time)", ["phase"], registry=self.registry
+            "vdi_sessions",
+            "Sessions by phase (read at scrape time)",
+            ["phase"],
+            registry=self.registry,
         )
         self.health_reports = Counter(
             "vdi_health_reports",
@@ -147,13 +152,25 @@ class EdgeMiddleware:
             await self.app(scope, receive_limited, send_tracking)
         except BodyTooLarge:
             if not status_holder["started"]:
-                await self._problem(scope, send_tracking, 413, "payload-too-large", "Request body too large",
-                                    f"The body is larger than {limit} bytes; send less")
-        except Exception:  # noqa: BLE001 - the last line of defence: log it, answer 500
+                await self._problem(
+                    scope,
+                    send_tracking,
+                    413,
+                    "payload-too-large",
+                    "Request body too large",
+                    f"The body is larger than {limit} bytes; send less",
+                )
+        except Exception:
             error_log.error("unhandled exception", path=scope.get("path"), exc_info=True)
             if not status_holder["started"]:
-                await self._problem(scope, send_tracking, 500, "internal-error", "Internal server error",
-                                    "An unexpected error occurred; quote the request_id when reporting it")
+                await self._problem(
+                    scope,
+                    send_tracking,
+                    500,
+                    "internal-error",
+                    "Internal server error",
+                    "An unexpected error occurred; quote the request_id when reporting it",
+                )
         finally:
             route = scope.get("route")
             route_path = getattr(route, "path", None) or "unmatched"
@@ -171,9 +188,10 @@ class EdgeMiddleware:
             )
 
     @staticmethod
-    async def _problem(scope: Scope, send: Send, status: int, slug: str, title: str, detail: str) -> None:
+    async def _problem(
+        scope: Scope, send: Send, status: int, slug: str, title: str, detail: str
+    ) -> None:
         response = problem_response(None, status=status, slug=slug, title=title, detail=detail)
-        response.headers["X-Request-ID"] = correlation_id.get() or ""
         await response(scope, _no_receive, send)
 
 
@@ -189,5 +207,3 @@ def _content_length(scope: Scope) -> int | None:
             except ValueError:
                 return None
     return None
-
-

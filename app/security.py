@@ -1,4 +1,4 @@
-"""Cryptography in one place: API token hashes, agent tokens, encryption at rest, TURN credentials."""
+"""Cryptography in one place: token hashes, agent tokens, encryption at rest, TURN credentials."""
 
 from __future__ import annotations
 
@@ -72,7 +72,9 @@ class SecretBox:
         except InvalidToken:
             # A changed VDI_SECRET_KEY: say so, never show the ciphertext.
             raise ValueError("session secrets cannot be decrypted with the current key") from None
-        return SessionSecrets(password=payload["p"], turn_username=payload["tu"], turn_password=payload["tp"])
+        return SessionSecrets(
+            password=payload["p"], turn_username=payload["tu"], turn_password=payload["tp"]
+        )
 
 
 def new_session_password() -> str:

@@ -33,7 +33,9 @@ def _with_database(url: str, name: str) -> str:
 
 
 async def _recreate_database(server_url: str, name: str) -> None:
-    connection = await asyncpg.connect(make_url(server_url).set(drivername="postgresql").render_as_string(hide_password=False))
+    connection = await asyncpg.connect(
+        make_url(server_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    )
     try:
         await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await connection.execute(f'CREATE DATABASE "{name}"')
@@ -50,7 +52,9 @@ def pg_server_url() -> Iterator[str]:
         return
     from app.embedded import EmbeddedPostgres
 
-    server = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="vdi-test-pg-")) / "pg", delete_on_stop=True)
+    server = EmbeddedPostgres(
+        Path(tempfile.mkdtemp(prefix="vdi-test-pg-")) / "pg", delete_on_stop=True
+    )
     try:
         yield server.url()
     finally:
@@ -90,7 +94,9 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
 
 
 async def _truncate(url: str) -> None:
-    connection = await asyncpg.connect(make_url(url).set(drivername="postgresql").render_as_string(hide_password=False))
+    connection = await asyncpg.connect(
+        make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    )
     try:
         await connection.execute(f"TRUNCATE {', '.join(TABLES)} CASCADE")
     finally:
@@ -137,7 +143,9 @@ def make_token(client: httpx.AsyncClient) -> Callable[..., Awaitable[dict[str, s
     """A token with exactly these scopes, as request headers."""
 
     async def _make(*scopes: str, name: str = "test") -> dict[str, str]:
-        response = await client.post("/v1/tokens", json={"name": name, "scopes": list(scopes)}, headers=ADMIN)
+        response = await client.post(
+            "/v1/tokens", json={"name": name, "scopes": list(scopes)}, headers=ADMIN
+        )
         assert response.status_code == 201, response.text
         return bearer(response.json()["token"])
 
@@ -159,9 +167,13 @@ def make_template(client: httpx.AsyncClient) -> Callable[..., Awaitable[dict[str
 def make_session(
     client: httpx.AsyncClient, make_template: Callable[..., Awaitable[dict[str, Any]]]
 ) -> Callable[..., Awaitable[dict[str, Any]]]:
-    async def _make(user: str = "alice", template: str = "gpu-desktop", **template_fields: Any) -> dict[str, Any]:
+    async def _make(
+        user: str = "alice", template: str = "gpu-desktop", **template_fields: Any
+    ) -> dict[str, Any]:
         await make_template(template, **template_fields)
-        response = await client.post("/v1/sessions", json={"user": user, "template": template}, headers=ADMIN)
+        response = await client.post(
+            "/v1/sessions", json={"user": user, "template": template}, headers=ADMIN
+        )
         assert response.status_code == 202, response.text
         return dict(response.json())
 
@@ -182,7 +194,13 @@ def set_phase(app: FastAPI) -> Callable[..., Awaitable[None]]:
             assert session is not None
             now = utcnow()
             events = [
-                lifecycle.transition(session, Phase(phase), reason="Test", message=f"test moved it to {phase}", now=now)
+                lifecycle.transition(
+                    session,
+                    Phase(phase),
+                    reason="Test",
+                    message=f"test moved it to {phase}",
+                    now=now,
+                )
                 for phase in phases
             ]
             await db.flush()

@@ -37,7 +37,9 @@ def test_a_real_database_requires_the_secrets(monkeypatch: pytest.MonkeyPatch) -
         ("VDI_AUTO_MIGRATE", "perhaps", "VDI_AUTO_MIGRATE"),
     ],
 )
-def test_a_malformed_setting_is_named(monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str) -> None:
+def test_a_malformed_setting_is_named(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str
+) -> None:
     monkeypatch.setenv(name, value)
     with pytest.raises(ConfigError, match=message) as raised:
         load_settings(data_dir=Path("/nonexistent"))
@@ -62,5 +64,7 @@ def test_embedded_mode_generates_private_keys_once(tmp_path: Path) -> None:
 
 
 def test_auto_migrate_defaults_off_for_a_real_database(monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = load_settings(database_url="postgresql://db/vdi", secret_key="k" * 32, turn_secret="t" * 32)
+    settings = load_settings(
+        database_url="postgresql://db/vdi", secret_key="k" * 32, turn_secret="t" * 32
+    )
     assert not settings.should_auto_migrate

@@ -51,7 +51,9 @@ ILLEGAL = [(a, b) for a in Phase for b in Phase if b not in lifecycle.TRANSITION
 @pytest.mark.parametrize(("current", "target"), LEGAL)
 def test_legal_transitions_move_the_phase_and_make_one_event(current: Phase, target: Phase) -> None:
     session = make(current)
-    event = lifecycle.transition(session, target, reason="R", message="m", now=NOW + timedelta(seconds=1))
+    event = lifecycle.transition(
+        session, target, reason="R", message="m", now=NOW + timedelta(seconds=1)
+    )
     assert session.phase == target.value
     assert event.type == "PhaseChanged"
     assert event.data == {"from": current.value, "to": target.value}
@@ -61,7 +63,9 @@ def test_legal_transitions_move_the_phase_and_make_one_event(current: Phase, tar
 @pytest.mark.parametrize(("current", "target"), ILLEGAL)
 def test_illegal_transitions_are_refused_and_change_nothing(current: Phase, target: Phase) -> None:
     session = make(current)
-    with pytest.raises(InvalidTransition, match=f"cannot go from {current.value} to {target.value}"):
+    with pytest.raises(
+        InvalidTransition, match=f"cannot go from {current.value} to {target.value}"
+    ):
         lifecycle.transition(session, target, reason="R", message="m", now=NOW)
     assert session.phase == current.value
 
@@ -82,19 +86,25 @@ def test_the_machine_matches_the_design_table() -> None:
 def test_running_sets_running_at_and_failure_sets_ended_at_once() -> None:
     session = make(Phase.starting)
     lifecycle.transition(session, Phase.running, reason="R", message="m", now=NOW)
-    assert session.running_at == NOW and session.ended_at is None
+    assert session.running_at == NOW
+    assert session.ended_at is None
     lifecycle.transition(session, Phase.failed, reason="R", message="m", now=NOW + timedelta(1))
-    lifecycle.transition(session, Phase.terminating, reason="R", message="m", now=NOW + timedelta(2))
+    lifecycle.transition(
+        session, Phase.terminating, reason="R", message="m", now=NOW + timedelta(2)
+    )
     assert session.ended_at == NOW + timedelta(1)
 
 
 def test_gpu_and_encoder_ready_make_a_starting_session_running() -> None:
     session = make(Phase.starting)
     events = lifecycle.apply_health_report(
-        session, report(("gpu", True, None), ("encoder", True, None), encoder="nvh264enc"),
-        fallback_allowed=True, now=NOW,
+        session,
+        report(("gpu", True, None), ("encoder", True, None), encoder="nvh264enc"),
+        fallback_allowed=True,
+        now=NOW,
     )
-    assert session.phase == "Running" and session.encoder == "nvh264enc"
+    assert session.phase == "Running"
+    assert session.encoder == "nvh264enc"
     assert condition(session, "GPUAvailable")["status"] == "True"
     assert condition(session, "EncoderReady")["reason"] == "HardwareEncoder"
     assert [e.type for e in events] == ["ConditionChanged", "ConditionChanged", "PhaseChanged"]
@@ -112,8 +122,10 @@ def test_nvidia_smi_failure_fails_a_gpu_session_with_gpu_init_error() -> None:
 def test_a_cpu_session_ignores_the_gpu_check_and_runs_on_x264() -> None:
     session = make(Phase.starting, gpu=0)
     lifecycle.apply_health_report(
-        session, report(("gpu", False, "GPU_INIT_ERROR"), ("encoder", True, None), encoder="x264enc"),
-        fallback_allowed=False, now=NOW,
+        session,
+        report(("gpu", False, "GPU_INIT_ERROR"), ("encoder", True, None), encoder="x264enc"),
+        fallback_allowed=False,
+        now=NOW,
     )
     assert session.phase == "Running"
     assert condition(session, "GPUAvailable")["reason"] == "NotRequested"
@@ -122,8 +134,10 @@ def test_a_cpu_session_ignores_the_gpu_check_and_runs_on_x264() -> None:
 def test_software_fallback_runs_when_the_template_allows_it() -> None:
     session = make(Phase.starting)
     lifecycle.apply_health_report(
-        session, report(("gpu", True, None), ("encoder", True, None), encoder="x264enc", fallback=True),
-        fallback_allowed=True, now=NOW,
+        session,
+        report(("gpu", True, None), ("encoder", True, None), encoder="x264enc", fallback=True),
+        fallback_allowed=True,
+        now=NOW,
     )
     assert session.phase == "Running"
     assert condition(session, "EncoderReady")["reason"] == "SoftwareFallback"
@@ -133,8 +147,10 @@ def test_software_fallback_runs_when_the_template_allows_it() -> None:
 def test_software_fallback_fails_when_the_template_forbids_it() -> None:
     session = make(Phase.starting)
     lifecycle.apply_health_report(
-        session, report(("gpu", True, None), ("encoder", True, None), encoder="x264enc", fallback=True),
-        fallback_allowed=False, now=NOW,
+        session,
+        report(("gpu", True, None), ("encoder", True, None), encoder="x264enc", fallback=True),
+        fallback_allowed=False,
+        now=NOW,
     )
     assert (session.phase, session.reason) == ("Failed", "ENCODER_UNAVAILABLE")
 
@@ -142,8 +158,10 @@ def test_software_fallback_fails_when_the_template_forbids_it() -> None:
 def test_encoder_failure_fails_with_its_code() -> None:
     session = make(Phase.running)
     lifecycle.apply_health_report(
-        session, report(("gpu", True, None), ("encoder", False, "ENCODER_UNAVAILABLE")),
-        fallback_allowed=True, now=NOW,
+        session,
+        report(("gpu", True, None), ("encoder", False, "ENCODER_UNAVAILABLE")),
+        fallback_allowed=True,
+        now=NOW,
     )
     assert (session.phase, session.reason) == ("Failed", "ENCODER_UNAVAILABLE")
 
@@ -152,8 +170,14 @@ def test_stream_and_latency_never_gate_running_and_unknown_is_not_failed() -> No
     session = make(Phase.starting)
     lifecycle.apply_health_report(
         session,
-        report(("gpu", True, None), ("encoder", True, None), ("stream", None, None), ("latency", False, None)),
-        fallback_allowed=True, now=NOW,
+        report(
+            ("gpu", True, None),
+            ("encoder", True, None),
+            ("stream", None, None),
+            ("latency", False, None),
+        ),
+        fallback_allowed=True,
+        now=NOW,
     )
     assert session.phase == "Running"
     assert condition(session, "StreamHealthy")["status"] == "Unknown"
@@ -162,23 +186,33 @@ def test_stream_and_latency_never_gate_running_and_unknown_is_not_failed() -> No
 
 def test_gpu_ok_without_encoder_result_stays_starting() -> None:
     session = make(Phase.starting)
-    lifecycle.apply_health_report(session, report(("gpu", True, None)), fallback_allowed=True, now=NOW)
+    lifecycle.apply_health_report(
+        session, report(("gpu", True, None)), fallback_allowed=True, now=NOW
+    )
     assert session.phase == "Starting"
 
 
 def test_a_report_during_provisioning_goes_through_starting() -> None:
     session = make(Phase.provisioning)
     events = lifecycle.apply_health_report(
-        session, report(("gpu", True, None), ("encoder", True, None)), fallback_allowed=True, now=NOW
+        session,
+        report(("gpu", True, None), ("encoder", True, None)),
+        fallback_allowed=True,
+        now=NOW,
     )
     assert [e.data.get("to") for e in events if e.type == "PhaseChanged"] == ["Starting", "Running"]
 
 
 def test_a_stale_good_report_cannot_undo_a_failure() -> None:
     session = make(Phase.starting)
-    lifecycle.apply_health_report(session, report(("gpu", False, None)), fallback_allowed=True, now=NOW)
     lifecycle.apply_health_report(
-        session, report(("gpu", True, None), ("encoder", True, None)), fallback_allowed=True, now=NOW
+        session, report(("gpu", False, None)), fallback_allowed=True, now=NOW
+    )
+    lifecycle.apply_health_report(
+        session,
+        report(("gpu", True, None), ("encoder", True, None)),
+        fallback_allowed=True,
+        now=NOW,
     )
     assert (session.phase, session.reason) == ("Failed", "GPU_INIT_ERROR")
 
@@ -193,8 +227,20 @@ def test_an_identical_report_records_no_new_event() -> None:
 def test_condition_transition_time_moves_only_when_status_changes() -> None:
     session = make(Phase.running)
     later = NOW + timedelta(minutes=1)
-    lifecycle.set_condition(session, lifecycle.ConditionType.stream_healthy, lifecycle.ConditionStatus.true,
-                            reason="A", message="m", now=NOW)
-    lifecycle.set_condition(session, lifecycle.ConditionType.stream_healthy, lifecycle.ConditionStatus.true,
-                            reason="B", message="m", now=later)
+    lifecycle.set_condition(
+        session,
+        lifecycle.ConditionType.stream_healthy,
+        lifecycle.ConditionStatus.true,
+        reason="A",
+        message="m",
+        now=NOW,
+    )
+    lifecycle.set_condition(
+        session,
+        lifecycle.ConditionType.stream_healthy,
+        lifecycle.ConditionStatus.true,
+        reason="B",
+        message="m",
+        now=later,
+    )
     assert condition(session, "StreamHealthy")["last_transition_time"] == NOW.isoformat()

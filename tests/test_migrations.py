@@ -19,7 +19,9 @@ from app.db import Base, async_url
 
 
 async def _tables(url: str) -> set[str]:
-    connection = await asyncpg.connect(make_url(url).set(drivername="postgresql").render_as_string(hide_password=False))
+    connection = await asyncpg.connect(
+        make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    )
     try:
         rows = await connection.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
         return {row["tablename"] for row in rows}
@@ -41,12 +43,20 @@ async def _diff(url: str) -> list[object]:
         await engine.dispose()
 
 
-async def test_migration_upgrade_check_downgrade_upgrade(make_database: Callable[[str], Awaitable[str]]) -> None:
+async def test_migration_upgrade_check_downgrade_upgrade(
+    make_database: Callable[[str], Awaitable[str]],
+) -> None:
     url = await make_database("vdi_migration_test")
     assert await _tables(url) == set()
 
     await asyncio.to_thread(migrate.upgrade, url)
-    assert await _tables(url) >= {"sessions", "templates", "session_events", "api_tokens", "idempotency_keys"}
+    assert await _tables(url) >= {
+        "sessions",
+        "templates",
+        "session_events",
+        "api_tokens",
+        "idempotency_keys",
+    }
     assert await migrate.current_revision(url) == migrate.head_revision()
     assert await _diff(url) == [], "models and migrations disagree: write a migration"
 

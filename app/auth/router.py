@@ -27,13 +27,15 @@ async def create_token(body: TokenCreate, db: DbSession, _: Admin) -> TokenCreat
     return TokenCreated(
         id=token.id,
         name=token.name,
-        scopes=token.scopes,  # type: ignore[arg-type]
+        scopes=token.scopes,
         created_at=token.created_at,
         token=plaintext,
     )
 
 
-@router.get("", name="list_tokens", responses=problem_responses(*AUTH_ERRORS), summary="List tokens")
+@router.get(
+    "", name="list_tokens", responses=problem_responses(*AUTH_ERRORS), summary="List tokens"
+)
 async def list_tokens(db: DbSession, _: Admin) -> TokenList:
     return TokenList(items=[TokenInfo.model_validate(t) for t in await service.list_tokens(db)])
 

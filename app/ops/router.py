@@ -41,7 +41,7 @@ async def readyz(request: Request) -> Health:
         async with asyncio.timeout(READY_TIMEOUT_S):
             async with request.app.state.sessionmaker() as db:
                 await db.execute(text("SELECT 1"))
-    except Exception as error:  # noqa: BLE001 - any failure means not ready
+    except Exception as error:
         log.warning("not ready: database", error=type(error).__name__)
         raise ServiceUnavailable("The database does not answer", retry_after_s=5) from None
     return Health(status="ok", checks={"database": "ok"})
@@ -51,7 +51,12 @@ async def readyz(request: Request) -> Health:
     "/metrics",
     name="get_metrics",
     response_class=Response,
-    responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}, "description": "Prometheus text format"}},
+    responses={
+        200: {
+            "content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}},
+            "description": "Prometheus text format",
+        }
+    },
     summary="Prometheus metrics",
 )
 async def metrics(request: Request) -> Response:
@@ -62,6 +67,6 @@ async def metrics(request: Request) -> Response:
                 counts = await phase_counts(db)
         for phase in Phase:
             registry_metrics.sessions.labels(phase=phase.value).set(counts.get(phase.value, 0))
-    except Exception as error:  # noqa: BLE001 - still serve the process metrics
+    except Exception as error:
         log.warning("metrics: session counts unavailable", error=type(error).__name__)
     return Response(generate_latest(registry_metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
@@ -23,6 +23,7 @@ from app.sessions.repository import EVENTS_CHANNEL
 log = structlog.get_logger("vdi.events")
 
 RECONNECT_DELAY_S = 1.0
+CONNECT_WAIT_S = 5.0  # start() waits this long for the first LISTEN, then goes on polling
 
 
 def asyncpg_dsn(database_url: str) -> str:
@@ -39,7 +40,7 @@ class EventHub:
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="vdi-event-hub")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._connected.wait(), timeout=5)
+            await asyncio.wait_for(self._connected.wait(), timeout=CONNECT_WAIT_S)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -69,6 +70,12 @@ class EventHub:
             for wake in wakes:
                 wake.set()
 
+    @staticmethod
+    async def _until_closed(connection: asyncpg.Connection) -> None:
+        closed = asyncio.Event()
+        connection.add_termination_listener(lambda _conn: closed.set())
+        await closed.wait()
+
     async def _run(self) -> None:
         while True:
             connection = None
@@ -77,9 +84,7 @@ class EventHub:
                 await connection.add_listener(EVENTS_CHANNEL, self._on_notify)
                 self._connected.set()
                 self._wake_all()  # catch up on whatever passed while disconnected
-                closed = asyncio.Event()
-                connection.add_termination_listener(lambda _c: closed.set())
-                await closed.wait()
+                await self._until_closed(connection)
                 log.warning("event listener connection lost; reconnecting")
             except asyncio.CancelledError:
                 raise
@@ -97,5 +102,3 @@ async def wait_for_wake(wake: asyncio.Event, timeout_s: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(wake.wait(), timeout=timeout_s)
     wake.clear()
-
-

@@ -84,7 +84,11 @@ def initial_conditions(gpu: int, now: datetime) -> list[dict[str, Any]]:
     for condition_type in ConditionType:
         status, reason, message = ConditionStatus.unknown, "NotChecked", "No report yet"
         if condition_type is ConditionType.gpu_available and gpu == 0:
-            status, reason, message = ConditionStatus.false, "NotRequested", "A CPU session (gpu: 0)"
+            status, reason, message = (
+                ConditionStatus.false,
+                "NotRequested",
+                "A CPU session (gpu: 0)",
+            )
         conditions.append(
             {
                 "type": condition_type.value,
@@ -155,7 +159,9 @@ def set_condition(
     )
 
 
-def _condition_from_check(check: HealthCheck, report: HealthReport) -> tuple[ConditionStatus, str, str]:
+def _condition_from_check(
+    check: HealthCheck, report: HealthReport
+) -> tuple[ConditionStatus, str, str]:
     condition_type = _CHECK_CONDITION[check.name]
     if check.ok is None:
         return ConditionStatus.unknown, check.code or "NotMeasured", check.detail or "Not known yet"
@@ -182,7 +188,10 @@ def _describe_ok(name: CheckName, report: HealthReport) -> str:
 
 
 def _failure(
-    session: VDISession, checks: dict[CheckName, HealthCheck], report: HealthReport, fallback_allowed: bool
+    session: VDISession,
+    checks: dict[CheckName, HealthCheck],
+    report: HealthReport,
+    fallback_allowed: bool,
 ) -> tuple[str, str] | None:
     gpu = checks.get(CheckName.gpu)
     if gpu is not None and gpu.ok is False and session.gpu >= 1:
@@ -191,7 +200,10 @@ def _failure(
     if encoder is not None and encoder.ok is False:
         return encoder.code or ENCODER_UNAVAILABLE, encoder.detail or "No usable encoder"
     if encoder is not None and encoder.ok and report.fallback and not fallback_allowed:
-        return ENCODER_UNAVAILABLE, "NVENC is unusable and the template forbids the x264enc fallback"
+        return (
+            ENCODER_UNAVAILABLE,
+            "NVENC is unusable and the template forbids the x264enc fallback",
+        )
     return None
 
 
@@ -241,11 +253,19 @@ def apply_health_report(
         if phase is Phase.provisioning:
             # The agent can answer before the reconciler records Starting; keep the machine's order.
             events.append(
-                transition(session, Phase.starting, reason="AgentReported", message="The agent is up", now=now)
+                transition(
+                    session,
+                    Phase.starting,
+                    reason="AgentReported",
+                    message="The agent is up",
+                    now=now,
+                )
             )
         encoder = report.encoder or "an encoder"
         message = f"GPU and encoder ready ({encoder})"
         if report.fallback:
             message = f"Running on the software fallback ({encoder}): NVENC is unusable"
-        events.append(transition(session, Phase.running, reason="AgentReady", message=message, now=now))
+        events.append(
+            transition(session, Phase.running, reason="AgentReady", message=message, now=now)
+        )
     return events

@@ -16,7 +16,9 @@ from app.models import IdempotencyKey, SessionEvent, VDISession
 EVENTS_CHANNEL = "vdi_session_events"
 
 
-async def get(db: AsyncSession, session_id: uuid.UUID, *, for_update: bool = False) -> VDISession | None:
+async def get(
+    db: AsyncSession, session_id: uuid.UUID, *, for_update: bool = False
+) -> VDISession | None:
     query = select(VDISession).where(VDISession.id == session_id)
     if for_update:
         query = query.with_for_update()
@@ -30,7 +32,9 @@ async def get_phase(db: AsyncSession, session_id: uuid.UUID) -> str | None:
 
 async def lock_user(db: AsyncSession, user: str) -> None:
     """Serialize session creation per user until the transaction ends (any replica)."""
-    await db.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"), {"key": "user:" + user})
+    await db.execute(
+        text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"), {"key": "user:" + user}
+    )
 
 
 async def active_sessions_of_user(
@@ -72,7 +76,9 @@ async def count_by_phase(db: AsyncSession) -> dict[str, int]:
     return {phase: int(count) for phase, count in rows.all()}
 
 
-async def add_events(db: AsyncSession, session: VDISession, drafts: Sequence[Any], now: datetime) -> None:
+async def add_events(
+    db: AsyncSession, session: VDISession, drafts: Sequence[Any], now: datetime
+) -> None:
     """Append events and NOTIFY listeners (delivered when the transaction commits)."""
     if not drafts:
         return
@@ -105,7 +111,13 @@ async def list_events(
 
 
 async def claim_idempotency_key(
-    db: AsyncSession, *, token_id: uuid.UUID, key: str, request_hash: str, now: datetime, expired_before: datetime
+    db: AsyncSession,
+    *,
+    token_id: uuid.UUID,
+    key: str,
+    request_hash: str,
+    now: datetime,
+    expired_before: datetime,
 ) -> IdempotencyKey | None:
     """Claim a key; None when it is already taken (then the caller reads it).
 
@@ -118,8 +130,13 @@ async def claim_idempotency_key(
         .values(token_id=token_id, key=key, request_hash=request_hash, created_at=now)
         .on_conflict_do_update(
             index_elements=[IdempotencyKey.token_id, IdempotencyKey.key],
-            set_={"request_hash": request_hash, "created_at": now, "session_id": None,
-                  "response_status": None, "response_body": None},
+            set_={
+                "request_hash": request_hash,
+                "created_at": now,
+                "session_id": None,
+                "response_status": None,
+                "response_body": None,
+            },
             where=IdempotencyKey.created_at < expired_before,
         )
         .returning(IdempotencyKey.key)
@@ -127,12 +144,20 @@ async def claim_idempotency_key(
     claimed = (await db.execute(statement)).scalar_one_or_none()
     if claimed is not None:
         return None
-    query = select(IdempotencyKey).where(IdempotencyKey.token_id == token_id, IdempotencyKey.key == key)
+    query = select(IdempotencyKey).where(
+        IdempotencyKey.token_id == token_id, IdempotencyKey.key == key
+    )
     return (await db.execute(query)).scalar_one()
 
 
 async def record_idempotent_result(
-    db: AsyncSession, *, token_id: uuid.UUID, key: str, session_id: uuid.UUID, status: int, body: dict[str, Any]
+    db: AsyncSession,
+    *,
+    token_id: uuid.UUID,
+    key: str,
+    session_id: uuid.UUID,
+    status: int,
+    body: dict[str, Any],
 ) -> None:
     await db.execute(
         update(IdempotencyKey)

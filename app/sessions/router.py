@@ -10,7 +10,13 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 
-from app.auth.deps import AUTH_ERRORS, BearerCredentials, SessionsConnect, SessionsRead, SessionsWrite
+from app.auth.deps import (
+    AUTH_ERRORS,
+    BearerCredentials,
+    SessionsConnect,
+    SessionsRead,
+    SessionsWrite,
+)
 from app.config import DNS_LABEL_PATTERN, Settings
 from app.db import DbSession
 from app.errors import Forbidden, Unauthorized, ValidationFailed, problem_responses
@@ -84,7 +90,10 @@ async def create_session(
         return JSONResponse(  # type: ignore[return-value]
             result.body,
             status_code=result.status,
-            headers={"Location": f"/v1/sessions/{result.session_id}", "Idempotent-Replayed": "true"},
+            headers={
+                "Location": f"/v1/sessions/{result.session_id}",
+                "Idempotent-Replayed": "true",
+            },
         )
     response.headers["Location"] = f"/v1/sessions/{result.id}"
     return service.to_schema(result)
@@ -149,7 +158,11 @@ async def keepalive_session(session_id: uuid.UUID, db: DbSession, _: SessionsWri
     summary="What the viewer needs: URL, basic-auth credentials and ICE servers",
 )
 async def get_session_connection(
-    session_id: uuid.UUID, db: DbSession, _: SessionsConnect, settings: AppSettings, response: Response
+    session_id: uuid.UUID,
+    db: DbSession,
+    _: SessionsConnect,
+    settings: AppSettings,
+    response: Response,
 ) -> Connection:
     response.headers["Cache-Control"] = "no-store"
     return await service.connection(db, settings, session_id)
@@ -185,10 +198,14 @@ async def list_session_events(
 ) -> SessionEventList:
     events = await service.list_events(db, session_id, after=after, limit=limit)
     if EVENT_STREAM not in request.headers.get("accept", ""):
-        return SessionEventList(items=[SessionEventOut.model_validate(e, from_attributes=True) for e in events])
+        return SessionEventList(
+            items=[SessionEventOut.model_validate(e, from_attributes=True) for e in events]
+        )
     if last_event_id is not None:
         if not last_event_id.isdigit():
-            raise ValidationFailed("Last-Event-ID must be an event id", field="Last-Event-ID", location="header")
+            raise ValidationFailed(
+                "Last-Event-ID must be an event id", field="Last-Event-ID", location="header"
+            )
         after = max(after, int(last_event_id))
 
     async def stream() -> AsyncIterator[dict[str, str]]:
@@ -212,5 +229,3 @@ async def report_session_health(
     result = await service.report_health(db, session_id, body)
     request.app.state.metrics.health_reports.labels(outcome=result.outcome).inc()
     return service.to_schema(result.session)
-
-

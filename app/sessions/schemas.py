@@ -86,7 +86,9 @@ class Session(BaseModel):
 
 class SessionPage(BaseModel):
     items: list[Session]
-    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null at the end")
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null at the end"
+    )
 
 
 class IceServer(BaseModel):

@@ -8,9 +8,9 @@ import binascii
 import hashlib
 import json
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from collections.abc import AsyncIterator
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -22,11 +22,12 @@ from app.models._types import utcnow
 from app.security import SELKIES_BASIC_AUTH_USER, SecretBox, new_session_secrets
 from app.sessions import lifecycle, repository
 from app.sessions.events import EventHub, wait_for_wake
-from app.sessions.lifecycle import ACTIVE_PHASES, DELETED_PHASES, ENDED_PHASES, Phase
+from app.sessions.lifecycle import ACTIVE_PHASES, DELETED_PHASES, ENDED_PHASES
 from app.sessions.schemas import (
     Connection,
     HealthReport,
     IceServer,
+    Phase,
     Session,
     SessionCreate,
 )
@@ -68,7 +69,7 @@ def to_schema(session: VDISession) -> Session:
         phase=Phase(session.phase),
         reason=session.reason,
         message=session.message,
-        conditions=session.conditions,  # type: ignore[arg-type]
+        conditions=session.conditions,
         url=session.url,
         encoder=session.encoder,
         gpu=session.gpu,
@@ -82,13 +83,17 @@ def to_schema(session: VDISession) -> Session:
 
 
 def _request_hash(body: SessionCreate) -> str:
-    return hashlib.sha256(json.dumps(body.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(
+        json.dumps(body.model_dump(mode="json"), sort_keys=True).encode()
+    ).hexdigest()
 
 
 async def _get(db: AsyncSession, session_id: uuid.UUID, *, for_update: bool = False) -> VDISession:
     session = await repository.get(db, session_id, for_update=for_update)
     if session is None:
-        raise SessionNotFound(f"No session with id {session_id}; list sessions with GET /v1/sessions")
+        raise SessionNotFound(
+            f"No session with id {session_id}; list sessions with GET /v1/sessions"
+        )
     return session
 
 
@@ -118,8 +123,11 @@ async def create_session(
                     "new request",
                     errors=None,
                 )
-            assert existing.response_body is not None and existing.session_id is not None
-            return Replay(existing.response_status or 202, existing.response_body, existing.session_id)
+            assert existing.response_body is not None
+            assert existing.session_id is not None
+            return Replay(
+                existing.response_status or 202, existing.response_body, existing.session_id
+            )
 
     # A share lock: a template cannot be deleted under a session being created.
     template = await find_template(db, body.template, lock="share")
@@ -132,7 +140,9 @@ async def create_session(
     spec = template_spec(template)
 
     await repository.lock_user(db, body.user)
-    active = await repository.active_sessions_of_user(db, body.user, [p.value for p in ACTIVE_PHASES])
+    active = await repository.active_sessions_of_user(
+        db, body.user, [p.value for p in ACTIVE_PHASES]
+    )
     if len(active) >= settings.max_sessions_per_user:
         ids = [str(s.id) for s in active]
         raise UserSessionLimit(
@@ -299,7 +309,9 @@ class ReportOutcome:
     outcome: str  # running | failed | updated | unchanged
 
 
-async def report_health(db: AsyncSession, session_id: uuid.UUID, report: HealthReport) -> ReportOutcome:
+async def report_health(
+    db: AsyncSession, session_id: uuid.UUID, report: HealthReport
+) -> ReportOutcome:
     session = await _get(db, session_id, for_update=True)
     if Phase(session.phase) in DELETED_PHASES:
         raise SessionEnded(
@@ -344,7 +356,9 @@ async def follow_events(
     with hub.subscribe(session_id) as wake:  # subscribe before reading: no gap
         while True:
             async with sessionmaker() as db:
-                events = await repository.list_events(db, session_id, after=last_id, limit=STREAM_BATCH)
+                events = await repository.list_events(
+                    db, session_id, after=last_id, limit=STREAM_BATCH
+                )
                 phase = await repository.get_phase(db, session_id)
             for event in events:
                 last_id = event.id

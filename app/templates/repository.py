@@ -29,7 +29,7 @@ async def list_all(db: AsyncSession) -> list[Template]:
 
 async def upsert(db: AsyncSession, name: str, values: dict[str, Any]) -> tuple[Template, bool]:
     now = utcnow()
-    statement = (
+    statement: Any = (
         insert(Template)
         .values(name=name, created_at=now, updated_at=now, **values)
         .on_conflict_do_update(index_elements=[Template.name], set_={**values, "updated_at": now})

@@ -7,17 +7,22 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Response, status
 
 from app.auth.deps import AUTH_ERRORS, SessionsRead, TemplatesWrite
+from app.config import DNS_LABEL_PATTERN
 from app.db import DbSession
 from app.errors import problem_responses
 from app.templates import service
 from app.templates.schemas import TemplateList, TemplateOut, TemplateSpec
-from app.config import DNS_LABEL_PATTERN
 
 router = APIRouter(prefix="/v1/templates", tags=["templates"])
 
 NamePath = Annotated[
     str,
-    Path(pattern=DNS_LABEL_PATTERN, max_length=63, description="A DNS label", examples=["gpu-desktop"]),
+    Path(
+        pattern=DNS_LABEL_PATTERN,
+        max_length=63,
+        description="A DNS label",
+        examples=["gpu-desktop"],
+    ),
 ]
 
 
@@ -39,9 +44,13 @@ async def put_template(
     return TemplateOut.model_validate(template)
 
 
-@router.get("", name="list_templates", responses=problem_responses(*AUTH_ERRORS), summary="List templates")
+@router.get(
+    "", name="list_templates", responses=problem_responses(*AUTH_ERRORS), summary="List templates"
+)
 async def list_templates(db: DbSession, _: SessionsRead) -> TemplateList:
-    return TemplateList(items=[TemplateOut.model_validate(t) for t in await service.list_templates(db)])
+    return TemplateList(
+        items=[TemplateOut.model_validate(t) for t in await service.list_templates(db)]
+    )
 
 
 @router.get(

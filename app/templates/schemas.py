@@ -11,8 +11,12 @@ from app.config import DNS_LABEL_PATTERN
 
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
 Quantity = Annotated[str, Field(pattern=QUANTITY_PATTERN, max_length=32, examples=["16Gi"])]
-TemplateName = Annotated[str, Field(pattern=DNS_LABEL_PATTERN, max_length=63, examples=["gpu-desktop"])]
-LabelKey = Annotated[str, Field(pattern=r"^([a-z0-9.-]{1,253}/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")]
+TemplateName = Annotated[
+    str, Field(pattern=DNS_LABEL_PATTERN, max_length=63, examples=["gpu-desktop"])
+]
+LabelKey = Annotated[
+    str, Field(pattern=r"^([a-z0-9.-]{1,253}/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+]
 
 
 class Toleration(BaseModel):
@@ -37,12 +41,18 @@ class TemplateSpec(BaseModel):
         description="The session image (agent/Dockerfile: Selkies-GStreamer + the agent)",
         examples=["registry.example.com/vdi/session:1.0"],
     )
-    gpu: int = Field(default=1, ge=0, le=8, description="nvidia.com/gpu; 0 is a CPU session (x264enc)")
+    gpu: int = Field(
+        default=1, ge=0, le=8, description="nvidia.com/gpu; 0 is a CPU session (x264enc)"
+    )
     cpu: Quantity | None = Field(default=None, description="CPU request and limit, e.g. `4`")
-    memory: Quantity | None = Field(default=None, description="Memory request and limit, e.g. `16Gi`")
+    memory: Quantity | None = Field(
+        default=None, description="Memory request and limit, e.g. `16Gi`"
+    )
     shm_size: Quantity = Field(default="2Gi", description="Size of the /dev/shm memory volume")
     home_size: Quantity = Field(default="10Gi", description="Size of the user's home PVC")
-    storage_class: str | None = Field(default=None, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    storage_class: str | None = Field(
+        default=None, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+    )
     bitrate_kbps: int = Field(default=8000, ge=500, le=100_000)
     framerate: int = Field(default=60, ge=10, le=240)
     gop_size: int = Field(default=30, ge=1, le=1000)

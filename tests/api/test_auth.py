@@ -39,13 +39,17 @@ def _ids(item: tuple[str, str, Any, Scope]) -> str:
     return f"{item[0]} {item[1]}"
 
 
-async def _call(client: httpx.AsyncClient, endpoint: tuple[str, str, Any, Scope], headers: dict[str, str]) -> httpx.Response:
+async def _call(
+    client: httpx.AsyncClient, endpoint: tuple[str, str, Any, Scope], headers: dict[str, str]
+) -> httpx.Response:
     method, path, body, _ = endpoint
     return await client.request(method, path, json=body, headers=headers)
 
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS, ids=_ids)
-async def test_no_token_is_401_problem(client: httpx.AsyncClient, endpoint: tuple[str, str, Any, Scope]) -> None:
+async def test_no_token_is_401_problem(
+    client: httpx.AsyncClient, endpoint: tuple[str, str, Any, Scope]
+) -> None:
     response = await _call(client, endpoint, {})
     assert response.status_code == 401
     assert response.headers["content-type"] == PROBLEM
@@ -54,7 +58,9 @@ async def test_no_token_is_401_problem(client: httpx.AsyncClient, endpoint: tupl
 
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS, ids=_ids)
-async def test_unknown_token_is_401(client: httpx.AsyncClient, endpoint: tuple[str, str, Any, Scope]) -> None:
+async def test_unknown_token_is_401(
+    client: httpx.AsyncClient, endpoint: tuple[str, str, Any, Scope]
+) -> None:
     response = await _call(client, endpoint, bearer("vdi_not-a-real-token"))
     assert response.status_code == 401
     assert "unknown or revoked" in response.json()["detail"]
@@ -81,7 +87,9 @@ async def test_each_wrong_scope_is_403_and_the_right_one_passes(
 async def test_a_revoked_token_stops_working_at_once(
     client: httpx.AsyncClient, make_token: Callable[..., Awaitable[dict[str, str]]]
 ) -> None:
-    created = await client.post("/v1/tokens", json={"name": "portal", "scopes": ["sessions:read"]}, headers=ADMIN)
+    created = await client.post(
+        "/v1/tokens", json={"name": "portal", "scopes": ["sessions:read"]}, headers=ADMIN
+    )
     token = created.json()
     assert (await client.get("/v1/sessions", headers=bearer(token["token"]))).status_code == 200
     assert (await client.delete(f"/v1/tokens/{token['id']}", headers=ADMIN)).status_code == 204
@@ -92,17 +100,24 @@ async def test_a_revoked_token_stops_working_at_once(
 
 async def test_token_list_never_shows_the_token(client: httpx.AsyncClient) -> None:
     created = await client.post(
-        "/v1/tokens", json={"name": "portal", "scopes": ["sessions:write", "sessions:read"]}, headers=ADMIN
+        "/v1/tokens",
+        json={"name": "portal", "scopes": ["sessions:write", "sessions:read"]},
+        headers=ADMIN,
     )
     assert created.status_code == 201
     body = created.json()
-    assert body["token"].startswith("vdi_") and body["scopes"] == ["sessions:read", "sessions:write"]
+    assert body["token"].startswith("vdi_")
+    assert body["scopes"] == [
+        "sessions:read",
+        "sessions:write",
+    ]
     listing = await client.get("/v1/tokens", headers=ADMIN)
     assert body["token"] not in listing.text
     names = [item["name"] for item in listing.json()["items"]]
     assert names == ["bootstrap", "portal"]
     revoked = await client.delete(f"/v1/tokens/{uuid.uuid4()}", headers=ADMIN)
-    assert revoked.status_code == 404 and revoked.json()["title"] == "Token not found"
+    assert revoked.status_code == 404
+    assert revoked.json()["title"] == "Token not found"
 
 
 @pytest.mark.parametrize(
@@ -115,14 +130,20 @@ async def test_token_list_never_shows_the_token(client: httpx.AsyncClient) -> No
         ({"name": "x", "scopes": ["admin"], "extra": 1}, "extra"),
     ],
 )
-async def test_bad_token_requests_name_the_field(client: httpx.AsyncClient, body: dict[str, Any], field: str) -> None:
+async def test_bad_token_requests_name_the_field(
+    client: httpx.AsyncClient, body: dict[str, Any], field: str
+) -> None:
     response = await client.post("/v1/tokens", json=body, headers=ADMIN)
     assert response.status_code == 422
     assert response.headers["content-type"] == PROBLEM
     assert field in [error["field"] for error in response.json()["errors"]]
 
 
-async def test_admin_scope_implies_every_other(client: httpx.AsyncClient, make_token: Callable[..., Awaitable[dict[str, str]]]) -> None:
+async def test_admin_scope_implies_every_other(
+    client: httpx.AsyncClient, make_token: Callable[..., Awaitable[dict[str, str]]]
+) -> None:
     admin = await make_token("admin")
-    assert (await client.put("/v1/templates/t2", json={"image": "i"}, headers=admin)).status_code == 201
+    assert (
+        await client.put("/v1/templates/t2", json={"image": "i"}, headers=admin)
+    ).status_code == 201
     assert (await client.get("/v1/sessions", headers=admin)).status_code == 200

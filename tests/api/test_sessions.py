@@ -25,16 +25,25 @@ def ts(value: str) -> datetime:
     return datetime.fromisoformat(value)
 
 
-async def test_create_is_accepted_pending_with_location(client: httpx.AsyncClient, make_template: MakeTemplate) -> None:
+async def test_create_is_accepted_pending_with_location(
+    client: httpx.AsyncClient, make_template: MakeTemplate
+) -> None:
     await make_template("gpu-desktop", idle_timeout_s=600, max_lifetime_s=7200)
-    response = await client.post("/v1/sessions", json={"user": "alice", "template": "gpu-desktop"}, headers=ADMIN)
+    response = await client.post(
+        "/v1/sessions", json={"user": "alice", "template": "gpu-desktop"}, headers=ADMIN
+    )
     assert response.status_code == 202
     session = response.json()
     assert response.headers["location"] == f"/v1/sessions/{session['id']}"
-    assert session["phase"] == "Pending" and session["gpu"] == 1
+    assert session["phase"] == "Pending"
+    assert session["gpu"] == 1
     assert session["url"] == "https://alice.vdi.test.example/"
     assert {c["type"] for c in session["conditions"]} == {
-        "PodScheduled", "GPUAvailable", "EncoderReady", "StreamHealthy", "LatencyWithinSLO"
+        "PodScheduled",
+        "GPUAvailable",
+        "EncoderReady",
+        "StreamHealthy",
+        "LatencyWithinSLO",
     }
     assert all(c["status"] == "Unknown" for c in session["conditions"])
     created = ts(session["created_at"])
@@ -46,11 +55,27 @@ async def test_create_is_accepted_pending_with_location(client: httpx.AsyncClien
 
 
 @pytest.mark.parametrize(
-    "user", ["Alice", "al_ice", "-alice", "alice-", "a" * 64, "", "al ice", "ålice", "alice.example", "../x"]
+    "user",
+    [
+        "Alice",
+        "al_ice",
+        "-alice",
+        "alice-",
+        "a" * 64,
+        "",
+        "al ice",
+        "ålice",
+        "alice.example",
+        "../x",
+    ],
 )
-async def test_a_user_that_is_not_a_dns_label_is_422(client: httpx.AsyncClient, make_template: MakeTemplate, user: str) -> None:
+async def test_a_user_that_is_not_a_dns_label_is_422(
+    client: httpx.AsyncClient, make_template: MakeTemplate, user: str
+) -> None:
     await make_template()
-    response = await client.post("/v1/sessions", json={"user": user, "template": "gpu-desktop"}, headers=ADMIN)
+    response = await client.post(
+        "/v1/sessions", json={"user": user, "template": "gpu-desktop"}, headers=ADMIN
+    )
     assert response.status_code == 422
     assert response.headers["content-type"] == PROBLEM
     error = response.json()["errors"][0]
@@ -59,31 +84,43 @@ async def test_a_user_that_is_not_a_dns_label_is_422(client: httpx.AsyncClient, 
 
 
 async def test_an_unknown_template_is_422_on_the_template_field(client: httpx.AsyncClient) -> None:
-    response = await client.post("/v1/sessions", json={"user": "alice", "template": "nope"}, headers=ADMIN)
+    response = await client.post(
+        "/v1/sessions", json={"user": "alice", "template": "nope"}, headers=ADMIN
+    )
     assert response.status_code == 422
     assert response.json()["errors"][0]["field"] == "template"
     assert "PUT /v1/templates/nope" in response.json()["detail"]
 
 
-async def test_one_live_session_per_user_names_the_live_one(client: httpx.AsyncClient, make_session: MakeSession) -> None:
+async def test_one_live_session_per_user_names_the_live_one(
+    client: httpx.AsyncClient, make_session: MakeSession
+) -> None:
     first = await make_session("alice")
-    second = await client.post("/v1/sessions", json={"user": "alice", "template": "gpu-desktop"}, headers=ADMIN)
+    second = await client.post(
+        "/v1/sessions", json={"user": "alice", "template": "gpu-desktop"}, headers=ADMIN
+    )
     assert second.status_code == 409
     assert second.json()["live_session_ids"] == [first["id"]]
     assert first["id"] in second.json()["detail"]
     # another user is not affected; after a delete the user may start again
     await make_session("bob")
     await client.delete(f"/v1/sessions/{first['id']}", headers=ADMIN)
-    again = await client.post("/v1/sessions", json={"user": "alice", "template": "gpu-desktop"}, headers=ADMIN)
+    again = await client.post(
+        "/v1/sessions", json={"user": "alice", "template": "gpu-desktop"}, headers=ADMIN
+    )
     assert again.status_code == 202
 
 
-async def test_concurrent_creates_for_one_user_exactly_one_wins(app: FastAPI, make_template: MakeTemplate) -> None:
+async def test_concurrent_creates_for_one_user_exactly_one_wins(
+    app: FastAPI, make_template: MakeTemplate
+) -> None:
     await make_template()
 
     async def create() -> int:
         async with client_for(app) as http:
-            response = await http.post("/v1/sessions", json={"user": "carol", "template": "gpu-desktop"}, headers=ADMIN)
+            response = await http.post(
+                "/v1/sessions", json={"user": "carol", "template": "gpu-desktop"}, headers=ADMIN
+            )
             return response.status_code
 
     statuses = await asyncio.gather(*(create() for _ in range(12)))
@@ -93,11 +130,17 @@ async def test_concurrent_creates_for_one_user_exactly_one_wins(app: FastAPI, ma
     assert len(listing.json()["items"]) == 1
 
 
-async def test_idempotency_key_replays_the_first_result(client: httpx.AsyncClient, make_template: MakeTemplate) -> None:
+async def test_idempotency_key_replays_the_first_result(
+    client: httpx.AsyncClient, make_template: MakeTemplate
+) -> None:
     await make_template()
     body = {"user": "dave", "template": "gpu-desktop"}
-    first = await client.post("/v1/sessions", json=body, headers={**ADMIN, "Idempotency-Key": "k-1"})
-    second = await client.post("/v1/sessions", json=body, headers={**ADMIN, "Idempotency-Key": "k-1"})
+    first = await client.post(
+        "/v1/sessions", json=body, headers={**ADMIN, "Idempotency-Key": "k-1"}
+    )
+    second = await client.post(
+        "/v1/sessions", json=body, headers={**ADMIN, "Idempotency-Key": "k-1"}
+    )
     assert first.status_code == second.status_code == 202
     assert second.json() == first.json()
     assert second.headers["location"] == first.headers["location"]
@@ -105,20 +148,25 @@ async def test_idempotency_key_replays_the_first_result(client: httpx.AsyncClien
     assert len((await client.get("/v1/sessions", headers=ADMIN)).json()["items"]) == 1
 
     other = await client.post(
-        "/v1/sessions", json={"user": "erin", "template": "gpu-desktop"}, headers={**ADMIN, "Idempotency-Key": "k-1"}
+        "/v1/sessions",
+        json={"user": "erin", "template": "gpu-desktop"},
+        headers={**ADMIN, "Idempotency-Key": "k-1"},
     )
     assert other.status_code == 422
     assert other.json()["title"] == "Idempotency key reused"
     assert len((await client.get("/v1/sessions", headers=ADMIN)).json()["items"]) == 1
 
 
-async def test_concurrent_retries_with_one_key_create_one_session(app: FastAPI, make_template: MakeTemplate) -> None:
+async def test_concurrent_retries_with_one_key_create_one_session(
+    app: FastAPI, make_template: MakeTemplate
+) -> None:
     await make_template()
 
     async def create() -> httpx.Response:
         async with client_for(app) as http:
             return await http.post(
-                "/v1/sessions", json={"user": "frank", "template": "gpu-desktop"},
+                "/v1/sessions",
+                json={"user": "frank", "template": "gpu-desktop"},
                 headers={**ADMIN, "Idempotency-Key": "same"},
             )
 
@@ -127,7 +175,9 @@ async def test_concurrent_retries_with_one_key_create_one_session(app: FastAPI, 
     assert len({r.json()["id"] for r in responses}) == 1
 
 
-async def test_a_refused_create_does_not_burn_its_idempotency_key(client: httpx.AsyncClient, make_session: MakeSession) -> None:
+async def test_a_refused_create_does_not_burn_its_idempotency_key(
+    client: httpx.AsyncClient, make_session: MakeSession
+) -> None:
     existing = await make_session("gina")
     headers = {**ADMIN, "Idempotency-Key": "retry-me"}
     body = {"user": "gina", "template": "gpu-desktop"}
@@ -140,7 +190,10 @@ async def test_list_filters_and_keyset_pagination(
     client: httpx.AsyncClient, make_session: MakeSession, set_phase: Callable[..., Awaitable[None]]
 ) -> None:
     users = [f"user-{i}" for i in range(7)]
-    made = [await make_session(user, "gpu-desktop" if i % 2 else "cpu-desktop", gpu=i % 2) for i, user in enumerate(users)]
+    made = [
+        await make_session(user, "gpu-desktop" if i % 2 else "cpu-desktop", gpu=i % 2)
+        for i, user in enumerate(users)
+    ]
     await set_phase(made[0]["id"], "Provisioning", "Starting", "Running")
 
     seen: list[str] = []
@@ -156,12 +209,19 @@ async def test_list_filters_and_keyset_pagination(
             break
     assert seen == [s["id"] for s in reversed(made)]  # newest first, each once
 
-    by_user = (await client.get("/v1/sessions", params={"user": "user-3"}, headers=ADMIN)).json()["items"]
+    by_user = (await client.get("/v1/sessions", params={"user": "user-3"}, headers=ADMIN)).json()[
+        "items"
+    ]
     assert [s["user"] for s in by_user] == ["user-3"]
-    running = (await client.get("/v1/sessions", params={"phase": "Running"}, headers=ADMIN)).json()["items"]
+    running = (await client.get("/v1/sessions", params={"phase": "Running"}, headers=ADMIN)).json()[
+        "items"
+    ]
     assert [s["id"] for s in running] == [made[0]["id"]]
-    cpu = (await client.get("/v1/sessions", params={"template": "cpu-desktop"}, headers=ADMIN)).json()["items"]
-    assert len(cpu) == 4 and {s["gpu"] for s in cpu} == {0}
+    cpu = (
+        await client.get("/v1/sessions", params={"template": "cpu-desktop"}, headers=ADMIN)
+    ).json()["items"]
+    assert len(cpu) == 4
+    assert {s["gpu"] for s in cpu} == {0}
 
 
 @pytest.mark.parametrize(
@@ -174,7 +234,9 @@ async def test_list_filters_and_keyset_pagination(
         ({"user": "Not_A_Label"}, "user"),
     ],
 )
-async def test_bad_list_parameters_are_422(client: httpx.AsyncClient, params: dict[str, Any], field: str) -> None:
+async def test_bad_list_parameters_are_422(
+    client: httpx.AsyncClient, params: dict[str, Any], field: str
+) -> None:
     response = await client.get("/v1/sessions", params=params, headers=ADMIN)
     assert response.status_code == 422
     assert response.json()["errors"][0]["field"] == field
@@ -183,25 +245,37 @@ async def test_bad_list_parameters_are_422(client: httpx.AsyncClient, params: di
 
 async def test_unknown_session_is_404_problem(client: httpx.AsyncClient) -> None:
     sid = "11111111-1111-4111-8111-111111111111"
-    for method, path in [("GET", ""), ("DELETE", ""), ("POST", "/keepalive"), ("GET", "/connection"), ("GET", "/events")]:
+    for method, path in [
+        ("GET", ""),
+        ("DELETE", ""),
+        ("POST", "/keepalive"),
+        ("GET", "/connection"),
+        ("GET", "/events"),
+    ]:
         response = await client.request(method, f"/v1/sessions/{sid}{path}", headers=ADMIN)
         assert response.status_code == 404, (method, path)
         assert response.json()["title"] == "Session not found"
     malformed = await client.get("/v1/sessions/not-a-uuid", headers=ADMIN)
-    assert malformed.status_code == 422 and malformed.json()["errors"][0]["field"] == "session_id"
+    assert malformed.status_code == 422
+    assert malformed.json()["errors"][0]["field"] == "session_id"
 
 
-async def test_delete_goes_terminating_and_again_is_not_an_error(client: httpx.AsyncClient, make_session: MakeSession) -> None:
+async def test_delete_goes_terminating_and_again_is_not_an_error(
+    client: httpx.AsyncClient, make_session: MakeSession
+) -> None:
     session = await make_session()
     first = await client.delete(f"/v1/sessions/{session['id']}", headers=ADMIN)
     assert first.status_code == 202
-    assert first.json()["phase"] == "Terminating" and first.json()["ended_at"] is not None
+    assert first.json()["phase"] == "Terminating"
+    assert first.json()["ended_at"] is not None
     second = await client.delete(f"/v1/sessions/{session['id']}", headers=ADMIN)
     assert second.status_code == 202
     assert second.json() == first.json()
 
 
-async def test_keepalive_pushes_the_idle_deadline(client: httpx.AsyncClient, make_session: MakeSession) -> None:
+async def test_keepalive_pushes_the_idle_deadline(
+    client: httpx.AsyncClient, make_session: MakeSession
+) -> None:
     session = await make_session(idle_timeout_s=900)
     await asyncio.sleep(0.01)
     response = await client.post(f"/v1/sessions/{session['id']}/keepalive", headers=ADMIN)
@@ -212,11 +286,14 @@ async def test_keepalive_pushes_the_idle_deadline(client: httpx.AsyncClient, mak
 
     await client.delete(f"/v1/sessions/{session['id']}", headers=ADMIN)
     refused = await client.post(f"/v1/sessions/{session['id']}/keepalive", headers=ADMIN)
-    assert refused.status_code == 409 and refused.json()["title"] == "Session has ended"
+    assert refused.status_code == 409
+    assert refused.json()["title"] == "Session has ended"
 
 
 async def test_connection_gives_credentials_and_browser_ice_servers(
-    client: httpx.AsyncClient, make_session: MakeSession, make_token: Callable[..., Awaitable[dict[str, str]]]
+    client: httpx.AsyncClient,
+    make_session: MakeSession,
+    make_token: Callable[..., Awaitable[dict[str, str]]],
 ) -> None:
     session = await make_session(max_lifetime_s=3600, idle_timeout_s=600)
     connect = await make_token("sessions:connect")
@@ -224,7 +301,8 @@ async def test_connection_gives_credentials_and_browser_ice_servers(
     assert response.status_code == 200
     assert response.headers["cache-control"] == "no-store"
     body = response.json()
-    assert body["url"] == session["url"] and body["username"] == "user"
+    assert body["url"] == session["url"]
+    assert body["username"] == "user"
     assert len(body["password"]) >= 16
     stun, turn = body["ice_servers"]
     assert stun == {"urls": ["stun:turn.test.example:3478"], "username": None, "credential": None}
@@ -232,20 +310,29 @@ async def test_connection_gives_credentials_and_browser_ice_servers(
     expiry, session_id = turn["username"].split(":")
     assert session_id == session["id"]
     assert int(expiry) >= ts(session["expires_at"]).timestamp()  # covers the whole lifetime
-    expected = base64.b64encode(hmac.new(TEST_TURN_SECRET.encode(), turn["username"].encode(), hashlib.sha1).digest()).decode()
+    expected = base64.b64encode(
+        hmac.new(TEST_TURN_SECRET.encode(), turn["username"].encode(), hashlib.sha1).digest()
+    ).decode()
     assert turn["credential"] == expected
 
     # stable across reads, unique per session
     again = (await client.get(f"/v1/sessions/{session['id']}/connection", headers=connect)).json()
     assert again["password"] == body["password"]
     other = await make_session("zoe")
-    other_password = (await client.get(f"/v1/sessions/{other['id']}/connection", headers=connect)).json()["password"]
+    other_password = (
+        await client.get(f"/v1/sessions/{other['id']}/connection", headers=connect)
+    ).json()["password"]
     assert other_password != body["password"]
     # the secret is stored encrypted, never in the clear
-    assert body["password"] not in (await client.get(f"/v1/sessions/{session['id']}", headers=ADMIN)).text
+    assert (
+        body["password"]
+        not in (await client.get(f"/v1/sessions/{session['id']}", headers=ADMIN)).text
+    )
 
 
-async def test_connection_of_an_ended_session_is_409(client: httpx.AsyncClient, make_session: MakeSession) -> None:
+async def test_connection_of_an_ended_session_is_409(
+    client: httpx.AsyncClient, make_session: MakeSession
+) -> None:
     session = await make_session()
     await client.delete(f"/v1/sessions/{session['id']}", headers=ADMIN)
     response = await client.get(f"/v1/sessions/{session['id']}/connection", headers=ADMIN)

@@ -14,27 +14,46 @@ PROBLEM = "application/problem+json"
 
 
 async def test_put_creates_then_replaces(client: httpx.AsyncClient) -> None:
-    created = await client.put("/v1/templates/gpu-desktop", json={"image": "reg/session:1"}, headers=ADMIN)
+    created = await client.put(
+        "/v1/templates/gpu-desktop", json={"image": "reg/session:1"}, headers=ADMIN
+    )
     assert created.status_code == 201
     body = created.json()
     assert body["name"] == "gpu-desktop"
     # DESIGN.md defaults
-    assert (body["gpu"], body["shm_size"], body["bitrate_kbps"], body["framerate"], body["gop_size"]) == (
-        1, "2Gi", 8000, 60, 30,
+    assert (
+        body["gpu"],
+        body["shm_size"],
+        body["bitrate_kbps"],
+        body["framerate"],
+        body["gop_size"],
+    ) == (
+        1,
+        "2Gi",
+        8000,
+        60,
+        30,
     )
     assert body["encoder_fallback"] is True
 
     replaced = await client.put(
         "/v1/templates/gpu-desktop",
-        json={"image": "reg/session:2", "gpu": 2, "node_selector": {"nvidia.com/gpu.product": "L4"},
-              "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
+        json={
+            "image": "reg/session:2",
+            "gpu": 2,
+            "node_selector": {"nvidia.com/gpu.product": "L4"},
+            "tolerations": [
+                {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+            ],
+        },
         headers=ADMIN,
     )
     assert replaced.status_code == 200
     assert replaced.json()["created_at"] == body["created_at"]
     assert replaced.json()["updated_at"] > body["updated_at"]
     fetched = (await client.get("/v1/templates/gpu-desktop", headers=ADMIN)).json()
-    assert fetched["image"] == "reg/session:2" and fetched["gpu"] == 2
+    assert fetched["image"] == "reg/session:2"
+    assert fetched["gpu"] == 2
     assert fetched["tolerations"][0]["operator"] == "Exists"
     listing = (await client.get("/v1/templates", headers=ADMIN)).json()
     assert [t["name"] for t in listing["items"]] == ["gpu-desktop"]
@@ -72,7 +91,9 @@ async def test_bad_template_name_in_the_path(client: httpx.AsyncClient) -> None:
     assert "DNS label" in response.json()["errors"][0]["message"]
 
 
-async def test_a_failed_replace_keeps_the_stored_template(client: httpx.AsyncClient, make_template: Callable[..., Awaitable[dict[str, Any]]]) -> None:
+async def test_a_failed_replace_keeps_the_stored_template(
+    client: httpx.AsyncClient, make_template: Callable[..., Awaitable[dict[str, Any]]]
+) -> None:
     await make_template("keep", gpu=2)
     bad = await client.put("/v1/templates/keep", json={"image": "i", "gpu": 99}, headers=ADMIN)
     assert bad.status_code == 422
@@ -87,11 +108,14 @@ async def test_delete_is_refused_while_a_live_session_uses_it(
     session = await make_session("alice", "busy")
     refused = await client.delete("/v1/templates/busy", headers=ADMIN)
     assert refused.status_code == 409
-    assert refused.json()["title"] == "Template in use" and refused.json()["live_sessions"] == 1
+    assert refused.json()["title"] == "Template in use"
+    assert refused.json()["live_sessions"] == 1
     assert "GET /v1/sessions?template=busy" in refused.json()["detail"]
 
     await client.delete(f"/v1/sessions/{session['id']}", headers=ADMIN)
-    assert (await client.delete("/v1/templates/busy", headers=ADMIN)).status_code == 409  # Terminating
+    assert (
+        await client.delete("/v1/templates/busy", headers=ADMIN)
+    ).status_code == 409  # Terminating
     await set_phase(session["id"], "Terminated")
     assert (await client.delete("/v1/templates/busy", headers=ADMIN)).status_code == 204
     missing = await client.delete("/v1/templates/busy", headers=ADMIN)

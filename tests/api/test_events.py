@@ -1,0 +1,135 @@
+"""The event log, and its live stream across replicas (Postgres LISTEN/NOTIFY)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from app.config import Settings
+from app.main import create_app
+from app.security import agent_token
+from app.sessions import service as sessions_service
+from tests.conftest import ADMIN, TEST_SECRET_KEY, bearer
+from tests.servers import serve
+
+MakeSession = Callable[..., Awaitable[dict[str, Any]]]
+
+
+async def test_event_log_lists_transitions_in_order(
+    client: httpx.AsyncClient, make_session: MakeSession, set_phase: Callable[..., Awaitable[None]]
+) -> None:
+    session = await make_session()
+    await set_phase(session["id"], "Provisioning")
+    await client.delete(f"/v1/sessions/{session['id']}", headers=ADMIN)
+    events = (await client.get(f"/v1/sessions/{session['id']}/events", headers=ADMIN)).json()[
+        "items"
+    ]
+    assert [(e["phase"], e["reason"]) for e in events] == [
+        ("Pending", "Created"),
+        ("Provisioning", "Test"),
+        ("Terminating", "DeleteRequested"),
+    ]
+    assert [e["id"] for e in events] == sorted(e["id"] for e in events)
+    after = (
+        await client.get(
+            f"/v1/sessions/{session['id']}/events", params={"after": events[0]["id"]}, headers=ADMIN
+        )
+    ).json()
+    assert [e["id"] for e in after["items"]] == [e["id"] for e in events[1:]]
+
+
+async def _sse_events(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+    fields: dict[str, str] = {}
+    async for line in response.aiter_lines():
+        if line == "":
+            if "data" in fields:
+                yield {
+                    "id": int(fields["id"]),
+                    "event": fields["event"],
+                    **json.loads(fields["data"]),
+                }
+            fields = {}
+        elif not line.startswith(":"):
+            name, _, value = line.partition(":")
+            fields[name] = value.removeprefix(" ")
+
+
+@pytest.fixture
+def replica_b(settings: Settings, database_url: str) -> FastAPI:
+    return create_app(settings, database_url)
+
+
+async def test_stream_from_another_replica_is_live_and_ends_when_terminated(
+    app: FastAPI,
+    replica_b: FastAPI,
+    make_session: MakeSession,
+    set_phase: Callable[..., Awaitable[None]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # No polling fallback: only NOTIFY can wake the stream, so this proves it crosses replicas.
+    monkeypatch.setattr(sessions_service, "POLL_INTERVAL_S", 3600.0)
+    session = await make_session()
+    sid = session["id"]
+    received: list[dict[str, Any]] = []
+    async with (
+        serve(app) as url_a,
+        serve(replica_b) as url_b,
+        httpx.AsyncClient(timeout=30) as http,
+    ):
+        async with http.stream(
+            "GET",
+            f"{url_b}/v1/sessions/{sid}/events",
+            headers={**ADMIN, "Accept": "text/event-stream"},
+        ) as stream:
+            assert stream.status_code == 200
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            events = _sse_events(stream)
+            received.append(await anext(events))  # the log so far
+            assert received[0]["reason"] == "Created"
+
+            await set_phase(sid, "Provisioning", "Starting")
+            received += [await anext(events), await anext(events)]
+            assert [e["phase"] for e in received[1:]] == ["Provisioning", "Starting"]
+
+            ready = {
+                "checks": [{"name": "gpu", "ok": True}, {"name": "encoder", "ok": True}],
+                "encoder": "nvh264enc",
+            }
+            reported = await http.post(
+                f"{url_a}/v1/sessions/{sid}/health",
+                json=ready,
+                headers=bearer(agent_token(TEST_SECRET_KEY, uuid.UUID(sid))),
+            )
+            assert reported.json()["phase"] == "Running"
+            deleted = await http.delete(f"{url_a}/v1/sessions/{sid}", headers=ADMIN)
+            assert deleted.status_code == 202
+            await set_phase(sid, "Terminated")
+            async with asyncio.timeout(20):
+                received += [event async for event in events]  # ends by itself
+    phases = [e["phase"] for e in received if e["event"] == "PhaseChanged"]
+    assert phases == ["Pending", "Provisioning", "Starting", "Running", "Terminating", "Terminated"]
+    assert [e["id"] for e in received] == sorted({e["id"] for e in received})
+
+
+async def test_stream_resumes_after_last_event_id(
+    app: FastAPI, make_session: MakeSession, set_phase: Callable[..., Awaitable[None]]
+) -> None:
+    session = await make_session()
+    sid = session["id"]
+    await set_phase(sid, "Provisioning", "Starting", "Running", "Terminating", "Terminated")
+    async with serve(app) as url, httpx.AsyncClient(timeout=30) as http:
+        full = (await http.get(f"{url}/v1/sessions/{sid}/events", headers=ADMIN)).json()["items"]
+        async with http.stream(
+            "GET",
+            f"{url}/v1/sessions/{sid}/events",
+            headers={**ADMIN, "Accept": "text/event-stream", "Last-Event-ID": str(full[2]["id"])},
+        ) as stream:
+            resumed = [event async for event in _sse_events(stream)]
+    assert [e["id"] for e in resumed] == [e["id"] for e in full[3:]]

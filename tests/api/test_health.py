@@ -1,0 +1,182 @@
+"""POST /v1/sessions/{id}/health: the agent's report moves the session."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from app.security import agent_token
+from tests.conftest import ADMIN, TEST_SECRET_KEY, bearer
+
+MakeSession = Callable[..., Awaitable[dict[str, Any]]]
+SetPhase = Callable[..., Awaitable[None]]
+
+READY = {
+    "checks": [
+        {"name": "gpu", "ok": True},
+        {"name": "encoder", "ok": True, "detail": "nvh264enc initialised"},
+    ],
+    "encoder": "nvh264enc",
+    "fallback": False,
+    "framerate": 60,
+    "bitrate_kbps": 8000,
+}
+
+
+def agent(session_id: str) -> dict[str, str]:
+    return bearer(agent_token(TEST_SECRET_KEY, uuid.UUID(session_id)))
+
+
+async def report(
+    client: httpx.AsyncClient,
+    session_id: str,
+    body: dict[str, Any],
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
+    return await client.post(
+        f"/v1/sessions/{session_id}/health",
+        json=body,
+        headers=agent(session_id) if headers is None else headers,
+    )
+
+
+async def test_ready_report_moves_starting_to_running(
+    client: httpx.AsyncClient, make_session: MakeSession, set_phase: SetPhase
+) -> None:
+    session = await make_session()
+    await set_phase(session["id"], "Provisioning", "Starting")
+    response = await report(client, session["id"], READY)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["phase"] == "Running"
+    assert body["encoder"] == "nvh264enc"
+    assert body["running_at"]
+    conditions = {c["type"]: c for c in body["conditions"]}
+    assert conditions["GPUAvailable"]["status"] == "True"
+    assert conditions["EncoderReady"]["message"] == "nvh264enc initialised"
+    events = (await client.get(f"/v1/sessions/{session['id']}/events", headers=ADMIN)).json()[
+        "items"
+    ]
+    assert [(e["type"], e["phase"]) for e in events][-3:] == [
+        ("ConditionChanged", "Starting"),
+        ("ConditionChanged", "Starting"),
+        ("PhaseChanged", "Running"),
+    ]
+
+
+async def test_gpu_init_error_fails_the_session(
+    client: httpx.AsyncClient, make_session: MakeSession, set_phase: SetPhase
+) -> None:
+    session = await make_session()
+    await set_phase(session["id"], "Provisioning", "Starting")
+    failed = await report(
+        client,
+        session["id"],
+        {
+            "checks": [
+                {
+                    "name": "gpu",
+                    "ok": False,
+                    "code": "GPU_INIT_ERROR",
+                    "detail": "nvidia-smi: No devices were found",
+                }
+            ]
+        },
+    )
+    assert failed.json()["phase"] == "Failed"
+    assert failed.json()["reason"] == "GPU_INIT_ERROR"
+    assert failed.json()["message"] == "nvidia-smi: No devices were found"
+    # a late, duplicated "ready" report does not revive it
+    stale = await report(client, session["id"], READY)
+    assert stale.status_code == 200
+    assert stale.json()["phase"] == "Failed"
+
+
+async def test_fallback_forbidden_by_template_fails(
+    client: httpx.AsyncClient, make_session: MakeSession, set_phase: SetPhase
+) -> None:
+    session = await make_session(encoder_fallback=False)
+    await set_phase(session["id"], "Provisioning", "Starting")
+    body = {**READY, "encoder": "x264enc", "fallback": True}
+    response = await report(client, session["id"], body)
+    assert (response.json()["phase"], response.json()["reason"]) == (
+        "Failed",
+        "ENCODER_UNAVAILABLE",
+    )
+
+
+async def test_fallback_allowed_runs_with_software_fallback_reason(
+    client: httpx.AsyncClient, make_session: MakeSession, set_phase: SetPhase
+) -> None:
+    session = await make_session()
+    await set_phase(session["id"], "Provisioning", "Starting")
+    response = await report(
+        client, session["id"], {**READY, "encoder": "x264enc", "fallback": True}
+    )
+    body = response.json()
+    assert body["phase"] == "Running"
+    assert {c["type"]: c["reason"] for c in body["conditions"]}[
+        "EncoderReady"
+    ] == "SoftwareFallback"
+
+
+async def test_another_sessions_agent_token_is_403(
+    client: httpx.AsyncClient, make_session: MakeSession
+) -> None:
+    mine, theirs = await make_session("alice"), await make_session("bob")
+    response = await report(client, mine["id"], READY, headers=agent(theirs["id"]))
+    assert response.status_code == 403
+    assert (
+        await report(client, mine["id"], READY, headers=ADMIN)
+    ).status_code == 403  # an API token is not an agent token
+    assert (await report(client, mine["id"], READY, headers={})).status_code == 401
+
+
+async def test_reports_on_a_deleted_session_are_refused(
+    client: httpx.AsyncClient, make_session: MakeSession, set_phase: SetPhase
+) -> None:
+    session = await make_session()
+    await set_phase(
+        session["id"], "Provisioning", "Starting", "Running", "Terminating", "Terminated"
+    )
+    response = await report(client, session["id"], READY)
+    assert response.status_code == 409
+    assert (await client.get(f"/v1/sessions/{session['id']}", headers=ADMIN)).json()[
+        "phase"
+    ] == "Terminated"
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"checks": [{"name": "disk", "ok": True}]}, "checks.0.name"),
+        ({"checks": [{"name": "gpu"}]}, "checks.0.ok"),
+        ({"checks": [], "jitter_ms": -1}, "jitter_ms"),
+        ({"checks": [], "resolution": "big"}, "resolution"),
+        ({"checks": [{"name": "gpu", "ok": False, "code": "<script>"}]}, "checks.0.code"),
+    ],
+)
+async def test_malformed_reports_are_422(
+    client: httpx.AsyncClient, make_session: MakeSession, body: dict[str, Any], field: str
+) -> None:
+    session = await make_session()
+    response = await report(client, session["id"], body)
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == field
+
+
+async def test_health_report_metrics_count_outcomes(
+    client: httpx.AsyncClient, make_session: MakeSession, set_phase: SetPhase
+) -> None:
+    session = await make_session()
+    await set_phase(session["id"], "Provisioning", "Starting")
+    await report(client, session["id"], READY)
+    await report(client, session["id"], READY)
+    metrics = (await client.get("/metrics")).text
+    assert 'vdi_health_reports_total{outcome="running"} 1.0' in metrics
+    assert 'vdi_health_reports_total{outcome="unchanged"} 1.0' in metrics
+    assert 'vdi_sessions{phase="Running"} 1.0' in metrics

@@ -1,0 +1,177 @@
+"""The command line, run as operators run it: real processes, stopped by their PID."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from tests.conftest import TEST_SECRET_KEY, TEST_TURN_SECRET
+
+VDI = [sys.executable, "-c", "from app.cli import main; main()"]
+
+
+def environment(**values: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VDI_")}
+    env.update(values)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def serving(env: dict[str, str], port: int) -> Iterator[subprocess.Popen[str]]:
+    process = subprocess.Popen(
+        [*VDI, "serve", "--port", str(port)],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGTERM)
+            process.wait(timeout=30)
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def wait_ready(port: int, process: subprocess.Popen[str], timeout_s: float = 60) -> httpx.Response:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(
+                f"serve exited {process.returncode}: "
+                + (process.stdout.read() if process.stdout else "")
+            )
+        try:
+            response = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2)
+            if response.status_code == 200:
+                return response
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("serve did not become ready")
+
+
+def _gone(process: psutil.Process) -> bool:
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE  # exited; only its parent has not reaped it
+    except psutil.NoSuchProcess:
+        return True
+
+
+@pytest.fixture
+async def empty_db(make_database: Callable[[str], Awaitable[str]]) -> str:
+    return await make_database("vdi_cli_test")
+
+
+def test_missing_secrets_with_a_real_database_stop_start_up(empty_db: str) -> None:
+    result = subprocess.run(
+        [*VDI, "serve"],
+        env=environment(VDI_DATABASE_URL=empty_db),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "VDI_SECRET_KEY, VDI_TURN_SECRET must be set" in result.stderr
+
+
+def test_serve_refuses_an_old_schema_then_migrate_token_and_serve(empty_db: str) -> None:
+    env = environment(
+        VDI_DATABASE_URL=empty_db, VDI_SECRET_KEY=TEST_SECRET_KEY, VDI_TURN_SECRET=TEST_TURN_SECRET
+    )
+    refused = subprocess.run([*VDI, "serve"], env=env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2
+    assert "run `vdi-control migrate` first" in refused.stderr
+
+    migrated = subprocess.run(
+        [*VDI, "migrate"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert migrated.returncode == 0, migrated.stderr
+    assert "schema at 0001" in migrated.stdout
+
+    made = subprocess.run(
+        [*VDI, "token", "create", "--name", "ops", "--scope", "sessions:read"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert made.returncode == 0, made.stderr
+    token = made.stdout.strip()
+    assert token.startswith("vdi_")
+    assert token not in made.stderr
+
+    port = free_port()
+    with serving(env, port) as process:
+        wait_ready(port, process)
+        ok = httpx.get(
+            f"http://127.0.0.1:{port}/v1/sessions", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert ok.status_code == 200
+        denied = httpx.get(
+            f"http://127.0.0.1:{port}/v1/tokens", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert denied.status_code == 403
+        os.kill(process.pid, signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+
+
+def test_bad_scope_is_refused(empty_db: str) -> None:
+    env = environment(
+        VDI_DATABASE_URL=empty_db, VDI_SECRET_KEY=TEST_SECRET_KEY, VDI_TURN_SECRET=TEST_TURN_SECRET
+    )
+    result = subprocess.run(
+        [*VDI, "token", "create", "--name", "x", "--scope", "root"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "unknown scope" in result.stderr
+
+
+def test_serve_on_the_embedded_database_starts_and_stops_it(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    port = free_port()
+    env = environment(VDI_DATA_DIR=str(data_dir), VDI_BOOTSTRAP_TOKEN="vdi_" + "x" * 40)
+    with serving(env, port) as process:
+        wait_ready(port, process)
+        created = httpx.put(
+            f"http://127.0.0.1:{port}/v1/templates/cpu",
+            json={"image": "i", "gpu": 0},
+            headers={"Authorization": "Bearer vdi_" + "x" * 40},
+        )
+        assert created.status_code == 201
+        postgres = [
+            p
+            for p in psutil.process_iter(["cmdline"])
+            if str(data_dir) in " ".join(p.info["cmdline"] or [])
+        ]
+        assert postgres, "no embedded postgres process found"
+        os.kill(process.pid, signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        output = process.stdout.read() if process.stdout else ""
+    assert "embedded postgres stopped" in output
+    assert all(_gone(proc) for proc in postgres), "the embedded postgres is still running"
+    assert (data_dir / "secret_key").exists()
+    assert (data_dir / "postgres" / "PG_VERSION").exists()
