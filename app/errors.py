@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM_JSON = "application/problem+json"
@@ -180,6 +181,38 @@ def install_error_handlers(app: FastAPI) -> None:
             title="Invalid request",
             detail=f"Invalid fields: {fields}. See `errors` for what each must be.",
             errors=errors,
+        )
+
+    @app.exception_handler(DBAPIError)
+    async def _database_error(request: Request, exc: DBAPIError) -> JSONResponse:
+        # A lost or refused connection is the database being away, not a bug: say when to retry.
+        # Anything else (a constraint we did not expect, bad SQL) stays a 500.
+        if not (exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)):
+            raise exc
+        log.warning("database unavailable", error=type(exc.orig).__name__ if exc.orig else None)
+        return problem_response(
+            request,
+            status=503,
+            slug="database-unavailable",
+            title="Service unavailable",
+            detail="The database is not reachable right now; retry after the Retry-After delay",
+            headers={"Retry-After": "2"},
+        )
+
+    @app.exception_handler(OSError)
+    async def _connect_error(request: Request, exc: OSError) -> JSONResponse:
+        # asyncpg raises OSError (ConnectionRefusedError, FileNotFoundError for a unix socket)
+        # when a new pool connection cannot be opened. Other OS errors are bugs: a 500.
+        if not isinstance(exc, ConnectionError | FileNotFoundError | TimeoutError):
+            raise exc
+        log.warning("database unreachable", error=type(exc).__name__)
+        return problem_response(
+            request,
+            status=503,
+            slug="database-unavailable",
+            title="Service unavailable",
+            detail="The database is not reachable right now; retry after the Retry-After delay",
+            headers={"Retry-After": "2"},
         )
 
     @app.exception_handler(StarletteHTTPException)

@@ -114,6 +114,10 @@ async def test_readyz_is_503_when_the_database_is_gone(
     async with running(gone), client_for(gone) as http:
         response = await http.get("/readyz")
         assert (await http.get("/healthz")).status_code == 200
+        request = await http.get("/v1/sessions", headers=ADMIN)
+    assert request.status_code == 503
+    assert request.headers["retry-after"] == "2"
+    assert request.json()["title"] == "Service unavailable"
     assert response.status_code == 503
     assert response.headers["content-type"] == PROBLEM
     assert response.headers["retry-after"] == "5"
