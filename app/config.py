@@ -50,6 +50,17 @@ class Settings(BaseSettings):
         default=None, description="coturn static-auth-secret (use-auth-secret)."
     )
     bootstrap_token: SecretStr | None = None
+    ingress_api_version: Literal["traefik.io/v1alpha1", "traefik.containo.us/v1alpha1"] = Field(
+        default="traefik.io/v1alpha1",
+        description="Traefik v3 (traefik.io) or v2 (traefik.containo.us) IngressRoute API",
+    )
+    tls_secret_name: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="TLS secret of the session IngressRoutes (a wildcard certificate); "
+        "unset: Traefik's default TLS store",
+    )
+    image_pull_secret: str | None = Field(default=None, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
     max_sessions_per_user: int = Field(default=1, ge=1, le=100)
     max_body_bytes: int = Field(default=65536, ge=1024)
     idempotency_ttl_s: int = Field(default=86400, ge=60)

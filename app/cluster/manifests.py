@@ -1,0 +1,310 @@
+"""The Kubernetes objects of one session, as plain dicts. Pure: session + template + settings in,
+manifests out; the only module that knows object shapes (spec: "Pod Specification Constraints",
+"Selkies-GStreamer Configuration", "Networking & Traefik Ingress"; DESIGN: "Kubernetes objects")."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from app.config import Settings
+from app.templates.schemas import TemplateSpec
+
+Manifest = dict[str, Any]
+
+# Labels
+SESSION_TYPE_LABEL = "vdi.kasm.io/session-type"  # the spec's NetworkPolicy selector
+SESSION_TYPE = "desktop"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY = "vdi-control"
+SESSION_ID_LABEL = "vdi-control.io/session-id"
+USER_LABEL = "vdi-control.io/user"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+# Every session object (not the user's PVC) is found by these; the orphan sweep relies on them.
+SESSION_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY},{SESSION_TYPE_LABEL}={SESSION_TYPE}"
+
+SELKIES_PORT = 8080
+TURN_PROTOCOL = "udp"
+CONTAINER_NAME = "desktop"
+UID = 1000
+GID = 1000
+HOME = "/home/user"
+HARDWARE_ENCODER = "nvh264enc"
+SOFTWARE_ENCODER = "x264enc"
+GPU_RESOURCE = "nvidia.com/gpu"
+
+# Secret keys (DESIGN: "What the pod gets")
+PASSWORD_KEY = "SELKIES_BASIC_AUTH_PASSWORD"
+AGENT_TOKEN_KEY = "VDI_AGENT_TOKEN"
+TURN_USERNAME_KEY = "SELKIES_TURN_USERNAME"
+TURN_PASSWORD_KEY = "SELKIES_TURN_PASSWORD"
+SECRET_KEYS = (PASSWORD_KEY, AGENT_TOKEN_KEY, TURN_USERNAME_KEY, TURN_PASSWORD_KEY)
+
+
+@dataclass(frozen=True)
+class SessionView:
+    """What the manifests need to know of a session."""
+
+    id: uuid.UUID
+    user: str
+    template: str
+    spec: TemplateSpec
+
+
+@dataclass(frozen=True)
+class SessionCredentials:
+    password: str
+    agent_token: str
+    turn_username: str
+    turn_password: str
+
+
+def object_name(session_id: uuid.UUID) -> str:
+    return f"vdi-{session_id}"
+
+
+def home_claim_name(user: str) -> str:
+    return f"home-{user}"
+
+
+def session_host(user: str, settings: Settings) -> str:
+    return f"{user}.{settings.base_domain}"
+
+
+def session_labels(session: SessionView) -> dict[str, str]:
+    return {
+        SESSION_TYPE_LABEL: SESSION_TYPE,
+        MANAGED_BY_LABEL: MANAGED_BY,
+        "app.kubernetes.io/name": "vdi-session",
+        "app.kubernetes.io/instance": object_name(session.id),
+        COMPONENT_LABEL: "desktop",
+        SESSION_ID_LABEL: str(session.id),
+        USER_LABEL: session.user,
+    }
+
+
+def owner_reference(pod: Manifest) -> dict[str, Any]:
+    """Secret, Service and IngressRoute belong to the Pod: whoever deletes it collects them."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "name": pod["metadata"]["name"],
+        "uid": pod["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": False,
+    }
+
+
+def _metadata(session: SessionView, settings: Settings, owner: Manifest | None) -> dict[str, Any]:
+    metadata: dict[str, Any] = {
+        "name": object_name(session.id),
+        "namespace": settings.namespace,
+        "labels": session_labels(session),
+    }
+    if owner is not None:
+        metadata["ownerReferences"] = [owner_reference(owner)]
+    return metadata
+
+
+def secret(
+    session: SessionView, credentials: SessionCredentials, settings: Settings, owner: Manifest
+) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _metadata(session, settings, owner),
+        "type": "Opaque",
+        "stringData": {
+            PASSWORD_KEY: credentials.password,
+            AGENT_TOKEN_KEY: credentials.agent_token,
+            TURN_USERNAME_KEY: credentials.turn_username,
+            TURN_PASSWORD_KEY: credentials.turn_password,
+        },
+    }
+
+
+def home_claim(session: SessionView, settings: Settings) -> Manifest:
+    """The user's home: created once, reused by the next session, never owned by a session."""
+    spec: dict[str, Any] = {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": session.spec.home_size}},
+    }
+    if session.spec.storage_class:
+        spec["storageClassName"] = session.spec.storage_class
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {
+            "name": home_claim_name(session.user),
+            "namespace": settings.namespace,
+            "labels": {
+                MANAGED_BY_LABEL: MANAGED_BY,
+                COMPONENT_LABEL: "home",
+                USER_LABEL: session.user,
+            },
+        },
+        "spec": spec,
+    }
+
+
+def _secret_env(name: str, key: str, session: SessionView) -> dict[str, Any]:
+    return {
+        "name": name,
+        "valueFrom": {"secretKeyRef": {"name": object_name(session.id), "key": key}},
+    }
+
+
+def _env(session: SessionView, settings: Settings) -> list[dict[str, Any]]:
+    spec = session.spec
+    plain = {
+        # spec: "Mandatory Environment Variables"
+        "SELKIES_ENCODER": HARDWARE_ENCODER if spec.gpu > 0 else SOFTWARE_ENCODER,
+        "SELKIES_ENABLE_RESIZE": "true",
+        "DISPLAY": ":0",
+        "PULSE_SERVER": "/run/pulse/native",
+        # Selkies' basic auth, our user; the password comes from the Secret below
+        "SELKIES_ENABLE_BASIC_AUTH": "true",
+        "SELKIES_BASIC_AUTH_USER": "user",
+        # Our TURN, never Selkies' public default relay
+        "SELKIES_TURN_HOST": settings.effective_turn_host,
+        "SELKIES_TURN_PORT": str(settings.turn_port),
+        "SELKIES_TURN_PROTOCOL": TURN_PROTOCOL,
+        "SELKIES_STUN_HOST": settings.effective_turn_host,
+        "SELKIES_STUN_PORT": str(settings.turn_port),
+        # the template's stream settings
+        "SELKIES_VIDEO_BITRATE": str(spec.bitrate_kbps),
+        "SELKIES_FRAMERATE": str(spec.framerate),
+        "VDI_GOP_SIZE": str(spec.gop_size),
+        "VDI_ENCODER_FALLBACK": "true" if spec.encoder_fallback else "false",
+        # what the agent needs
+        "VDI_SESSION_ID": str(session.id),
+        "VDI_CALLBACK_URL": settings.callback_url,
+        "VDI_GPU": str(spec.gpu),
+        "NVIDIA_DRIVER_CAPABILITIES": "all",
+        "HOME": HOME,
+    }
+    env: list[dict[str, Any]] = [{"name": name, "value": value} for name, value in plain.items()]
+    env += [
+        _secret_env(PASSWORD_KEY, PASSWORD_KEY, session),
+        _secret_env(TURN_USERNAME_KEY, TURN_USERNAME_KEY, session),
+        _secret_env(TURN_PASSWORD_KEY, TURN_PASSWORD_KEY, session),
+        _secret_env(AGENT_TOKEN_KEY, AGENT_TOKEN_KEY, session),
+    ]
+    return env
+
+
+def _resources(spec: TemplateSpec) -> dict[str, dict[str, str]]:
+    # Requests equal limits (spec: "Resource Parity"); quantities are strings for the client.
+    amounts: dict[str, str] = {}
+    if spec.gpu > 0:
+        amounts[GPU_RESOURCE] = str(spec.gpu)
+    if spec.cpu:
+        amounts["cpu"] = spec.cpu
+    if spec.memory:
+        amounts["memory"] = spec.memory
+    return {"requests": dict(amounts), "limits": dict(amounts)}
+
+
+def pod(session: SessionView, settings: Settings) -> Manifest:
+    spec = session.spec
+    mounts = [
+        {"name": "dshm", "mountPath": "/dev/shm"},
+        {"name": "home", "mountPath": HOME},
+    ]
+    volumes: list[dict[str, Any]] = [
+        # spec: "Shared Memory"
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.shm_size}},
+        # spec: "Persistence"
+        {"name": "home", "persistentVolumeClaim": {"claimName": home_claim_name(session.user)}},
+    ]
+    if spec.gpu > 0:
+        # spec: "Direct Hardware Access" (NVENC); a CPU session has no GPU to reach
+        mounts.append({"name": "dri", "mountPath": "/dev/dri"})
+        volumes.append({"name": "dri", "hostPath": {"path": "/dev/dri", "type": "Directory"}})
+    probe = {"tcpSocket": {"port": SELKIES_PORT}}  # Selkies' /health needs basic auth
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": spec.image,
+        "imagePullPolicy": "IfNotPresent",
+        "ports": [{"name": "http", "containerPort": SELKIES_PORT, "protocol": "TCP"}],
+        "env": _env(session, settings),
+        "resources": _resources(spec),
+        "volumeMounts": mounts,
+        "readinessProbe": {**probe, "periodSeconds": 5, "failureThreshold": 3},
+        "livenessProbe": {**probe, "initialDelaySeconds": 60, "periodSeconds": 20},
+        # spec: "Security Protocol" (non-root, UID 1000)
+        "securityContext": {
+            "runAsUser": UID,
+            "runAsGroup": GID,
+            "runAsNonRoot": True,
+            "allowPrivilegeEscalation": False,
+            "privileged": False,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Always",
+        "automountServiceAccountToken": False,  # the desktop user has a shell here
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": 30,
+        "securityContext": {
+            "runAsUser": UID,
+            "runAsGroup": GID,
+            "fsGroup": GID,
+            "runAsNonRoot": True,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if spec.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        pod_spec["tolerations"] = [_toleration(t.model_dump()) for t in spec.tolerations]
+    if settings.image_pull_secret:
+        pod_spec["imagePullSecrets"] = [{"name": settings.image_pull_secret}]
+    metadata = _metadata(session, settings, None)
+    metadata["annotations"] = {"vdi-control.io/template": session.template}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec}
+
+
+def _toleration(value: dict[str, Any]) -> dict[str, Any]:
+    names = {"toleration_seconds": "tolerationSeconds"}
+    return {names.get(k, k): v for k, v in value.items() if v is not None}
+
+
+def service(session: SessionView, settings: Settings, owner: Manifest) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(session, settings, owner),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": {SESSION_ID_LABEL: str(session.id)},
+            "ports": [
+                # signaling WebSocket and the web client
+                {"name": "http", "port": SELKIES_PORT, "targetPort": SELKIES_PORT, "protocol": "TCP"}
+            ],
+        },
+    }
+
+
+def ingress_route(session: SessionView, settings: Settings, owner: Manifest) -> Manifest:
+    """Traefik IngressRoute on `websecure` for the user's host. WebSocket upgrades (the signaling
+    channel) pass through a Traefik router as they are: no middleware is needed."""
+    host = session_host(session.user, settings)
+    route: dict[str, Any] = {
+        "kind": "Rule",
+        "match": f"Host(`{host}`)",
+        "services": [{"name": object_name(session.id), "port": SELKIES_PORT}],
+    }
+    spec: dict[str, Any] = {"entryPoints": ["websecure"], "routes": [route], "tls": {}}
+    if settings.tls_secret_name:
+        spec["tls"] = {"secretName": settings.tls_secret_name}
+    return {
+        "apiVersion": settings.ingress_api_version,
+        "kind": "IngressRoute",
+        "metadata": _metadata(session, settings, owner),
+        "spec": spec,
+    }
