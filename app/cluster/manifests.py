@@ -284,7 +284,12 @@ def service(session: SessionView, settings: Settings, owner: Manifest) -> Manife
             "selector": {SESSION_ID_LABEL: str(session.id)},
             "ports": [
                 # signaling WebSocket and the web client
-                {"name": "http", "port": SELKIES_PORT, "targetPort": SELKIES_PORT, "protocol": "TCP"}
+                {
+                    "name": "http",
+                    "port": SELKIES_PORT,
+                    "targetPort": SELKIES_PORT,
+                    "protocol": "TCP",
+                }
             ],
         },
     }

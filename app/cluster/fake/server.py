@@ -1,0 +1,545 @@
+"""FakeKubernetes: kmock's KubernetesEmulator extended where a controller needs a real API server.
+
+Added on top of kmock: object metadata (uid, resourceVersion, creationTimestamp), admission with
+the official schemas (`kubernetes-validate`, strict; Traefik's CRD for IngressRoutes) answering
+422 `Invalid` like a real API server, Secret `stringData` folded into `data`, label selectors and
+`timeoutSeconds` on list/watch, owner-reference garbage collection, a simulated scheduler and
+kubelet (GPU capacity, PVC and Secret references, image pull errors, crash loops, graceful pod
+termination), and injected latency and failures (500, 429, timeouts)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import datetime
+import functools
+import random
+import re
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp.web
+import attrs
+import jsonschema
+import kmock
+import kubernetes_validate
+import yaml
+from kmock._internal import enums, k8s, rendering
+
+from app.cluster.fake import selectors
+
+K8S_VERSION = "1.33"
+CRD_DIR = Path(__file__).parent / "crds"
+NAME_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+NODE_NAME = "fake-gpu-node-1"
+UNSCHEDULABLE_GPU = (
+    "0/1 nodes are available: 1 Insufficient nvidia.com/gpu. preemption: 0/1 nodes are "
+    "available: 1 No preemption victims found for incoming pod."
+)
+
+CORE = {
+    "pods": "Pod",
+    "secrets": "Secret",
+    "services": "Service",
+    "persistentvolumeclaims": "PersistentVolumeClaim",
+}
+TRAEFIK_GROUPS = ("traefik.io", "traefik.containo.us")
+POD = kmock.resource("", "v1", "pods")
+
+
+@dataclass
+class FaultPlan:
+    """Latency for every API call, and a share of calls that fail."""
+
+    rate: float = 0.0
+    kinds: tuple[str, ...] = ("500", "429", "timeout")
+    latency_s: float = 0.0
+    timeout_hold_s: float = 3.0  # a "timeout" applies the call, then answers this late
+    seed: int | None = None
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@functools.cache
+def _ingress_route_schema() -> dict[str, Any]:
+    crd = yaml.safe_load((CRD_DIR / "traefik.io_ingressroutes.yaml").read_text())
+    [version] = [v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1"]
+    return dict(version["schema"]["openAPIV3Schema"])
+
+
+def _invalid(kind: str, name: str, detail: str) -> k8s.KubernetesError:
+    return k8s.KubernetesError(
+        status=422,
+        reason="Invalid",
+        message=f'{kind} "{name}" is invalid: {detail}',
+        details={"name": name, "kind": kind.lower()},
+    )
+
+
+@attrs.define(kw_only=True)
+class FakeKubernetes(k8s.KubernetesEmulator):
+    gpu_capacity: int = 4
+    faults: FaultPlan = attrs.field(factory=FaultPlan)
+    kubelet_interval_s: float = 0.02
+    termination_delay_s: float = 0.05
+    failing_images: tuple[str, ...] = ("does-not-exist",)
+    crashing_images: tuple[str, ...] = ("crashes",)
+    on_pod_running: Callable[[dict[str, Any]], Awaitable[None]] | None = None
+
+    _resource_version: int = attrs.field(default=1, init=False)
+    _random: random.Random = attrs.field(factory=random.Random, init=False)
+    _kubelet_task: asyncio.Task[None] | None = attrs.field(default=None, init=False)
+    _delete_after: dict[str, float] = attrs.field(factory=dict, init=False)
+    api_calls: int = attrs.field(default=0, init=False)
+    faults_injected: int = attrs.field(default=0, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        for plural, kind in CORE.items():
+            self.resources[f"v1/{plural}"] = kmock.ResourceInfo(kind=kind, namespaced=True)
+        for group in TRAEFIK_GROUPS:
+            self.resources[f"{group}/v1alpha1/ingressroutes"] = kmock.ResourceInfo(
+                kind="IngressRoute", namespaced=True
+            )
+        if self.faults.seed is not None:
+            self._random.seed(self.faults.seed)
+
+    async def __aenter__(self) -> FakeKubernetes:
+        await super().__aenter__()
+        self._kubelet_task = asyncio.create_task(self._kubelet(), name="fake-kubelet")
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        if self._kubelet_task is not None:
+            self._kubelet_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._kubelet_task
+        await super().__aexit__(*exc_info)
+
+    # --- inspection, for tests and the simulated agent ------------------------------------
+
+    def live(self, plural: str | None = None) -> Iterator[dict[str, Any]]:
+        for (resource, _namespace, _name), obj in list(self.objects.items()):
+            if obj.deleted or (plural is not None and resource.plural != plural):
+                continue
+            yield obj.raw
+
+    def get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        for raw in self.live(plural):
+            metadata = raw["metadata"]
+            if metadata.get("namespace") == namespace and metadata["name"] == name:
+                return raw
+        return None
+
+    # --- the request path ----------------------------------------------------------------
+
+    def _next_version(self) -> str:
+        self._resource_version += 1
+        return str(self._resource_version)
+
+    async def _handle(self, request: rendering.Request) -> Any:
+        hold_s = 0.0
+        if request.resource is not None:
+            self.api_calls += 1
+            hold_s = await self._inject(request)
+            if request.action == enums.action.CREATE:
+                self._admit(request)
+            elif request.action == enums.action.UPDATE and isinstance(request.data, dict):
+                request.data.setdefault("metadata", {})["resourceVersion"] = self._next_version()
+            elif request.action in (enums.action.LIST, enums.action.WATCH):
+                try:
+                    selectors.parse(request.params.get("labelSelector"))
+                except ValueError as error:
+                    raise k8s.KubernetesError(
+                        status=400, reason="BadRequest", message=str(error)
+                    ) from None
+            elif (
+                request.action == enums.action.DELETE
+                and request.resource == POD
+                and self.termination_delay_s
+            ):
+                response = await self._begin_pod_termination(request)
+                await asyncio.sleep(hold_s)
+                return response
+        response = await super()._handle(request)
+        if request.action == enums.action.DELETE:
+            await self._collect_garbage()
+        if hold_s:
+            await asyncio.sleep(hold_s)
+        return response
+
+    async def _inject(self, request: rendering.Request) -> float:
+        plan = self.faults
+        if plan.latency_s:
+            await asyncio.sleep(plan.latency_s)
+        if (
+            request.action == enums.action.WATCH
+            or not plan.rate
+            or self._random.random() >= plan.rate
+        ):
+            return 0.0
+        self.faults_injected += 1
+        kind = self._random.choice(plan.kinds)
+        if kind == "429":
+            raise k8s.KubernetesError(
+                status=429,
+                reason="TooManyRequests",
+                message="injected: slow down",
+                details={"retryAfterSeconds": 1},
+            )
+        if kind == "timeout":
+            return plan.timeout_hold_s
+        raise k8s.KubernetesError(
+            status=500, reason="InternalError", message="injected: etcd hiccup"
+        )
+
+    def _admit(self, request: rendering.Request) -> None:
+        data = request.data
+        if not isinstance(data, dict):
+            raise k8s.KubernetesError(
+                status=400, reason="BadRequest", message="the body is not a JSON object"
+            )
+        assert request.resource is not None
+        metadata = data.setdefault("metadata", {})
+        kind = data.get("kind", "")
+        name = metadata.get("name", "")
+        if not isinstance(name, str) or not NAME_PATTERN.match(name):
+            raise _invalid(
+                kind, str(name), "metadata.name: Invalid value: a lowercase RFC 1123 subdomain"
+            )
+        if (
+            request.namespace
+            and metadata.setdefault("namespace", request.namespace) != request.namespace
+        ):
+            raise k8s.KubernetesError(
+                status=400,
+                reason="BadRequest",
+                message="the namespace of the object does not match the namespace of the URL",
+            )
+        if request.resource.plural in CORE:
+            if kind != CORE[request.resource.plural]:
+                raise k8s.KubernetesError(
+                    status=400, reason="BadRequest", message=f"kind {kind!r} does not match the URL"
+                )
+            try:
+                kubernetes_validate.validate(data, K8S_VERSION, strict=True)
+            except kubernetes_validate.ValidationError as error:
+                path = ".".join(str(p) for p in error.path)
+                raise _invalid(kind, name, f"{path}: {error.message}") from None
+        elif request.resource.plural == "ingressroutes":
+            try:
+                jsonschema.validate(data, _ingress_route_schema())
+            except jsonschema.ValidationError as error:
+                path = ".".join(str(p) for p in error.path)
+                raise _invalid(kind, name, f"{path}: {error.message}") from None
+        else:
+            raise k8s.KubernetesResourceNotFoundError()
+        if kind == "Secret" and "stringData" in data:
+            encoded = {
+                k: base64.b64encode(str(v).encode()).decode()
+                for k, v in data.pop("stringData").items()
+            }
+            data["data"] = {**data.get("data", {}), **encoded}
+        metadata.update(
+            uid=str(uuid.uuid4()),
+            resourceVersion=self._next_version(),
+            creationTimestamp=_now(),
+            generation=1,
+        )
+        if kind == "Pod":
+            data["status"] = {"phase": "Pending", "qosClass": "Guaranteed"}
+
+    async def _serve_list(self, request: rendering.Request) -> Any:
+        matches = selectors.parse(request.params.get("labelSelector"))
+        async with self._lock:
+            items = [
+                raw
+                for raw in self._matching(request)
+                if matches(raw.get("metadata", {}).get("labels") or {})
+            ]
+            version = str(self._resource_version)
+        kind = CORE.get(request.resource.plural if request.resource else "", "IngressRoute")
+        return {
+            "apiVersion": "v1",
+            "kind": f"{kind}List",
+            "metadata": {"resourceVersion": version},
+            "items": items,
+        }
+
+    def _matching(self, request: rendering.Request) -> list[dict[str, Any]]:
+        result = []
+        for (resource, namespace, _name), obj in self.objects.items():
+            if obj.deleted or resource != request.resource:
+                continue
+            if request.namespace is not None and namespace != request.namespace:
+                continue
+            result.append(obj.raw)
+        return result
+
+    async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[Any]:
+        yield b""
+        matches = selectors.parse(request.params.get("labelSelector"))
+        timeout_s = float(request.params.get("timeoutSeconds") or 0) or None
+        since = int(request.params.get("resourceVersion") or 0)
+        assert request.resource is not None
+        bus = self._buses[request.resource]
+        async with self._lock:
+            initial = [
+                {"type": "ADDED", "object": raw}
+                for raw in self._matching(request)
+                if matches(raw.get("metadata", {}).get("labels") or {})
+                and int(raw["metadata"].get("resourceVersion", 0)) > since
+            ]
+        for event in initial:
+            yield event
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                async for event in bus:
+                    raw = event.get("object", {})
+                    metadata = raw.get("metadata", {})
+                    if (
+                        request.namespace is not None
+                        and metadata.get("namespace") != request.namespace
+                    ):
+                        continue
+                    if matches(metadata.get("labels") or {}):
+                        yield event
+
+    # --- deletion and garbage collection -------------------------------------------------
+
+    async def _begin_pod_termination(self, request: rendering.Request) -> Any:
+        async with self._lock:
+            key = (request.resource, request.namespace, request.name)
+            if key not in self.objects or self.objects[key].deleted:
+                raise k8s.KubernetesObjectNotFoundError()
+            obj = self.objects[key]
+            if not obj.raw["metadata"].get("deletionTimestamp"):
+                obj.patch(
+                    {"metadata": {"deletionTimestamp": _now(), "resourceVersion": self._next_version()}}
+                )
+                uid = obj.raw["metadata"]["uid"]
+                self._delete_after[uid] = asyncio.get_running_loop().time() + self.termination_delay_s
+            raw = obj.raw
+        await self._buses[POD].put({"type": "MODIFIED", "object": raw})
+        return aiohttp.web.json_response(raw)
+
+    async def _collect_garbage(self) -> None:
+        """Delete every object whose owners are all gone (background propagation)."""
+        while True:
+            async with self._lock:
+                uids = {raw["metadata"].get("uid") for raw in self.live()}
+                orphans = [
+                    (key, obj)
+                    for key, obj in self.objects.items()
+                    if not obj.deleted
+                    and (owners := obj.raw["metadata"].get("ownerReferences"))
+                    and not any(owner.get("uid") in uids for owner in owners)
+                ]
+                events = []
+                for key, obj in orphans:
+                    raw = obj.raw
+                    obj.delete()
+                    events.append((key[0], {"type": "DELETED", "object": raw}))
+            for resource, event in events:
+                await self._buses[resource].put(event)
+            if not orphans:
+                return
+
+    # --- the scheduler and kubelet -------------------------------------------------------
+
+    async def _kubelet(self) -> None:
+        while True:
+            await asyncio.sleep(self.kubelet_interval_s)
+            async with self._lock:
+                changes = self._kubelet_step()
+            deleted = False
+            for change, raw in changes:
+                await self._buses[POD].put({"type": change, "object": raw})
+                deleted = deleted or change == "DELETED"
+                if (
+                    change == "MODIFIED"
+                    and raw["status"].get("phase") == "Running"
+                    and self.on_pod_running
+                ):
+                    if _just_started(raw):
+                        asyncio.create_task(self.on_pod_running(raw))
+            if deleted:
+                await self._collect_garbage()
+
+    def _kubelet_step(self) -> list[tuple[str, dict[str, Any]]]:
+        changes: list[tuple[str, dict[str, Any]]] = []
+        now = asyncio.get_running_loop().time()
+        pods = [
+            (key, obj) for key, obj in self.objects.items() if not obj.deleted and key[0] == POD
+        ]
+        used = sum(_gpus(obj.raw) for _, obj in pods if obj.raw["spec"].get("nodeName"))
+        for _key, obj in pods:
+            raw = obj.raw
+            metadata = raw["metadata"]
+            if metadata.get("deletionTimestamp"):
+                if now >= self._delete_after.get(metadata["uid"], 0):
+                    self._delete_after.pop(metadata["uid"], None)
+                    obj.delete()
+                    changes.append(("DELETED", raw))
+                continue
+            status = self._pod_status(raw, used)
+            if status is None:
+                continue
+            if status.pop("_scheduled", False):
+                used += _gpus(raw)
+                obj.patch({"spec": {"nodeName": NODE_NAME}})
+            obj.patch({"status": status, "metadata": {"resourceVersion": self._next_version()}})
+            changes.append(("MODIFIED", obj.raw))
+        return changes
+
+    def _pod_status(self, raw: dict[str, Any], used_gpus: int) -> dict[str, Any] | None:
+        """The next status of a pod, or None when it does not change."""
+        spec, status = raw["spec"], raw.get("status", {})
+        namespace = raw["metadata"]["namespace"]
+        if not spec.get("nodeName"):
+            missing = [
+                c for c in _claims(raw) if self.get("persistentvolumeclaims", namespace, c) is None
+            ]
+            if missing:
+                message = f'persistentvolumeclaim "{missing[0]}" not found'
+            elif used_gpus + _gpus(raw) > self.gpu_capacity:
+                message = UNSCHEDULABLE_GPU
+            else:
+                return {"_scheduled": True, "conditions": [_condition("PodScheduled", "True")]}
+            wanted = [_condition("PodScheduled", "False", "Unschedulable", message)]
+            return (
+                None
+                if _same_conditions(status, wanted)
+                else {"phase": "Pending", "conditions": wanted}
+            )
+        if status.get("phase") == "Running" and not _crashing(raw, self.crashing_images):
+            return None
+        image = spec["containers"][0]["image"]
+        scheduled = _condition("PodScheduled", "True")
+        missing_secrets = [s for s in _secrets(raw) if self.get("secrets", namespace, s) is None]
+        if missing_secrets:
+            waiting = {
+                "reason": "CreateContainerConfigError",
+                "message": f'secret "{missing_secrets[0]}" not found',
+            }
+        elif any(bad in image for bad in self.failing_images):
+            waiting = {
+                "reason": "ErrImagePull",
+                "message": f'failed to pull and unpack image "{image}": not found',
+            }
+        elif any(bad in image for bad in self.crashing_images):
+            restarts = int((status.get("containerStatuses") or [{}])[0].get("restartCount", 0)) + 1
+            if restarts > 3:
+                return None
+            waiting = {
+                "reason": "CrashLoopBackOff",
+                "message": "back-off 10s restarting failed container=desktop",
+            }
+            return {
+                "phase": "Running",
+                "conditions": [scheduled, _condition("Ready", "False")],
+                "containerStatuses": [_container_status(image, waiting=waiting, restarts=restarts)],
+            }
+        else:
+            return {
+                "phase": "Running",
+                "podIP": "10.42.0." + str(1 + self._resource_version % 250),
+                "startTime": _now(),
+                "conditions": [scheduled, _condition("Ready", "True")],
+                "containerStatuses": [_container_status(image, running=True)],
+            }
+        current = (status.get("containerStatuses") or [{}])[0].get("state", {}).get("waiting", {})
+        if current.get("reason") == waiting["reason"]:
+            return None
+        return {
+            "phase": "Pending",
+            "conditions": [scheduled],
+            "containerStatuses": [_container_status(image, waiting=waiting)],
+        }
+
+
+def _just_started(raw: dict[str, Any]) -> bool:
+    statuses = raw["status"].get("containerStatuses") or []
+    return bool(statuses and statuses[0].get("ready"))
+
+
+def _crashing(raw: dict[str, Any], crashing: tuple[str, ...]) -> bool:
+    return any(bad in raw["spec"]["containers"][0]["image"] for bad in crashing)
+
+
+def _gpus(raw: dict[str, Any]) -> int:
+    total = 0
+    for container in raw["spec"].get("containers", []):
+        total += int(container.get("resources", {}).get("requests", {}).get("nvidia.com/gpu", 0))
+    return total
+
+
+def _claims(raw: dict[str, Any]) -> list[str]:
+    return [
+        v["persistentVolumeClaim"]["claimName"]
+        for v in raw["spec"].get("volumes", [])
+        if "persistentVolumeClaim" in v
+    ]
+
+
+def _secrets(raw: dict[str, Any]) -> list[str]:
+    names = []
+    for container in raw["spec"].get("containers", []):
+        for item in container.get("env", []):
+            ref = item.get("valueFrom", {}).get("secretKeyRef")
+            if ref and ref["name"] not in names:
+                names.append(ref["name"])
+    return names
+
+
+def _condition(
+    kind: str, status: str, reason: str | None = None, message: str | None = None
+) -> dict[str, Any]:
+    condition = {"type": kind, "status": status, "lastTransitionTime": _now()}
+    if reason:
+        condition["reason"] = reason
+    if message:
+        condition["message"] = message
+    return condition
+
+
+def _same_conditions(status: dict[str, Any], wanted: list[dict[str, Any]]) -> bool:
+    def strip(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{k: v for k, v in c.items() if k != "lastTransitionTime"} for c in items]
+
+    return strip(status.get("conditions") or []) == strip(wanted)
+
+
+def _container_status(
+    image: str, *, running: bool = False, waiting: dict[str, str] | None = None, restarts: int = 0
+) -> dict[str, Any]:
+    state: dict[str, Any] = (
+        {"running": {"startedAt": _now()}} if running else {"waiting": waiting or {}}
+    )
+    return {
+        "name": "desktop",
+        "image": image,
+        "imageID": "",
+        "ready": running,
+        "started": running,
+        "restartCount": restarts,
+        "state": state,
+    }
+
+
+@asynccontextmanager
+async def start_fake_cluster(**options: Any) -> AsyncIterator[tuple[FakeKubernetes, str]]:
+    """A FakeKubernetes served on a loopback port: (fake, base URL for the kubernetes client)."""
+    fake = FakeKubernetes(**options)
+    async with fake, kmock.Server(fake) as server:
+        yield fake, str(server.url).rstrip("/")
+
+
+__all__ = ["FakeKubernetes", "FaultPlan", "start_fake_cluster"]
