@@ -79,19 +79,21 @@ async def seed(url: str) -> list[str]:
     sealed = SecretBox(SECRET_KEY).seal(SessionSecrets("p" * 32, "1:x", "y"))
     try:
         await connection.execute(
-            """INSERT INTO templates (name, image, gpu, shm_size, home_size, bitrate_kbps, framerate,
-                 gop_size, encoder_fallback, start_timeout_s, idle_timeout_s, max_lifetime_s,
+            """INSERT INTO templates (name, image, gpu, shm_size, home_size, bitrate_kbps,
+                 framerate, gop_size, encoder_fallback, start_timeout_s, idle_timeout_s,
+                 max_lifetime_s,
                  node_selector, tolerations, created_at, updated_at)
                VALUES ('bench', $1, 1, '2Gi', '10Gi', 8000, 60, 30, true, 300, 3600, 86400,
                  '{}', '[]', now(), now())""",
             spec.image,
         )
         rows = await connection.fetch(
-            """INSERT INTO sessions (id, "user", template_name, template_spec, phase, reason, message,
-                 conditions, url, gpu, secrets_encrypted, created_at, updated_at, running_at,
+            """INSERT INTO sessions (id, "user", template_name, template_spec, phase, reason,
+                 message, conditions, url, gpu, secrets_encrypted, created_at, updated_at,
+                 running_at,
                  idle_deadline, expires_at)
-               SELECT gen_random_uuid(), 'seed-' || i, 'bench', $1::jsonb, 'Running', 'AgentReady', '',
-                 '[]'::jsonb, 'https://seed-' || i || '.vdi.example.com/', 1, $2,
+               SELECT gen_random_uuid(), 'seed-' || i, 'bench', $1::jsonb, 'Running',
+                 'AgentReady', '', '[]'::jsonb, 'https://seed-' || i || '.vdi.example.com/', 1, $2,
                  now() - i * interval '1 second', now(), now(),
                  now() + interval '1 hour', now() + interval '1 day'
                FROM generate_series(1, $3) AS i
@@ -188,7 +190,7 @@ async def run(
     results: dict[str, list[Figures]] = {name: [] for name in operations}
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(timeout=30, limits=limits) as client:
-        for name, make in operations.items():  # warm-up
+        for make in operations.values():  # warm-up
             call, expect = make(-1)
             await drive(client, min(200, requests), concurrency, call, expect)
         for round_no in range(rounds):
@@ -205,15 +207,13 @@ async def run(
         f"\n{SEEDED} sessions stored; {requests} requests x {rounds} rounds per operation, "
         f"{concurrency} concurrent, loopback, one uvicorn worker each; medians over rounds"
     )
-    print(
-        f"{'operation':26} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'req/s vs floor':>15} {'p50 vs floor':>13}"
-    )
+    header = ("operation", "req/s", "p50 ms", "p99 ms", "errors", "req/s vs floor", "p50 vs floor")
+    print("{:26} {:>8} {:>8} {:>8} {:>7} {:>15} {:>13}".format(*header))
     for name in operations:
         rps, p50, p99 = median(name, "rps"), median(name, "p50_ms"), median(name, "p99_ms")
         errors = sum(f.errors for f in results[name])
-        print(
-            f"{name:26} {rps:8.0f} {p50:8.2f} {p99:8.2f} {errors:7d} {rps / floor_rps:14.2f}x {p50 / floor_p50:12.2f}x"
-        )
+        ratios = f"{rps / floor_rps:14.2f}x {p50 / floor_p50:12.2f}x"
+        print(f"{name:26} {rps:8.0f} {p50:8.2f} {p99:8.2f} {errors:7d} {ratios}")
 
 
 def main() -> None:

@@ -28,7 +28,9 @@ SETTINGS = Settings(
     callback_url="http://vdi-control.vdi-system.svc:8080",
     turn_host="turn.example.com",
 )
-CREDENTIALS = manifests.SessionCredentials("pw-" + "p" * 29, "agent-" + "a" * 58, "1:x", "turnpw-" + "y" * 21)
+CREDENTIALS = manifests.SessionCredentials(
+    "pw-" + "p" * 29, "agent-" + "a" * 58, "1:x", "turnpw-" + "y" * 21
+)
 
 
 def session(**spec: Any) -> manifests.SessionView:

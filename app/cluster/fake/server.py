@@ -17,7 +17,7 @@ import functools
 import random
 import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,7 +91,7 @@ class FakeKubernetes(k8s.KubernetesEmulator):
     termination_delay_s: float = 0.05
     failing_images: tuple[str, ...] = ("does-not-exist",)
     crashing_images: tuple[str, ...] = ("crashes",)
-    on_pod_running: Callable[[dict[str, Any]], Awaitable[None]] | None = None
+    on_pod_running: Callable[[dict[str, Any]], Coroutine[Any, Any, None]] | None = None
 
     _resource_version: int = attrs.field(default=1, init=False)
     _random: random.Random = attrs.field(factory=random.Random, init=False)
@@ -131,7 +131,7 @@ class FakeKubernetes(k8s.KubernetesEmulator):
                 continue
             yield obj.raw
 
-    def get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+    def find(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
         for raw in self.live(plural):
             metadata = raw["metadata"]
             if metadata.get("namespace") == namespace and metadata["name"] == name:
@@ -265,7 +265,7 @@ class FakeKubernetes(k8s.KubernetesEmulator):
                 if matches(raw.get("metadata", {}).get("labels") or {})
             ]
             version = str(self._resource_version)
-        kind = CORE.get(request.resource.plural if request.resource else "", "IngressRoute")
+        kind = CORE.get(str(request.resource.plural if request.resource else ""), "IngressRoute")
         return {
             "apiVersion": "v1",
             "kind": f"{kind}List",
@@ -316,16 +316,24 @@ class FakeKubernetes(k8s.KubernetesEmulator):
 
     async def _begin_pod_termination(self, request: rendering.Request) -> Any:
         async with self._lock:
+            assert request.resource is not None and request.name is not None
             key = (request.resource, request.namespace, request.name)
             if key not in self.objects or self.objects[key].deleted:
                 raise k8s.KubernetesObjectNotFoundError()
             obj = self.objects[key]
             if not obj.raw["metadata"].get("deletionTimestamp"):
                 obj.patch(
-                    {"metadata": {"deletionTimestamp": _now(), "resourceVersion": self._next_version()}}
+                    {
+                        "metadata": {
+                            "deletionTimestamp": _now(),
+                            "resourceVersion": self._next_version(),
+                        }
+                    }
                 )
                 uid = obj.raw["metadata"]["uid"]
-                self._delete_after[uid] = asyncio.get_running_loop().time() + self.termination_delay_s
+                self._delete_after[uid] = (
+                    asyncio.get_running_loop().time() + self.termination_delay_s
+                )
             raw = obj.raw
         await self._buses[POD].put({"type": "MODIFIED", "object": raw})
         return aiohttp.web.json_response(raw)
@@ -405,7 +413,7 @@ class FakeKubernetes(k8s.KubernetesEmulator):
         namespace = raw["metadata"]["namespace"]
         if not spec.get("nodeName"):
             missing = [
-                c for c in _claims(raw) if self.get("persistentvolumeclaims", namespace, c) is None
+                c for c in _claims(raw) if self.find("persistentvolumeclaims", namespace, c) is None
             ]
             if missing:
                 message = f'persistentvolumeclaim "{missing[0]}" not found'
@@ -423,7 +431,7 @@ class FakeKubernetes(k8s.KubernetesEmulator):
             return None
         image = spec["containers"][0]["image"]
         scheduled = _condition("PodScheduled", "True")
-        missing_secrets = [s for s in _secrets(raw) if self.get("secrets", namespace, s) is None]
+        missing_secrets = [s for s in _secrets(raw) if self.find("secrets", namespace, s) is None]
         if missing_secrets:
             waiting = {
                 "reason": "CreateContainerConfigError",

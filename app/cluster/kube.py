@@ -1,0 +1,276 @@
+"""The one adapter to the Kubernetes API (the official client, which is blocking: every call runs
+in a thread). Creates are idempotent (409 means done), deletes tolerate 404, and 429, 5xx,
+timeouts and connection errors are retried with exponential backoff (tenacity)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+import structlog
+import urllib3
+from kubernetes import client, config, watch
+from kubernetes.client.exceptions import ApiException
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+log = structlog.get_logger("vdi.kube")
+
+Kind = Literal["Pod", "Secret", "Service", "PersistentVolumeClaim", "IngressRoute"]
+T = TypeVar("T")
+
+REQUEST_TIMEOUT = (3.0, 10.0)  # connect, read (seconds)
+RETRY_ATTEMPTS = 6
+WATCH_TIMEOUT_S = 240
+
+
+class ClusterError(Exception):
+    """A call the cluster refused. `temporary`: worth retrying later (the reconciler will)."""
+
+    def __init__(self, message: str, *, status: int | None = None, temporary: bool = True) -> None:
+        super().__init__(message)
+        self.status = status
+        self.temporary = temporary
+
+
+def _is_temporary(error: BaseException) -> bool:
+    if isinstance(error, ApiException):
+        return error.status in (0, 408, 429) or (error.status or 0) >= 500
+    return isinstance(error, urllib3.exceptions.HTTPError | OSError | TimeoutError)
+
+
+def _message(error: ApiException) -> str:
+    try:
+        return str(json.loads(error.body or "{}").get("message") or error.reason)
+    except (ValueError, AttributeError):
+        return str(error.reason)
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    type: str  # ADDED, MODIFIED, DELETED, ERROR, or RESYNC (the watch restarted: re-list)
+    object: dict[str, Any]
+
+
+class KubeCluster:
+    """Namespaced CRUD on the kinds a session needs, returning plain dicts (camelCase, as the
+    API sends them: `_preload_content=False` skips the client's slow model deserialization)."""
+
+    def __init__(
+        self, api_client: client.ApiClient, namespace: str, ingress_api_version: str
+    ) -> None:
+        self.api_client = api_client
+        self.namespace = namespace
+        self.core = client.CoreV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+        self.ingress_group, self.ingress_version = ingress_api_version.split("/")
+
+    @classmethod
+    def for_host(cls, host: str, namespace: str, ingress_api_version: str) -> KubeCluster:
+        configuration = client.Configuration(host=host)
+        return cls(client.ApiClient(configuration), namespace, ingress_api_version)
+
+    def close(self) -> None:
+        self.api_client.close()
+
+    async def _call(self, action: str, function: Callable[[], T]) -> T:
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(_is_temporary),
+            stop=stop_after_attempt(RETRY_ATTEMPTS),
+            wait=wait_exponential_jitter(initial=0.05, max=2.0),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await asyncio.to_thread(function)
+        except ApiException as error:
+            raise ClusterError(
+                f"{action}: {_message(error)}", status=error.status, temporary=_is_temporary(error)
+            ) from None
+        except (urllib3.exceptions.HTTPError, OSError, TimeoutError) as error:
+            raise ClusterError(
+                f"{action}: {type(error).__name__}: {error}", temporary=True
+            ) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _operations(self, kind: Kind) -> dict[str, Callable[..., Any]]:
+        ns = self.namespace
+        options: dict[str, Any] = {"_preload_content": False, "_request_timeout": REQUEST_TIMEOUT}
+        if kind == "IngressRoute":
+            group, version, plural = self.ingress_group, self.ingress_version, "ingressroutes"
+            return {
+                "create": lambda body: self.custom.create_namespaced_custom_object(
+                    group, version, ns, plural, body, **options
+                ),
+                "read": lambda name: self.custom.get_namespaced_custom_object(
+                    group, version, ns, plural, name, **options
+                ),
+                "delete": lambda name: self.custom.delete_namespaced_custom_object(
+                    group, version, ns, plural, name, **options
+                ),
+                "list": lambda selector: self.custom.list_namespaced_custom_object(
+                    group, version, ns, plural, label_selector=selector, **options
+                ),
+            }
+        suffix = {
+            "Pod": "pod",
+            "Secret": "secret",
+            "Service": "service",
+            "PersistentVolumeClaim": "persistent_volume_claim",
+        }[kind]
+        core = self.core
+        return {
+            "create": lambda body: getattr(core, f"create_namespaced_{suffix}")(
+                ns, body, **options
+            ),
+            "read": lambda name: getattr(core, f"read_namespaced_{suffix}")(name, ns, **options),
+            "delete": lambda name: getattr(core, f"delete_namespaced_{suffix}")(
+                name, ns, **options
+            ),
+            "list": lambda selector: getattr(core, f"list_namespaced_{suffix}")(
+                ns, label_selector=selector, **options
+            ),
+        }
+
+    async def create(self, kind: Kind, body: dict[str, Any]) -> dict[str, Any]:
+        """Create, or return the object that already exists under that name (idempotent)."""
+        name = body["metadata"]["name"]
+        operations = self._operations(kind)
+        try:
+            response = await self._call(f"create {kind} {name}", lambda: operations["create"](body))
+        except ClusterError as error:
+            if error.status != 409:
+                raise
+            existing = await self.get(kind, name)
+            if existing is None:  # deleted in between: the next reconcile creates it again
+                raise ClusterError(
+                    f"create {kind} {name}: conflict with an object being deleted"
+                ) from None
+            return existing
+        return dict(json.loads(response.data))
+
+    async def get(self, kind: Kind, name: str) -> dict[str, Any] | None:
+        operations = self._operations(kind)
+        try:
+            response = await self._call(f"read {kind} {name}", lambda: operations["read"](name))
+        except ClusterError as error:
+            if error.status == 404:
+                return None
+            raise
+        return dict(json.loads(response.data))
+
+    async def delete(self, kind: Kind, name: str) -> bool:
+        """Delete; False when it was already gone."""
+        operations = self._operations(kind)
+        try:
+            await self._call(f"delete {kind} {name}", lambda: operations["delete"](name))
+        except ClusterError as error:
+            if error.status == 404:
+                return False
+            raise
+        return True
+
+    async def list(self, kind: Kind, label_selector: str) -> tuple[list[dict[str, Any]], str]:
+        operations = self._operations(kind)
+        response = await self._call(f"list {kind}", lambda: operations["list"](label_selector))
+        body = json.loads(response.data)
+        return list(body.get("items") or []), str(
+            body.get("metadata", {}).get("resourceVersion", "")
+        )
+
+    async def ping(self) -> None:
+        await self._call(
+            "list pods",
+            lambda: self.core.list_namespaced_pod(
+                self.namespace, limit=1, _preload_content=False, _request_timeout=(2.0, 3.0)
+            ),
+        )
+
+    async def watch_pods(
+        self, label_selector: str, resource_version: str
+    ) -> AsyncIterator[WatchEvent]:
+        """Pod events from `resource_version` until the server ends the watch (then return).
+        A 410 Gone (history expired) yields RESYNC: the caller re-lists."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[WatchEvent | BaseException | None] = asyncio.Queue()
+        stopper = watch.Watch()
+        stopped = threading.Event()
+
+        def pump() -> None:
+            try:
+                for event in stopper.stream(
+                    self.core.list_namespaced_pod,
+                    self.namespace,
+                    label_selector=label_selector,
+                    resource_version=resource_version or None,
+                    timeout_seconds=WATCH_TIMEOUT_S,
+                    _request_timeout=(REQUEST_TIMEOUT[0], WATCH_TIMEOUT_S + 30),
+                    _preload_content=False,
+                ):
+                    if stopped.is_set():
+                        break
+                    raw = event.get("raw_object") or {}
+                    loop.call_soon_threadsafe(queue.put_nowait, WatchEvent(event["type"], raw))
+            except BaseException as error:
+                loop.call_soon_threadsafe(queue.put_nowait, error)
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, None)
+
+        thread = threading.Thread(target=pump, name="vdi-pod-watch", daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    return
+                if isinstance(item, ApiException) and item.status == 410:
+                    yield WatchEvent("RESYNC", {})
+                    return
+                if isinstance(item, BaseException):
+                    raise ClusterError(f"watch pods: {item}", temporary=True)
+                if item.type == "ERROR" and item.object.get("code") == 410:
+                    yield WatchEvent("RESYNC", {})
+                    return
+                yield item
+        finally:
+            stopped.set()
+            stopper.stop()
+
+
+def detect_cluster(mode: str) -> Literal["kubernetes", "simulated"]:
+    """Where the cluster is: `kubernetes` needs in-cluster config or a kubeconfig."""
+    if mode == "simulated":
+        return "simulated"
+    with contextlib.suppress(config.ConfigException):
+        config.load_incluster_config()
+        return "kubernetes"
+    kubeconfig = os.environ.get(
+        "KUBECONFIG", os.path.expanduser(config.KUBE_CONFIG_DEFAULT_LOCATION)
+    )
+    if os.path.exists(kubeconfig.split(os.pathsep)[0]):
+        with contextlib.suppress(config.ConfigException):
+            config.load_kube_config()
+            return "kubernetes"
+    if mode == "kubernetes":
+        raise ClusterError(
+            "VDI_CLUSTER=kubernetes but there is neither an in-cluster service account nor a "
+            "kubeconfig (KUBECONFIG or ~/.kube/config)",
+            temporary=False,
+        )
+    return "simulated"
+
+
+def real_cluster(namespace: str, ingress_api_version: str) -> KubeCluster:
+    """After detect_cluster() said `kubernetes`: the loaded default configuration."""
+    return KubeCluster(client.ApiClient(), namespace, ingress_api_version)
