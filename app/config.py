@@ -61,6 +61,21 @@ class Settings(BaseSettings):
         "unset: Traefik's default TLS store",
     )
     image_pull_secret: str | None = Field(default=None, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    heartbeat_timeout_s: int = Field(
+        default=120,
+        ge=10,
+        description="A Running session whose agent is silent this long: AGENT_LOST",
+    )
+    failed_grace_s: int = Field(
+        default=600, ge=0, description="Failed sessions are cleaned up after this (for inspection)"
+    )
+    reconcile_lease_s: int = Field(
+        default=60,
+        ge=5,
+        description="A claimed session is due again after this if its replica dies",
+    )
+    reconcile_interval_s: float = Field(default=1.0, gt=0, le=60)
+    orphan_sweep_interval_s: float = Field(default=60.0, gt=0)
     max_sessions_per_user: int = Field(default=1, ge=1, le=100)
     max_body_bytes: int = Field(default=65536, ge=1024)
     idempotency_ttl_s: int = Field(default=86400, ge=60)

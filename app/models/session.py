@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import CheckConstraint, Index, Integer, String, Text
+from sqlalchemy import Boolean, CheckConstraint, Index, Integer, String, Text, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -34,6 +34,11 @@ class VDISession(Base):
         Index("ix_sessions_user_phase", "user", "phase"),
         Index("ix_sessions_template_name_phase", "template_name", "phase"),
         Index("ix_sessions_phase", "phase"),
+        Index(
+            "ix_sessions_next_reconcile_at",
+            "next_reconcile_at",
+            postgresql_where=text("next_reconcile_at IS NOT NULL"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
@@ -57,3 +62,9 @@ class VDISession(Base):
     idle_deadline: Mapped[datetime] = mapped_column(TZDateTime)
     expires_at: Mapped[datetime] = mapped_column(TZDateTime)
     last_report_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    # The reconciler's work queue: due when next_reconcile_at <= now. A claim sets it to the end of
+    # a lease and a fresh claim_token, so a replica that dies leaves the row due again.
+    next_reconcile_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    claim_token: Mapped[uuid.UUID | None] = mapped_column()
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    force_delete: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -7,7 +7,7 @@ touches the database or the network, so every rule is unit-testable.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from app.errors import Conflict
@@ -269,3 +269,59 @@ def apply_health_report(
             transition(session, Phase.running, reason="AgentReady", message=message, now=now)
         )
     return events
+
+
+@dataclass(frozen=True)
+class Deadlines:
+    heartbeat_timeout_s: int
+    failed_grace_s: int
+
+
+def _start_deadline(session: VDISession) -> datetime:
+    return session.created_at + timedelta(seconds=int(session.template_spec["start_timeout_s"]))
+
+
+def _heartbeat_deadline(session: VDISession, deadlines: Deadlines) -> datetime:
+    last = session.last_report_at or session.running_at or session.updated_at
+    return last + timedelta(seconds=deadlines.heartbeat_timeout_s)
+
+
+def next_check(session: VDISession, deadlines: Deadlines, now: datetime) -> datetime | None:
+    """When the reconciler must look at the session next (None: never again)."""
+    phase = Phase(session.phase)
+    if phase in (Phase.pending, Phase.provisioning, Phase.terminating):
+        return now
+    if phase is Phase.starting:
+        return min(_start_deadline(session), session.expires_at)
+    if phase is Phase.running:
+        return min(
+            session.idle_deadline, session.expires_at, _heartbeat_deadline(session, deadlines)
+        )
+    if phase is Phase.failed:
+        return (session.ended_at or now) + timedelta(seconds=deadlines.failed_grace_s)
+    return None
+
+
+def deadline_passed(
+    session: VDISession, deadlines: Deadlines, now: datetime
+) -> tuple[Phase, str, str] | None:
+    """The move a passed deadline calls for: (target phase, reason, message), or None."""
+    phase = Phase(session.phase)
+    if phase in (Phase.starting, Phase.running) and now >= session.expires_at:
+        return Phase.terminating, "MaxLifetimeReached", "The session reached its maximum lifetime"
+    if phase is Phase.starting and now >= _start_deadline(session):
+        timeout = session.template_spec["start_timeout_s"]
+        return Phase.failed, "START_TIMEOUT", f"Not Running within the start timeout ({timeout} s)"
+    if phase is Phase.running:
+        if now >= session.idle_deadline:
+            return Phase.terminating, "IdleTimeout", "No keepalive before the idle deadline"
+        if now >= _heartbeat_deadline(session, deadlines):
+            return (
+                Phase.failed,
+                "AGENT_LOST",
+                f"The agent has been silent for {deadlines.heartbeat_timeout_s} s",
+            )
+    if phase is Phase.failed and session.ended_at is not None:
+        if now >= session.ended_at + timedelta(seconds=deadlines.failed_grace_s):
+            return Phase.terminating, "FailedCleanup", f"Cleaning up after {session.reason}"
+    return None

@@ -137,8 +137,17 @@ async def get_session(session_id: uuid.UUID, db: DbSession, _: SessionsRead) -> 
     responses=problem_responses(*AUTH_ERRORS, service.SessionNotFound),
     summary="End a session (again on an ended session is not an error)",
 )
-async def delete_session(session_id: uuid.UUID, db: DbSession, _: SessionsWrite) -> Session:
-    return service.to_schema(await service.delete_session(db, session_id))
+async def delete_session(
+    session_id: uuid.UUID,
+    db: DbSession,
+    _: SessionsWrite,
+    settings: AppSettings,
+    force: Annotated[
+        bool,
+        Query(description="End the session even if the cluster refuses to delete its objects"),
+    ] = False,
+) -> Session:
+    return service.to_schema(await service.delete_session(db, settings, session_id, force=force))
 
 
 @router.post(
@@ -147,8 +156,10 @@ async def delete_session(session_id: uuid.UUID, db: DbSession, _: SessionsWrite)
     responses=problem_responses(*AUTH_ERRORS, service.SessionNotFound, service.SessionEnded),
     summary="Push the idle deadline by the template's idle timeout",
 )
-async def keepalive_session(session_id: uuid.UUID, db: DbSession, _: SessionsWrite) -> Session:
-    return service.to_schema(await service.keepalive(db, session_id))
+async def keepalive_session(
+    session_id: uuid.UUID, db: DbSession, _: SessionsWrite, settings: AppSettings
+) -> Session:
+    return service.to_schema(await service.keepalive(db, settings, session_id))
 
 
 @router.get(
@@ -224,8 +235,12 @@ async def list_session_events(
     summary="The agent's health report (authorized by that session's agent token)",
 )
 async def report_session_health(
-    session_id: AgentOfSession, body: HealthReport, db: DbSession, request: Request
+    session_id: AgentOfSession,
+    body: HealthReport,
+    db: DbSession,
+    request: Request,
+    settings: AppSettings,
 ) -> Session:
-    result = await service.report_health(db, session_id, body)
+    result = await service.report_health(db, settings, session_id, body)
     request.app.state.metrics.health_reports.labels(outcome=result.outcome).inc()
     return service.to_schema(result.session)

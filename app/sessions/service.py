@@ -82,6 +82,17 @@ def to_schema(session: VDISession) -> Session:
     )
 
 
+def deadlines(settings: Settings) -> lifecycle.Deadlines:
+    return lifecycle.Deadlines(
+        heartbeat_timeout_s=settings.heartbeat_timeout_s, failed_grace_s=settings.failed_grace_s
+    )
+
+
+def reschedule(session: VDISession, settings: Settings, now: datetime) -> None:
+    """Put the session in the reconciler's queue for its next deadline (or take it out)."""
+    session.next_reconcile_at = lifecycle.next_check(session, deadlines(settings), now)
+
+
 def _request_hash(body: SessionCreate) -> str:
     return hashlib.sha256(
         json.dumps(body.model_dump(mode="json"), sort_keys=True).encode()
@@ -173,6 +184,9 @@ async def create_session(
         updated_at=now,
         idle_deadline=now + timedelta(seconds=spec.idle_timeout_s),
         expires_at=expires_at,
+        next_reconcile_at=now,
+        attempts=0,
+        force_delete=False,
     )
     db.add(session)
     await db.flush()
@@ -240,15 +254,25 @@ async def list_sessions(
     return rows[:limit], next_cursor
 
 
-async def delete_session(db: AsyncSession, session_id: uuid.UUID) -> VDISession:
-    """Ask for the session's end; on an ended session this changes nothing and is no error."""
+async def delete_session(
+    db: AsyncSession, settings: Settings, session_id: uuid.UUID, *, force: bool = False
+) -> VDISession:
+    """Ask for the session's end; on an ended session this changes nothing and is no error.
+    `force`: end it even if the cluster refuses to delete its objects (the orphan sweep retries)."""
     session = await _get(db, session_id, for_update=True)
-    if Phase(session.phase) in DELETED_PHASES:
-        return session
     now = utcnow()
+    if Phase(session.phase) in DELETED_PHASES:
+        if force and session.phase == Phase.terminating.value and not session.force_delete:
+            session.force_delete = True
+            reschedule(session, settings, now)
+            await db.flush()
+        return session
+    message = "Deletion requested" + (" (forced)" if force else "")
     event = lifecycle.transition(
-        session, Phase.terminating, reason="DeleteRequested", message="Deletion requested", now=now
+        session, Phase.terminating, reason="DeleteRequested", message=message, now=now
     )
+    session.force_delete = force
+    reschedule(session, settings, now)
     await repository.add_events(db, session, [event], now)
     return session
 
@@ -261,13 +285,14 @@ def _refuse_if_ended(session: VDISession, action: str) -> None:
         )
 
 
-async def keepalive(db: AsyncSession, session_id: uuid.UUID) -> VDISession:
+async def keepalive(db: AsyncSession, settings: Settings, session_id: uuid.UUID) -> VDISession:
     session = await _get(db, session_id, for_update=True)
     _refuse_if_ended(session, "keep it alive")
     now = utcnow()
     idle_timeout_s = int(session.template_spec["idle_timeout_s"])
     session.idle_deadline = min(now + timedelta(seconds=idle_timeout_s), session.expires_at)
     session.updated_at = now
+    reschedule(session, settings, now)
     await db.flush()
     return session
 
@@ -310,7 +335,7 @@ class ReportOutcome:
 
 
 async def report_health(
-    db: AsyncSession, session_id: uuid.UUID, report: HealthReport
+    db: AsyncSession, settings: Settings, session_id: uuid.UUID, report: HealthReport
 ) -> ReportOutcome:
     session = await _get(db, session_id, for_update=True)
     if Phase(session.phase) in DELETED_PHASES:
@@ -326,6 +351,7 @@ async def report_health(
         fallback_allowed=bool(session.template_spec.get("encoder_fallback", True)),
         now=now,
     )
+    reschedule(session, settings, now)
     await db.flush()
     await repository.add_events(db, session, events, now)
     if session.phase != before and session.phase in (Phase.running, Phase.failed):

@@ -316,7 +316,8 @@ class FakeKubernetes(k8s.KubernetesEmulator):
 
     async def _begin_pod_termination(self, request: rendering.Request) -> Any:
         async with self._lock:
-            assert request.resource is not None and request.name is not None
+            assert request.resource is not None
+            assert request.name is not None
             key = (request.resource, request.namespace, request.name)
             if key not in self.objects or self.objects[key].deleted:
                 raise k8s.KubernetesObjectNotFoundError()
