@@ -77,12 +77,14 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     settings = _settings()
     configure_logging(settings.log_level, json=settings.log_json)
-    if settings.cluster != "kubernetes":
-        log.warning(
-            "no Kubernetes cluster is wired into this build yet: sessions are stored and "
-            "move only by API calls and agent reports",
-            cluster=settings.cluster,
-        )
+    host, port = args.host or settings.host, args.port or settings.port
+    if settings.reconciler and "callback_url" not in settings.model_fields_set:
+        from app.cluster.kube import detect_cluster
+
+        if detect_cluster(settings.cluster) == "simulated":
+            # the stand-in agent calls back into this very process
+            local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+            settings = settings.model_copy(update={"callback_url": f"http://{local}:{port}"})
     # uvicorn re-raises SIGTERM once it has shut down; make that an exception, so the embedded
     # database below is stopped instead of the process dying on the default handler.
     signal.signal(signal.SIGTERM, _exit_on_signal)
@@ -90,8 +92,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
         ensure_schema(settings, url)
         uvicorn.run(
             create_app(settings, url),
-            host=args.host or settings.host,
-            port=args.port or settings.port,
+            host=host,
+            port=port,
             log_config=None,
             proxy_headers=True,
         )

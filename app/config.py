@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     )
     reconcile_interval_s: float = Field(default=1.0, gt=0, le=60)
     orphan_sweep_interval_s: float = Field(default=60.0, gt=0)
+    reconciler: bool = Field(default=True, description="Run the reconciler in this replica")
+    simulated_gpus: int = Field(default=8, ge=0, description="GPUs of the simulated cluster's node")
     max_sessions_per_user: int = Field(default=1, ge=1, le=100)
     max_body_bytes: int = Field(default=65536, ge=1024)
     idempotency_ttl_s: int = Field(default=86400, ge=60)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -15,6 +16,9 @@ from fastapi.routing import APIRoute
 from app import __version__
 from app.auth import service as auth_service
 from app.auth.router import router as tokens_router
+from app.cluster.kube import KubeCluster, detect_cluster, real_cluster
+from app.cluster.reconciler import Reconciler
+from app.cluster.simulated import simulated_cluster
 from app.config import Settings
 from app.db import create_engine, create_sessionmaker
 from app.errors import PROBLEM_JSON, install_error_handlers
@@ -69,8 +73,40 @@ def _problem_only_openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
     return openapi
 
 
-def create_app(settings: Settings, database_url: str) -> FastAPI:
-    """The ASGI app. `database_url` is resolved (an embedded server is started by the caller)."""
+async def _start_cluster_side(
+    app: FastAPI,
+    settings: Settings,
+    hub: EventHub,
+    cluster: KubeCluster | None,
+    stack: contextlib.AsyncExitStack,
+) -> None:
+    mode = "given"
+    if cluster is None:
+        mode = detect_cluster(settings.cluster)
+        if mode == "simulated":
+            log.warning(
+                "SIMULATED CLUSTER: no kubeconfig or in-cluster config (or VDI_CLUSTER=simulated); "
+                "sessions run on an in-process fake Kubernetes API with a stand-in agent. "
+                "Nothing real is started."
+            )
+            cluster, _fake = await stack.enter_async_context(simulated_cluster(settings))
+        else:
+            cluster = real_cluster(settings.namespace, settings.ingress_api_version)
+            stack.callback(cluster.close)
+    assert cluster is not None
+    app.state.cluster = cluster
+    app.state.cluster_mode = mode
+    reconciler = Reconciler(settings, app.state.sessionmaker, cluster, wake=hub.any_event)
+    app.state.reconciler = reconciler
+    reconciler.start()
+    stack.push_async_callback(reconciler.stop)
+
+
+def create_app(
+    settings: Settings, database_url: str, *, cluster: KubeCluster | None = None
+) -> FastAPI:
+    """The ASGI app. `database_url` is resolved (an embedded server is started by the caller);
+    `cluster`, when given, is used instead of the one VDI_CLUSTER names (tests)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
@@ -80,7 +116,10 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
         app.state.sessionmaker = sessionmaker
         hub = EventHub(database_url)
         app.state.event_hub = hub
-        try:
+        app.state.cluster = None
+        app.state.cluster_mode = "disabled"
+        async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(engine.dispose)
             if settings.bootstrap_token is not None:
                 async with sessionmaker() as db, db.begin():
                     created = await auth_service.ensure_bootstrap_token(
@@ -88,15 +127,16 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
                     )
                 log.info("bootstrap admin token", created=created)
             await hub.start()
+            stack.push_async_callback(hub.stop)
+            if settings.reconciler:
+                await _start_cluster_side(app, settings, hub, cluster, stack)
             log.info(
                 "vdi-control ready",
                 version=__version__,
                 embedded_database=settings.embedded_database,
+                cluster=app.state.cluster_mode,
             )
             yield {}
-        finally:
-            await hub.stop()
-            await engine.dispose()
 
     app = FastAPI(
         title="vdi-control",

@@ -90,6 +90,7 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
         base_domain="vdi.test.example",
         turn_host="turn.test.example",
         max_body_bytes=16384,
+        reconciler=False,  # the API tests move phases themselves; tests/cluster runs it
     )
 
 

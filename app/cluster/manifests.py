@@ -313,3 +313,50 @@ def ingress_route(session: SessionView, settings: Settings, owner: Manifest) -> 
         "metadata": _metadata(session, settings, owner),
         "spec": spec,
     }
+
+
+# --- reading pods back -------------------------------------------------------------------
+
+IMAGE_PULL_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
+CRASH_REASONS = ("CrashLoopBackOff",)
+
+
+@dataclass(frozen=True)
+class PodObservation:
+    """What a pod says about its session: whether it is scheduled, and whether it has failed."""
+
+    session_id: uuid.UUID | None
+    scheduled: bool | None  # None: not decided yet
+    schedule_message: str
+    failure_reason: str | None
+    failure_message: str
+
+
+def observe_pod(pod: Manifest) -> PodObservation:
+    labels = pod.get("metadata", {}).get("labels") or {}
+    try:
+        session_id: uuid.UUID | None = uuid.UUID(labels.get(SESSION_ID_LABEL, ""))
+    except ValueError:
+        session_id = None
+    status = pod.get("status") or {}
+    scheduled: bool | None = None
+    schedule_message = ""
+    failure_reason: str | None = None
+    failure_message = ""
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "PodScheduled":
+            scheduled = condition.get("status") == "True"
+            schedule_message = condition.get("message") or condition.get("reason") or ""
+            if condition.get("status") == "False" and condition.get("reason") == "Unschedulable":
+                failure_reason, failure_message = "Unschedulable", schedule_message
+    for container in status.get("containerStatuses") or []:
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        reason = waiting.get("reason")
+        if reason in IMAGE_PULL_REASONS:
+            failure_reason, failure_message = "ImagePullError", waiting.get("message") or reason
+        elif reason in CRASH_REASONS:
+            failure_reason, failure_message = "CrashLoopBackOff", waiting.get("message") or reason
+    if status.get("phase") == "Failed":
+        failure_reason = "PodFailed"
+        failure_message = status.get("message") or status.get("reason") or "The pod failed"
+    return PodObservation(session_id, scheduled, schedule_message, failure_reason, failure_message)

@@ -44,7 +44,20 @@ async def readyz(request: Request) -> Health:
     except Exception as error:
         log.warning("not ready: database", error=type(error).__name__)
         raise ServiceUnavailable("The database does not answer", retry_after_s=5) from None
-    return Health(status="ok", checks={"database": "ok"})
+    checks = {"database": "ok"}
+    cluster = request.app.state.cluster
+    if cluster is not None:
+        try:
+            async with asyncio.timeout(READY_TIMEOUT_S * 2):
+                await cluster.ping()
+        except Exception as error:
+            log.warning("not ready: cluster", error=str(error))
+            raise ServiceUnavailable(
+                "The Kubernetes API does not answer", retry_after_s=5
+            ) from None
+        simulated = request.app.state.cluster_mode == "simulated"
+        checks["cluster"] = "simulated (in-process fake, nothing real runs)" if simulated else "ok"
+    return Health(status="ok", checks=checks)
 
 
 @router.get(

@@ -34,6 +34,7 @@ class EventHub:
     def __init__(self, database_url: str) -> None:
         self._dsn = asyncpg_dsn(database_url)
         self._subscribers: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
+        self.any_event = asyncio.Event()  # set on every notification (the reconciler's wake-up)
         self._task: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
 
@@ -62,6 +63,7 @@ class EventHub:
                 del self._subscribers[key]
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        self.any_event.set()
         for wake in self._subscribers.get(payload, ()):
             wake.set()
 

@@ -289,8 +289,10 @@ def _heartbeat_deadline(session: VDISession, deadlines: Deadlines) -> datetime:
 def next_check(session: VDISession, deadlines: Deadlines, now: datetime) -> datetime | None:
     """When the reconciler must look at the session next (None: never again)."""
     phase = Phase(session.phase)
-    if phase in (Phase.pending, Phase.provisioning, Phase.terminating):
+    if phase in (Phase.pending, Phase.terminating):
         return now
+    if phase is Phase.provisioning:  # claimed: due again when the lease ends, or at its deadline
+        return min(session.next_reconcile_at or now, _start_deadline(session))
     if phase is Phase.starting:
         return min(_start_deadline(session), session.expires_at)
     if phase is Phase.running:
@@ -309,7 +311,7 @@ def deadline_passed(
     phase = Phase(session.phase)
     if phase in (Phase.starting, Phase.running) and now >= session.expires_at:
         return Phase.terminating, "MaxLifetimeReached", "The session reached its maximum lifetime"
-    if phase is Phase.starting and now >= _start_deadline(session):
+    if phase in (Phase.provisioning, Phase.starting) and now >= _start_deadline(session):
         timeout = session.template_spec["start_timeout_s"]
         return Phase.failed, "START_TIMEOUT", f"Not Running within the start timeout ({timeout} s)"
     if phase is Phase.running:

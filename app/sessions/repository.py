@@ -164,3 +164,25 @@ async def record_idempotent_result(
         .where(IdempotencyKey.token_id == token_id, IdempotencyKey.key == key)
         .values(session_id=session_id, response_status=status, response_body=body)
     )
+
+
+async def claim_due(db: AsyncSession, *, now: datetime, limit: int) -> list[VDISession]:
+    """Due sessions no other replica holds (SKIP LOCKED): the reconciler's work queue."""
+    query = (
+        select(VDISession)
+        .where(VDISession.next_reconcile_at <= now)
+        .order_by(VDISession.next_reconcile_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return list((await db.execute(query)).scalars())
+
+
+async def live_session_ids(db: AsyncSession) -> set[uuid.UUID]:
+    query = select(VDISession.id).where(VDISession.phase != "Terminated")
+    return set((await db.execute(query)).scalars())
+
+
+async def next_due(db: AsyncSession) -> datetime | None:
+    query = select(func.min(VDISession.next_reconcile_at))
+    return (await db.execute(query)).scalar_one_or_none()

@@ -1,0 +1,389 @@
+"""The reconciler: turns stored sessions into cluster objects and cluster facts into phases.
+
+Runs in every replica. Postgres is the work queue: a replica claims due sessions with
+`FOR UPDATE SKIP LOCKED`, stamps a claim token and a lease, commits, talks to the cluster
+without holding a transaction, then writes the result in a new short transaction, only if its
+claim token is still the row's. A replica that dies leaves rows that fall due again when their
+lease ends; object names are deterministic and creates idempotent, so a retry converges.
+Level-triggered (kopf's model): every pass reads the state and does what is missing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.cluster import manifests
+from app.cluster.kube import ClusterError, Kind, KubeCluster
+from app.config import Settings
+from app.models import VDISession
+from app.models._types import utcnow
+from app.security import SecretBox, agent_token
+from app.sessions import lifecycle, repository
+from app.sessions.schemas import ConditionStatus, ConditionType, Phase
+from app.sessions.service import deadlines, reschedule
+from app.templates.schemas import TemplateSpec
+
+log = structlog.get_logger("vdi.reconciler")
+
+CLAIM_BATCH = 16
+MAX_BACKOFF_S = 30.0
+TERMINATION_POLL_S = 0.25
+SESSION_KINDS: tuple[Kind, ...] = ("Pod", "Secret", "Service", "IngressRoute")
+
+
+Apply = Callable[[AsyncSession, VDISession, datetime], Awaitable[datetime | None]]
+
+
+@dataclass(frozen=True)
+class Claim:
+    session: VDISession
+    token: uuid.UUID
+
+
+def _view(session: VDISession) -> manifests.SessionView:
+    return manifests.SessionView(
+        id=session.id,
+        user=session.user,
+        template=session.template_name,
+        spec=TemplateSpec.model_validate(session.template_spec),
+    )
+
+
+def _backoff(attempts: int) -> timedelta:
+    return timedelta(seconds=min(MAX_BACKOFF_S, 0.2 * 2 ** min(attempts, 10)))
+
+
+class Reconciler:
+    def __init__(
+        self,
+        settings: Settings,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        cluster: KubeCluster,
+        *,
+        wake: asyncio.Event | None = None,
+    ) -> None:
+        self.settings = settings
+        self.sessionmaker = sessionmaker
+        self.cluster = cluster
+        self.wake = wake or asyncio.Event()
+        self.identity = uuid.uuid4().hex[:8]
+        self._tasks: list[asyncio.Task[None]] = []
+        self._secrets = SecretBox(settings.require_secret_key())
+        self.watch_connected = asyncio.Event()
+
+    # --- running ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._loop("work", self._work_once), name="vdi-reconcile"),
+            asyncio.create_task(self._watch_pods(), name="vdi-pod-watch"),
+            asyncio.create_task(self._loop("sweep", self._sweep_once), name="vdi-orphan-sweep"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    async def _loop(self, name: str, step: Callable[[], Awaitable[float]]) -> None:
+        while True:
+            try:
+                delay = await step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("reconciler step failed; retrying", step=name)
+                delay = 1.0
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout=delay)
+
+    async def _work_once(self) -> float:
+        """One pass over due sessions; the delay until the next pass."""
+        while await self.reconcile_due():
+            pass
+        async with self.sessionmaker() as db:
+            due = await repository.next_due(db)
+        interval = self.settings.reconcile_interval_s
+        if due is None:
+            return interval
+        return max(0.01, min(interval, (due - utcnow()).total_seconds()))
+
+    async def _sweep_once(self) -> float:
+        await self.sweep_orphans()
+        return self.settings.orphan_sweep_interval_s
+
+    # --- claiming ---------------------------------------------------------------------------
+
+    async def reconcile_due(self, limit: int = CLAIM_BATCH) -> int:
+        claims = await self._claim(limit)
+        await asyncio.gather(*(self._process(claim) for claim in claims))
+        return len(claims)
+
+    async def _claim(self, limit: int) -> list[Claim]:
+        now = utcnow()
+        lease = timedelta(seconds=self.settings.reconcile_lease_s)
+        claims = []
+        async with self.sessionmaker() as db, db.begin():
+            for session in await repository.claim_due(db, now=now, limit=limit):
+                token = uuid.uuid4()
+                session.claim_token = token
+                session.next_reconcile_at = now + lease
+                if session.phase == Phase.pending.value:
+                    event = lifecycle.transition(
+                        session,
+                        Phase.provisioning,
+                        reason="Provisioning",
+                        message="Creating the session's objects",
+                        now=now,
+                    )
+                    await repository.add_events(db, session, [event], now)
+                claims.append(Claim(session, token))
+        return claims
+
+    async def _finish(self, claim: Claim, apply: Apply) -> None:
+        """Write a result, if the claim is still ours (else another replica took over).
+        `apply` may return an explicit next due time; otherwise the phase's deadline is used."""
+        async with self.sessionmaker() as db, db.begin():
+            session = await repository.get(db, claim.session.id, for_update=True)
+            if session is None or session.claim_token != claim.token:
+                return
+            now = utcnow()
+            session.claim_token = None
+            due = await apply(db, session, now)
+            if due is None:
+                reschedule(session, self.settings, now)
+            else:
+                session.next_reconcile_at = due
+
+    async def _move(
+        self,
+        db: AsyncSession,
+        session: VDISession,
+        target: Phase,
+        reason: str,
+        message: str,
+        now: datetime,
+    ) -> None:
+        if not lifecycle.can_transition(Phase(session.phase), target):
+            return
+        event = lifecycle.transition(session, target, reason=reason, message=message, now=now)
+        await repository.add_events(db, session, [event], now)
+        log.info("session moved", session_id=str(session.id), phase=target.value, reason=reason)
+
+    # --- one session --------------------------------------------------------------------------
+
+    async def _process(self, claim: Claim) -> None:
+        session = claim.session
+        structlog.contextvars.bind_contextvars(session_id=str(session.id))
+        try:
+            passed = lifecycle.deadline_passed(session, deadlines(self.settings), utcnow())
+            if passed is not None:
+                target, reason, message = passed
+
+                async def expire(db: AsyncSession, row: VDISession, now: datetime) -> None:
+                    await self._move(db, row, target, reason, message, now)
+                    return None
+
+                await self._finish(claim, expire)
+            elif session.phase == Phase.provisioning.value:
+                await self._provision(claim)
+            elif session.phase == Phase.terminating.value:
+                await self._terminate(claim)
+            else:
+                await self._finish(claim, _nothing)
+        finally:
+            structlog.contextvars.unbind_contextvars("session_id")
+
+    async def _provision(self, claim: Claim) -> None:
+        session = claim.session
+        view = _view(session)
+        secrets = self._secrets.open(session.secrets_encrypted)
+        credentials = manifests.SessionCredentials(
+            password=secrets.password,
+            agent_token=agent_token(self.settings.require_secret_key(), session.id),
+            turn_username=secrets.turn_username,
+            turn_password=secrets.turn_password,
+        )
+        settings = self.settings
+        try:
+            await self.cluster.create("PersistentVolumeClaim", manifests.home_claim(view, settings))
+            pod = await self.cluster.create("Pod", manifests.pod(view, settings))
+            await self.cluster.create("Secret", manifests.secret(view, credentials, settings, pod))
+            await self.cluster.create("Service", manifests.service(view, settings, pod))
+            await self.cluster.create("IngressRoute", manifests.ingress_route(view, settings, pod))
+        except ClusterError as error:
+            await self._finish(claim, _retry_or_fail(error, "ProvisioningFailed"))
+            return
+
+        async def started(db: AsyncSession, row: VDISession, now: datetime) -> None:
+            row.attempts = 0
+            message = "Secret, PVC, Pod, Service and IngressRoute exist; waiting for the agent"
+            await self._move(db, row, Phase.starting, "ObjectsCreated", message, now)
+            return None
+
+        await self._finish(claim, started)
+
+    async def _terminate(self, claim: Claim) -> None:
+        session = claim.session
+        name = manifests.object_name(session.id)
+        try:
+            pod = await self.cluster.get("Pod", name)
+            if pod is not None and not pod["metadata"].get("deletionTimestamp"):
+                await self.cluster.delete("Pod", name)
+            for kind in SESSION_KINDS[1:]:
+                await self.cluster.delete(kind, name)
+            gone = await self.cluster.get("Pod", name) is None
+        except ClusterError as error:
+            if session.force_delete:
+                forced = f"Forced: the cluster refused ({error}); the orphan sweep retries"
+
+                async def forced_end(db: AsyncSession, row: VDISession, now: datetime) -> None:
+                    await self._move(db, row, Phase.terminated, "ForceDeleted", forced, now)
+                    return None
+
+                await self._finish(claim, forced_end)
+            else:
+                await self._finish(claim, _retry_or_fail(error, None))
+            return
+
+        async def finished(db: AsyncSession, row: VDISession, now: datetime) -> datetime | None:
+            if not gone:  # the pod is still shutting down: look again shortly
+                return now + timedelta(seconds=TERMINATION_POLL_S)
+            message = "Everything but the user's home is gone"
+            await self._move(db, row, Phase.terminated, "ObjectsDeleted", message, now)
+            return None
+
+        await self._finish(claim, finished)
+
+    # --- pods ---------------------------------------------------------------------------------
+
+    async def _watch_pods(self) -> None:
+        while True:
+            try:
+                pods, version = await self.cluster.list("Pod", manifests.SESSION_SELECTOR)
+                for pod in pods:
+                    await self.observe_pod(pod, deleted=False)
+                self.watch_connected.set()
+                async for event in self.cluster.watch_pods(manifests.SESSION_SELECTOR, version):
+                    if event.type == "RESYNC":
+                        break
+                    if event.type in ("ADDED", "MODIFIED", "DELETED"):
+                        await self.observe_pod(event.object, deleted=event.type == "DELETED")
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.warning("pod watch interrupted; relisting", error=str(error))
+                await asyncio.sleep(1.0)
+
+    async def observe_pod(self, pod: manifests.Manifest, *, deleted: bool) -> None:
+        """Fold what a pod says into its session (idempotent: every replica sees every event)."""
+        seen = manifests.observe_pod(pod)
+        if seen.session_id is None:
+            return
+        async with self.sessionmaker() as db, db.begin():
+            session = await repository.get(db, seen.session_id, for_update=True)
+            if session is None:
+                return
+            now = utcnow()
+            phase = Phase(session.phase)
+            if phase is Phase.terminating and deleted:
+                session.next_reconcile_at = now  # finish it at once
+                self.wake.set()
+                return
+            if phase not in (Phase.provisioning, Phase.starting, Phase.running):
+                return
+            events = []
+            if deleted:
+                if phase is not Phase.provisioning:
+                    await self._move(
+                        db,
+                        session,
+                        Phase.failed,
+                        "PodDeleted",
+                        "The session's pod was deleted outside vdi-control",
+                        now,
+                    )
+                    reschedule(session, self.settings, now)
+                return
+            if seen.scheduled is not None:
+                status = ConditionStatus.true if seen.scheduled else ConditionStatus.false
+                reason = "Scheduled" if seen.scheduled else "Unschedulable"
+                message = "The pod is on a node" if seen.scheduled else seen.schedule_message
+                event = lifecycle.set_condition(
+                    session,
+                    ConditionType.pod_scheduled,
+                    status,
+                    reason=reason,
+                    message=message,
+                    now=now,
+                )
+                if event is not None:
+                    events.append(event)
+            await repository.add_events(db, session, events, now)
+            if seen.failure_reason is not None:
+                await self._move(
+                    db, session, Phase.failed, seen.failure_reason, seen.failure_message, now
+                )
+                reschedule(session, self.settings, now)
+
+    # --- orphans ------------------------------------------------------------------------------
+
+    async def sweep_orphans(self) -> int:
+        """Delete session objects (labelled as ours) whose session is Terminated or unknown.
+        Objects are listed before sessions are read: an object seen here was created after its
+        session row committed, so its session is in the read that follows."""
+        found: list[tuple[Kind, str, str]] = []
+        for kind in SESSION_KINDS:
+            items, _ = await self.cluster.list(kind, manifests.SESSION_SELECTOR)
+            for item in items:
+                metadata = item["metadata"]
+                found.append(
+                    (
+                        kind,
+                        metadata["name"],
+                        (metadata.get("labels") or {}).get(manifests.SESSION_ID_LABEL, ""),
+                    )
+                )
+        async with self.sessionmaker() as db:
+            live = {str(i) for i in await repository.live_session_ids(db)}
+        swept = 0
+        for kind, name, session_id in found:
+            if session_id not in live:
+                with contextlib.suppress(ClusterError):
+                    if await self.cluster.delete(kind, name):
+                        swept += 1
+                        log.info("orphan deleted", kind=kind, name=name)
+        return swept
+
+
+async def _nothing(db: AsyncSession, session: VDISession, now: datetime) -> datetime | None:
+    return None
+
+
+def _retry_or_fail(error: ClusterError, fail_reason: str | None) -> Apply:
+    """A permanent refusal fails the session (when `fail_reason`); anything else is retried
+    with exponential backoff."""
+
+    async def apply(db: AsyncSession, session: VDISession, now: datetime) -> datetime | None:
+        if not error.temporary and fail_reason is not None:
+            event = lifecycle.transition(
+                session, Phase.failed, reason=fail_reason, message=str(error), now=now
+            )
+            await repository.add_events(db, session, [event], now)
+            return None
+        session.attempts += 1
+        log.warning("cluster call failed; will retry", error=str(error), attempts=session.attempts)
+        return now + _backoff(session.attempts)
+
+    return apply

@@ -1,0 +1,104 @@
+"""The simulated cluster: the fake Kubernetes API in process, plus a stand-in agent that reports
+health for every pod that starts, so a portal developer gets the whole lifecycle on a laptop."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import structlog
+
+from app.cluster import manifests
+from app.cluster.fake import FakeKubernetes, start_fake_cluster
+from app.cluster.kube import KubeCluster
+from app.config import Settings
+
+log = structlog.get_logger("vdi.simulated")
+
+
+class StandInAgent:
+    """Does what vdi-agent does once its checks pass: reports, then keeps reporting."""
+
+    def __init__(self, fake: FakeKubernetes, namespace: str, heartbeat_s: float) -> None:
+        self.fake = fake
+        self.namespace = namespace
+        self.heartbeat_s = heartbeat_s
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def pod_running(self, pod: dict[str, Any]) -> None:
+        task = asyncio.create_task(self._report(pod))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _report(self, pod: dict[str, Any]) -> None:
+        name = pod["metadata"]["name"]
+        env = {item["name"]: item.get("value") for item in pod["spec"]["containers"][0]["env"]}
+        secret = self.fake.find("secrets", self.namespace, name)
+        if secret is None:
+            return
+        token = base64.b64decode(secret["data"][manifests.AGENT_TOKEN_KEY]).decode()
+        gpu = int(env.get("VDI_GPU") or 0)
+        report: dict[str, Any] = {
+            "checks": [
+                {"name": "gpu", "ok": True, "detail": "simulated GPU"}
+                if gpu
+                else {"name": "gpu", "ok": None, "detail": "CPU session"},
+                {"name": "encoder", "ok": True, "detail": "simulated encoder"},
+                {"name": "stream", "ok": None, "detail": "no viewer connected"},
+            ],
+            "encoder": env.get("SELKIES_ENCODER"),
+            "fallback": False,
+            "framerate": int(env.get("SELKIES_FRAMERATE") or 60),
+            "bitrate_kbps": int(env.get("SELKIES_VIDEO_BITRATE") or 8000),
+        }
+        url = f"{env['VDI_CALLBACK_URL']}/v1/sessions/{env['VDI_SESSION_ID']}/health"
+        async with httpx.AsyncClient(timeout=10) as http:
+            while self.fake.find("pods", self.namespace, name) is not None:
+                try:
+                    response = await http.post(
+                        url, json=report, headers={"Authorization": f"Bearer {token}"}
+                    )
+                    if response.status_code in (403, 404, 409):
+                        return  # the session is over (or not ours): stop, as the agent does
+                except httpx.HTTPError as error:
+                    log.warning("stand-in agent cannot report", error=str(error))
+                await asyncio.sleep(self.heartbeat_s)
+
+
+@asynccontextmanager
+async def simulated_cluster(
+    settings: Settings,
+) -> AsyncIterator[tuple[KubeCluster, FakeKubernetes]]:
+    agent: StandInAgent | None = None
+
+    async def pod_running(pod: dict[str, Any]) -> None:
+        if agent is not None:
+            await agent.pod_running(pod)
+
+    async with start_fake_cluster(
+        on_pod_running=pod_running, gpu_capacity=settings.simulated_gpus
+    ) as (
+        fake,
+        url,
+    ):
+        agent = StandInAgent(
+            fake, settings.namespace, heartbeat_s=max(1.0, settings.heartbeat_timeout_s / 3)
+        )
+        cluster = KubeCluster.for_host(url, settings.namespace, settings.ingress_api_version)
+        try:
+            yield cluster, fake
+        finally:
+            await agent.stop()
+            cluster.close()
