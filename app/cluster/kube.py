@@ -87,7 +87,7 @@ class KubeCluster:
         retrying = AsyncRetrying(
             retry=retry_if_exception(_is_temporary),
             stop=stop_after_attempt(RETRY_ATTEMPTS),
-            wait=wait_exponential_jitter(initial=0.05, max=2.0),
+            wait=wait_exponential_jitter(multiplier=0.05, max=2.0, jitter=0.1),
             reraise=True,
         )
         try:

@@ -347,7 +347,14 @@ def observe_pod(pod: Manifest) -> PodObservation:
         if condition.get("type") == "PodScheduled":
             scheduled = condition.get("status") == "True"
             schedule_message = condition.get("message") or condition.get("reason") or ""
-            if condition.get("status") == "False" and condition.get("reason") == "Unschedulable":
+            unschedulable = condition.get("reason") == "Unschedulable"
+            # A shortage (e.g. "Insufficient nvidia.com/gpu") fails the session at once; other
+            # reasons (a PVC still binding) may pass, and the start timeout bounds them.
+            if (
+                unschedulable
+                and condition.get("status") == "False"
+                and "Insufficient" in schedule_message
+            ):
                 failure_reason, failure_message = "Unschedulable", schedule_message
     for container in status.get("containerStatuses") or []:
         waiting = (container.get("state") or {}).get("waiting") or {}

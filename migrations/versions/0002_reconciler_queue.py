@@ -17,11 +17,16 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.add_column("sessions", sa.Column("next_reconcile_at", sa.DateTime(timezone=True), nullable=True))
-    op.add_column("sessions", sa.Column("claim_token", sa.Uuid(), nullable=True))
-    op.add_column("sessions", sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"))
     op.add_column(
-        "sessions", sa.Column("force_delete", sa.Boolean(), nullable=False, server_default=sa.false())
+        "sessions", sa.Column("next_reconcile_at", sa.DateTime(timezone=True), nullable=True)
+    )
+    op.add_column("sessions", sa.Column("claim_token", sa.Uuid(), nullable=True))
+    op.add_column(
+        "sessions", sa.Column("attempts", sa.Integer(), nullable=False, server_default="0")
+    )
+    op.add_column(
+        "sessions",
+        sa.Column("force_delete", sa.Boolean(), nullable=False, server_default=sa.false()),
     )
     op.alter_column("sessions", "attempts", server_default=None)
     op.alter_column("sessions", "force_delete", server_default=None)

@@ -328,3 +328,75 @@ def test_secret_holds_the_four_keys() -> None:
     data = manifests.secret(session(), CREDENTIALS, SETTINGS, created_pod())["stringData"]
     assert set(data) == set(manifests.SECRET_KEYS)
     assert data["SELKIES_BASIC_AUTH_PASSWORD"] == CREDENTIALS.password
+
+
+def _pod_with(status: dict[str, Any]) -> dict[str, Any]:
+    pod = created_pod()
+    pod["status"] = status
+    return pod
+
+
+def test_observe_pod_maps_failures() -> None:
+    insufficient = _pod_with(
+        {
+            "phase": "Pending",
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+                }
+            ],
+        }
+    )
+    seen = manifests.observe_pod(insufficient)
+    assert seen.session_id == session().id
+    assert (seen.scheduled, seen.failure_reason) == (False, "Unschedulable")
+    binding = _pod_with(
+        {
+            "phase": "Pending",
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": 'persistentvolumeclaim "home-alice" not found',
+                }
+            ],
+        }
+    )
+    assert (
+        manifests.observe_pod(binding).failure_reason is None
+    )  # transient: the start timeout bounds it
+    pulling = _pod_with(
+        {
+            "phase": "Pending",
+            "containerStatuses": [{"state": {"waiting": {"reason": "ImagePullBackOff"}}}],
+        }
+    )
+    assert manifests.observe_pod(pulling).failure_reason == "ImagePullError"
+    crashing = _pod_with(
+        {
+            "phase": "Running",
+            "containerStatuses": [{"state": {"waiting": {"reason": "CrashLoopBackOff"}}}],
+        }
+    )
+    assert manifests.observe_pod(crashing).failure_reason == "CrashLoopBackOff"
+    config = _pod_with(
+        {
+            "phase": "Pending",
+            "containerStatuses": [{"state": {"waiting": {"reason": "CreateContainerConfigError"}}}],
+        }
+    )
+    assert manifests.observe_pod(config).failure_reason is None
+    assert (
+        manifests.observe_pod(_pod_with({"phase": "Failed", "reason": "Evicted"})).failure_reason
+        == "PodFailed"
+    )
+    running = _pod_with(
+        {"phase": "Running", "conditions": [{"type": "PodScheduled", "status": "True"}]}
+    )
+    assert manifests.observe_pod(running) == manifests.PodObservation(
+        session().id, True, "", None, ""
+    )

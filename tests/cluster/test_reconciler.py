@@ -1,0 +1,272 @@
+"""End to end through the real kubernetes client and the fake API server."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import update
+
+from app.cluster import kube, manifests
+from app.cluster.fake import FakeKubernetes, FaultPlan
+from app.cluster.kube import KubeCluster
+from app.models import VDISession
+from app.models._types import utcnow
+from app.templates.schemas import TemplateSpec
+from tests.cluster.conftest import eventually, name_of, phase_is
+from tests.conftest import ADMIN, bearer
+
+Fake = tuple[FakeKubernetes, KubeCluster]
+NewSession = Callable[..., Awaitable[dict[str, Any]]]
+
+
+async def agent_report(
+    api: httpx.AsyncClient, cluster: KubeCluster, session_id: str, **fields: Any
+) -> httpx.Response:
+    """Report as the agent does: with the token from the session's Secret."""
+    secret = await cluster.get("Secret", name_of(session_id))
+    assert secret is not None
+    token = base64.b64decode(secret["data"]["VDI_AGENT_TOKEN"]).decode()
+    report = {
+        "checks": [{"name": "gpu", "ok": True}, {"name": "encoder", "ok": True}],
+        "encoder": "nvh264enc",
+        **fields,
+    }
+    return await api.post(f"/v1/sessions/{session_id}/health", json=report, headers=bearer(token))
+
+
+def objects_of(emulator: FakeKubernetes, session_id: str) -> dict[str, dict[str, Any]]:
+    found = {}
+    for plural in ("pods", "secrets", "services", "ingressroutes"):
+        obj = emulator.find(plural, "vdi", name_of(session_id))
+        if obj is not None:
+            found[plural] = obj
+    return found
+
+
+async def test_create_run_delete_terminated_and_the_home_is_reused(
+    api: httpx.AsyncClient, fake: Fake, new_session: NewSession
+) -> None:
+    emulator, cluster = fake
+    session = await new_session("alice")
+    await eventually(phase_is(api, session["id"], "Starting"))
+    objects = objects_of(emulator, session["id"])
+    assert set(objects) == {"pods", "secrets", "services", "ingressroutes"}
+    pod_uid = objects["pods"]["metadata"]["uid"]
+    for plural in ("secrets", "services", "ingressroutes"):
+        assert objects[plural]["metadata"]["ownerReferences"][0]["uid"] == pod_uid
+    home = emulator.find("persistentvolumeclaims", "vdi", "home-alice")
+    assert home is not None
+
+    running = await agent_report(api, cluster, session["id"])
+    assert running.json()["phase"] == "Running"
+    scheduled = {c["type"]: c for c in running.json()["conditions"]}["PodScheduled"]
+    assert scheduled["status"] == "True"
+
+    assert (await api.delete(f"/v1/sessions/{session['id']}", headers=ADMIN)).status_code == 202
+    ended = await eventually(phase_is(api, session["id"], "Terminated"))
+    assert ended["reason"] == "ObjectsDeleted"
+    assert objects_of(emulator, session["id"]) == {}
+    kept = emulator.find("persistentvolumeclaims", "vdi", "home-alice")
+    assert kept is not None
+    assert kept["metadata"]["uid"] == home["metadata"]["uid"]
+
+    again = await new_session("alice")
+    await eventually(phase_is(api, again["id"], "Starting"))
+    pod = emulator.find("pods", "vdi", name_of(again["id"]))
+    assert pod is not None
+    assert pod["spec"]["volumes"][1]["persistentVolumeClaim"]["claimName"] == "home-alice"
+    reused = emulator.find("persistentvolumeclaims", "vdi", "home-alice")
+    assert reused is not None
+    assert reused["metadata"]["uid"] == home["metadata"]["uid"]
+
+
+@pytest.mark.parametrize("fake_options", [{"gpu_capacity": 1}])
+async def test_insufficient_gpu_fails_with_the_pods_message(
+    api: httpx.AsyncClient, new_session: NewSession
+) -> None:
+    session = await new_session("bob", gpu=2)
+    failed = await eventually(phase_is(api, session["id"], "Failed"))
+    assert failed["reason"] == "Unschedulable"
+    assert "Insufficient nvidia.com/gpu" in failed["message"]
+    scheduled = {c["type"]: c for c in failed["conditions"]}["PodScheduled"]
+    assert (scheduled["status"], scheduled["reason"]) == ("False", "Unschedulable")
+
+
+async def test_image_pull_error_fails(api: httpx.AsyncClient, new_session: NewSession) -> None:
+    session = await new_session("carol", image="registry.test/does-not-exist:1")
+    failed = await eventually(phase_is(api, session["id"], "Failed"))
+    assert failed["reason"] == "ImagePullError"
+
+
+async def test_crash_loop_fails(api: httpx.AsyncClient, new_session: NewSession) -> None:
+    session = await new_session("dora", image="registry.test/crashes:1")
+    failed = await eventually(phase_is(api, session["id"], "Failed"))
+    assert failed["reason"] == "CrashLoopBackOff"
+
+
+async def _shift(app: FastAPI, session_id: str, **values: Any) -> None:
+    async with app.state.sessionmaker() as db, db.begin():
+        await db.execute(
+            update(VDISession).where(VDISession.id == uuid.UUID(session_id)).values(**values)
+        )
+    app.state.reconciler.wake.set()
+
+
+async def test_no_health_report_is_start_timeout(
+    cluster_app: FastAPI, api: httpx.AsyncClient, new_session: NewSession
+) -> None:
+    session = await new_session("erin", start_timeout_s=30)
+    await eventually(phase_is(api, session["id"], "Starting"))
+    # The deadline is real; only the clock of this session is moved past it.
+    await _shift(
+        cluster_app,
+        session["id"],
+        created_at=utcnow() - timedelta(seconds=31),
+        next_reconcile_at=utcnow(),
+    )
+    failed = await eventually(phase_is(api, session["id"], "Failed"))
+    assert failed["reason"] == "START_TIMEOUT"
+
+
+async def test_silent_agent_is_agent_lost_and_idle_is_terminated(
+    cluster_app: FastAPI, api: httpx.AsyncClient, fake: Fake, new_session: NewSession
+) -> None:
+    lost, idle = await new_session("fred"), await new_session("gwen")
+    for session in (lost, idle):
+        await eventually(phase_is(api, session["id"], "Starting"))
+        assert (await agent_report(api, fake[1], session["id"])).json()["phase"] == "Running"
+    await _shift(
+        cluster_app,
+        lost["id"],
+        last_report_at=utcnow() - timedelta(seconds=61),
+        next_reconcile_at=utcnow(),
+    )
+    await _shift(cluster_app, idle["id"], idle_deadline=utcnow(), next_reconcile_at=utcnow())
+    assert (await eventually(phase_is(api, lost["id"], "Failed")))["reason"] == "AGENT_LOST"
+    assert (await eventually(phase_is(api, idle["id"], "Terminated")))["phase"] == "Terminated"
+    events = (await api.get(f"/v1/sessions/{idle['id']}/events", headers=ADMIN)).json()["items"]
+    assert "IdleTimeout" in [e["reason"] for e in events]
+
+
+@pytest.fixture
+def cluster_settings(cluster_settings: Any, request: pytest.FixtureRequest) -> Any:
+    marker = request.node.get_closest_marker("settings")
+    return cluster_settings.model_copy(update=marker.kwargs) if marker else cluster_settings
+
+
+@pytest.mark.settings(failed_grace_s=0)
+async def test_failed_sessions_are_cleaned_up_after_the_grace(
+    api: httpx.AsyncClient, fake: Fake, new_session: NewSession
+) -> None:
+    session = await new_session("hank", image="registry.test/does-not-exist:1")
+    ended = await eventually(phase_is(api, session["id"], "Terminated"))
+    events = [
+        e["reason"]
+        for e in (await api.get(f"/v1/sessions/{session['id']}/events", headers=ADMIN)).json()[
+            "items"
+        ]
+    ]
+    assert events[-3:] == ["ImagePullError", "FailedCleanup", "ObjectsDeleted"]
+    assert objects_of(fake[0], ended["id"]) == {}
+
+
+@pytest.mark.parametrize(
+    "fake_options",
+    [{"faults": FaultPlan(rate=0.3, timeout_hold_s=1.5, seed=7), "gpu_capacity": 64}],
+    ids=["30%-faults"],
+)
+async def test_injected_500_429_and_timeouts_still_converge_without_duplicates(
+    api: httpx.AsyncClient, fake: Fake, new_session: NewSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kube, "REQUEST_TIMEOUT", (1.0, 1.0))  # a held answer is a client timeout
+    emulator, _ = fake
+    sessions = [await new_session(f"user-{i}") for i in range(8)]
+    for session in sessions:
+        await eventually(phase_is(api, session["id"], "Starting"), timeout_s=60)
+    assert emulator.faults_injected > 5
+    for plural in ("pods", "secrets", "services", "ingressroutes"):
+        names = [o["metadata"]["name"] for o in emulator.live(plural)]
+        assert sorted(names) == sorted(name_of(s["id"]) for s in sessions), plural
+    for session in sessions:
+        events = (await api.get(f"/v1/sessions/{session['id']}/events", headers=ADMIN)).json()[
+            "items"
+        ]
+        assert [e["phase"] for e in events if e["type"] == "PhaseChanged"] == [
+            "Pending",
+            "Provisioning",
+            "Starting",
+        ]
+    emulator.faults = FaultPlan()
+    for session in sessions:
+        await api.delete(f"/v1/sessions/{session['id']}", headers=ADMIN)
+    for session in sessions:
+        await eventually(phase_is(api, session["id"], "Terminated"), timeout_s=60)
+    assert [
+        o["metadata"]["name"] for o in emulator.live() if o["kind"] != "PersistentVolumeClaim"
+    ] == []
+
+
+async def test_orphans_are_swept_and_live_objects_kept(
+    cluster_app: FastAPI, api: httpx.AsyncClient, fake: Fake, new_session: NewSession
+) -> None:
+    emulator, cluster = fake
+    live = await new_session("ivan")
+    await eventually(phase_is(api, live["id"], "Starting"))
+    stray_id = uuid.uuid4()
+    view = manifests.SessionView(
+        id=stray_id,
+        user="nobody",
+        template="t",
+        spec=TemplateSpec(image="i"),
+    )
+    stray = await cluster.create("Pod", manifests.pod(view, cluster_app.state.settings))
+    await cluster.create("Service", manifests.service(view, cluster_app.state.settings, stray))
+    swept = await cluster_app.state.reconciler.sweep_orphans()
+    assert swept == 2
+
+    async def pod_gone() -> bool:  # pods terminate gracefully
+        return emulator.find("pods", "vdi", f"vdi-{stray_id}") is None
+
+    await eventually(pod_gone)
+    assert emulator.find("services", "vdi", f"vdi-{stray_id}") is None
+    assert set(objects_of(emulator, live["id"])) == {"pods", "secrets", "services", "ingressroutes"}
+    assert emulator.find("persistentvolumeclaims", "vdi", "home-ivan") is not None
+
+
+async def test_force_delete_ends_a_session_the_cluster_refuses_to_delete(
+    cluster_app: FastAPI, api: httpx.AsyncClient, fake: Fake, new_session: NewSession
+) -> None:
+    emulator, _ = fake
+    session = await new_session("judy")
+    await eventually(phase_is(api, session["id"], "Starting"))
+    emulator.faults = FaultPlan(rate=1.0, kinds=("500",))
+    response = await api.delete(
+        f"/v1/sessions/{session['id']}", params={"force": "true"}, headers=ADMIN
+    )
+    assert response.status_code == 202
+    ended = await eventually(phase_is(api, session["id"], "Terminated"), timeout_s=60)
+    assert ended["reason"] == "ForceDeleted"
+    emulator.faults = FaultPlan()
+    assert await cluster_app.state.reconciler.sweep_orphans() == 4
+
+    async def all_gone() -> bool:  # the pod terminates gracefully
+        return objects_of(emulator, session["id"]) == {}
+
+    await eventually(all_gone)
+
+
+async def test_a_pod_deleted_behind_our_back_fails_the_session(
+    api: httpx.AsyncClient, fake: Fake, new_session: NewSession
+) -> None:
+    session = await new_session("kate")
+    await eventually(phase_is(api, session["id"], "Starting"))
+    await fake[1].delete("Pod", name_of(session["id"]))
+    failed = await eventually(phase_is(api, session["id"], "Failed"))
+    assert failed["reason"] == "PodDeleted"
