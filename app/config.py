@@ -75,6 +75,9 @@ class Settings(BaseSettings):
         description="A claimed session is due again after this if its replica dies",
     )
     reconcile_interval_s: float = Field(default=1.0, gt=0, le=60)
+    reconcile_concurrency: int = Field(
+        default=16, ge=1, le=256, description="Sessions one replica works on at once"
+    )
     orphan_sweep_interval_s: float = Field(default=60.0, gt=0)
     reconciler: bool = Field(default=True, description="Run the reconciler in this replica")
     simulated_gpus: int = Field(default=8, ge=0, description="GPUs of the simulated cluster's node")

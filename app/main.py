@@ -96,7 +96,7 @@ async def _start_cluster_side(
     assert cluster is not None
     app.state.cluster = cluster
     app.state.cluster_mode = mode
-    reconciler = Reconciler(settings, app.state.sessionmaker, cluster, wake=hub.any_event)
+    reconciler = Reconciler(settings, app.state.sessionmaker, cluster, wake=hub.work_event)
     app.state.reconciler = reconciler
     reconciler.start()
     stack.push_async_callback(reconciler.stop)

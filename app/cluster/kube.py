@@ -10,6 +10,7 @@ import json
 import os
 import threading
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -32,6 +33,7 @@ T = TypeVar("T")
 REQUEST_TIMEOUT = (3.0, 10.0)  # connect, read (seconds)
 RETRY_ATTEMPTS = 6
 WATCH_TIMEOUT_S = 240
+CALL_THREADS = 32
 
 
 class ClusterError(Exception):
@@ -74,13 +76,17 @@ class KubeCluster:
         self.core = client.CoreV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
         self.ingress_group, self.ingress_version = ingress_api_version.split("/")
+        # Its own threads: blocking cluster calls never starve asyncio.to_thread's small pool.
+        self._executor = ThreadPoolExecutor(max_workers=CALL_THREADS, thread_name_prefix="vdi-kube")
 
     @classmethod
     def for_host(cls, host: str, namespace: str, ingress_api_version: str) -> KubeCluster:
         configuration = client.Configuration(host=host)
+        configuration.connection_pool_maxsize = CALL_THREADS
         return cls(client.ApiClient(configuration), namespace, ingress_api_version)
 
     def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
         self.api_client.close()
 
     async def _call(self, action: str, function: Callable[[], T]) -> T:
@@ -93,7 +99,8 @@ class KubeCluster:
         try:
             async for attempt in retrying:
                 with attempt:
-                    return await asyncio.to_thread(function)
+                    loop = asyncio.get_running_loop()
+                    return await loop.run_in_executor(self._executor, function)
         except ApiException as error:
             raise ClusterError(
                 f"{action}: {_message(error)}", status=error.status, temporary=_is_temporary(error)
@@ -273,4 +280,6 @@ def detect_cluster(mode: str) -> Literal["kubernetes", "simulated"]:
 
 def real_cluster(namespace: str, ingress_api_version: str) -> KubeCluster:
     """After detect_cluster() said `kubernetes`: the loaded default configuration."""
-    return KubeCluster(client.ApiClient(), namespace, ingress_api_version)
+    configuration = client.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = CALL_THREADS
+    return KubeCluster(client.ApiClient(configuration), namespace, ingress_api_version)

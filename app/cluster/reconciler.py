@@ -77,25 +77,36 @@ class Reconciler:
         self._tasks: list[asyncio.Task[None]] = []
         self._secrets = SecretBox(settings.require_secret_key())
         self.watch_connected = asyncio.Event()
+        self._observed: dict[str, tuple[bool, bool | None, str | None]] = {}
+        self._in_flight: set[asyncio.Task[None]] = set()
 
     # --- running ---------------------------------------------------------------------------
 
     def start(self) -> None:
         self._tasks = [
-            asyncio.create_task(self._loop("work", self._work_once), name="vdi-reconcile"),
+            asyncio.create_task(
+                self._loop("work", self._work_once, self.wake), name="vdi-reconcile"
+            ),
             asyncio.create_task(self._watch_pods(), name="vdi-pod-watch"),
-            asyncio.create_task(self._loop("sweep", self._sweep_once), name="vdi-orphan-sweep"),
+            asyncio.create_task(
+                self._loop("sweep", self._sweep_once, None), name="vdi-orphan-sweep"
+            ),
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._in_flight]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
 
-    async def _loop(self, name: str, step: Callable[[], Awaitable[float]]) -> None:
+    async def _loop(
+        self, name: str, step: Callable[[], Awaitable[float]], wake: asyncio.Event | None
+    ) -> None:
+        """Run `step` again after the delay it returns, or sooner when `wake` is set."""
+        wake = wake or asyncio.Event()
         while True:
             try:
                 delay = await step()
@@ -104,20 +115,35 @@ class Reconciler:
             except Exception:
                 log.exception("reconciler step failed; retrying", step=name)
                 delay = 1.0
-            self.wake.clear()
+            wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout=delay)
+                await asyncio.wait_for(wake.wait(), timeout=delay)
 
     async def _work_once(self) -> float:
-        """One pass over due sessions; the delay until the next pass."""
-        while await self.reconcile_due():
-            pass
+        """Claim as many due sessions as there is room for, start working on each, and say how
+        long to wait. A pipeline, not batches: a slow session never holds up the others."""
+        room = self.settings.reconcile_concurrency - len(self._in_flight)
+        if room <= 0:
+            return self.settings.reconcile_interval_s  # a finishing task wakes the loop
+        claims = await self._claim(room)
+        for claim in claims:
+            task = asyncio.create_task(self._process(claim))
+            self._in_flight.add(task)
+            task.add_done_callback(self._processed)
+        if len(claims) == room:
+            return 0.0  # there may be more due
         async with self.sessionmaker() as db:
             due = await repository.next_due(db)
         interval = self.settings.reconcile_interval_s
         if due is None:
             return interval
         return max(0.01, min(interval, (due - utcnow()).total_seconds()))
+
+    def _processed(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        self.wake.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("reconciling a session failed", error=repr(task.exception()))
 
     async def _sweep_once(self) -> float:
         await self.sweep_orphans()
@@ -152,14 +178,17 @@ class Reconciler:
         return claims
 
     async def _finish(self, claim: Claim, apply: Apply) -> None:
-        """Write a result, if the claim is still ours (else another replica took over).
+        """Write a result, if the session is still in the phase it was claimed in. Under the
+        row lock, so two replicas that both worked on it (a lease ran out while the first was
+        slow) record one transition: the second finds the phase moved and changes nothing.
         `apply` may return an explicit next due time; otherwise the phase's deadline is used."""
         async with self.sessionmaker() as db, db.begin():
             session = await repository.get(db, claim.session.id, for_update=True)
-            if session is None or session.claim_token != claim.token:
+            if session is None or session.phase != claim.session.phase:
                 return
             now = utcnow()
-            session.claim_token = None
+            if session.claim_token == claim.token:
+                session.claim_token = None
             due = await apply(db, session, now)
             if due is None:
                 reschedule(session, self.settings, now)
@@ -291,6 +320,18 @@ class Reconciler:
         seen = manifests.observe_pod(pod)
         if seen.session_id is None:
             return
+        name = pod.get("metadata", {}).get("name", "")
+        facts = (deleted, seen.scheduled, seen.failure_reason)
+        if not deleted and (facts == self._observed.get(name) or facts == (False, None, None)):
+            return  # nothing new: most pod events are status noise for us
+        await self._apply_observation(seen, deleted=deleted)
+        if deleted:
+            self._observed.pop(name, None)
+        else:
+            self._observed[name] = facts  # after the write: a failed write is tried again
+
+    async def _apply_observation(self, seen: manifests.PodObservation, *, deleted: bool) -> None:
+        assert seen.session_id is not None
         async with self.sessionmaker() as db, db.begin():
             session = await repository.get(db, seen.session_id, for_update=True)
             if session is None:

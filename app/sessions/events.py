@@ -18,7 +18,7 @@ import asyncpg
 import structlog
 from sqlalchemy.engine import make_url
 
-from app.sessions.repository import EVENTS_CHANNEL
+from app.sessions.repository import EVENTS_CHANNEL, RECONCILER_PHASES
 
 log = structlog.get_logger("vdi.events")
 
@@ -34,7 +34,7 @@ class EventHub:
     def __init__(self, database_url: str) -> None:
         self._dsn = asyncpg_dsn(database_url)
         self._subscribers: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
-        self.any_event = asyncio.Event()  # set on every notification (the reconciler's wake-up)
+        self.work_event = asyncio.Event()  # set when a session needs the reconciler now
         self._task: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
 
@@ -63,8 +63,10 @@ class EventHub:
                 del self._subscribers[key]
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
-        self.any_event.set()
-        for wake in self._subscribers.get(payload, ()):
+        session_id, _, phase = payload.partition(" ")
+        if phase in RECONCILER_PHASES:
+            self.work_event.set()
+        for wake in self._subscribers.get(session_id, ()):
             wake.set()
 
     def _wake_all(self) -> None:

@@ -14,6 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.models import IdempotencyKey, SessionEvent, VDISession
 
 EVENTS_CHANNEL = "vdi_session_events"
+# Phases whose events mean "the reconciler has something to do now" (a create, a delete).
+RECONCILER_PHASES = frozenset({"Pending", "Terminating"})
 
 
 async def get(
@@ -95,7 +97,8 @@ async def add_events(
             )
         )
     await db.flush()
-    await db.execute(select(func.pg_notify(EVENTS_CHANNEL, str(session.id))))
+    # payload "<session id> <phase>": listeners can tell work for the reconciler from progress
+    await db.execute(select(func.pg_notify(EVENTS_CHANNEL, f"{session.id} {session.phase}")))
 
 
 async def list_events(

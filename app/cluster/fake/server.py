@@ -27,7 +27,6 @@ import aiohttp.web
 import attrs
 import jsonschema
 import kmock
-import kubernetes_validate
 import yaml
 from kmock._internal import enums, k8s, rendering
 
@@ -68,6 +67,27 @@ def _now() -> str:
 
 
 @functools.cache
+def _core_validator(kind: str, api_version: str) -> Any:
+    """kubernetes-validate's strict schema for a kind, loaded once (its validate() re-reads the
+    schema files on every call, which dominates a busy fake)."""
+    from kubernetes_validate import utils
+    from referencing import Registry, Resource
+
+    wanted = utils.major_minor(K8S_VERSION)
+    version = [v for v in utils.all_versions() if utils.major_minor(v) <= wanted][-1]
+    schema_dir = f"v{version}-local-strict"
+    group_version = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", api_version)
+    schema = utils.schema_contents(
+        f"kubernetes-json-schema/{schema_dir}/{kind.lower()}-{group_version}.json", K8S_VERSION
+    )
+    definitions = utils.schema_contents(
+        f"kubernetes-json-schema/{schema_dir}/_definitions.json", K8S_VERSION
+    )
+    registry = Resource.from_contents(definitions) @ (Resource.from_contents(schema) @ Registry())
+    return jsonschema.validators.Draft202012Validator(schema, registry=registry)
+
+
+@functools.cache
 def _ingress_route_schema() -> dict[str, Any]:
     crd = yaml.safe_load((CRD_DIR / "traefik.io_ingressroutes.yaml").read_text())
     [version] = [v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1"]
@@ -97,6 +117,9 @@ class FakeKubernetes(k8s.KubernetesEmulator):
     _random: random.Random = attrs.field(factory=random.Random, init=False)
     _kubelet_task: asyncio.Task[None] | None = attrs.field(default=None, init=False)
     _delete_after: dict[str, float] = attrs.field(factory=dict, init=False)
+    _in_flight: set[rendering.Request] = attrs.field(factory=set, init=False)
+    keep_request_log: bool = False
+    validate: bool = True  # admission against the official schemas (pure Python: ~30 ms a Pod)
     api_calls: int = attrs.field(default=0, init=False)
     faults_injected: int = attrs.field(default=0, init=False)
 
@@ -145,6 +168,17 @@ class FakeKubernetes(k8s.KubernetesEmulator):
         return str(self._resource_version)
 
     async def _handle(self, request: rendering.Request) -> Any:
+        # kmock keeps every request for assertions and matches each new one against all of them;
+        # a long-running fake keeps only the requests in flight, so a request costs O(1).
+        self._in_flight.add(request)
+        try:
+            return await self._serve(request)
+        finally:
+            self._in_flight.discard(request)
+            if not self.keep_request_log:
+                self._requests[:] = [r for r in self._requests if r in self._in_flight]
+
+    async def _serve(self, request: rendering.Request) -> Any:
         hold_s = 0.0
         if request.resource is not None:
             self.api_calls += 1
@@ -229,13 +263,15 @@ class FakeKubernetes(k8s.KubernetesEmulator):
                     status=400, reason="BadRequest", message=f"kind {kind!r} does not match the URL"
                 )
             try:
-                kubernetes_validate.validate(data, K8S_VERSION, strict=True)
-            except kubernetes_validate.ValidationError as error:
+                if self.validate:
+                    _core_validator(kind, str(data.get("apiVersion"))).validate(data)
+            except jsonschema.ValidationError as error:
                 path = ".".join(str(p) for p in error.path)
                 raise _invalid(kind, name, f"{path}: {error.message}") from None
         elif request.resource.plural == "ingressroutes":
             try:
-                jsonschema.validate(data, _ingress_route_schema())
+                if self.validate:
+                    jsonschema.validate(data, _ingress_route_schema())
             except jsonschema.ValidationError as error:
                 path = ".".join(str(p) for p in error.path)
                 raise _invalid(kind, name, f"{path}: {error.message}") from None
@@ -385,12 +421,16 @@ class FakeKubernetes(k8s.KubernetesEmulator):
     def _kubelet_step(self) -> list[tuple[str, dict[str, Any]]]:
         changes: list[tuple[str, dict[str, Any]]] = []
         now = asyncio.get_running_loop().time()
-        pods = [
-            (key, obj) for key, obj in self.objects.items() if not obj.deleted and key[0] == POD
-        ]
-        used = sum(_gpus(obj.raw) for _, obj in pods if obj.raw["spec"].get("nodeName"))
-        for _key, obj in pods:
-            raw = obj.raw
+        existing: set[tuple[str, str | None, str]] = set()  # one pass, not a scan per pod
+        pods = []
+        for key, obj in self.objects.items():
+            if obj.deleted:
+                continue
+            existing.add((str(key[0].plural), key[1], key[2]))
+            if key[0] == POD:
+                pods.append((obj, obj.raw))
+        used = sum(_gpus(raw) for _, raw in pods if raw["spec"].get("nodeName"))
+        for obj, raw in pods:
             metadata = raw["metadata"]
             if metadata.get("deletionTimestamp"):
                 if now >= self._delete_after.get(metadata["uid"], 0):
@@ -398,7 +438,7 @@ class FakeKubernetes(k8s.KubernetesEmulator):
                     obj.delete()
                     changes.append(("DELETED", raw))
                 continue
-            status = self._pod_status(raw, used)
+            status = self._pod_status(raw, used, existing)
             if status is None:
                 continue
             if status.pop("_scheduled", False):
@@ -408,13 +448,15 @@ class FakeKubernetes(k8s.KubernetesEmulator):
             changes.append(("MODIFIED", obj.raw))
         return changes
 
-    def _pod_status(self, raw: dict[str, Any], used_gpus: int) -> dict[str, Any] | None:
+    def _pod_status(
+        self, raw: dict[str, Any], used_gpus: int, existing: set[tuple[str, str | None, str]]
+    ) -> dict[str, Any] | None:
         """The next status of a pod, or None when it does not change."""
         spec, status = raw["spec"], raw.get("status", {})
         namespace = raw["metadata"]["namespace"]
         if not spec.get("nodeName"):
             missing = [
-                c for c in _claims(raw) if self.find("persistentvolumeclaims", namespace, c) is None
+                c for c in _claims(raw) if ("persistentvolumeclaims", namespace, c) not in existing
             ]
             if missing:
                 message = f'persistentvolumeclaim "{missing[0]}" not found'
@@ -432,7 +474,7 @@ class FakeKubernetes(k8s.KubernetesEmulator):
             return None
         image = spec["containers"][0]["image"]
         scheduled = _condition("PodScheduled", "True")
-        missing_secrets = [s for s in _secrets(raw) if self.find("secrets", namespace, s) is None]
+        missing_secrets = [s for s in _secrets(raw) if ("secrets", namespace, s) not in existing]
         if missing_secrets:
             waiting = {
                 "reason": "CreateContainerConfigError",

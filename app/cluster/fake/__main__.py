@@ -1,0 +1,42 @@
+"""Serve the fake Kubernetes API on its own: python -m app.cluster.fake [--port P] [--latency-ms L]
+
+Prints the server URL on the first line of stdout; stops on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+
+import kmock
+
+from app.cluster.fake.server import FakeKubernetes, FaultPlan
+
+
+async def serve(args: argparse.Namespace) -> None:
+    fake = FakeKubernetes(
+        faults=FaultPlan(latency_s=args.latency_ms / 1000, rate=args.fault_rate),
+        gpu_capacity=args.gpus,
+        validate=not args.no_validate,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    async with fake, kmock.Server(fake, port=args.port) as server:
+        print(str(server.url).rstrip("/"), flush=True)
+        await stop.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m app.cluster.fake", description=__doc__)
+    parser.add_argument("--port", type=int, default=None)
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--fault-rate", type=float, default=0.0)
+    parser.add_argument("--gpus", type=int, default=64)
+    parser.add_argument("--no-validate", action="store_true", help="skip schema admission")
+    asyncio.run(serve(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""Provisioning throughput: sessions taken from Pending to Starting per second, through the
+reconciler, the real kubernetes client and the fake API (bench of the Kubernetes issue).
+
+For each per-call latency of the fake API (0 ms and 20 ms by default) it creates N sessions at
+once and times until all are Starting. The floor is what the cluster calls alone must cost:
+(calls a session needs x latency) / concurrency, i.e. the rate if nothing but the API's latency
+counted. Printed beside it as a ratio. Usage: python -m bench.provision [--sessions N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import asyncpg
+import httpx
+from sqlalchemy.engine import make_url
+
+from app import migrate
+from app.cluster.kube import CALL_THREADS, KubeCluster
+from app.cluster.reconciler import Reconciler
+from app.config import Settings
+from app.embedded import EmbeddedPostgres, ensure_database
+from app.main import create_app
+
+CALLS_PER_SESSION = 5  # PVC, Pod, Secret, Service, IngressRoute creates
+ADMIN = "vdi_bench-admin-" + "a" * 32
+
+
+async def one_run(
+    url: str, sessions: int, latency_ms: float, run: int, validate: bool = False
+) -> float:
+    settings = Settings(
+        database_url=url,
+        secret_key="bench-secret-key-" + "k" * 32,
+        turn_secret="bench-turn-secret-" + "t" * 32,
+        bootstrap_token=ADMIN,
+        namespace="vdi",
+        reconcile_interval_s=0.2,
+        log_level="WARNING",
+    )
+    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    db = await asyncpg.connect(dsn)
+    await db.execute(
+        "TRUNCATE session_events, idempotency_keys, sessions, templates, api_tokens CASCADE"
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "app.cluster.fake",
+        "--latency-ms",
+        str(latency_ms),
+        "--gpus",
+        "100000",
+    ]
+    if not validate:
+        command.append("--no-validate")
+    # The fake runs in its own process, so its CPU is not the reconciler's.
+    fake = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)  # noqa: ASYNC220 - starts at once
+    try:
+        assert fake.stdout is not None
+        server = (await asyncio.to_thread(fake.stdout.readline)).strip()
+        cluster = KubeCluster.for_host(server, "vdi", settings.ingress_api_version)
+        # The API stores the sessions first (reconciler off), so only provisioning is timed.
+        app = create_app(settings.model_copy(update={"reconciler": False}), url)
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            headers = {"Authorization": f"Bearer {ADMIN}"}
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://bench", headers=headers
+            ) as http:
+                await http.put("/v1/templates/desk", json={"image": "registry.example/vdi:1"})
+                for i in range(sessions):
+                    body = {"user": f"r{run}-u{i}", "template": "desk"}
+                    assert (await http.post("/v1/sessions", json=body)).status_code == 202
+            reconciler = Reconciler(settings, app.state.sessionmaker, cluster)
+            began = time.perf_counter()
+            reconciler.start()
+            query = "SELECT count(*) FROM sessions WHERE phase = 'Starting'"
+            while await db.fetchval(query) < sessions:  # noqa: ASYNC110 - polling another process's writes
+                await asyncio.sleep(0.01)
+            elapsed = time.perf_counter() - began
+            await reconciler.stop()
+        cluster.close()
+    finally:
+        os.kill(fake.pid, signal.SIGTERM)
+        await asyncio.to_thread(fake.wait, 10)
+        if fake.stdout is not None:
+            fake.stdout.close()
+    await db.close()
+    return sessions / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sessions", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--latencies-ms", type=float, nargs="+", default=[0.0, 20.0])
+    args = parser.parse_args()
+    server = EmbeddedPostgres(
+        Path(tempfile.mkdtemp(prefix="vdi-bench-")) / "pg", delete_on_stop=True
+    )
+    try:
+        asyncio.run(ensure_database(server.url(), "vdi_bench"))
+        url = server.url("vdi_bench")
+        migrate.upgrade(url)
+        concurrency = min(Settings().reconcile_concurrency, CALL_THREADS)
+        print(
+            f"\n{args.sessions} stored sessions taken to Starting by one reconciler "
+            f"({concurrency} at once, {CALL_THREADS} call threads); fake API without schema "
+            f"admission; median of {args.rounds} rounds"
+        )
+        print(f"{'API latency':>12} {'sessions/s':>11} {'floor/s':>9} {'vs floor':>9}")
+        for latency in args.latencies_ms:
+            rates = [
+                asyncio.run(one_run(url, args.sessions, latency, r)) for r in range(args.rounds)
+            ]
+            rate = statistics.median(rates)
+            per_session_s = CALLS_PER_SESSION * latency / 1000 / concurrency
+            floor = f"{1 / per_session_s:9.0f}" if per_session_s else f"{'inf':>9}"
+            ratio = f"{rate * per_session_s:8.2f}x" if per_session_s else f"{'-':>9}"
+            print(f"{latency:10.0f}ms {rate:11.1f} {floor} {ratio}")
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
