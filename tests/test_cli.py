@@ -157,12 +157,26 @@ def test_serve_on_the_embedded_database_starts_and_stops_it(tmp_path: Path) -> N
     env = environment(VDI_DATA_DIR=str(data_dir), VDI_BOOTSTRAP_TOKEN="vdi_" + "x" * 40)
     with serving(env, port) as process:
         wait_ready(port, process)
+        ready = wait_ready(port, process)
+        assert ready.json()["checks"]["cluster"].startswith("simulated")  # and it says so
+        admin = {"Authorization": "Bearer vdi_" + "x" * 40}
+        base = f"http://127.0.0.1:{port}"
         created = httpx.put(
-            f"http://127.0.0.1:{port}/v1/templates/cpu",
-            json={"image": "i", "gpu": 0},
-            headers={"Authorization": "Bearer vdi_" + "x" * 40},
+            f"{base}/v1/templates/cpu", json={"image": "i", "gpu": 0}, headers=admin
         )
         assert created.status_code == 201
+        # the whole lifecycle on a laptop: the stand-in agent reports, the session runs
+        session = httpx.post(
+            f"{base}/v1/sessions", json={"user": "dev", "template": "cpu"}, headers=admin
+        )
+        deadline = time.monotonic() + 30
+        while (
+            phase := httpx.get(f"{base}/v1/sessions/{session.json()['id']}", headers=admin).json()[
+                "phase"
+            ]
+        ) != "Running":
+            assert time.monotonic() < deadline, phase
+            time.sleep(0.1)
         postgres = [
             p
             for p in psutil.process_iter(["cmdline"])

@@ -1,0 +1,135 @@
+"""The fake API server speaks the real protocol: the real client, and raw HTTP where the client's
+own validation would stop a bad object before it reaches the server."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+
+from app.cluster import manifests
+from app.cluster.fake import FakeKubernetes, FaultPlan, start_fake_cluster
+from app.cluster.kube import ClusterError, KubeCluster
+from app.config import Settings
+from app.templates.schemas import TemplateSpec
+from tests.cluster.conftest import eventually
+
+SETTINGS = Settings(secret_key="k" * 32, turn_secret="t" * 32, namespace="vdi")
+
+
+def view(user: str = "alice", **spec: Any) -> manifests.SessionView:
+    return manifests.SessionView(
+        uuid.uuid4(), user, "t", TemplateSpec(image="registry.test/vdi:1", **spec)
+    )
+
+
+async def test_invalid_objects_get_422_invalid_like_a_real_server(
+    fake: tuple[FakeKubernetes, KubeCluster],
+) -> None:
+    _, cluster = fake
+    pod = manifests.pod(view(), SETTINGS)
+    pod["metadata"]["name"] = "Not_A_Name"
+    with pytest.raises(ClusterError) as raised:
+        await cluster.create("Pod", pod)
+    assert raised.value.status == 422
+    assert not raised.value.temporary
+    # raw HTTP: an unknown field and a wrong type, which the client itself would refuse to send
+    good = manifests.pod(view(), SETTINGS)
+    good["spec"]["containers"][0]["imagePullPolice"] = "Always"
+    host = cluster.api_client.configuration.host
+    async with httpx.AsyncClient() as http:
+        response = await http.post(f"{host}/api/v1/namespaces/vdi/pods", json=good)
+        assert response.status_code == 422
+        assert response.json()["reason"] == "Invalid"
+        assert "imagePullPolice" in response.json()["message"]
+        route = manifests.ingress_route(view(), SETTINGS, {"metadata": {"name": "p", "uid": "u"}})
+        route["spec"]["routes"][0]["kind"] = "Sometimes"
+        bad_route = await http.post(
+            f"{host}/apis/traefik.io/v1alpha1/namespaces/vdi/ingressroutes", json=route
+        )
+        assert bad_route.status_code == 422
+
+
+async def test_metadata_selectors_secret_data_and_owner_gc(
+    fake: tuple[FakeKubernetes, KubeCluster],
+) -> None:
+    emulator, cluster = fake
+    mine, other = view("alice"), view("bob")
+    await cluster.create("PersistentVolumeClaim", manifests.home_claim(mine, SETTINGS))
+    pod = await cluster.create("Pod", manifests.pod(mine, SETTINGS))
+    assert pod["metadata"]["uid"]
+    assert pod["metadata"]["resourceVersion"]
+    assert pod["metadata"]["creationTimestamp"]
+    credentials = manifests.SessionCredentials("pw", "token", "1:x", "tp")
+    secret = await cluster.create("Secret", manifests.secret(mine, credentials, SETTINGS, pod))
+    assert "stringData" not in secret
+    assert set(secret["data"]) == set(manifests.SECRET_KEYS)
+    await cluster.create("Service", manifests.service(mine, SETTINGS, pod))
+    assert (await cluster.create("Pod", manifests.pod(mine, SETTINGS)))["metadata"]["uid"] == pod[
+        "metadata"
+    ]["uid"]
+    await cluster.create("Pod", manifests.pod(other, SETTINGS))
+    selected, _ = await cluster.list("Pod", f"{manifests.USER_LABEL}=alice")
+    assert [p["metadata"]["name"] for p in selected] == [pod["metadata"]["name"]]
+    everything, _ = await cluster.list("Pod", manifests.SESSION_SELECTOR)
+    assert len(everything) == 2
+    assert await cluster.delete("Pod", pod["metadata"]["name"])
+
+    async def collected() -> bool:
+        return (
+            emulator.find("secrets", "vdi", secret["metadata"]["name"]) is None
+            and emulator.find("services", "vdi", secret["metadata"]["name"]) is None
+        )
+
+    await eventually(collected)
+    assert not await cluster.delete("Secret", secret["metadata"]["name"])  # 404 is not an error
+    assert emulator.find("persistentvolumeclaims", "vdi", "home-alice") is not None
+
+
+async def test_watch_streams_pod_changes_with_a_selector(
+    fake: tuple[FakeKubernetes, KubeCluster],
+) -> None:
+    _, cluster = fake
+    mine = view("carol", gpu=0)
+    await cluster.create("PersistentVolumeClaim", manifests.home_claim(mine, SETTINGS))
+    _, version = await cluster.list("Pod", manifests.SESSION_SELECTOR)
+    seen: list[tuple[str, str]] = []
+
+    async def watch() -> None:
+        async for event in cluster.watch_pods(manifests.SESSION_SELECTOR, version):
+            seen.append((event.type, (event.object.get("status") or {}).get("phase", "")))
+            if ("MODIFIED", "Running") in seen:
+                return
+
+    watcher = asyncio.create_task(watch())
+    pod = await cluster.create("Pod", manifests.pod(mine, SETTINGS))
+    await cluster.create(
+        "Secret",
+        manifests.secret(mine, manifests.SessionCredentials("a", "b", "c", "d"), SETTINGS, pod),
+    )
+    await asyncio.wait_for(watcher, timeout=20)
+    assert seen[0] == ("ADDED", "Pending")
+    assert ("MODIFIED", "Running") in seen
+
+
+@pytest.mark.parametrize("fake_options", [{"faults": FaultPlan(rate=1.0, kinds=("429",))}])
+async def test_injected_failures_are_status_bodies_and_retried(
+    fake: tuple[FakeKubernetes, KubeCluster],
+) -> None:
+    emulator, cluster = fake
+    with pytest.raises(ClusterError) as raised:
+        await cluster.list("Pod", manifests.SESSION_SELECTOR)
+    assert raised.value.status == 429
+    assert raised.value.temporary
+    assert emulator.faults_injected == 6  # the adapter tried six times
+
+
+async def test_bad_label_selector_is_400() -> None:
+    async with start_fake_cluster() as (_fake, url), httpx.AsyncClient() as http:
+        response = await http.get(
+            f"{url}/api/v1/namespaces/vdi/pods", params={"labelSelector": "a in (b"}
+        )
+    assert response.status_code == 400
