@@ -156,6 +156,17 @@ def _field_errors(exc: RequestValidationError) -> list[FieldError]:
     return result
 
 
+def _database_unavailable(request: Request) -> JSONResponse:
+    return problem_response(
+        request,
+        status=503,
+        slug="database-unavailable",
+        title="Service unavailable",
+        detail="The database is not reachable right now; retry after the Retry-After delay",
+        headers={"Retry-After": "2"},
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AppError)
     async def _app_error(request: Request, exc: AppError) -> JSONResponse:
@@ -190,14 +201,7 @@ def install_error_handlers(app: FastAPI) -> None:
         if not (exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)):
             raise exc
         log.warning("database unavailable", error=type(exc.orig).__name__ if exc.orig else None)
-        return problem_response(
-            request,
-            status=503,
-            slug="database-unavailable",
-            title="Service unavailable",
-            detail="The database is not reachable right now; retry after the Retry-After delay",
-            headers={"Retry-After": "2"},
-        )
+        return _database_unavailable(request)
 
     @app.exception_handler(OSError)
     async def _connect_error(request: Request, exc: OSError) -> JSONResponse:
@@ -206,14 +210,7 @@ def install_error_handlers(app: FastAPI) -> None:
         if not isinstance(exc, ConnectionError | FileNotFoundError | TimeoutError):
             raise exc
         log.warning("database unreachable", error=type(exc).__name__)
-        return problem_response(
-            request,
-            status=503,
-            slug="database-unavailable",
-            title="Service unavailable",
-            detail="The database is not reachable right now; retry after the Retry-After delay",
-            headers={"Retry-After": "2"},
-        )
+        return _database_unavailable(request)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
