@@ -1,0 +1,150 @@
+"""The GStreamer pipeline as data: the spec's low-latency reference, with the encoder chosen at
+run time and the spec's settings mapped onto the properties the element really has."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+HARDWARE = "nvh264enc"
+SOFTWARE = "x264enc"
+
+# The spec's nvh264enc settings (legacy element, GStreamer <= 1.24), in its order.
+SPEC_NVENC = {
+    "preset": "low-latency-hq",
+    "rc-mode": "cbr",
+    "bitrate": None,
+    "gop-size": None,
+    "bframes": "0",
+    "aud": "false",
+}
+# GStreamer >= 1.25 names nvh264enc the CUDA encoder: same intent, other names and values.
+CUDA_NVENC_EQUIVALENTS = {
+    "preset": ("preset", {"low-latency-hq": "p1"}),
+    "bframes": ("b-frames", {}),
+}
+CUDA_EXTRA = {"tune": "ultra-low-latency", "zerolatency": "true"}
+
+
+@dataclass(frozen=True)
+class Element:
+    factory: str
+    properties: tuple[tuple[str, str], ...] = ()
+    name: str | None = None
+
+    def render(self) -> str:
+        parts = [self.factory]
+        if self.name:
+            parts.append(f"name={self.name}")
+        parts += [f"{key}={value}" for key, value in self.properties]
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class Caps:
+    text: str
+
+    def render(self) -> str:
+        return self.text
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    stages: tuple[Element | Caps, ...]
+    applied: Mapping[str, str] = field(default_factory=dict)  # encoder settings really set
+    dropped: tuple[str, ...] = ()  # spec settings the element does not have
+
+    def render(self) -> str:
+        return " ! ".join(stage.render() for stage in self.stages)
+
+    @property
+    def encoder(self) -> str:
+        return next(
+            s.factory for s in self.stages if isinstance(s, Element) and s.factory.endswith("enc")
+        )
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    bitrate_kbps: int = 8000
+    gop_size: int = 30
+    framerate: int | None = None  # None: capture as fast as the source goes (the spec's form)
+    width: int | None = None
+    height: int | None = None
+
+
+def nvenc_properties(
+    available: Mapping[str, tuple[str, ...]] | None, settings: StreamSettings
+) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
+    """The spec's nvh264enc settings, mapped onto the properties the element has.
+
+    `available` is what gst-inspect reported: property name -> accepted enum values (empty for
+    non-enums). None means "assume the legacy element" (the spec's exact properties)."""
+    wanted = dict(
+        SPEC_NVENC, bitrate=str(settings.bitrate_kbps), **{"gop-size": str(settings.gop_size)}
+    )
+    if available is None:
+        return tuple((k, str(v)) for k, v in wanted.items()), ()
+    legacy = "low-latency-hq" in available.get("preset", ())
+    applied: list[tuple[str, str]] = []
+    dropped: list[str] = []
+    for key, value in wanted.items():
+        target, values = key, {}
+        if not legacy and key in CUDA_NVENC_EQUIVALENTS:
+            target, values = CUDA_NVENC_EQUIVALENTS[key]
+        value = values.get(str(value), str(value))
+        choices = available.get(target)
+        if choices is None or (choices and value not in choices):
+            dropped.append(f"{key}={value}")
+            continue
+        applied.append((target, value))
+    if not legacy:  # the new encoder: ask for its low-latency tuning as well
+        for key, value in CUDA_EXTRA.items():
+            choices = available.get(key)
+            if choices is not None and (not choices or value in choices):
+                applied.append((key, value))
+    return tuple(applied), tuple(dropped)
+
+
+def x264_properties(settings: StreamSettings) -> tuple[tuple[str, str], ...]:
+    """The spec's fallback: ultrafast, zerolatency, the same bitrate and GOP, no B-frames."""
+    return (
+        ("speed-preset", "ultrafast"),
+        ("tune", "zerolatency"),
+        ("bitrate", str(settings.bitrate_kbps)),
+        ("key-int-max", str(settings.gop_size)),
+        ("bframes", "0"),
+    )
+
+
+def build(
+    encoder: str,
+    settings: StreamSettings,
+    *,
+    source: Element | None = None,
+    nvenc_available: Mapping[str, tuple[str, ...]] | None = None,
+    sink: Element | None = None,
+) -> Pipeline:
+    """`ximagesrc show-pointer=true ! videoconvert ! <encoder> ! rtph264pay config-interval=1
+    pt=96 ! webrtcbin name=sendrecv bundle-policy=max-bundle` (spec), with optional caps for a
+    frame-rate cap or a resolution step and another source or sink (tests, benches)."""
+    stages: list[Element | Caps] = [source or Element("ximagesrc", (("show-pointer", "true"),))]
+    if settings.framerate is not None:
+        stages += [Element("videorate"), Caps(f"video/x-raw,framerate={settings.framerate}/1")]
+    stages.append(Element("videoconvert"))
+    if settings.width and settings.height:
+        stages += [
+            Element("videoscale"),
+            Caps(f"video/x-raw,width={settings.width},height={settings.height}"),
+        ]
+    dropped: tuple[str, ...] = ()
+    if encoder == HARDWARE:
+        properties, dropped = nvenc_properties(nvenc_available, settings)
+    elif encoder == SOFTWARE:
+        properties = x264_properties(settings)
+    else:
+        raise ValueError(f"unknown encoder {encoder!r}")
+    stages.append(Element(encoder, properties))
+    stages.append(Element("rtph264pay", (("config-interval", "1"), ("pt", "96"))))
+    stages.append(sink or Element("webrtcbin", (("bundle-policy", "max-bundle"),), name="sendrecv"))
+    return Pipeline(tuple(stages), applied=dict(properties), dropped=dropped)
