@@ -1,59 +1,102 @@
 """vdi-agent: the command in each session pod.
 
-For now it has one subcommand, `report`, which sends a health report (JSON on stdin) to the
-control plane the way the agent does; the checks and stream supervision that produce those
-reports are built in the agent issue.
+vdi-agent run               checks, first report, Selkies under supervision, heartbeats
+vdi-agent check [--json]    checks 1-2 and the encoder choice; prints the report, calls nothing
+vdi-agent pipeline          the GStreamer pipeline it would run
+vdi-agent report            send a health report (JSON on stdin) as the agent does
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
-import os
 import sys
 
-import httpx
-
-ENV_SESSION_ID = "VDI_SESSION_ID"
-ENV_CALLBACK_URL = "VDI_CALLBACK_URL"
-ENV_AGENT_TOKEN = "VDI_AGENT_TOKEN"
+from agent.callbacks import Reporter
 
 
-def _require_env(name: str) -> str:
-    value = os.environ.get(name)
-    if not value:
-        print(f"vdi-agent: {name} is not set (the pod spec injects it)", file=sys.stderr)
-        raise SystemExit(2)
-    return value
+def cmd_run(_args: argparse.Namespace) -> None:
+    from agent.runner import Agent, AgentEnv
+
+    raise SystemExit(asyncio.run(Agent(AgentEnv.from_environ()).run()))
 
 
-def send_report(report: dict[str, object], *, timeout_s: float = 10.0) -> httpx.Response:
-    session_id = _require_env(ENV_SESSION_ID)
-    base = _require_env(ENV_CALLBACK_URL).rstrip("/")
-    token = _require_env(ENV_AGENT_TOKEN)
-    return httpx.post(
-        f"{base}/v1/sessions/{session_id}/health",
-        json=report,
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=timeout_s,
-    )
+def cmd_check(args: argparse.Namespace) -> None:
+    from agent.runner import AgentEnv, check_report
+
+    environ = {"VDI_SESSION_ID": "-", "VDI_CALLBACK_URL": "-", "VDI_AGENT_TOKEN": "-"}
+    import os
+
+    environ.update(os.environ)
+    report, choice = check_report(AgentEnv.from_environ(environ))
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for check in report["checks"]:
+            print(f"{check['name']:8} {check['ok']!s:5} {check['code'] or ''} {check['detail']}")
+        print(f"encoder  {choice.encoder or 'none'}{' (fallback)' if choice.fallback else ''}")
+    raise SystemExit(0 if choice.encoder else 1)
+
+
+def cmd_pipeline(_args: argparse.Namespace) -> None:
+    import os
+
+    from agent.runner import AgentEnv, check_report
+
+    environ = {"VDI_SESSION_ID": "-", "VDI_CALLBACK_URL": "-", "VDI_AGENT_TOKEN": "-", **os.environ}
+    report, _choice = check_report(AgentEnv.from_environ(environ))
+    if "pipeline" not in report:
+        print("vdi-agent: no usable encoder", file=sys.stderr)
+        raise SystemExit(1)
+    print(report["pipeline"])
 
 
 def cmd_report(_args: argparse.Namespace) -> None:
+    from agent.runner import AgentEnv
+
     try:
         report = json.load(sys.stdin)
     except json.JSONDecodeError as error:
         print(f"vdi-agent: the report on stdin is not JSON: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-    response = send_report(report)
-    print(response.text)
-    raise SystemExit(0 if response.is_success else 1)
+    agent = AgentEnv.from_environ()
+    reporter = Reporter(agent.callback_url, agent.session_id, agent.token)
+    delivered = asyncio.run(reporter.send(report, attempts=3))
+    print(json.dumps({"delivered": delivered, "phase": reporter.session_phase}))
+    raise SystemExit(0 if delivered else 1)
+
+
+def configure_logging() -> None:
+    """JSON lines on stderr: stdout is for what a command prints (check --json, pipeline)."""
+    import logging
+
+    import structlog
+
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.JSONRenderer(),
+        ],
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="vdi-agent", description=__doc__)
+    configure_logging()
+    parser = argparse.ArgumentParser(
+        prog="vdi-agent", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    report = commands.add_parser("report", help="send a health report (JSON on stdin)")
-    report.set_defaults(handler=cmd_report)
+    commands.add_parser("run", help="run in the session pod").set_defaults(handler=cmd_run)
+    check = commands.add_parser("check", help="run checks 1-2, print the report")
+    check.add_argument("--json", action="store_true")
+    check.set_defaults(handler=cmd_check)
+    commands.add_parser("pipeline", help="print the pipeline").set_defaults(handler=cmd_pipeline)
+    commands.add_parser("report", help="send a report (JSON on stdin)").set_defaults(
+        handler=cmd_report
+    )
     args = parser.parse_args(argv)
     args.handler(args)

@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import sys
 import time
+from typing import Any
 
 
-def _gst():  # type: ignore[no-untyped-def]
+def _gst() -> Any:
     import gi
 
     gi.require_version("Gst", "1.0")
@@ -37,9 +38,9 @@ def run(description: str, seconds: float) -> int:
     Gst = _gst()
     pipeline = Gst.parse_launch(description)
     sink = pipeline.get_by_name("out")
-    counts = {"buffers": 0, "first": None, "last": None}
+    counts: dict[str, Any] = {"buffers": 0, "first": None, "last": None}
 
-    def on_buffer(_pad, _info):  # type: ignore[no-untyped-def]
+    def on_buffer(_pad: Any, _info: Any) -> Any:
         now = time.monotonic()
         counts["buffers"] += 1
         counts["first"] = counts["first"] or now

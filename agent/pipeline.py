@@ -89,7 +89,7 @@ def nvenc_properties(
     applied: list[tuple[str, str]] = []
     dropped: list[str] = []
     for key, value in wanted.items():
-        target, values = key, {}
+        target, values = key, dict[str, str]()
         if not legacy and key in CUDA_NVENC_EQUIVALENTS:
             target, values = CUDA_NVENC_EQUIVALENTS[key]
         value = values.get(str(value), str(value))

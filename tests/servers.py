@@ -12,12 +12,15 @@ from fastapi import FastAPI
 
 
 @asynccontextmanager
-async def serve(app: FastAPI) -> AsyncIterator[str]:
+async def serve(app: FastAPI, port: int = 0) -> AsyncIterator[str]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock.bind(("127.0.0.1", port))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_config=None, lifespan="on", timeout_graceful_shutdown=5)
+    # An app already started by a fixture keeps its own lifespan: running it twice would
+    # replace (and leak) its engine and event hub.
+    lifespan = "off" if hasattr(app.state, "sessionmaker") else "on"
+    config = uvicorn.Config(app, log_config=None, lifespan=lifespan, timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve(sockets=[sock]))

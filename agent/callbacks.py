@@ -1,0 +1,74 @@
+"""Health reports to the control plane: retried with backoff while it is unreachable, never
+raising into the desktop; a 401/403 means this token is not (or no longer) valid: stop."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import structlog
+
+log = structlog.get_logger("vdi.agent.callbacks")
+
+MAX_BACKOFF_S = 30.0
+
+
+@dataclass
+class Reporter:
+    callback_url: str
+    session_id: str
+    token: str
+    timeout_s: float = 10.0
+    stopped: bool = False
+    session_phase: str | None = None
+    sent: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"{self.callback_url.rstrip('/')}/v1/sessions/{self.session_id}/health"
+
+    async def send(
+        self, report: dict[str, Any], *, attempts: int = 8, first_delay_s: float = 0.5
+    ) -> bool:
+        """Deliver one report; True when the control plane took it."""
+        if self.stopped:
+            return False
+        delay = first_delay_s
+        headers = {"Authorization": f"Bearer {self.token}"}
+        async with httpx.AsyncClient(timeout=self.timeout_s) as http:
+            for attempt in range(1, attempts + 1):
+                try:
+                    response = await http.post(self.url, json=report, headers=headers)
+                except httpx.HTTPError as error:
+                    log.warning(
+                        "control plane unreachable; retrying",
+                        attempt=attempt,
+                        error=type(error).__name__,
+                    )
+                else:
+                    if response.status_code in (401, 403):
+                        log.error(
+                            "the control plane refused the agent token; health callbacks stop",
+                            status=response.status_code,
+                        )
+                        self.stopped = True
+                        return False
+                    if response.status_code in (404, 409):
+                        log.warning(
+                            "the session is gone or ended; health callbacks stop",
+                            status=response.status_code,
+                        )
+                        self.stopped = True
+                        return False
+                    if response.is_success:
+                        self.sent += 1
+                        self.session_phase = response.json().get("phase")
+                        return True
+                    log.warning(
+                        "control plane answered an error; retrying", status=response.status_code
+                    )
+                await asyncio.sleep(delay)
+                delay = min(MAX_BACKOFF_S, delay * 2)
+        return False

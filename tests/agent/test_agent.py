@@ -1,0 +1,182 @@
+"""The agent against the real control plane (down at first), Selkies supervision with a
+stand-in process, the commands, and one monitoring round."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from agent import supervisor
+from agent.callbacks import Reporter
+from agent.metrics import StreamStats
+from agent.runner import Agent, AgentEnv, check_report
+from app.security import agent_token
+from tests.conftest import ADMIN, TEST_SECRET_KEY
+from tests.servers import serve
+from tests.test_cli import free_port
+
+MakeSession = Callable[..., Awaitable[dict[str, Any]]]
+
+
+def agent_env(session_id: str, callback: str, gpus: int = 1, **extra: str) -> AgentEnv:
+    return AgentEnv.from_environ(
+        {
+            "VDI_SESSION_ID": session_id,
+            "VDI_CALLBACK_URL": callback,
+            "VDI_AGENT_TOKEN": agent_token(TEST_SECRET_KEY, uuid.UUID(session_id)),
+            "VDI_GPU": str(gpus),
+            **extra,
+        }
+    )
+
+
+async def test_reports_retry_until_the_control_plane_is_up_and_move_the_session(
+    app: FastAPI,
+    make_session: MakeSession,
+    set_phase: Callable[..., Awaitable[None]],
+    fake_gpu: Callable[..., None],
+) -> None:
+    fake_gpu(smi="ok", nvenc=None)  # a GPU without NVENC: the fallback
+    session = await make_session("alice")
+    await set_phase(session["id"], "Provisioning", "Starting")
+    port = free_port()
+    env = agent_env(session["id"], f"http://127.0.0.1:{port}")
+    report, choice = check_report(env)
+    assert (choice.encoder, choice.fallback) == ("x264enc", True)
+    reporter = Reporter(env.callback_url, env.session_id, env.token)
+    sending = asyncio.create_task(
+        reporter.send({k: v for k, v in report.items() if k != "pipeline"}, first_delay_s=0.2)
+    )
+    await asyncio.sleep(0.5)  # the control plane is down: the reporter is retrying
+    assert not sending.done()
+    async with serve(app, port=port):
+        assert await asyncio.wait_for(sending, timeout=30)
+    assert reporter.session_phase == "Running"
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://t"
+    ) as http:
+        body = (await http.get(f"/v1/sessions/{session['id']}", headers=ADMIN)).json()
+    assert (body["phase"], body["encoder"]) == ("Running", "x264enc")
+    assert {c["type"]: c["reason"] for c in body["conditions"]}[
+        "EncoderReady"
+    ] == "SoftwareFallback"
+
+
+async def test_a_refused_token_stops_the_callbacks(app: FastAPI, make_session: MakeSession) -> None:
+    session = await make_session("bob")
+    async with serve(app) as url:
+        reporter = Reporter(url, session["id"], "not-the-token")
+        assert not await reporter.send({"checks": []}, first_delay_s=0.01)
+        assert reporter.stopped
+        assert not await reporter.send({"checks": []})  # and stays stopped
+
+
+def test_selkies_refuses_its_unsafe_defaults() -> None:
+    config = supervisor.StreamConfig(
+        "x264enc", 60, 8000, "mypasswd", "turn.example", "3478", "u", "p", "turn.example", "3478"
+    )
+    with pytest.raises(supervisor.UnsafeConfiguration, match="password"):
+        supervisor.selkies_environment(config, {})
+    no_turn = supervisor.StreamConfig(
+        "x264enc", 60, 8000, "s3cret-pw", "", "3478", "", "", "", "3478"
+    )
+    with pytest.raises(supervisor.UnsafeConfiguration, match="public relay"):
+        supervisor.selkies_environment(no_turn, {})
+    good = supervisor.StreamConfig(
+        "nvh264enc",
+        60,
+        8000,
+        "s3cret-pw",
+        "turn.example",
+        "3478",
+        "1:x",
+        "p",
+        "turn.example",
+        "3478",
+    )
+    env = supervisor.selkies_environment(good, {"DISPLAY": ":0"})
+    assert env["SELKIES_ENCODER"] == "nvh264enc"
+    assert env["SELKIES_TURN_PROTOCOL"] == "udp"
+    assert env["SELKIES_ENABLE_METRICS_HTTP"] == "true"
+    assert env["SELKIES_ENABLE_WEBRTC_STATISTICS"] == "true"
+    assert env["DISPLAY"] == ":0"
+
+
+async def test_a_dying_selkies_is_restarted_a_bounded_number_of_times(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    script = tmp_path / "selkies"
+    script.write_text(f"#!/bin/sh\necho run >> {runs}\nexit 3\n")
+    script.chmod(0o755)
+    restarts: list[tuple[int, int | None]] = []
+
+    async def on_restart(count: int, code: int | None) -> None:
+        restarts.append((count, code))
+
+    supervised = supervisor.Supervisor(
+        [str(script)], {}, on_restart=on_restart, max_restarts=3, first_backoff_s=0.01
+    )
+    code = await asyncio.wait_for(supervised.run(), timeout=30)
+    assert code == 3
+    assert restarts == [(1, 3), (2, 3), (3, 3)]
+    assert runs.read_text().count("run") == 4
+
+
+def test_monitoring_round_reports_stream_latency_and_throttle() -> None:
+    env = agent_env(str(uuid.uuid4()), "http://unused", gpus=0)
+    agent = Agent(env)
+    agent.report, _ = check_report(env)
+    quiet = StreamStats(None, None, None, None)
+    assert agent._observe(0.0, 10.0, quiet)  # the stream check appears (Unknown)
+    assert {c["name"]: c["ok"] for c in agent.report["checks"]}["stream"] is None
+    viewer = StreamStats(1500, 3.0, 59.0, 180.0)
+    assert agent._observe(1.0, 10.0, viewer)
+    checks = {c["name"]: c for c in agent.report["checks"]}
+    assert checks["stream"]["ok"] is True
+    assert checks["latency"]["ok"] is False
+    assert agent.report["bitrate_kbps"] == 6000  # stepped down
+    for second in range(2, 14):
+        agent._observe(float(second), 95.0, viewer)
+    assert agent.report["framerate"] == 30
+    assert [c.what for c in agent.changes][:2] == ["bitrate_kbps", "bitrate_kbps"]
+    assert "framerate" in [c.what for c in agent.changes]
+
+
+def _vdi_agent(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "from agent.cli import main; main()", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_check_and_pipeline_commands(fake_gpu: Callable[..., None]) -> None:
+    fake_gpu(smi="ok", nvenc="legacy")
+    env = {**os.environ, "VDI_GPU": "1", "SELKIES_VIDEO_BITRATE": "6000"}
+    checked = _vdi_agent("check", "--json", env=env)
+    assert checked.returncode == 0, checked.stderr
+    report = json.loads(checked.stdout)
+    assert report["encoder"] == "nvh264enc"
+    assert [c["ok"] for c in report["checks"]] == [True, True]
+    printed = _vdi_agent("pipeline", env=env)
+    assert (
+        "nvh264enc preset=low-latency-hq rc-mode=cbr bitrate=6000 gop-size=30 bframes=0 aud=false"
+        in printed.stdout
+    )
+    fake_gpu(smi="no-devices")
+    failed = _vdi_agent("check", "--json", env=env)
+    assert failed.returncode == 1
+    assert json.loads(failed.stdout)["checks"][0]["code"] == "GPU_INIT_ERROR"
