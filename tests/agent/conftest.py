@@ -84,7 +84,8 @@ def fake_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., N
         _script(
             bin_dir / "gst-inspect-1.0",
             f'if [ "$1" = "nvh264enc" ]; then\n'
-            f'  [ -s "{tmp_path}/nvenc.txt" ] || {{ echo "No such element or plugin \'nvh264enc\'" >&2; exit 1; }}\n'
+            f'  [ -s "{tmp_path}/nvenc.txt" ] || '
+            f'{{ echo "No such element or plugin nvh264enc" >&2; exit 1; }}\n'
             f'  cat "{tmp_path}/nvenc.txt"; exit 0\nfi\nexec {REAL_INSPECT} "$@"\n',
         )
         init = (
