@@ -92,9 +92,12 @@ class Agent:
         self.reporter = Reporter(agent.callback_url, agent.session_id, agent.token)
         self.throttle = CpuThrottle(agent.framerate)
         self.latency = LatencyAdapter(agent.bitrate_kbps)
-        self.selkies_command = selkies_command or [
-            shutil.which("selkies-gstreamer") or "selkies-gstreamer"
-        ]
+        configured = agent.env.get("VDI_SELKIES_COMMAND", "").split()
+        self.selkies_command = (
+            selkies_command
+            or configured
+            or [shutil.which("selkies-gstreamer") or "selkies-gstreamer"]
+        )
         self.supervisor: Supervisor | None = None
         self.report: dict[str, Any] = {}
         self.changes: list[Change] = []
