@@ -87,6 +87,15 @@ class Supervisor:
         self.restarts = 0
         self.process: asyncio.subprocess.Process | None = None
         self._stopping = False
+        self._reconfiguring = False
+
+    async def reconfigure(self, changes: Mapping[str, str]) -> None:
+        """Restart Selkies with new settings (frame rate, bitrate): its pipeline takes them at
+        start. The viewer reconnects by itself."""
+        self.env.update(changes)
+        if self.process is not None and self.process.returncode is None:
+            self._reconfiguring = True
+            os.kill(self.process.pid, signal.SIGTERM)
 
     async def run(self) -> int | None:
         """Until stopped or out of restarts; returns the last exit code."""
@@ -98,6 +107,9 @@ class Supervisor:
             code = await self.process.wait()
             if self._stopping:
                 break
+            if self._reconfiguring:  # we stopped it to apply new settings: not a failure
+                self._reconfiguring = False
+                continue
             if self.restarts >= self.max_restarts:
                 log.error("selkies keeps dying; giving up", exit_code=code, restarts=self.restarts)
                 break

@@ -180,3 +180,49 @@ def test_check_and_pipeline_commands(fake_gpu: Callable[..., None]) -> None:
     failed = _vdi_agent("check", "--json", env=env)
     assert failed.returncode == 1
     assert json.loads(failed.stdout)["checks"][0]["code"] == "GPU_INIT_ERROR"
+
+
+async def test_reconfigure_restarts_selkies_with_new_settings_without_counting_a_failure(
+    tmp_path: Path,
+) -> None:
+    seen = tmp_path / "seen"
+    script = tmp_path / "selkies"
+    script.write_text(f'#!/bin/sh\necho "$SELKIES_FRAMERATE" >> {seen}\nexec sleep 60\n')
+    script.chmod(0o755)
+
+    async def on_restart(count: int, code: int | None) -> None:
+        raise AssertionError("a reconfiguration is not a failure")
+
+    supervised = supervisor.Supervisor(
+        [str(script)], {"SELKIES_FRAMERATE": "60"}, on_restart=on_restart
+    )
+    running = asyncio.create_task(supervised.run())
+
+    async def lines() -> list[str]:
+        for _ in range(200):
+            if seen.exists() and seen.read_text().strip():
+                break
+            await asyncio.sleep(0.05)
+        return seen.read_text().split()
+
+    assert await lines() == ["60"]
+    await supervised.reconfigure({"SELKIES_FRAMERATE": "30"})
+    for _ in range(200):
+        if len(seen.read_text().split()) == 2:
+            break
+        await asyncio.sleep(0.05)
+    assert seen.read_text().split() == ["60", "30"]
+    assert supervised.restarts == 0
+    await supervised.stop()
+    await asyncio.wait_for(running, timeout=15)
+
+
+def test_pipeline_latency_is_measured_with_the_tracer(fake_gpu: Callable[..., None]) -> None:
+    from agent import checks
+    from agent.runner import measure_pipeline_latency
+
+    fake_gpu(smi="missing")
+    choice = checks.choose_encoder(checks.check_gpu(0), gpus_requested=0, fallback_allowed=True)
+    measured = measure_pipeline_latency(choice)
+    assert measured is not None
+    assert 0 < measured < 1000

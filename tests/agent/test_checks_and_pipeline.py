@@ -160,3 +160,37 @@ def test_the_x264_pipeline_really_encodes_frames() -> None:
     report = json.loads(result.stdout)
     assert report["errors"] == []
     assert report["buffers"] >= 90  # RTP packets: at least one per encoded frame
+
+
+@pytest.mark.skipif(not shutil.which("Xvfb"), reason="needs Xvfb")
+def test_the_x264_pipeline_encodes_the_screen_under_xvfb(tmp_path: Path) -> None:
+    import os
+    import signal
+    import time
+
+    display = ":97"
+    xvfb = subprocess.Popen(
+        ["Xvfb", display, "-screen", "0", "1280x720x24", "-nolisten", "tcp"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        socket_path = Path("/tmp/.X11-unix/X97")
+        deadline = time.monotonic() + 20
+        while not socket_path.exists():
+            assert time.monotonic() < deadline, "Xvfb did not start"
+            time.sleep(0.05)
+        source = pipeline.Element(
+            "ximagesrc",
+            (("display-name", display), ("show-pointer", "true"), ("num-buffers", "30")),
+        )
+        sink = pipeline.Element("fakesink", name="out")
+        text = pipeline.build(
+            "x264enc", StreamSettings(framerate=30), source=source, sink=sink
+        ).render()
+        result = gst_tool("run", text, "30")
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["buffers"] >= 30
+    finally:
+        os.kill(xvfb.pid, signal.SIGTERM)
+        xvfb.wait(timeout=10)
