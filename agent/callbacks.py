@@ -13,6 +13,13 @@ import structlog
 log = structlog.get_logger("vdi.agent.callbacks")
 
 MAX_BACKOFF_S = 30.0
+# Answers after which retrying is pointless: the agent stops calling back.
+FINAL_ANSWERS = {
+    401: "the control plane refused the agent token",
+    403: "the control plane refused the agent token",
+    404: "the session is gone",
+    409: "the session has ended",
+}
 
 
 @dataclass
@@ -48,18 +55,9 @@ class Reporter:
                         error=type(error).__name__,
                     )
                 else:
-                    if response.status_code in (401, 403):
-                        log.error(
-                            "the control plane refused the agent token; health callbacks stop",
-                            status=response.status_code,
-                        )
-                        self.stopped = True
-                        return False
-                    if response.status_code in (404, 409):
-                        log.warning(
-                            "the session is gone or ended; health callbacks stop",
-                            status=response.status_code,
-                        )
+                    final = FINAL_ANSWERS.get(response.status_code)
+                    if final is not None:
+                        log.error(f"{final}; health callbacks stop", status=response.status_code)
                         self.stopped = True
                         return False
                     if response.is_success:
