@@ -55,6 +55,13 @@ async def test_sigkill_of_one_replica_mid_provisioning_loses_and_duplicates_noth
     await asyncio.to_thread(migrate.upgrade, url)
     dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
     db = await asyncpg.connect(dsn)
+    try:
+        await _scenario(db, url, tmp_path)
+    finally:
+        await db.close()
+
+
+async def _scenario(db: asyncpg.Connection, url: str, tmp_path: Path) -> None:
     processes: list[subprocess.Popen[bytes]] = []
     async with start_fake_cluster(gpu_capacity=10_000) as (fake, server):
         env = environment(
@@ -92,11 +99,19 @@ async def test_sigkill_of_one_replica_mid_provisioning_loses_and_duplicates_noth
                 async def create(i: int) -> str:
                     # Replica 0 only reconciles: a request in flight when it dies fails at
                     # the client, which is not what this test is about.
-                    async with semaphore:
-                        response = await http.post(
-                            f"{bases[1 + i % (REPLICAS - 1)]}/v1/sessions",
-                            json={"user": f"user-{i}", "template": "desk"},
-                        )
+                    # As a portal would: a dropped connection is retried with the same
+                    # Idempotency-Key, so a retry can never make a second session.
+                    for attempt in range(5):
+                        try:
+                            async with semaphore:
+                                response = await http.post(
+                                    f"{bases[1 + (i + attempt) % (REPLICAS - 1)]}/v1/sessions",
+                                    json={"user": f"user-{i}", "template": "desk"},
+                                    headers={"Idempotency-Key": f"create-user-{i}"},
+                                )
+                            break
+                        except httpx.TransportError:
+                            await asyncio.sleep(0.2)
                     assert response.status_code == 202, response.text
                     return str(response.json()["id"])
 
@@ -162,4 +177,3 @@ async def test_sigkill_of_one_replica_mid_provisioning_loses_and_duplicates_noth
             assert set(found) == names, f"{plural} without a session"
         claims = [o["metadata"]["name"] for o in fake.live("persistentvolumeclaims")]
         assert sorted(claims) == sorted(f"home-user-{i}" for i in range(SESSIONS))
-    await db.close()
