@@ -32,7 +32,6 @@ from app.templates.schemas import TemplateSpec
 
 log = structlog.get_logger("vdi.reconciler")
 
-CLAIM_BATCH = 16
 MAX_BACKOFF_S = 30.0
 TERMINATION_POLL_S = 0.25
 SESSION_KINDS: tuple[Kind, ...] = ("Pod", "Secret", "Service", "IngressRoute")
@@ -150,11 +149,6 @@ class Reconciler:
         return self.settings.orphan_sweep_interval_s
 
     # --- claiming ---------------------------------------------------------------------------
-
-    async def reconcile_due(self, limit: int = CLAIM_BATCH) -> int:
-        claims = await self._claim(limit)
-        await asyncio.gather(*(self._process(claim) for claim in claims))
-        return len(claims)
 
     async def _claim(self, limit: int) -> list[Claim]:
         now = utcnow()
