@@ -49,6 +49,7 @@ CORE = {
 }
 TRAEFIK_GROUPS = ("traefik.io", "traefik.containo.us")
 POD = kmock.resource("", "v1", "pods")
+RBAC_VERBS = {"FETCH": "get", "UPDATE": "patch"}  # kmock action -> RBAC verb (others: lowercased)
 
 
 @dataclass
@@ -121,6 +122,7 @@ class FakeKubernetes(k8s.KubernetesEmulator):
     keep_request_log: bool = False
     validate: bool = True  # admission against the official schemas (pure Python: ~30 ms a Pod)
     api_calls: int = attrs.field(default=0, init=False)
+    verbs: set[tuple[str, str, str]] = attrs.field(factory=set, init=False)
     faults_injected: int = attrs.field(default=0, init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -182,6 +184,10 @@ class FakeKubernetes(k8s.KubernetesEmulator):
         hold_s = 0.0
         if request.resource is not None:
             self.api_calls += 1
+            if request.action is not None:
+                # what RBAC calls the verb; the chart's Role is checked against this log
+                verb = RBAC_VERBS.get(request.action.name, request.action.name.lower())
+                self.verbs.add((str(request.resource.group), str(request.resource.plural), verb))
             hold_s = await self._inject(request)
             if request.action == enums.action.CREATE:
                 self._admit(request)
