@@ -146,7 +146,14 @@ class Reconciler:
 
     async def _sweep_once(self) -> float:
         await self.sweep_orphans()
+        await self.sweep_idempotency_keys()
         return self.settings.orphan_sweep_interval_s
+
+    async def sweep_idempotency_keys(self) -> int:
+        """Forget Idempotency-Keys older than their TTL (a reuse after it creates anew anyway)."""
+        cutoff = utcnow() - timedelta(seconds=self.settings.idempotency_ttl_s)
+        async with self.sessionmaker() as db, db.begin():
+            return await repository.delete_idempotency_keys_before(db, cutoff)
 
     # --- claiming ---------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, text, tuple_, update
+from sqlalchemy import delete, func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -189,3 +189,8 @@ async def live_session_ids(db: AsyncSession) -> set[uuid.UUID]:
 async def next_due(db: AsyncSession) -> datetime | None:
     query = select(func.min(VDISession.next_reconcile_at))
     return (await db.execute(query)).scalar_one_or_none()
+
+
+async def delete_idempotency_keys_before(db: AsyncSession, cutoff: datetime) -> int:
+    result = await db.execute(delete(IdempotencyKey).where(IdempotencyKey.created_at < cutoff))
+    return int(getattr(result, "rowcount", 0) or 0)

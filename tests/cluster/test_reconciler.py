@@ -270,3 +270,31 @@ async def test_a_pod_deleted_behind_our_back_fails_the_session(
     await fake[1].delete("Pod", name_of(session["id"]))
     failed = await eventually(phase_is(api, session["id"], "Failed"))
     assert failed["reason"] == "PodDeleted"
+
+
+@pytest.mark.settings(idempotency_ttl_s=60)
+async def test_expired_idempotency_keys_are_swept(
+    cluster_app: FastAPI, api: httpx.AsyncClient
+) -> None:
+    await api.put("/v1/templates/t", json={"image": "registry.test/vdi:1"}, headers=ADMIN)
+    for user, key in (("old-user", "old-key"), ("new-user", "new-key")):
+        response = await api.post(
+            "/v1/sessions",
+            json={"user": user, "template": "t"},
+            headers={**ADMIN, "Idempotency-Key": key},
+        )
+        assert response.status_code == 202
+    from app.models import IdempotencyKey
+
+    async with cluster_app.state.sessionmaker() as db, db.begin():
+        await db.execute(
+            update(IdempotencyKey)
+            .where(IdempotencyKey.key == "old-key")
+            .values(created_at=utcnow() - timedelta(seconds=61))
+        )
+    assert await cluster_app.state.reconciler.sweep_idempotency_keys() == 1
+    async with cluster_app.state.sessionmaker() as db:
+        from sqlalchemy import select
+
+        left = (await db.execute(select(IdempotencyKey.key))).scalars().all()
+    assert left == ["new-key"]
