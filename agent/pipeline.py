@@ -3,7 +3,7 @@ run time and the spec's settings mapped onto the properties the element really h
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 HARDWARE = "nvh264enc"
@@ -117,18 +117,29 @@ def x264_properties(settings: StreamSettings) -> tuple[tuple[str, str], ...]:
     )
 
 
+# x264enc lists 4:4:4 first among its input formats, so a BGRx screen (ximagesrc) would be
+# encoded as High 4:4:4 Predictive, which no browser decodes over WebRTC. The fallback is
+# pinned to 4:2:0 in and Constrained Baseline out: every browser decodes that (Firefox's
+# OpenH264 and aiortc accept nothing else) and ultrafast uses no Main/High tool anyway.
+X264_INPUT = Caps("video/x-raw,format=I420")
+X264_OUTPUT = Caps("video/x-h264,profile=constrained-baseline,stream-format=byte-stream")
+
+
 def build(
     encoder: str,
     settings: StreamSettings,
     *,
-    source: Element | None = None,
+    source: Element | Sequence[Element | Caps] | None = None,
     nvenc_available: Mapping[str, tuple[str, ...]] | None = None,
     sink: Element | None = None,
 ) -> Pipeline:
     """`ximagesrc show-pointer=true ! videoconvert ! <encoder> ! rtph264pay config-interval=1
     pt=96 ! webrtcbin name=sendrecv bundle-policy=max-bundle` (spec), with optional caps for a
-    frame-rate cap or a resolution step and another source or sink (tests, benches)."""
-    stages: list[Element | Caps] = [source or Element("ximagesrc", (("show-pointer", "true"),))]
+    frame-rate cap or a resolution step and another source or sink (tests, benches); the x264
+    fallback gets the caps above around the encoder. `source` may be several stages."""
+    if source is None:
+        source = Element("ximagesrc", (("show-pointer", "true"),))
+    stages: list[Element | Caps] = [source] if isinstance(source, Element) else list(source)
     if settings.framerate is not None:
         stages += [Element("videorate"), Caps(f"video/x-raw,framerate={settings.framerate}/1")]
     stages.append(Element("videoconvert"))
@@ -144,7 +155,10 @@ def build(
         properties = x264_properties(settings)
     else:
         raise ValueError(f"unknown encoder {encoder!r}")
-    stages.append(Element(encoder, properties))
+    if encoder == SOFTWARE:
+        stages += [X264_INPUT, Element(encoder, properties), X264_OUTPUT]
+    else:
+        stages.append(Element(encoder, properties))
     stages.append(Element("rtph264pay", (("config-interval", "1"), ("pt", "96"))))
     stages.append(sink or Element("webrtcbin", (("bundle-policy", "max-bundle"),), name="sendrecv"))
     return Pipeline(tuple(stages), applied=dict(properties), dropped=dropped)

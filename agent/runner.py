@@ -108,8 +108,15 @@ def measure_pipeline_latency(choice: checks.EncoderChoice) -> float | None:
 
 
 class Agent:
-    def __init__(self, agent: AgentEnv, selkies_command: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        agent: AgentEnv,
+        selkies_command: list[str] | None = None,
+        *,
+        metrics_url: str = f"http://127.0.0.1:{METRICS_PORT}/metrics",
+    ) -> None:
         self.agent = agent
+        self.metrics_url = metrics_url
         self.reporter = Reporter(agent.callback_url, agent.session_id, agent.token)
         self.throttle = CpuThrottle(agent.framerate)
         self.latency = LatencyAdapter(agent.bitrate_kbps)
@@ -124,14 +131,14 @@ class Agent:
         self.changes: list[Change] = []
         self.pipeline_latency_ms: float | None = None
 
-    def _wire_report(self) -> dict[str, Any]:
+    def wire_report(self) -> dict[str, Any]:
         return {k: v for k, v in self.report.items() if k != "pipeline"}
 
     async def run(self) -> int:
         self.report, choice = check_report(self.agent)
         if choice.encoder is not None:
             self.pipeline_latency_ms = await asyncio.to_thread(measure_pipeline_latency, choice)
-        await self.reporter.send(self._wire_report())
+        await self.reporter.send(self.wire_report())
         if choice.encoder is None:
             log.error("no usable encoder: the session is Failed; idling until the pod is deleted")
             await asyncio.Event().wait()
@@ -152,7 +159,7 @@ class Agent:
         self.supervisor = Supervisor(
             self.selkies_command, selkies_environment(config, env), on_restart=self._restarted
         )
-        tasks = [asyncio.create_task(self.supervisor.run()), asyncio.create_task(self._monitor())]
+        tasks = [asyncio.create_task(self.supervisor.run()), asyncio.create_task(self.watch())]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             return 0
@@ -170,9 +177,11 @@ class Agent:
                 "detail": f"selkies-gstreamer exited ({exit_code}); restart {restarts}",
             }
         ]
-        await self.reporter.send(self._wire_report(), attempts=2)
+        await self.reporter.send(self.wire_report(), attempts=2)
 
-    async def _monitor(self) -> None:
+    async def watch(self) -> None:
+        """Every MONITOR_S: CPU, Selkies' metrics, adaptation; a report on each change and at
+        least every HEARTBEAT_S."""
         last_sent = time.monotonic()
         async with httpx.AsyncClient(timeout=2) as http:
             while not self.reporter.stopped:
@@ -182,7 +191,7 @@ class Agent:
                 changed = self._observe(now, psutil.cpu_percent(), await self._scrape(http))
                 await self._apply(self.changes[before:])
                 if changed or now - last_sent >= HEARTBEAT_S:
-                    await self.reporter.send(self._wire_report(), attempts=3)
+                    await self.reporter.send(self.wire_report(), attempts=3)
                     last_sent = now
 
     async def _apply(self, changes: list[Change]) -> None:
@@ -205,7 +214,7 @@ class Agent:
 
     async def _scrape(self, http: httpx.AsyncClient) -> metrics.StreamStats | None:
         try:
-            response = await http.get(f"http://127.0.0.1:{METRICS_PORT}/metrics")
+            response = await http.get(self.metrics_url)
             return metrics.parse(response.text) if response.is_success else None
         except httpx.HTTPError:
             return None
@@ -237,7 +246,7 @@ class Agent:
                         "name": "latency",
                         "ok": ok,
                         "code": None if ok else "LatencyAboveSLO",
-                        "detail": f"viewer RTT + jitter buffer {stats.rtt_latency_ms:.0f} ms"
+                        "detail": f"viewer-reported {stats.rtt_latency_ms:.1f} ms"
                         f" + pipeline {self.pipeline_latency_ms or 0:.1f} ms",
                     }
                 )

@@ -1,0 +1,697 @@
+"""Glass-to-glass latency through a real TURN relay, on one machine, with real parts.
+
+In a private network namespace (libnice and aioice skip loopback, so a veth pair carries the
+traffic, and nothing leaves the namespace):
+- coturn (`turnserver`, use-auth-secret with the control plane's TURN secret) on UDP 3478;
+- the control plane (`vdi-control serve`, embedded Postgres) against the fake Kubernetes API;
+  a CPU session is created and its pod comes up in the fake;
+- this process then plays the pod's agent with the agent's own code: it reads the pod's
+  environment (the Secret's values resolved as the kubelet would), runs the agent's checks
+  (x264enc on this GPU-less machine), reports them (the session goes Running), and builds the
+  agent's pipeline, which a GStreamer process (bench/webrtc_sender.py) runs into webrtcbin with
+  the session's TURN credentials, relay only;
+- a viewer (aiortc, relay only, bench/webrtc_receiver.py) answers with the credentials of the
+  session's `connection`, decodes the H.264 frames and reads back the capture time that the
+  sender drew into each picture on the same monotonic clock;
+- the viewer's figures are published as Selkies publishes a browser's (`webrtc_statistics`,
+  `fps`, `latency` on the metrics port) and the agent's own watch loop reports them, which sets
+  the session's StreamHealthy and LatencyWithinSLO conditions.
+The same run connects once directly (host candidates, no relay) as the floor, and checks that
+a wrong TURN password and an expired credential get no relay.
+
+`python -m bench.glass_to_glass` prints the table; `--json` prints the figures for tests.
+Needs root (network namespace), coturn, GStreamer with python3-gi/gi-cairo (Debian packages).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from aiortc import RTCIceServer
+from prometheus_client import CollectorRegistry, Gauge, Info, start_http_server
+
+from agent.pipeline import SOFTWARE, Caps, Element, StreamSettings, build
+from agent.runner import Agent, AgentEnv, check_report
+from agent.supervisor import METRICS_PORT
+from app.cluster.fake import FakeKubernetes, start_fake_cluster
+from app.cluster.manifests import SESSION_ID_LABEL
+from app.security import turn_credentials
+from bench.webrtc_receiver import Receiver, browser_like_aiortc, ice_servers
+
+IN_NETNS = "VDI_G2G_IN_NETNS"
+NAMESPACE = "vdi"
+TURN_IP = "10.213.0.1"  # coturn, and the sender's host address
+PEER_IP = "10.213.0.2"  # the viewer's host address
+TURN_PORT = 3478
+REPO = Path(__file__).resolve().parents[1]
+SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's, with gi (the venv has no PyGObject)
+SENDER = REPO / "bench" / "webrtc_sender.py"
+
+
+# -- the private network ------------------------------------------------------------------------
+
+
+def reexec_in_private_network(argv: list[str]) -> None:
+    """Run this module again in new network and PID namespaces: the veth pair, coturn and every
+    peer live and die there (the PID namespace kills whatever is left when the harness ends)."""
+    if shutil.which("unshare") is None:
+        raise SystemExit("glass_to_glass: `unshare` (util-linux) is needed")
+    command = ["unshare", "--net", "--pid", "--fork", "--kill-child", "--mount-proc"]
+    os.execvpe(
+        command[0],
+        [*command, sys.executable, "-m", "bench.glass_to_glass", *argv],
+        {**os.environ, IN_NETNS: "1"},
+    )
+
+
+def set_up_network() -> None:
+    """lo up, and a veth pair with a private address at each end. Not named veth*: libnice
+    ignores interfaces with that prefix."""
+    for command in (
+        "ip link set lo up",
+        "ip link add vdig0 type veth peer name vdig1",
+        f"ip addr add {TURN_IP}/24 dev vdig0",
+        f"ip addr add {PEER_IP}/24 dev vdig1",
+        "ip link set vdig0 up",
+        "ip link set vdig1 up",
+    ):
+        subprocess.run(command.split(), check=True, capture_output=True)
+
+
+# -- coturn -------------------------------------------------------------------------------------
+
+
+def _stun_binding_answered(host: str, port: int, timeout_s: float) -> bool:
+    request = b"\x00\x01\x00\x00\x21\x12\xa4\x42" + os.urandom(12)  # RFC 5389 Binding request
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.settimeout(timeout_s)
+        probe.sendto(request, (host, port))
+        try:
+            answer, _ = probe.recvfrom(2048)
+        except TimeoutError:
+            return False
+    return answer[:2] == b"\x01\x01" and answer[8:20] == request[8:20]
+
+
+@contextlib.contextmanager
+def coturn(workdir: Path, turn_secret: str) -> Iterator[Path]:
+    """turnserver on TURN_IP:3478, REST-API credentials (use-auth-secret). The secret goes in a
+    0600 config file, never on the command line. Yields its log file."""
+    config = workdir / "turnserver.conf"
+    log = workdir / "turnserver.log"
+    config.touch(mode=0o600)
+    config.write_text(
+        "\n".join(
+            [
+                f"listening-ip={TURN_IP}",
+                f"relay-ip={TURN_IP}",
+                f"listening-port={TURN_PORT}",
+                "min-port=49152",
+                "max-port=49500",
+                "use-auth-secret",
+                f"static-auth-secret={turn_secret}",
+                "realm=vdi.test",
+                "fingerprint",
+                "no-tls",
+                "no-dtls",
+                "no-cli",
+                f"userdb={workdir / 'turndb'}",
+                f"pidfile={workdir / 'turnserver.pid'}",
+                f"log-file={log}",
+                "simple-log",
+                "",
+            ]
+        )
+    )
+    process = subprocess.Popen(
+        ["turnserver", "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while not _stun_binding_answered(TURN_IP, TURN_PORT, 0.2):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"coturn did not start: {_tail(log)}")
+        yield log
+    finally:
+        _stop(process)
+
+
+def _stop(process: subprocess.Popen[Any], timeout_s: float = 10) -> None:
+    if process.poll() is None:
+        os.kill(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+# -- the control plane --------------------------------------------------------------------------
+
+
+@dataclass
+class ControlPlane:
+    url: str
+    admin: dict[str, str]
+    process: subprocess.Popen[Any]
+    log: Path
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        async with httpx.AsyncClient(base_url=self.url, headers=self.admin, timeout=30) as http:
+            response = await http.request(method, path, **kwargs)
+        if not response.is_success:
+            raise RuntimeError(f"{method} {path}: {response.status_code} {response.text}")
+        return response.json()
+
+    async def session(self, session_id: str) -> dict[str, Any]:
+        return await self.request("GET", f"/v1/sessions/{session_id}")  # type: ignore[no-any-return]
+
+    async def wait_phase(self, session_id: str, phases: set[str], timeout_s: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            session = await self.session(session_id)
+            if session["phase"] in phases:
+                return session
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"session stayed {session['phase']} ({session['reason']})")
+            await asyncio.sleep(0.1)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def control_plane(workdir: Path, fake_url: str, turn_secret: str) -> AsyncIterator[ControlPlane]:
+    port = _free_port()
+    kubeconfig = workdir / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "fake", "cluster": {"server": fake_url}}],
+                "users": [{"name": "fake", "user": {}}],
+                "contexts": [
+                    {
+                        "name": "fake",
+                        "context": {"cluster": "fake", "user": "fake", "namespace": NAMESPACE},
+                    }
+                ],
+                "current-context": "fake",
+            }
+        )
+    )
+    admin_token = "vdi_g2g-admin-" + secrets.token_urlsafe(32)
+    env = {
+        **os.environ,
+        "VDI_DATA_DIR": str(workdir / "data"),
+        "VDI_SECRET_KEY": secrets.token_urlsafe(48),
+        "VDI_TURN_SECRET": turn_secret,
+        "VDI_TURN_HOST": TURN_IP,
+        "VDI_TURN_PORT": str(TURN_PORT),
+        "VDI_BOOTSTRAP_TOKEN": admin_token,
+        "VDI_CLUSTER": "kubernetes",
+        "VDI_NAMESPACE": NAMESPACE,
+        "KUBECONFIG": str(kubeconfig),
+        "VDI_PORT": str(port),
+        "VDI_CALLBACK_URL": f"http://127.0.0.1:{port}",
+        "VDI_RECONCILE_INTERVAL_S": "0.2",
+        "VDI_LOG_LEVEL": "WARNING",
+    }
+    env.pop("VDI_DATABASE_URL", None)
+    log = workdir / "control-plane.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-c", "from app.cli import main; main()", "serve"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    plane = ControlPlane(
+        f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {admin_token}"}, process, log
+    )
+    try:
+        deadline = time.monotonic() + 60
+        async with httpx.AsyncClient(timeout=2) as http:
+            while True:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the control plane did not start:\n{_tail(log)}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await http.get(f"{plane.url}/readyz")).is_success:
+                        break
+                await asyncio.sleep(0.1)
+        yield plane
+    finally:
+        await asyncio.to_thread(_stop, process, 20)
+
+
+def pod_environment(fake: FakeKubernetes, pod_name: str) -> dict[str, str]:
+    """The agent container's environment as the kubelet gives it: values, and secretKeyRef
+    values read from the Secret."""
+    pod = fake.find("pods", NAMESPACE, pod_name)
+    if pod is None:
+        raise RuntimeError(f"pod {pod_name} not found")
+    env: dict[str, str] = {}
+    for item in pod["spec"]["containers"][0]["env"]:
+        if "value" in item:
+            env[item["name"]] = item["value"]
+            continue
+        ref = item["valueFrom"]["secretKeyRef"]
+        secret = fake.find("secrets", NAMESPACE, ref["name"])
+        if secret is None:
+            raise RuntimeError(f"secret {ref['name']} not found")
+        env[item["name"]] = base64.b64decode(secret["data"][ref["key"]]).decode()
+    return env
+
+
+# -- streaming ----------------------------------------------------------------------------------
+
+
+def sender_pipeline(width: int, height: int, framerate: int, env: AgentEnv, pattern: str) -> str:
+    """The agent's x264 pipeline after its capture element. The capture stand-in is a live test
+    source at the screen's size behind a one-frame leaky queue, so that, like ximagesrc, it
+    captures "now" instead of catching up on frames it could not send before the viewer
+    connected; the capture time is drawn into each picture right there."""
+    source = (
+        Element("videotestsrc", (("is-live", "true"), ("pattern", pattern))),
+        Caps(f"video/x-raw,format=BGRx,width={width},height={height},framerate={framerate}/1"),
+        Element(
+            "queue",
+            (
+                ("leaky", "downstream"),
+                ("max-size-buffers", "1"),
+                ("max-size-bytes", "0"),
+                ("max-size-time", "0"),
+            ),
+        ),
+        Element("cairooverlay", name="stamp"),
+    )
+    settings = StreamSettings(bitrate_kbps=env.bitrate_kbps, gop_size=env.gop_size)
+    return build(SOFTWARE, settings, source=source).render()
+
+
+def webrtc_uri(scheme: str, host: str, port: str, user: str = "", password: str = "") -> str:
+    """webrtcbin's stun://host:port and turn://user:password@host:port; the REST username holds
+    a ':' so both are percent-encoded."""
+    if not user:
+        return f"{scheme}://{host}:{port}"
+    quote = urllib.parse.quote
+    return f"{scheme}://{quote(user, safe='')}:{quote(password, safe='')}@{host}:{port}"
+
+
+class Sender:
+    """bench/webrtc_sender.py under Debian's python3, spoken to in JSON lines."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.offer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.stats: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.states: list[tuple[str, str]] = []
+        self.errors: list[str] = []
+        self._reader = asyncio.create_task(self._read())
+
+    @classmethod
+    async def start(cls, pipeline: str, stun: str, turn: str, relay_only: bool) -> Sender:
+        args = ["--pipeline", pipeline, "--stun", stun, "--turn", turn]
+        if relay_only:
+            args.append("--relay-only")
+        process = await asyncio.create_subprocess_exec(
+            SYSTEM_PYTHON,
+            str(SENDER),
+            *args,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+        return cls(process)
+
+    async def _read(self) -> None:
+        assert self.process.stdout is not None
+        async for line in self.process.stdout:
+            message = json.loads(line)
+            if "offer" in message and not self.offer.done():
+                self.offer.set_result(message)
+            elif "stats" in message and not self.stats.done():
+                self.stats.set_result(message)
+            elif "state" in message:
+                self.states.append((message["state"], message["value"]))
+            elif "error" in message:
+                self.errors.append(message["error"])
+                for future in (self.offer, self.stats):
+                    if not future.done():
+                        future.set_exception(RuntimeError(message["error"]))
+        for future in (self.offer, self.stats):
+            if not future.done():
+                future.set_exception(RuntimeError(f"the sender exited: {self.errors}"))
+
+    async def send(self, message: dict[str, Any]) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write((json.dumps(message) + "\n").encode())
+        await self.process.stdin.drain()
+
+    async def stop(self) -> dict[str, Any] | None:
+        stats: dict[str, Any] | None = None
+        with contextlib.suppress(Exception):
+            await self.send({"stop": True})
+            stats = await asyncio.wait_for(self.stats, 10)
+        try:
+            await asyncio.wait_for(self.process.wait(), 10)
+        except TimeoutError:
+            os.kill(self.process.pid, signal.SIGKILL)
+            await self.process.wait()
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader
+        return stats
+
+
+def sender_candidate_types(stats: dict[str, Any] | None) -> dict[str, str | None]:
+    """The ICE pair webrtcbin used, from its own stats."""
+    reports = (stats or {}).get("stats", [])
+    by_id = {r.get("id"): r for r in reports}
+    for report in reports:
+        if report.get("kind") == "transport-stats" or report.get("kind") == "candidate-pair":
+            local = by_id.get(report.get("local-candidate-id"), {})
+            remote = by_id.get(report.get("remote-candidate-id"), {})
+            if local or remote:
+                return {
+                    "local": local.get("candidate-type"),
+                    "remote": remote.get("candidate-type"),
+                }
+    types = {r.get("candidate-type") for r in reports if r.get("kind") == "local-candidate"}
+    return {"local": ",".join(sorted(t for t in types if t)) or None, "remote": None}
+
+
+@dataclass
+class SelkiesMetrics:
+    """What Selkies' metrics endpoint shows for a connected browser, fed by the viewer."""
+
+    registry: CollectorRegistry
+    stats: Info
+    fps: Gauge
+    latency: Gauge
+
+    @classmethod
+    def serve(cls, port: int) -> tuple[SelkiesMetrics, Any]:
+        registry = CollectorRegistry()
+        metrics = cls(
+            registry,
+            Info("webrtc_statistics", "WebRTC statistics from the client", registry=registry),
+            Gauge("fps", "Frames per second observed by client", registry=registry),
+            Gauge("latency", "Latency observed by client (ms)", registry=registry),
+        )
+        server, _thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+        return metrics, server
+
+    def publish(self, frames_decoded: int, jitter_s: float, fps: float, latency_ms: float) -> None:
+        self.stats.info(
+            {
+                "inbound-rtp.kind": "video",
+                "inbound-rtp.framesDecoded": str(frames_decoded),
+                "inbound-rtp.jitter": f"{jitter_s:.6f}",
+            }
+        )
+        self.fps.set(fps)
+        self.latency.set(latency_ms)
+
+
+async def stream(
+    pipeline: str,
+    env: dict[str, str],
+    connection: dict[str, Any],
+    *,
+    seconds: float,
+    relay_only: bool = True,
+    marker_release: bool = True,
+    metrics: SelkiesMetrics | None = None,
+) -> dict[str, Any]:
+    """One sender and one viewer for `seconds` after the first frame; their figures."""
+    stun = webrtc_uri("stun", env["SELKIES_STUN_HOST"], env["SELKIES_STUN_PORT"])
+    turn = webrtc_uri(
+        "turn",
+        env["SELKIES_TURN_HOST"],
+        env["SELKIES_TURN_PORT"],
+        env["SELKIES_TURN_USERNAME"],
+        env["SELKIES_TURN_PASSWORD"],
+    )
+    sender = await Sender.start(pipeline, stun, turn, relay_only)
+    sender_stats: dict[str, Any] | None = None
+    with browser_like_aiortc(marker_release):
+        viewer = Receiver(ice_servers(connection), relay_only=relay_only)
+        try:
+            offer = await asyncio.wait_for(sender.offer, 30)
+            answer = await viewer.answer(offer["offer"], offer["candidates"])
+            await sender.send({"answer": answer})
+            await asyncio.wait_for(viewer.connected.wait(), 30)
+            deadline = time.monotonic() + seconds + viewer.warmup_s
+            while time.monotonic() < deadline:
+                await asyncio.sleep(0.5)
+                if metrics is not None and viewer.result.latencies_ms:
+                    result = await viewer.collect_stats()
+                    recent = result.latencies_ms[-60:]
+                    metrics.publish(
+                        result.frames_decoded,
+                        result.jitter_s or 0.0,
+                        result.fps,
+                        statistics.median(recent),
+                    )
+            result = await viewer.collect_stats()
+        finally:
+            sender_stats = await sender.stop()
+            await viewer.close()
+    summary = result.summary()
+    summary["viewer_candidate_types"] = result.local_candidate_types
+    summary["sender_offered"] = [c.split()[7] for c in offer["candidates"] if "typ" in c]
+    summary["sender_pair"] = sender_candidate_types(sender_stats)
+    summary["frames_sent"] = (sender_stats or {}).get("stamped")
+    return summary
+
+
+async def relay_candidates(servers: list[RTCIceServer]) -> list[str]:
+    """The candidate types a relay-only peer gathers with these TURN credentials."""
+    with browser_like_aiortc():
+        viewer = Receiver(servers, relay_only=True)
+        try:
+            viewer.pc.addTransceiver("video", direction="recvonly")
+            await viewer.pc.setLocalDescription(await viewer.pc.createOffer())
+            gatherer = viewer.pc.getTransceivers()[0].receiver.transport.transport.iceGatherer
+            return [c.type for c in gatherer.getLocalCandidates()]
+        finally:
+            await viewer.close()
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+
+def _resolution(text: str) -> tuple[int, int]:
+    width, _, height = text.partition("x")
+    return int(width), int(height)
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    report: dict[str, Any] = {"runs": []}
+    turn_secret = secrets.token_urlsafe(32)
+    with tempfile.TemporaryDirectory(prefix="vdi-g2g-") as tmp:
+        workdir = Path(tmp)
+        with coturn(workdir, turn_secret) as turn_log:
+            async with (
+                start_fake_cluster() as (fake, fake_url),
+                control_plane(workdir, fake_url, turn_secret) as plane,
+            ):
+                await plane.request(
+                    "PUT",
+                    "/v1/templates/g2g-cpu",
+                    json={"image": "vdi/session:bench", "gpu": 0, "framerate": args.framerate},
+                )
+                created = await plane.request(
+                    "POST", "/v1/sessions", json={"user": "alice", "template": "g2g-cpu"}
+                )
+                session_id = created["id"]
+                await plane.wait_phase(session_id, {"Starting"}, 60)
+                pods = [
+                    p
+                    for p in fake.live("pods")
+                    if p["metadata"]["labels"].get(SESSION_ID_LABEL) == session_id
+                ]
+                env = pod_environment(fake, pods[0]["metadata"]["name"])
+
+                # The agent in the pod: its checks, its first report, its pipeline.
+                agent_env = AgentEnv.from_environ(env)
+                metrics, metrics_server = SelkiesMetrics.serve(METRICS_PORT)
+                agent = Agent(agent_env, metrics_url=f"http://127.0.0.1:{METRICS_PORT}/metrics")
+                agent.report, choice = check_report(agent_env)
+                if not await agent.reporter.send(agent.wire_report()):
+                    raise RuntimeError("the control plane did not take the agent's report")
+                running = await plane.wait_phase(session_id, {"Running", "Failed"}, 30)
+                report["session_after_checks"] = {
+                    "phase": running["phase"],
+                    "encoder": running["encoder"],
+                    "conditions": _conditions(running),
+                }
+                connection = await plane.request(
+                    "GET", f"/v1/sessions/{session_id}/connection"
+                )
+                watcher = asyncio.create_task(agent.watch())
+                try:
+                    for index, text in enumerate(args.resolutions):
+                        width, height = _resolution(text)
+                        pipeline = sender_pipeline(
+                            width, height, args.framerate, agent_env, args.pattern
+                        )
+                        if index == 0:
+                            report["pipeline"] = pipeline
+                        modes = [("relay", True, True)]
+                        if args.floor:
+                            modes.append(("direct", False, True))
+                        if args.aiortc_jitter_buffer and index == 0:
+                            modes.append(("relay, aiortc jitter buffer", True, False))
+                        for mode, relay_only, marker in modes:
+                            figures = await stream(
+                                pipeline,
+                                env,
+                                connection,
+                                seconds=args.seconds,
+                                relay_only=relay_only,
+                                marker_release=marker,
+                                metrics=metrics if index == 0 and mode == "relay" else None,
+                            )
+                            figures.update(mode=mode, target=f"{width}x{height}")
+                            report["runs"].append(figures)
+                            if index == 0 and mode == "relay":
+                                report["session_while_streaming"] = await _wait_conditions(
+                                    plane, session_id
+                                )
+                finally:
+                    watcher.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await watcher
+                    metrics_server.shutdown()
+
+                # Negative: a wrong password and an expired (correctly signed) credential.
+                good = ice_servers(connection)
+                turn_url = [u for s in good for u in s.urls if u.startswith("turn:")]
+                user = next(s.username for s in good if s.username)
+                expired_user, expired_password = turn_credentials(
+                    turn_secret, uuid.UUID(session_id), datetime.now(UTC) - timedelta(minutes=5)
+                )
+                report["relay_with"] = {
+                    "session_credentials": await relay_candidates(good),
+                    "wrong_password": await relay_candidates(
+                        [RTCIceServer(urls=turn_url, username=user, credential="wrong-password")]
+                    ),
+                    "expired_credential": await relay_candidates(
+                        [
+                            RTCIceServer(
+                                urls=turn_url, username=expired_user, credential=expired_password
+                            )
+                        ]
+                    ),
+                }
+                report["turn_log_401"] = _tail(turn_log, 10_000).count("401")
+                report["choice"] = {"encoder": choice.encoder, "fallback": choice.fallback}
+    return report
+
+
+def _conditions(session: dict[str, Any]) -> dict[str, str]:
+    return {c["type"]: c["status"] for c in session["conditions"]}
+
+
+async def _wait_conditions(plane: ControlPlane, session_id: str) -> dict[str, Any]:
+    """Wait (bounded) for the agent's watch loop to have reported the stream."""
+    deadline = time.monotonic() + 15
+    while True:
+        session = await plane.session(session_id)
+        conditions = _conditions(session)
+        done = conditions.get("StreamHealthy") == "True" and conditions.get(
+            "LatencyWithinSLO"
+        ) in ("True", "False")
+        if done or time.monotonic() > deadline:
+            messages = {c["type"]: c["message"] for c in session["conditions"]}
+            return {"phase": session["phase"], "conditions": conditions, "messages": messages}
+        await asyncio.sleep(0.25)
+
+
+def print_table(report: dict[str, Any]) -> None:
+    print(f"pipeline: {report['pipeline']}")
+    print(
+        "\n| stream | path | fps | p50 ms | p95 ms | p99 ms | frames | lost | jitter ms "
+        "| ICE pair (viewer) | p50 vs direct |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    direct = {r["target"]: r["p50_ms"] for r in report["runs"] if r["mode"] == "direct"}
+    for run_ in report["runs"]:
+        floor = direct.get(run_["target"])
+        ratio = f"{run_['p50_ms'] / floor:.2f}x" if floor and run_["p50_ms"] else "-"
+        print(
+            f"| {run_['target']} | {run_['mode']} | {run_['fps']} | {run_['p50_ms']} "
+            f"| {run_['p95_ms']} | {run_['p99_ms']} | {run_['frames_decoded']} "
+            f"| {run_['packets_lost']} | {run_['jitter_ms']} "
+            f"| {run_['local_candidate']}/{run_['remote_candidate']} | {ratio} |"
+        )
+    streaming = report.get("session_while_streaming", {})
+    print(f"\nsession while streaming: {streaming.get('phase')} {streaming.get('conditions')}")
+    print(f"relay candidates gathered with: {report['relay_with']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--resolutions", nargs="+", default=["1280x720", "1920x1080"])
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured per run")
+    parser.add_argument("--framerate", type=int, default=60)
+    parser.add_argument("--pattern", default="ball", help="videotestsrc pattern (content)")
+    parser.add_argument("--no-floor", dest="floor", action="store_false", help="skip direct")
+    parser.add_argument(
+        "--aiortc-jitter-buffer",
+        action="store_true",
+        help="also measure the first resolution with aiortc's own jitter buffer",
+    )
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    if os.environ.get(IN_NETNS) != "1":
+        reexec_in_private_network(argv)
+    set_up_network()
+    report = asyncio.run(run(args))
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print_table(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
