@@ -2,7 +2,8 @@
 
     python3 -m agent.gst_tools parse '<pipeline>'        -> exit 0 if Gst.parse_launch accepts it
     python3 -m agent.gst_tools run '<pipeline>' SECONDS   -> prints JSON: buffers at the element
-                                                             named `out`, elapsed seconds, errors
+                                                             named `out`, their fps and caps,
+                                                             errors
 
 Kept free of the agent's other dependencies, so any Python with PyGObject can run it."""
 
@@ -38,9 +39,12 @@ def run(description: str, seconds: float) -> int:
     Gst = _gst()
     pipeline = Gst.parse_launch(description)
     sink = pipeline.get_by_name("out")
-    counts: dict[str, Any] = {"buffers": 0, "first": None, "last": None}
+    counts: dict[str, Any] = {"buffers": 0, "first": None, "last": None, "caps": None}
 
-    def on_buffer(_pad: Any, _info: Any) -> Any:
+    def on_buffer(pad: Any, _info: Any) -> Any:
+        if counts["caps"] is None:
+            caps = pad.get_current_caps()
+            counts["caps"] = caps.to_string() if caps is not None else None
         now = time.monotonic()
         counts["buffers"] += 1
         counts["first"] = counts["first"] or now
@@ -64,7 +68,16 @@ def run(description: str, seconds: float) -> int:
     pipeline.set_state(Gst.State.NULL)
     span = (counts["last"] or 0) - (counts["first"] or 0)
     fps = (counts["buffers"] - 1) / span if span > 0 else 0.0
-    print(json.dumps({"buffers": counts["buffers"], "fps": round(fps, 2), "errors": errors}))
+    print(
+        json.dumps(
+            {
+                "buffers": counts["buffers"],
+                "fps": round(fps, 2),
+                "caps": counts["caps"],
+                "errors": errors,
+            }
+        )
+    )
     return 1 if errors else 0
 
 

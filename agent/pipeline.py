@@ -143,6 +143,8 @@ def build(
     if settings.framerate is not None:
         stages += [Element("videorate"), Caps(f"video/x-raw,framerate={settings.framerate}/1")]
     stages.append(Element("videoconvert"))
+    if encoder == SOFTWARE:
+        stages.append(X264_INPUT)
     if settings.width and settings.height:
         stages += [
             Element("videoscale"),
@@ -156,7 +158,7 @@ def build(
     else:
         raise ValueError(f"unknown encoder {encoder!r}")
     if encoder == SOFTWARE:
-        stages += [X264_INPUT, Element(encoder, properties), X264_OUTPUT]
+        stages += [Element(encoder, properties), X264_OUTPUT]
     else:
         stages.append(Element(encoder, properties))
     stages.append(Element("rtph264pay", (("config-interval", "1"), ("pt", "96"))))

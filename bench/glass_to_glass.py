@@ -196,7 +196,9 @@ class ControlPlane:
     async def session(self, session_id: str) -> dict[str, Any]:
         return await self.request("GET", f"/v1/sessions/{session_id}")  # type: ignore[no-any-return]
 
-    async def wait_phase(self, session_id: str, phases: set[str], timeout_s: float) -> dict[str, Any]:
+    async def wait_phase(
+        self, session_id: str, phases: set[str], timeout_s: float
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
         while True:
             session = await self.session(session_id)
@@ -214,7 +216,9 @@ def _free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def control_plane(workdir: Path, fake_url: str, turn_secret: str) -> AsyncIterator[ControlPlane]:
+async def control_plane(
+    workdir: Path, fake_url: str, turn_secret: str
+) -> AsyncIterator[ControlPlane]:
     port = _free_port()
     kubeconfig = workdir / "kubeconfig"
     kubeconfig.write_text(
@@ -253,13 +257,7 @@ async def control_plane(workdir: Path, fake_url: str, turn_secret: str) -> Async
     }
     env.pop("VDI_DATABASE_URL", None)
     log = workdir / "control-plane.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-c", "from app.cli import main; main()", "serve"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    process = await asyncio.to_thread(_start_serve, env, log)
     plane = ControlPlane(
         f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {admin_token}"}, process, log
     )
@@ -276,6 +274,16 @@ async def control_plane(workdir: Path, fake_url: str, turn_secret: str) -> Async
         yield plane
     finally:
         await asyncio.to_thread(_stop, process, 20)
+
+
+def _start_serve(env: dict[str, str], log: Path) -> subprocess.Popen[Any]:
+    with log.open("w") as out:
+        return subprocess.Popen(
+            [sys.executable, "-c", "from app.cli import main; main()", "serve"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def pod_environment(fake: FakeKubernetes, pod_name: str) -> dict[str, str]:
@@ -527,7 +535,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     turn_secret = secrets.token_urlsafe(32)
     with tempfile.TemporaryDirectory(prefix="vdi-g2g-") as tmp:
         workdir = Path(tmp)
-        with coturn(workdir, turn_secret) as turn_log:
+        with coturn(workdir, turn_secret):
             async with (
                 start_fake_cluster() as (fake, fake_url),
                 control_plane(workdir, fake_url, turn_secret) as plane,
@@ -562,9 +570,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     "encoder": running["encoder"],
                     "conditions": _conditions(running),
                 }
-                connection = await plane.request(
-                    "GET", f"/v1/sessions/{session_id}/connection"
-                )
+                connection = await plane.request("GET", f"/v1/sessions/{session_id}/connection")
                 watcher = asyncio.create_task(agent.watch())
                 try:
                     for index, text in enumerate(args.resolutions):
@@ -621,7 +627,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         ]
                     ),
                 }
-                report["turn_log_401"] = _tail(turn_log, 10_000).count("401")
                 report["choice"] = {"encoder": choice.encoder, "fallback": choice.fallback}
     return report
 
@@ -636,9 +641,8 @@ async def _wait_conditions(plane: ControlPlane, session_id: str) -> dict[str, An
     while True:
         session = await plane.session(session_id)
         conditions = _conditions(session)
-        done = conditions.get("StreamHealthy") == "True" and conditions.get(
-            "LatencyWithinSLO"
-        ) in ("True", "False")
+        latency = conditions.get("LatencyWithinSLO")
+        done = conditions.get("StreamHealthy") == "True" and latency in ("True", "False")
         if done or time.monotonic() > deadline:
             messages = {c["type"]: c["message"] for c in session["conditions"]}
             return {"phase": session["phase"], "conditions": conditions, "messages": messages}

@@ -3,7 +3,9 @@ GStreamer parses and runs."""
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -190,7 +192,16 @@ def test_the_x264_pipeline_encodes_the_screen_under_xvfb(tmp_path: Path) -> None
         ).render()
         result = gst_tool("run", text, "30")
         assert result.returncode == 0, result.stderr
-        assert json.loads(result.stdout)["buffers"] >= 30
+        report = json.loads(result.stdout)
+        assert report["buffers"] >= 30
+        # The screen is BGRx; left to itself x264enc picks 4:4:4 and High 4:4:4 Predictive
+        # (profile_idc 244), which browsers cannot decode. The SPS must say Constrained
+        # Baseline: profile_idc 66 with constraint_set1 (0x40) set.
+        sprop = re.search(r'sprop-parameter-sets=\(string\)"([^"]+)"', report["caps"])
+        assert sprop is not None, report["caps"]
+        sps = base64.b64decode(sprop[1].replace("\\", "").split(",")[0])
+        assert sps[0] & 0x1F == 7, "first parameter set is an SPS"
+        assert (sps[1], sps[2] & 0x40) == (66, 0x40), sps[:4].hex()
     finally:
         os.kill(xvfb.pid, signal.SIGTERM)
         xvfb.wait(timeout=10)
