@@ -308,13 +308,18 @@ def pod_environment(fake: FakeKubernetes, pod_name: str) -> dict[str, str]:
 # -- streaming ----------------------------------------------------------------------------------
 
 
-def sender_pipeline(width: int, height: int, framerate: int, env: AgentEnv, pattern: str) -> str:
+def sender_pipeline(
+    width: int, height: int, framerate: int, env: AgentEnv, pattern: str, motion: int = 0
+) -> str:
     """The agent's x264 pipeline after its capture element. The capture stand-in is a live test
     source at the screen's size behind a one-frame leaky queue, so that, like ximagesrc, it
     captures "now" instead of catching up on frames it could not send before the viewer
     connected; the capture time is drawn into each picture right there."""
     source = (
-        Element("videotestsrc", (("is-live", "true"), ("pattern", pattern))),
+        Element(
+            "videotestsrc",
+            (("is-live", "true"), ("pattern", pattern), ("horizontal-speed", str(motion))),
+        ),
         Caps(f"video/x-raw,format=BGRx,width={width},height={height},framerate={framerate}/1"),
         Element(
             "queue",
@@ -576,7 +581,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     for index, text in enumerate(args.resolutions):
                         width, height = _resolution(text)
                         pipeline = sender_pipeline(
-                            width, height, args.framerate, agent_env, args.pattern
+                            width, height, args.framerate, agent_env, args.pattern, args.motion
                         )
                         if index == 0:
                             report["pipeline"] = pipeline
@@ -678,6 +683,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="measured per run")
     parser.add_argument("--framerate", type=int, default=60)
     parser.add_argument("--pattern", default="ball", help="videotestsrc pattern (content)")
+    parser.add_argument(
+        "--motion", type=int, default=0, help="scroll the whole picture N pixels per frame"
+    )
     parser.add_argument("--no-floor", dest="floor", action="store_false", help="skip direct")
     parser.add_argument(
         "--aiortc-jitter-buffer",
