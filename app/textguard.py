@@ -1,0 +1,121 @@
+"""Text Postgres cannot store, refused at the edge with a 422 naming the field.
+
+JSON allows "\\u0000" and unpaired UTF-16 surrogates ("\\ud800"), and Python decodes both into
+a str; Postgres text cannot hold a NUL and UTF-8 cannot encode a lone surrogate, so either would
+fail deep in a transaction as a 500. Every JSON body, query string and path is checked first."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import parse_qsl
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.errors import FieldError, problem_response
+
+UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+BODY_METHODS = {"POST", "PUT", "PATCH"}
+
+
+def unstorable(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
+    """(dotted field path, the bad character named) for each string that cannot be stored."""
+    if isinstance(value, str):
+        if match := UNSTORABLE.search(value):
+            yield path, _name(match.group())
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            child = f"{path}.{key}" if path else str(key)
+            yield from unstorable(key, child)
+            yield from unstorable(item, child)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from unstorable(item, f"{path}.{index}" if path else str(index))
+
+
+def _name(char: str) -> str:
+    return (
+        "a NUL character (\\u0000)"
+        if char == "\x00"
+        else f"an unpaired surrogate (\\u{ord(char):04x})"
+    )
+
+
+class TextGuardMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        bad = [("path", "", name) for _, name in unstorable(scope.get("path", ""))]
+        query = scope.get("query_string", b"").decode("latin-1")
+        bad += [
+            ("query", field, name)
+            for key, value in parse_qsl(query, keep_blank_values=True)
+            for field, name in unstorable({key: value})
+        ]
+        if scope.get("method") not in BODY_METHODS or bad:
+            if bad:
+                await self._refuse(scope, send, bad)
+            else:
+                await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                await self.app(scope, _replay([message], receive), send)
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        try:
+            document = json.loads(body) if body else None
+        except ValueError:
+            document = None  # not JSON: the route's own validation answers
+        bad = [("body", field, name) for field, name in unstorable(document)]
+        if bad:
+            await self._refuse(scope, send, bad)
+            return
+        replayed: Message = {"type": "http.request", "body": body, "more_body": False}
+        await self.app(scope, _replay([replayed], receive), send)
+
+    @staticmethod
+    async def _refuse(scope: Scope, send: Send, bad: list[tuple[str, str, str]]) -> None:
+        errors = [
+            FieldError(
+                field=field or location,
+                location=location,
+                message=f"contains {name}, which cannot be stored; remove it",
+                type="unstorable_character",
+            )
+            for location, field, name in bad
+        ]
+        first = errors[0]
+        response = problem_response(
+            None,
+            status=422,
+            slug="validation-failed",
+            title="Invalid request",
+            detail=f"{first.field}: {first.message}",
+            errors=errors,
+        )
+        await response(scope, _disconnected, send)
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    async def replay() -> Message:
+        if messages:
+            return messages.pop(0)
+        return await receive()
+
+    return replay
+
+
+async def _disconnected() -> Message:
+    return {"type": "http.disconnect"}
