@@ -167,6 +167,21 @@ def _database_unavailable(request: Request) -> JSONResponse:
     )
 
 
+# SQLSTATEs that mean "the server is not there right now": connection exceptions (class 08),
+# admin/crash shutdown and "the database system is starting up" (57P01-57P03), too many
+# connections (53300). asyncpg raises the last ones as plain errors, not OperationalError.
+AWAY_SQLSTATES = {"57P01", "57P02", "57P03", "53300"}
+
+
+def database_away(exc: DBAPIError) -> bool:
+    if exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError):
+        return True
+    sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(
+        getattr(exc.orig, "__cause__", None), "sqlstate", None
+    )
+    return isinstance(sqlstate, str) and (sqlstate in AWAY_SQLSTATES or sqlstate.startswith("08"))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AppError)
     async def _app_error(request: Request, exc: AppError) -> JSONResponse:
@@ -198,7 +213,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _database_error(request: Request, exc: DBAPIError) -> JSONResponse:
         # A lost or refused connection is the database being away, not a bug: say when to retry.
         # Anything else (a constraint we did not expect, bad SQL) stays a 500.
-        if not (exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)):
+        if not database_away(exc):
             raise exc
         log.warning("database unavailable", error=type(exc.orig).__name__ if exc.orig else None)
         return _database_unavailable(request)

@@ -57,7 +57,7 @@ def service(workdir: Path, **settings: str) -> Iterator[Service]:
     port = free_port()
     admin_token = "vdi_reliability-admin-" + secrets.token_urlsafe(24)
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k != "VDI_DATABASE_URL"},
         "VDI_DATA_DIR": str(workdir / "data"),
         "VDI_BOOTSTRAP_TOKEN": admin_token,
         "VDI_CLUSTER": "simulated",
@@ -66,7 +66,6 @@ def service(workdir: Path, **settings: str) -> Iterator[Service]:
         "VDI_LOG_LEVEL": "INFO",
         **settings,
     }
-    env.pop("VDI_DATABASE_URL", None)
     log = workdir / "service.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
