@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import uuid
 from collections.abc import Awaitable, Callable
@@ -203,9 +204,13 @@ async def test_injected_500_429_and_timeouts_still_converge_without_duplicates(
             "Provisioning",
             "Starting",
         ]
-    emulator.faults = FaultPlan()
+    # Deleted while the API still fails 30% of calls, which then recovers.
+    injected = emulator.faults_injected
     for session in sessions:
         await api.delete(f"/v1/sessions/{session['id']}", headers=ADMIN)
+    await asyncio.sleep(3)
+    assert emulator.faults_injected > injected, "no fault met the deletions"
+    emulator.faults = FaultPlan()
     for session in sessions:
         await eventually(phase_is(api, session["id"], "Terminated"), timeout_s=60)
     assert [

@@ -1,5 +1,6 @@
-"""Three service processes on one database and one (fake) cluster; one is killed with SIGKILL
-while provisioning. Nothing is stuck, nothing is duplicated, nothing is left without a session."""
+"""Service processes on one database and one (fake) cluster; a replica is killed with SIGKILL
+while provisioning, and a fresh one while terminating. Nothing is stuck in Provisioning or
+Terminating, nothing is duplicated, nothing is left without a session, no home is deleted."""
 
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def kubeconfig(path: Path, server: str) -> Path:
     return path
 
 
-async def test_sigkill_of_one_replica_mid_provisioning_loses_and_duplicates_nothing(
+async def test_sigkill_of_a_replica_mid_provisioning_and_mid_termination_loses_nothing(
     make_database: Callable[[str], Awaitable[str]], tmp_path: Path
 ) -> None:
     url = await make_database("vdi_recovery_test")
@@ -154,6 +155,65 @@ async def _scenario(db: asyncpg.Connection, url: str, tmp_path: Path) -> None:
                         f"some sessions never reached Starting: {rows}\n{stuck}\n{activity}\n{logs}"
                     )
                 await asyncio.sleep(0.1)
+            assert at_kill < SESSIONS, "the kill came after the work was done: it proved nothing"
+            phases = await db.fetch("SELECT phase, count(*) AS n FROM sessions GROUP BY phase")
+            assert {row["phase"]: row["n"] for row in phases} == {"Starting": SESSIONS}
+            starting = await db.fetch(
+                "SELECT session_id, count(*) AS n FROM session_events "
+                "WHERE type = 'PhaseChanged' AND phase = 'Starting' GROUP BY session_id"
+            )
+            assert len(starting) == SESSIONS
+            assert {row["n"] for row in starting} == {1}, "a session reached Starting twice"
+            names = {f"vdi-{i}" for i in ids}
+            for plural in ("pods", "secrets", "services", "ingressroutes"):
+                found = [o["metadata"]["name"] for o in fake.live(plural)]
+                assert len(found) == len(set(found)) == SESSIONS, plural
+                assert set(found) == names, f"{plural} without a session"
+            claims = [o["metadata"]["name"] for o in fake.live("persistentvolumeclaims")]
+            assert sorted(claims) == sorted(f"home-user-{i}" for i in range(SESSIONS))
+
+            # Mid-termination: a fresh replica joins, every session is deleted, and the new
+            # replica is killed while deleting. Nothing may stay in Terminating.
+            port = free_port()
+            log = (tmp_path / "replica-3.log").open("wb")
+            processes.append(
+                subprocess.Popen(  # noqa: ASYNC220 - returns at once
+                    [*VDI, "serve", "--port", str(port)], env=env, stdout=log, stderr=log
+                )
+            )
+            log.close()
+            await asyncio.to_thread(wait_ready, port, processes[-1])  # type: ignore[arg-type]
+            async with httpx.AsyncClient(timeout=30, headers=bearer(TEST_BOOTSTRAP_TOKEN)) as http:
+                semaphore = asyncio.Semaphore(16)
+
+                async def delete(n: int, session_id: str) -> None:
+                    async with semaphore:
+                        response = await http.delete(f"{bases[1 + n % 2]}/v1/sessions/{session_id}")
+                    assert response.status_code == 202, response.text
+
+                deleted = asyncio.gather(*(delete(n, i) for n, i in enumerate(sorted(ids))))
+                deadline = time.monotonic() + 60
+                while (
+                    await db.fetchval("SELECT count(*) FROM sessions WHERE phase = 'Terminated'")
+                    < 20
+                ):
+                    assert time.monotonic() < deadline, "termination never started"
+                    await asyncio.sleep(0.02)
+                os.kill(processes[-1].pid, signal.SIGKILL)
+                await asyncio.to_thread(processes[-1].wait, 10)
+                at_kill_terminating = await db.fetchval(
+                    "SELECT count(*) FROM sessions WHERE phase = 'Terminated'"
+                )
+                await deleted
+            deadline = time.monotonic() + 120
+            while (
+                await db.fetchval("SELECT count(*) FROM sessions WHERE phase = 'Terminated'")
+                < SESSIONS
+            ):
+                if time.monotonic() > deadline:
+                    rows = await db.fetch("SELECT phase, count(*) FROM sessions GROUP BY 1")
+                    raise AssertionError(f"sessions stuck on the way to Terminated: {rows}")
+                await asyncio.sleep(0.1)
         finally:
             # The fake API lives in this event loop: wait without blocking it.
             for process in processes:
@@ -161,19 +221,10 @@ async def _scenario(db: asyncpg.Connection, url: str, tmp_path: Path) -> None:
                     os.kill(process.pid, signal.SIGTERM)
             for process in processes:
                 await asyncio.to_thread(process.wait, 30)
-        assert at_kill < SESSIONS, "the kill came after the work was done: it proved nothing"
+        assert at_kill_terminating < SESSIONS, "the termination kill came too late"
         phases = await db.fetch("SELECT phase, count(*) AS n FROM sessions GROUP BY phase")
-        assert {row["phase"]: row["n"] for row in phases} == {"Starting": SESSIONS}
-        starting = await db.fetch(
-            "SELECT session_id, count(*) AS n FROM session_events "
-            "WHERE type = 'PhaseChanged' AND phase = 'Starting' GROUP BY session_id"
-        )
-        assert len(starting) == SESSIONS
-        assert {row["n"] for row in starting} == {1}, "a session reached Starting twice"
-        names = {f"vdi-{i}" for i in ids}
-        for plural in ("pods", "secrets", "services", "ingressroutes"):
-            found = [o["metadata"]["name"] for o in fake.live(plural)]
-            assert len(found) == len(set(found)) == SESSIONS, plural
-            assert set(found) == names, f"{plural} without a session"
+        assert {row["phase"]: row["n"] for row in phases} == {"Terminated": SESSIONS}
+        left = [o["metadata"]["name"] for o in fake.live() if o["kind"] != "PersistentVolumeClaim"]
+        assert left == [], "objects outlived their sessions"
         claims = [o["metadata"]["name"] for o in fake.live("persistentvolumeclaims")]
-        assert sorted(claims) == sorted(f"home-user-{i}" for i in range(SESSIONS))
+        assert len(claims) == SESSIONS, "a user's home was deleted with the session"
