@@ -141,7 +141,10 @@ def build(
         source = Element("ximagesrc", (("show-pointer", "true"),))
     stages: list[Element | Caps] = [source] if isinstance(source, Element) else list(source)
     if settings.framerate is not None:
-        stages += [Element("videorate"), Caps(f"video/x-raw,framerate={settings.framerate}/1")]
+        # Caps alone: ximagesrc (and live test sources) pace themselves to the asked rate. A
+        # videorate here would hold every frame until the next one arrives to decide whether to
+        # drop or duplicate: one frame interval (16.7 ms at 60 fps) of latency, measured.
+        stages.append(Caps(f"video/x-raw,framerate={settings.framerate}/1"))
     stages.append(Element("videoconvert"))
     if encoder == SOFTWARE:
         stages.append(X264_INPUT)

@@ -336,6 +336,59 @@ def sender_pipeline(
     return build(SOFTWARE, settings, source=source).render()
 
 
+def screen_pipeline(settings_framerate: int, env: AgentEnv) -> str:
+    """The agent's pipeline exactly as in the pod: `ximagesrc show-pointer=true` on $DISPLAY,
+    the template's frame rate."""
+    settings = StreamSettings(
+        bitrate_kbps=env.bitrate_kbps, gop_size=env.gop_size, framerate=settings_framerate
+    )
+    return build(SOFTWARE, settings).render()
+
+
+def painter_pipeline(width: int, height: int, framerate: int, pattern: str, motion: int) -> str:
+    """What the desktop shows: moving pictures stamped with the time they are drawn, put on the
+    X screen by ximagesink (the window covers the screen at 0,0: Xvfb has no window manager)."""
+    return (
+        f"videotestsrc is-live=true pattern={pattern} horizontal-speed={motion} ! "
+        f"video/x-raw,format=BGRx,width={width},height={height},framerate={framerate}/1 ! "
+        "cairooverlay name=stamp ! ximagesink sync=false"
+    )
+
+
+@contextlib.asynccontextmanager
+async def screen(
+    width: int, height: int, framerate: int, pattern: str, motion: int
+) -> AsyncIterator[str]:
+    """Xvfb at this size with the painter drawing on it; yields the DISPLAY."""
+    number = 50 + os.getpid() % 40
+    display = f":{number}"
+    xvfb = await asyncio.to_thread(
+        subprocess.Popen,
+        ["Xvfb", display, "-screen", "0", f"{width}x{height}x24", "-nolisten", "tcp"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    painter: Sender | None = None
+    try:
+        socket_path = Path(f"/tmp/.X11-unix/X{number}")
+        deadline = time.monotonic() + 20
+        while not os.path.exists(socket_path):  # noqa: ASYNC240 - a stat, instant
+            if xvfb.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("Xvfb did not start")
+            await asyncio.sleep(0.05)
+        painter = await Sender.start(
+            painter_pipeline(width, height, framerate, pattern, motion), display=display
+        )
+        await asyncio.sleep(1.0)  # the window is mapped and painting
+        if painter.process.returncode is not None:
+            raise RuntimeError(f"the painter stopped: {painter.errors}")
+        yield display
+    finally:
+        if painter is not None:
+            await painter.stop()
+        await asyncio.to_thread(_stop, xvfb)
+
+
 def webrtc_uri(scheme: str, host: str, port: str, user: str = "", password: str = "") -> str:
     """webrtcbin's stun://host:port and turn://user:password@host:port; the REST username holds
     a ':' so both are percent-encoded."""
@@ -357,10 +410,20 @@ class Sender:
         self._reader = asyncio.create_task(self._read())
 
     @classmethod
-    async def start(cls, pipeline: str, stun: str, turn: str, relay_only: bool) -> Sender:
-        args = ["--pipeline", pipeline, "--stun", stun, "--turn", turn]
+    async def start(
+        cls,
+        pipeline: str,
+        stun: str | None = None,
+        turn: str | None = None,
+        relay_only: bool = False,
+        display: str | None = None,
+    ) -> Sender:
+        args = ["--pipeline", pipeline]
+        if stun and turn:
+            args += ["--stun", stun, "--turn", turn]
         if relay_only:
             args.append("--relay-only")
+        extra = {"DISPLAY": display} if display else {}
         process = await asyncio.create_subprocess_exec(
             SYSTEM_PYTHON,
             str(SENDER),
@@ -368,7 +431,7 @@ class Sender:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
+            env={**os.environ, "PYTHONPATH": str(REPO), **extra},
         )
         return cls(process)
 
@@ -471,6 +534,7 @@ async def stream(
     relay_only: bool = True,
     marker_release: bool = True,
     metrics: SelkiesMetrics | None = None,
+    display: str | None = None,
 ) -> dict[str, Any]:
     """One sender and one viewer for `seconds` after the first frame; their figures."""
     stun = webrtc_uri("stun", env["SELKIES_STUN_HOST"], env["SELKIES_STUN_PORT"])
@@ -481,7 +545,7 @@ async def stream(
         env["SELKIES_TURN_USERNAME"],
         env["SELKIES_TURN_PASSWORD"],
     )
-    sender = await Sender.start(pipeline, stun, turn, relay_only)
+    sender = await Sender.start(pipeline, stun, turn, relay_only, display)
     sender_stats: dict[str, Any] | None = None
     with browser_like_aiortc(marker_release):
         viewer = Receiver(ice_servers(connection), relay_only=relay_only)
@@ -580,9 +644,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 try:
                     for index, text in enumerate(args.resolutions):
                         width, height = _resolution(text)
-                        pipeline = sender_pipeline(
-                            width, height, args.framerate, agent_env, args.pattern, args.motion
-                        )
+                        if args.source == "xvfb":
+                            pipeline = screen_pipeline(args.framerate, agent_env)
+                        else:
+                            pipeline = sender_pipeline(
+                                width, height, args.framerate, agent_env, args.pattern, args.motion
+                            )
                         if index == 0:
                             report["pipeline"] = pipeline
                         modes = [("relay", True, True)]
@@ -591,15 +658,28 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         if args.aiortc_jitter_buffer and index == 0:
                             modes.append(("relay, aiortc jitter buffer", True, False))
                         for mode, relay_only, marker in modes:
-                            figures = await stream(
-                                pipeline,
-                                env,
-                                connection,
-                                seconds=args.seconds,
-                                relay_only=relay_only,
-                                marker_release=marker,
-                                metrics=metrics if index == 0 and mode == "relay" else None,
-                            )
+                            async with contextlib.AsyncExitStack() as stack:
+                                display = None
+                                if args.source == "xvfb":
+                                    display = await stack.enter_async_context(
+                                        screen(
+                                            width,
+                                            height,
+                                            args.framerate,
+                                            args.pattern,
+                                            args.motion,
+                                        )
+                                    )
+                                figures = await stream(
+                                    pipeline,
+                                    env,
+                                    connection,
+                                    seconds=args.seconds,
+                                    relay_only=relay_only,
+                                    marker_release=marker,
+                                    metrics=metrics if index == 0 and mode == "relay" else None,
+                                    display=display,
+                                )
                             figures.update(mode=mode, target=f"{width}x{height}")
                             report["runs"].append(figures)
                             if index == 0 and mode == "relay":
@@ -682,6 +762,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resolutions", nargs="+", default=["1280x720", "1920x1080"])
     parser.add_argument("--seconds", type=float, default=10.0, help="measured per run")
     parser.add_argument("--framerate", type=int, default=60)
+    parser.add_argument(
+        "--source",
+        choices=("test", "xvfb"),
+        default="test",
+        help="test: a live test source stamped after capture; xvfb: the agent's own ximagesrc "
+        "capturing an Xvfb screen that a painter draws stamped pictures on",
+    )
     parser.add_argument("--pattern", default="ball", help="videotestsrc pattern (content)")
     parser.add_argument(
         "--motion", type=int, default=0, help="scroll the whole picture N pixels per frame"

@@ -99,6 +99,7 @@ class Received:
 
     frames_decoded: int = 0
     frames_stamped: int = 0  # frames whose capture time could be read back
+    frames_repeated: int = 0  # the same picture again (a capture between two paints)
     latencies_ms: list[float] = field(default_factory=list)
     captured_us: list[int] = field(default_factory=list)  # capture times read back
     started: float | None = None  # monotonic time of the first measured frame
@@ -133,6 +134,7 @@ class Received:
         return {
             "frames_decoded": self.frames_decoded,
             "frames_measured": len(self.latencies_ms),
+            "frames_repeated": self.frames_repeated,
             "fps": round(self.fps, 1),
             "p50_ms": _round(self.p50_ms),
             "p95_ms": _round(self.percentile(95)),
@@ -182,6 +184,7 @@ class Receiver:
         self.failed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._first_frame_at: float | None = None
+        self._last_stamp: int | None = None
 
         @self.pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
@@ -222,6 +225,10 @@ class Receiver:
             if stamp is None:
                 continue
             self.result.frames_stamped += 1
+            if stamp[0] == self._last_stamp:  # glass to glass counts a change's first showing
+                self.result.frames_repeated += 1
+                continue
+            self._last_stamp = stamp[0]
             if self._first_frame_at is None:
                 self._first_frame_at = now_us / 1e6
             if now_us / 1e6 - self._first_frame_at < self.warmup_s:

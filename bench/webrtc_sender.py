@@ -6,7 +6,8 @@ reads {"answer": sdp} on stdin, prints {"state": ...} as the connection changes,
 {"stop": true} (or stdin closing) prints {"stats": ...} from webrtcbin and exits.
 
 The pipeline must contain `cairooverlay name=stamp` where the capture time is drawn into the
-picture (bench/pixelcode.py) and `webrtcbin name=sendrecv`.
+picture (bench/pixelcode.py), or `webrtcbin name=sendrecv`, or both. With only the stamp it is a
+painter: it draws stamped pictures onto a display (ximagesink) for the sender to capture.
 Usage: /usr/bin/python3 bench/webrtc_sender.py --pipeline '...' --turn turn://u:p@h:3478
 """
 
@@ -37,6 +38,20 @@ class Sender:
     def __init__(self, description: str, stun: str | None, turn: str | None, relay: bool):
         self.pipeline = Gst.parse_launch(description)
         self.webrtc = self.pipeline.get_by_name("sendrecv")
+        self.candidates: list[str] = []
+        self.sequence = 0
+        self.stamped = 0
+        self.offered = False
+        self.loop = GLib.MainLoop()
+        stamp = self.pipeline.get_by_name("stamp")
+        if stamp is not None:
+            stamp.connect("draw", self.on_draw)
+        bus = self.pipeline.get_bus()
+        bus.add_signal_watch()
+        bus.connect("message::error", self.on_error)
+        GLib.io_add_watch(sys.stdin.fileno(), GLib.IO_IN | GLib.IO_HUP, self.on_stdin)
+        if self.webrtc is None:
+            return
         if stun:
             self.webrtc.set_property("stun-server", stun)
         if turn:
@@ -45,21 +60,11 @@ class Sender:
             self.webrtc.set_property(
                 "ice-transport-policy", GstWebRTC.WebRTCICETransportPolicy.RELAY
             )
-        self.candidates: list[str] = []
-        self.sequence = 0
-        self.stamped = 0
-        self.offered = False
-        self.loop = GLib.MainLoop()
         self.webrtc.connect("on-negotiation-needed", self.on_negotiation_needed)
         self.webrtc.connect("on-ice-candidate", self.on_ice_candidate)
         self.webrtc.connect("notify::ice-gathering-state", self.on_gathering)
         self.webrtc.connect("notify::connection-state", self.on_state)
         self.webrtc.connect("notify::ice-connection-state", self.on_state)
-        self.pipeline.get_by_name("stamp").connect("draw", self.on_draw)
-        bus = self.pipeline.get_bus()
-        bus.add_signal_watch()
-        bus.connect("message::error", self.on_error)
-        GLib.io_add_watch(sys.stdin.fileno(), GLib.IO_IN | GLib.IO_HUP, self.on_stdin)
 
     # -- the stamp: capture time into the picture, just before the encoder's input conversion
     def on_draw(self, _overlay, context, _timestamp, _duration) -> None:
@@ -125,10 +130,13 @@ class Sender:
         self.loop.quit()
 
     def stop(self) -> None:
-        promise = Gst.Promise.new()
-        self.webrtc.emit("get-stats", None, promise)
-        promise.wait()
-        emit({"stats": _stats(promise.get_reply()), "stamped": self.stamped})
+        reports: list[dict] = []
+        if self.webrtc is not None:
+            promise = Gst.Promise.new()
+            self.webrtc.emit("get-stats", None, promise)
+            promise.wait()
+            reports = _stats(promise.get_reply())
+        emit({"stats": reports, "stamped": self.stamped})
         self.loop.quit()
 
     def run(self) -> int:
