@@ -359,23 +359,33 @@ def painter_pipeline(width: int, height: int, framerate: int, pattern: str, moti
 async def screen(
     width: int, height: int, framerate: int, pattern: str, motion: int
 ) -> AsyncIterator[str]:
-    """Xvfb at this size with the painter drawing on it; yields the DISPLAY."""
-    number = 50 + os.getpid() % 40
-    display = f":{number}"
+    """Xvfb at this size with the painter drawing on it; yields the DISPLAY. Xvfb picks a free
+    display itself and writes its number on a pipe once it accepts clients (-displayfd)."""
+    read_end, write_end = os.pipe()
     xvfb = await asyncio.to_thread(
         subprocess.Popen,
-        ["Xvfb", display, "-screen", "0", f"{width}x{height}x24", "-nolisten", "tcp"],
+        [
+            "Xvfb",
+            "-displayfd",
+            str(write_end),
+            "-screen",
+            "0",
+            f"{width}x{height}x24",
+            "-nolisten",
+            "tcp",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        pass_fds=(write_end,),
     )
+    os.close(write_end)
     painter: Sender | None = None
     try:
-        socket_path = Path(f"/tmp/.X11-unix/X{number}")
-        deadline = time.monotonic() + 20
-        while not os.path.exists(socket_path):  # noqa: ASYNC240 - a stat, instant
-            if xvfb.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("Xvfb did not start")
-            await asyncio.sleep(0.05)
+        with os.fdopen(read_end) as ready:
+            number = (await asyncio.wait_for(asyncio.to_thread(ready.readline), 20)).strip()
+        if not number.isdigit():
+            raise RuntimeError("Xvfb did not start")
+        display = f":{number}"
         painter = await Sender.start(
             painter_pipeline(width, height, framerate, pattern, motion), display=display
         )
@@ -551,7 +561,15 @@ async def stream(
         viewer = Receiver(ice_servers(connection), relay_only=relay_only)
         try:
             offer = await asyncio.wait_for(sender.offer, 30)
-            answer = await viewer.answer(offer["offer"], offer["candidates"])
+            try:
+                answer = await viewer.answer(offer["offer"], offer["candidates"])
+            except Exception as error:
+                media = [
+                    line
+                    for line in offer["offer"].splitlines()
+                    if line.startswith(("m=", "a=rtpmap", "a=fmtp"))
+                ]
+                raise RuntimeError(f"the viewer refused the offer ({error}): {media}") from error
             await sender.send({"answer": answer})
             await asyncio.wait_for(viewer.connected.wait(), 30)
             deadline = time.monotonic() + seconds + viewer.warmup_s

@@ -42,6 +42,7 @@ class Sender:
         self.sequence = 0
         self.stamped = 0
         self.offered = False
+        self.offer_requested = False
         self.loop = GLib.MainLoop()
         stamp = self.pipeline.get_by_name("stamp")
         if stamp is not None:
@@ -82,8 +83,25 @@ class Sender:
 
     # -- signalling
     def on_negotiation_needed(self, element) -> None:
-        promise = Gst.Promise.new_with_change_func(self.on_offer_created, element, None)
-        element.emit("create-offer", None, promise)
+        # An offer made before the payloader's caps reach webrtcbin has no fmtp (no
+        # packetization-mode, no profile): wait for the caps when they are not there yet.
+        pad = element.sinkpads[0] if element.sinkpads else None
+        if pad is not None and pad.get_current_caps() is None:
+            pad.connect("notify::caps", self.on_caps)
+            return
+        self.create_offer()
+
+    def on_caps(self, pad, _pspec) -> None:
+        if pad.get_current_caps() is not None and not self.offer_requested:
+            GLib.idle_add(self.create_offer)
+
+    def create_offer(self) -> bool:
+        if self.offer_requested:
+            return False
+        self.offer_requested = True
+        promise = Gst.Promise.new_with_change_func(self.on_offer_created, self.webrtc, None)
+        self.webrtc.emit("create-offer", None, promise)
+        return False
 
     def on_offer_created(self, promise, element, _data) -> None:
         reply = promise.get_reply()

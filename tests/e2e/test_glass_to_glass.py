@@ -1,6 +1,7 @@
 """The streaming data path end to end, on the benchmark's own harness (bench/glass_to_glass.py):
-coturn, the control plane, the agent's checks and pipeline (x264enc) into webrtcbin, and a
-relay-only aiortc viewer, in a private network namespace. Needs root, coturn and Debian's
+coturn, the control plane, the agent's checks and its pipeline exactly as in the pod (ximagesrc
+on an Xvfb screen, x264enc) into webrtcbin, and a relay-only aiortc viewer, in a private network
+namespace. Needs root, coturn and Debian's
 GStreamer with python3-gi and python3-gi-cairo (.ci/run installs them)."""
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ def report() -> dict[str, Any]:
             sys.executable,
             "-m",
             "bench.glass_to_glass",
+            "--source",
+            "xvfb",
             "--resolutions",
             "1280x720",
             "--seconds",
@@ -41,6 +44,8 @@ def report() -> dict[str, Any]:
 
 
 def test_frames_cross_the_relay_decoded_in_time_with_nothing_lost(report: dict[str, Any]) -> None:
+    assert report["pipeline"].startswith("ximagesrc show-pointer=true ! ")  # the agent's own
+    assert "x264enc speed-preset=ultrafast tune=zerolatency" in report["pipeline"]
     (run,) = report["runs"]
     assert run["resolution"] == "1280x720"
     assert run["frames_decoded"] > 0
