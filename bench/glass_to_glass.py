@@ -609,6 +609,44 @@ async def relay_candidates(servers: list[RTCIceServer]) -> list[str]:
             await viewer.close()
 
 
+async def connection_attempt(
+    pipeline: str, env: dict[str, str], servers: list[RTCIceServer], timeout_s: float = 5
+) -> dict[str, Any]:
+    """What a relay-only viewer holding these credentials gets within `timeout_s` (the sender
+    has the session's own): its connection state and the frames it decoded. Without a relay
+    candidate aiortc never even starts ICE checks (it stays "new"; a browser would say
+    "failed" after its own timeout)."""
+    stun = webrtc_uri("stun", env["SELKIES_STUN_HOST"], env["SELKIES_STUN_PORT"])
+    turn = webrtc_uri(
+        "turn",
+        env["SELKIES_TURN_HOST"],
+        env["SELKIES_TURN_PORT"],
+        env["SELKIES_TURN_USERNAME"],
+        env["SELKIES_TURN_PASSWORD"],
+    )
+    sender = await Sender.start(pipeline, stun, turn, relay_only=True)
+    with browser_like_aiortc():
+        viewer = Receiver(servers, relay_only=True)
+        try:
+            offer = await asyncio.wait_for(sender.offer, 30)
+            await sender.send({"answer": await viewer.answer(offer["offer"], offer["candidates"])})
+            connected = asyncio.create_task(viewer.connected.wait())
+            failed = asyncio.create_task(viewer.failed.wait())
+            await asyncio.wait(
+                {connected, failed}, timeout=timeout_s, return_when="FIRST_COMPLETED"
+            )
+            for task in (connected, failed):
+                task.cancel()
+            return {
+                "connection": viewer.pc.connectionState,
+                "ice": viewer.pc.iceConnectionState,
+                "frames_decoded": viewer.result.frames_decoded,
+            }
+        finally:
+            await sender.stop()
+            await viewer.close()
+
+
 # -- the run ------------------------------------------------------------------------------------
 
 
@@ -730,6 +768,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         ]
                     ),
                 }
+                wrong = [RTCIceServer(urls=turn_url, username=user, credential="wrong-password")]
+                expired = [
+                    RTCIceServer(urls=turn_url, username=expired_user, credential=expired_password)
+                ]
+                small = sender_pipeline(640, 360, args.framerate, agent_env, "ball")
+                report["viewer_connection_with"] = {
+                    "wrong_password": await connection_attempt(small, env, wrong),
+                    "expired_credential": await connection_attempt(small, env, expired),
+                }
                 report["choice"] = {"encoder": choice.encoder, "fallback": choice.fallback}
     return report
 
@@ -772,6 +819,7 @@ def print_table(report: dict[str, Any]) -> None:
     streaming = report.get("session_while_streaming", {})
     print(f"\nsession while streaming: {streaming.get('phase')} {streaming.get('conditions')}")
     print(f"relay candidates gathered with: {report['relay_with']}")
+    print(f"viewer connection with bad credentials: {report['viewer_connection_with']}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -206,6 +206,9 @@ class Receiver:
             candidate = candidate_from_sdp(text)
             candidate.sdpMLineIndex = 0
             await self.pc.addIceCandidate(candidate)
+        # The sender offers once its gathering is complete: there will be no more candidates.
+        # Saying so lets ICE fail at once when no pair can work, instead of waiting for more.
+        await self.pc.addIceCandidate(None)
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         gatherer = self.pc.getTransceivers()[0].receiver.transport.transport.iceGatherer
         self.result.local_candidate_types = [c.type for c in gatherer.getLocalCandidates()]

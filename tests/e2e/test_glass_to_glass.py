@@ -79,10 +79,15 @@ def test_the_agents_reports_move_the_session_and_its_stream_conditions(
     assert "framesDecoded=" in during["messages"]["StreamHealthy"]
 
 
-def test_a_wrong_password_or_an_expired_credential_gets_no_relay(
+def test_a_wrong_password_or_an_expired_credential_gets_no_relay_and_no_connection(
     report: dict[str, Any],
 ) -> None:
     relay = report["relay_with"]
     assert relay["session_credentials"] == ["relay"]  # the control: the same server, allowed
     assert relay["wrong_password"] == []
     assert relay["expired_credential"] == []
+    # ...so a relay-only viewer holding them cannot connect to the session's stream.
+    for attempt in report["viewer_connection_with"].values():
+        assert attempt["connection"] != "connected"
+        assert attempt["ice"] not in ("connected", "completed")
+        assert attempt["frames_decoded"] == 0
