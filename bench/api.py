@@ -91,11 +91,11 @@ async def seed(url: str) -> list[str]:
             """INSERT INTO sessions (id, "user", template_name, template_spec, phase, reason,
                  message, conditions, url, gpu, secrets_encrypted, created_at, updated_at,
                  running_at,
-                 idle_deadline, expires_at)
+                 idle_deadline, expires_at, attempts, force_delete)
                SELECT gen_random_uuid(), 'seed-' || i, 'bench', $1::jsonb, 'Running',
                  'AgentReady', '', '[]'::jsonb, 'https://seed-' || i || '.vdi.example.com/', 1, $2,
                  now() - i * interval '1 second', now(), now(),
-                 now() + interval '1 hour', now() + interval '1 day'
+                 now() + interval '1 hour', now() + interval '1 day', 0, false
                FROM generate_series(1, $3) AS i
                RETURNING id""",
             spec.model_dump_json(),

@@ -1,0 +1,42 @@
+"""Every bench still runs and prints its figures (tiny sizes: these are not measurements, the
+benches' own runs are). A bench that rots silently is a figure nobody can rerun."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(
+    ("module", "args", "expected"),
+    [
+        ("bench.api", ["--requests", "40", "--rounds", "1"], ["floor", "session create"]),
+        (
+            "bench.provision",
+            ["--sessions", "8", "--rounds", "1", "--latencies-ms", "0"],
+            ["sessions/s"],
+        ),
+        ("bench.encode", ["--seconds", "1"], ["x264 + rtp", "floor"]),
+        ("bench.soak", ["--portals", "2", "--seconds", "4"], ["lost 0, duplicated 0"]),
+    ],
+    ids=["api", "provision", "encode", "soak"],
+)
+def test_bench_runs_and_prints_its_figures(
+    module: str, args: list[str], expected: list[str]
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=200,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for text in expected:
+        assert text in result.stdout, result.stdout[-3000:]
