@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -58,18 +59,26 @@ def start(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
+def wait_ready(url: str, process: subprocess.Popen[Any], log: Path | None = None) -> None:
+    """Until `url` answers 200; a process that exits or never answers stops the bench, with
+    the end of its log when there is one."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise SystemExit(f"{url}: process exited {process.returncode}")
+            raise RuntimeError(f"{url}: process exited {process.returncode}{_log_tail(log)}")
         try:
             if httpx.get(url, timeout=1).status_code == 200:
                 return
         except httpx.TransportError:
             pass
         time.sleep(0.1)
-    raise SystemExit(f"{url} never became ready")
+    raise RuntimeError(f"{url} never became ready{_log_tail(log)}")
+
+
+def _log_tail(log: Path | None, chars: int = 3000) -> str:
+    if log is None or not log.exists():
+        return ""
+    return "\n" + log.read_text(errors="replace")[-chars:]
 
 
 async def seed(url: str) -> list[str]:

@@ -49,16 +49,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 from aiortc import RTCIceServer
 from prometheus_client import CollectorRegistry, Gauge, Info, start_http_server
 
 from agent.pipeline import SOFTWARE, Caps, Element, StreamSettings, build
 from agent.runner import Agent, AgentEnv, check_report
 from agent.supervisor import METRICS_PORT
-from app.cluster.fake import FakeKubernetes, start_fake_cluster
+from app.cluster.fake import FakeKubernetes, start_fake_cluster, write_kubeconfig
 from app.cluster.manifests import SESSION_ID_LABEL
 from app.security import turn_credentials
+from bench.api import free_port, wait_ready
 from bench.webrtc_receiver import Receiver, browser_like_aiortc, ice_servers
 
 IN_NETNS = "VDI_G2G_IN_NETNS"
@@ -209,35 +209,12 @@ class ControlPlane:
             await asyncio.sleep(0.1)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @contextlib.asynccontextmanager
 async def control_plane(
     workdir: Path, fake_url: str, turn_secret: str
 ) -> AsyncIterator[ControlPlane]:
-    port = _free_port()
-    kubeconfig = workdir / "kubeconfig"
-    kubeconfig.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "fake", "cluster": {"server": fake_url}}],
-                "users": [{"name": "fake", "user": {}}],
-                "contexts": [
-                    {
-                        "name": "fake",
-                        "context": {"cluster": "fake", "user": "fake", "namespace": NAMESPACE},
-                    }
-                ],
-                "current-context": "fake",
-            }
-        )
-    )
+    port = free_port()
+    kubeconfig = write_kubeconfig(workdir / "kubeconfig", fake_url, NAMESPACE)
     admin_token = "vdi_g2g-admin-" + secrets.token_urlsafe(32)
     env = {
         **os.environ,
@@ -262,15 +239,7 @@ async def control_plane(
         f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {admin_token}"}, process, log
     )
     try:
-        deadline = time.monotonic() + 60
-        async with httpx.AsyncClient(timeout=2) as http:
-            while True:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the control plane did not start:\n{_tail(log)}")
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await http.get(f"{plane.url}/readyz")).is_success:
-                        break
-                await asyncio.sleep(0.1)
+        await asyncio.to_thread(wait_ready, f"{plane.url}/readyz", process, log)
         yield plane
     finally:
         await asyncio.to_thread(_stop, process, 20)
@@ -406,6 +375,19 @@ def webrtc_uri(scheme: str, host: str, port: str, user: str = "", password: str 
         return f"{scheme}://{host}:{port}"
     quote = urllib.parse.quote
     return f"{scheme}://{quote(user, safe='')}:{quote(password, safe='')}@{host}:{port}"
+
+
+def selkies_ice_uris(env: dict[str, str]) -> tuple[str, str]:
+    """The STUN and TURN servers the pod's environment gives Selkies, as webrtcbin URIs."""
+    stun = webrtc_uri("stun", env["SELKIES_STUN_HOST"], env["SELKIES_STUN_PORT"])
+    turn = webrtc_uri(
+        "turn",
+        env["SELKIES_TURN_HOST"],
+        env["SELKIES_TURN_PORT"],
+        env["SELKIES_TURN_USERNAME"],
+        env["SELKIES_TURN_PASSWORD"],
+    )
+    return stun, turn
 
 
 class Sender:
@@ -547,14 +529,7 @@ async def stream(
     display: str | None = None,
 ) -> dict[str, Any]:
     """One sender and one viewer for `seconds` after the first frame; their figures."""
-    stun = webrtc_uri("stun", env["SELKIES_STUN_HOST"], env["SELKIES_STUN_PORT"])
-    turn = webrtc_uri(
-        "turn",
-        env["SELKIES_TURN_HOST"],
-        env["SELKIES_TURN_PORT"],
-        env["SELKIES_TURN_USERNAME"],
-        env["SELKIES_TURN_PASSWORD"],
-    )
+    stun, turn = selkies_ice_uris(env)
     sender = await Sender.start(pipeline, stun, turn, relay_only, display)
     sender_stats: dict[str, Any] | None = None
     with browser_like_aiortc(marker_release):
@@ -616,14 +591,7 @@ async def connection_attempt(
     has the session's own): its connection state and the frames it decoded. Without a relay
     candidate aiortc never even starts ICE checks (it stays "new"; a browser would say
     "failed" after its own timeout)."""
-    stun = webrtc_uri("stun", env["SELKIES_STUN_HOST"], env["SELKIES_STUN_PORT"])
-    turn = webrtc_uri(
-        "turn",
-        env["SELKIES_TURN_HOST"],
-        env["SELKIES_TURN_PORT"],
-        env["SELKIES_TURN_USERNAME"],
-        env["SELKIES_TURN_PASSWORD"],
-    )
+    stun, turn = selkies_ice_uris(env)
     sender = await Sender.start(pipeline, stun, turn, relay_only=True)
     with browser_like_aiortc():
         viewer = Receiver(servers, relay_only=True)

@@ -36,11 +36,11 @@ from typing import Any
 
 import asyncpg
 import httpx
-import yaml
 
+from app.cluster.fake import write_kubeconfig
 from app.embedded import EmbeddedPostgres, ensure_database
 from app.security import agent_token
-from bench.glass_to_glass import _free_port as free_port
+from bench.api import free_port, wait_ready
 
 VDI = [sys.executable, "-c", "from app.cli import main; main()"]
 READY_REPORT = {
@@ -211,21 +211,7 @@ async def cluster(
             started.append(fake)
             assert fake.stdout is not None
             fake_url = (await asyncio.to_thread(fake.stdout.readline)).strip()
-            kubeconfig = workdir / "kubeconfig"
-            kubeconfig.write_text(
-                yaml.safe_dump(
-                    {
-                        "apiVersion": "v1",
-                        "kind": "Config",
-                        "clusters": [{"name": "fake", "cluster": {"server": fake_url}}],
-                        "users": [{"name": "fake", "user": {}}],
-                        "contexts": [
-                            {"name": "fake", "context": {"cluster": "fake", "user": "fake"}}
-                        ],
-                        "current-context": "fake",
-                    }
-                )
-            )
+            kubeconfig = write_kubeconfig(workdir / "kubeconfig", fake_url)
             admin_token = "vdi_soak-admin-" + secrets.token_urlsafe(24)
             secret_key = secrets.token_urlsafe(48)
             env = {
@@ -254,23 +240,11 @@ async def cluster(
                 )
                 log.close()
                 base = f"http://127.0.0.1:{port}"
-                await wait_ready(base, started[-1])
+                await asyncio.to_thread(wait_ready, f"{base}/readyz", started[-1])
                 bases.append(base)
             yield bases, {"Authorization": f"Bearer {admin_token}"}, secret_key, postgres.url("vdi")
     finally:
         await asyncio.to_thread(postgres.stop)
-
-
-async def wait_ready(base: str, process: subprocess.Popen[Any]) -> None:
-    deadline = time.monotonic() + 60
-    async with httpx.AsyncClient(timeout=2) as http:
-        while True:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"replica at {base} did not start")
-            with contextlib.suppress(httpx.HTTPError):
-                if (await http.get(f"{base}/readyz")).is_success:
-                    return
-            await asyncio.sleep(0.1)
 
 
 async def audit(database_url: str, tally: Tally) -> dict[str, int]:

@@ -15,38 +15,16 @@ from pathlib import Path
 
 import asyncpg
 import httpx
-import yaml
 from sqlalchemy.engine import make_url
 
 from app import migrate
-from app.cluster.fake import start_fake_cluster
+from app.cluster.fake import start_fake_cluster, write_kubeconfig
 from tests.conftest import TEST_BOOTSTRAP_TOKEN, TEST_SECRET_KEY, TEST_TURN_SECRET, bearer
 from tests.test_cli import environment, free_port, wait_ready
 
 SESSIONS = 200
 REPLICAS = 3
 VDI = [sys.executable, "-c", "from app.cli import main; main()"]
-
-
-def kubeconfig(path: Path, server: str) -> Path:
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "fake", "cluster": {"server": server}}],
-                "users": [{"name": "fake", "user": {}}],
-                "contexts": [
-                    {
-                        "name": "fake",
-                        "context": {"cluster": "fake", "user": "fake", "namespace": "vdi"},
-                    }
-                ],
-                "current-context": "fake",
-            }
-        )
-    )
-    return path
 
 
 async def test_sigkill_of_a_replica_mid_provisioning_and_mid_termination_loses_nothing(
@@ -75,7 +53,7 @@ async def _scenario(db: asyncpg.Connection, url: str, tmp_path: Path) -> None:
             VDI_RECONCILE_LEASE_S="5",
             VDI_RECONCILE_INTERVAL_S="0.2",
             VDI_LOG_LEVEL="WARNING",
-            KUBECONFIG=str(kubeconfig(tmp_path / "kubeconfig", server)),
+            KUBECONFIG=str(write_kubeconfig(tmp_path / "kubeconfig", server, "vdi")),
         )
         ports = [free_port() for _ in range(REPLICAS)]
         try:

@@ -6,16 +6,16 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+from tests.test_cli import environment, free_port, wait_ready
 
 
 @dataclass
@@ -46,26 +46,19 @@ class Service:
         return str(created["token"])
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @contextmanager
 def service(workdir: Path, **settings: str) -> Iterator[Service]:
     port = free_port()
     admin_token = "vdi_reliability-admin-" + secrets.token_urlsafe(24)
-    env = {
-        **{k: v for k, v in os.environ.items() if k != "VDI_DATABASE_URL"},
+    defaults = {
         "VDI_DATA_DIR": str(workdir / "data"),
         "VDI_BOOTSTRAP_TOKEN": admin_token,
         "VDI_CLUSTER": "simulated",
         "VDI_PORT": str(port),
         "VDI_CALLBACK_URL": f"http://127.0.0.1:{port}",
         "VDI_LOG_LEVEL": "INFO",
-        **settings,
     }
+    env = environment(**{**defaults, **settings})
     log = workdir / "service.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -76,16 +69,10 @@ def service(workdir: Path, **settings: str) -> Iterator[Service]:
         )
     running = Service(f"http://127.0.0.1:{port}", admin_token, process, log)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert process.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "the service did not become ready"
-            try:
-                if httpx.get(f"{running.url}/readyz", timeout=2).is_success:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
+        try:
+            wait_ready(port, process, timeout_s=90)  # type: ignore[arg-type]
+        except AssertionError as error:
+            raise AssertionError(f"{error}\n{log.read_text()[-3000:]}") from error
         yield running
     finally:
         if process.poll() is None:

@@ -18,18 +18,11 @@ import httpx
 
 from app.embedded import EmbeddedPostgres, ensure_database
 from app.security import agent_token
+from bench.soak import READY_REPORT
 from tests.reliability.service import service
 
 PORTALS = 100
 REPORTS_PER_SESSION = 3
-READY_REPORT = {
-    "checks": [
-        {"name": "gpu", "ok": None, "detail": "CPU session"},
-        {"name": "encoder", "ok": True, "detail": "x264enc"},
-    ],
-    "encoder": "x264enc",
-    "fallback": False,
-}
 
 
 class Load:

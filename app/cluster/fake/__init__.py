@@ -1,6 +1,11 @@
 """A fake Kubernetes API server (on kmock's emulator) and a simulated kubelet, for tests and for
 the simulated cluster. It speaks the real REST protocol to the real `kubernetes` client."""
 
-from app.cluster.fake.server import FakeKubernetes, FaultPlan, start_fake_cluster
+from app.cluster.fake.server import (
+    FakeKubernetes,
+    FaultPlan,
+    start_fake_cluster,
+    write_kubeconfig,
+)
 
-__all__ = ["FakeKubernetes", "FaultPlan", "start_fake_cluster"]
+__all__ = ["FakeKubernetes", "FaultPlan", "start_fake_cluster", "write_kubeconfig"]

@@ -591,6 +591,26 @@ def _container_status(
     }
 
 
+def write_kubeconfig(path: Path, server: str, namespace: str | None = None) -> Path:
+    """A kubeconfig that points the real client (or `vdi-control serve`) at a fake API."""
+    context: dict[str, str] = {"cluster": "fake", "user": "fake"}
+    if namespace:
+        context["namespace"] = namespace
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "fake", "cluster": {"server": server}}],
+                "users": [{"name": "fake", "user": {}}],
+                "contexts": [{"name": "fake", "context": context}],
+                "current-context": "fake",
+            }
+        )
+    )
+    return path
+
+
 @asynccontextmanager
 async def start_fake_cluster(**options: Any) -> AsyncIterator[tuple[FakeKubernetes, str]]:
     """A FakeKubernetes served on a loopback port: (fake, base URL for the kubernetes client)."""
@@ -599,4 +619,4 @@ async def start_fake_cluster(**options: Any) -> AsyncIterator[tuple[FakeKubernet
         yield fake, str(server.url).rstrip("/")
 
 
-__all__ = ["FakeKubernetes", "FaultPlan", "start_fake_cluster"]
+__all__ = ["FakeKubernetes", "FaultPlan", "start_fake_cluster", "write_kubeconfig"]
