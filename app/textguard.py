@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import FieldError, problem_response
+from app.errors import FieldError, ValidationFailed, problem_response
 
 UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 BODY_METHODS = {"POST", "PUT", "PATCH"}
@@ -58,11 +58,11 @@ class TextGuardMiddleware:
             for key, value in parse_qsl(query, keep_blank_values=True)
             for field, name in unstorable({key: value})
         ]
-        if scope.get("method") not in BODY_METHODS or bad:
-            if bad:
-                await self._refuse(scope, send, bad)
-            else:
-                await self.app(scope, receive, send)
+        if bad:
+            await self._refuse(scope, receive, send, bad)
+            return
+        if scope.get("method") not in BODY_METHODS:
+            await self.app(scope, receive, send)
             return
         chunks: list[bytes] = []
         while True:
@@ -80,13 +80,15 @@ class TextGuardMiddleware:
             document = None  # not JSON: the route's own validation answers
         bad = [("body", field, name) for field, name in unstorable(document)]
         if bad:
-            await self._refuse(scope, send, bad)
+            await self._refuse(scope, receive, send, bad)
             return
         replayed: Message = {"type": "http.request", "body": body, "more_body": False}
         await self.app(scope, _replay([replayed], receive), send)
 
     @staticmethod
-    async def _refuse(scope: Scope, send: Send, bad: list[tuple[str, str, str]]) -> None:
+    async def _refuse(
+        scope: Scope, receive: Receive, send: Send, bad: list[tuple[str, str, str]]
+    ) -> None:
         errors = [
             FieldError(
                 field=field or location,
@@ -99,13 +101,13 @@ class TextGuardMiddleware:
         first = errors[0]
         response = problem_response(
             None,
-            status=422,
-            slug="validation-failed",
-            title="Invalid request",
+            status=ValidationFailed.status,
+            slug=ValidationFailed.slug,
+            title=ValidationFailed.title,
             detail=f"{first.field}: {first.message}",
             errors=errors,
         )
-        await response(scope, _disconnected, send)
+        await response(scope, receive, send)
 
 
 def _replay(messages: list[Message], receive: Receive) -> Receive:
@@ -115,7 +117,3 @@ def _replay(messages: list[Message], receive: Receive) -> Receive:
         return await receive()
 
     return replay
-
-
-async def _disconnected() -> Message:
-    return {"type": "http.disconnect"}
