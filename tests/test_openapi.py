@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from fastapi import FastAPI
 from app.cli import main as cli_main
 from tests.conftest import TEST_BOOTSTRAP_TOKEN
 from tests.servers import serve
+from tests.tools import TOOL_PATH
 
 PUBLIC = {"/healthz", "/readyz", "/metrics"}
 
@@ -94,6 +96,8 @@ def generated_client(document: dict[str, Any], tmp_path_factory: pytest.TempPath
             "out",
         ],
         cwd=where,
+        # Its post-generation hook runs `ruff` from PATH: this environment's, not the caller's.
+        env={**os.environ, "PATH": TOOL_PATH},
         capture_output=True,
         text=True,
         check=False,

@@ -4,15 +4,16 @@ gst-inspect/gst-launch that answer for nvh264enc and defer to the real GStreamer
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-REAL_INSPECT = shutil.which("gst-inspect-1.0") or "/usr/bin/gst-inspect-1.0"
-REAL_LAUNCH = shutil.which("gst-launch-1.0") or "/usr/bin/gst-launch-1.0"
+from tests.tools import find_tool
+
+REAL_INSPECT = str(find_tool("gst-inspect-1.0") or "/usr/bin/gst-inspect-1.0")
+REAL_LAUNCH = str(find_tool("gst-launch-1.0") or "/usr/bin/gst-launch-1.0")
 
 LEGACY_NVENC = """Factory Details:
   Long-name                NVENC H.264 Video Encoder

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -15,8 +14,8 @@ import pytest
 
 from agent import checks, pipeline
 from agent.pipeline import StreamSettings
+from tests.tools import require_system_python_gi, tool, xvfb
 
-SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's, which has gi (a venv needs PyGObject built)
 REPO = Path(__file__).resolve().parents[2]
 SPEC_PIPELINE = (
     "ximagesrc show-pointer=true ! videoconvert ! nvh264enc preset=low-latency-hq rc-mode=cbr "
@@ -27,7 +26,7 @@ SPEC_PIPELINE = (
 
 def gst_tool(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [SYSTEM_PYTHON, "-m", "agent.gst_tools", *args],
+        [require_system_python_gi(), "-m", "agent.gst_tools", *args],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -130,11 +129,8 @@ def test_x264_fallback_settings() -> None:
     )
 
 
-@pytest.mark.skipif(
-    not Path(SYSTEM_PYTHON).exists() or not shutil.which("gst-inspect-1.0"),
-    reason="needs GStreamer",
-)
 def test_real_gstreamer_parses_the_x264_pipeline_with_webrtcbin() -> None:
+    tool("gst-inspect-1.0")
     for settings in (
         StreamSettings(),
         StreamSettings(framerate=30),
@@ -147,11 +143,8 @@ def test_real_gstreamer_parses_the_x264_pipeline_with_webrtcbin() -> None:
     assert broken.returncode != 0
 
 
-@pytest.mark.skipif(
-    not Path(SYSTEM_PYTHON).exists() or not shutil.which("gst-inspect-1.0"),
-    reason="needs GStreamer",
-)
 def test_the_x264_pipeline_really_encodes_frames() -> None:
+    tool("gst-inspect-1.0")
     source = pipeline.Element("videotestsrc", (("num-buffers", "90"),))
     sink = pipeline.Element("fakesink", name="out")
     text = pipeline.build(
@@ -164,24 +157,8 @@ def test_the_x264_pipeline_really_encodes_frames() -> None:
     assert report["buffers"] >= 90  # RTP packets: at least one per encoded frame
 
 
-@pytest.mark.skipif(not shutil.which("Xvfb"), reason="needs Xvfb")
-def test_the_x264_pipeline_encodes_the_screen_under_xvfb(tmp_path: Path) -> None:
-    import os
-    import signal
-    import time
-
-    display = ":97"
-    xvfb = subprocess.Popen(
-        ["Xvfb", display, "-screen", "0", "1280x720x24", "-nolisten", "tcp"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        socket_path = Path("/tmp/.X11-unix/X97")
-        deadline = time.monotonic() + 20
-        while not socket_path.exists():
-            assert time.monotonic() < deadline, "Xvfb did not start"
-            time.sleep(0.05)
+def test_the_x264_pipeline_encodes_the_screen_under_xvfb() -> None:
+    with xvfb() as display:
         source = pipeline.Element(
             "ximagesrc",
             (("display-name", display), ("show-pointer", "true"), ("num-buffers", "30")),
@@ -202,6 +179,3 @@ def test_the_x264_pipeline_encodes_the_screen_under_xvfb(tmp_path: Path) -> None
         sps = base64.b64decode(sprop[1].replace("\\", "").split(",")[0])
         assert sps[0] & 0x1F == 7, "first parameter set is an SPS"
         assert (sps[1], sps[2] & 0x40) == (66, 0x40), sps[:4].hex()
-    finally:
-        os.kill(xvfb.pid, signal.SIGTERM)
-        xvfb.wait(timeout=10)

