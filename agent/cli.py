@@ -12,24 +12,53 @@ import argparse
 import asyncio
 import json
 import sys
+from collections.abc import Coroutine
+from typing import Any
 
 from agent.callbacks import Reporter
 
 
 def cmd_run(_args: argparse.Namespace) -> None:
     from agent.runner import Agent, AgentEnv
+    from agent.streamers import UnknownStreamer, detect
 
-    raise SystemExit(asyncio.run(Agent(AgentEnv.from_environ()).run()))
+    agent_env = AgentEnv.from_environ()
+    try:
+        streamer = detect(agent_env.env)
+    except UnknownStreamer as error:
+        raise SystemExit(f"vdi-agent: {error}") from None
+    raise SystemExit(asyncio.run(_until_signalled(Agent(agent_env, streamer).run())))
+
+
+async def _until_signalled(work: Coroutine[Any, Any, int]) -> int:
+    """Run `work`; SIGTERM (the pod is being deleted) or SIGINT cancels it, so its cleanup
+    (stopping the streamer's whole process group) runs before the agent exits."""
+    import signal
+
+    task = asyncio.create_task(work)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, task.cancel)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        return 128 + signal.SIGTERM
 
 
 def cmd_check(args: argparse.Namespace) -> None:
-    from agent.runner import AgentEnv, check_report
-
-    environ = {"VDI_SESSION_ID": "-", "VDI_CALLBACK_URL": "-", "VDI_AGENT_TOKEN": "-"}
     import os
 
+    from agent.runner import AgentEnv, check_report
+    from agent.streamers import UnknownStreamer, detect
+
+    environ = {"VDI_SESSION_ID": "-", "VDI_CALLBACK_URL": "-", "VDI_AGENT_TOKEN": "-"}
     environ.update(os.environ)
-    report, choice = check_report(AgentEnv.from_environ(environ))
+    agent_env = AgentEnv.from_environ(environ)
+    try:
+        streamer = detect(agent_env.env)
+    except UnknownStreamer:
+        streamer = None  # the checks still run: the spec's line decides the encoder
+    report, choice = check_report(agent_env, streamer)
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -17,6 +17,14 @@ class StreamStats:
     jitter_ms: float | None  # WebRTC reports seconds; converted here
     fps: float | None
     rtt_latency_ms: float | None  # Selkies' `latency`: RTT + jitter buffer, not glass-to-glass
+    # The browser's time stamp of the report: it moves each time the viewer sends statistics,
+    # also while a still screen sends no frames. Gauges and the info metric keep their last
+    # value after the viewer leaves, so liveness is judged by these two moving.
+    report_timestamp: float | None = None
+
+    @property
+    def progress(self) -> tuple[int | None, float | None]:
+        return self.frames_decoded, self.report_timestamp
 
     @property
     def viewer_connected(self) -> bool:
@@ -64,6 +72,7 @@ def parse(text: str) -> StreamStats:
     jitter: float | None = None
     fps: float | None = None
     latency: float | None = None
+    stamp: float | None = None
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if family.name in ("webrtc_statistics", "webrtc_statistics_info"):
@@ -74,8 +83,29 @@ def parse(text: str) -> StreamStats:
                         frames = int(_number(value) or 0)
                         seconds = _number(labels.get(prefix + "_jitter"))
                         jitter = None if seconds is None else seconds * 1000.0
+                        stamp = _number(labels.get(prefix + "_timestamp"))
             elif family.name == "fps":
                 fps = sample.value
             elif family.name == "latency":
                 latency = sample.value
-    return StreamStats(frames, jitter, fps, latency)
+    return StreamStats(frames, jitter, fps, latency, stamp)
+
+
+NO_VIEWER = StreamStats(None, None, None, None)
+
+
+class Liveness:
+    """Figures whose progress (framesDecoded, the report's time stamp) has not moved for
+    `stale_s` are those of a viewer that left: they read as no viewer."""
+
+    def __init__(self, stale_s: float = 6.0) -> None:
+        self.stale_s = stale_s
+        self._last: tuple[int | None, float | None] | None = None
+        self._moved_at = float("-inf")
+
+    def judge(self, now: float, stats: StreamStats | None) -> StreamStats | None:
+        if stats is None or not stats.viewer_connected:
+            return stats
+        if stats.progress != self._last:
+            self._last, self._moved_at = stats.progress, now
+        return NO_VIEWER if now - self._moved_at > self.stale_s else stats

@@ -1,11 +1,13 @@
-"""`vdi-agent run`: checks, encoder choice, first report, then Selkies under supervision with
-the stream, latency and CPU watched, a heartbeat, and a report on every change."""
+"""`vdi-agent run`: checks, encoder choice, the streamer (either Selkies line) started and
+awaited healthy, the first report, then the streamer under supervision with the stream, latency
+and CPU watched, a heartbeat, and a report on every change. A streamer that is configured wrong
+or never healthy fails the session with STREAMER_FAILED."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -19,7 +21,9 @@ from agent import checks, latency, metrics
 from agent.callbacks import Reporter
 from agent.pipeline import Element, StreamSettings, build
 from agent.policy import Change, CpuThrottle, LatencyAdapter
-from agent.supervisor import METRICS_PORT, StreamConfig, Supervisor, selkies_environment
+from agent.streamers import STREAMER_FAILED, StreamConfig, Streamer, UnsafeConfiguration
+from agent.streamers.selkies_gstreamer import SelkiesGStreamer
+from agent.supervisor import Outcome, Supervisor
 
 log = structlog.get_logger("vdi.agent")
 
@@ -37,7 +41,8 @@ class AgentEnv:
     framerate: int
     bitrate_kbps: int
     gop_size: int
-    env: dict[str, str] = field(repr=False)
+    streamer_start_timeout_s: float = 60.0
+    env: dict[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_environ(cls, environ: dict[str, str] | None = None) -> AgentEnv:
@@ -56,14 +61,31 @@ class AgentEnv:
             framerate=int(env.get("SELKIES_FRAMERATE", "60")),
             bitrate_kbps=int(env.get("SELKIES_VIDEO_BITRATE", "8000")),
             gop_size=int(env.get("VDI_GOP_SIZE", "30")),
+            streamer_start_timeout_s=float(env.get("VDI_STREAMER_START_TIMEOUT_S", "60")),
             env=env,
         )
 
+    def stream_config(
+        self, choice: checks.EncoderChoice, framerate: int, bitrate_kbps: int
+    ) -> StreamConfig:
+        assert choice.encoder is not None
+        return StreamConfig.from_env(
+            self.env,
+            encoder=choice.encoder,
+            fallback=choice.fallback,
+            framerate=framerate,
+            bitrate=bitrate_kbps,
+        )
 
-def check_report(agent: AgentEnv) -> tuple[dict[str, Any], checks.EncoderChoice]:
-    """Checks 1-2 and the encoder choice, as a health report (what `vdi-agent check` prints)."""
+
+def check_report(
+    agent: AgentEnv, streamer: Streamer | None = None
+) -> tuple[dict[str, Any], checks.EncoderChoice]:
+    """Checks 1-2 and the encoder choice for the streamer's line, as a health report (what
+    `vdi-agent check` prints). Without a streamer: the spec's line (Selkies-GStreamer)."""
+    streamer = streamer or SelkiesGStreamer(["selkies-gstreamer"], "unknown")
     gpu = checks.check_gpu(agent.gpus)
-    choice = checks.choose_encoder(
+    choice = streamer.choose_encoder(
         gpu, gpus_requested=agent.gpus, fallback_allowed=agent.fallback_allowed
     )
     report: dict[str, Any] = {
@@ -72,8 +94,9 @@ def check_report(agent: AgentEnv) -> tuple[dict[str, Any], checks.EncoderChoice]
         "fallback": choice.fallback,
         "framerate": agent.framerate,
         "bitrate_kbps": agent.bitrate_kbps,
+        "streamer": streamer.label,
     }
-    if choice.encoder:
+    if choice.encoder and streamer.line == "selkies-gstreamer":
         pipeline = build(
             choice.encoder,
             StreamSettings(agent.bitrate_kbps, agent.gop_size),
@@ -84,6 +107,10 @@ def check_report(agent: AgentEnv) -> tuple[dict[str, Any], checks.EncoderChoice]
             report["checks"][1]["detail"] += (
                 f"; not supported by this {choice.encoder}: {', '.join(pipeline.dropped)}"
             )
+    elif choice.encoder:
+        config = agent.stream_config(choice, agent.framerate, agent.bitrate_kbps)
+        for what in streamer.not_applied(config):
+            report["checks"][1]["detail"] += f"; not applied: {what}"
     return report, choice
 
 
@@ -108,75 +135,119 @@ def measure_pipeline_latency(choice: checks.EncoderChoice) -> float | None:
 
 
 class Agent:
-    def __init__(
-        self,
-        agent: AgentEnv,
-        selkies_command: list[str] | None = None,
-        *,
-        metrics_url: str = f"http://127.0.0.1:{METRICS_PORT}/metrics",
-    ) -> None:
+    def __init__(self, agent: AgentEnv, streamer: Streamer | None = None) -> None:
         self.agent = agent
-        self.metrics_url = metrics_url
+        self.streamer = streamer or SelkiesGStreamer(["selkies-gstreamer"], "unknown")
         self.reporter = Reporter(agent.callback_url, agent.session_id, agent.token)
         self.throttle = CpuThrottle(agent.framerate)
         self.latency = LatencyAdapter(agent.bitrate_kbps)
-        configured = agent.env.get("VDI_SELKIES_COMMAND", "").split()
-        self.selkies_command = (
-            selkies_command
-            or configured
-            or [shutil.which("selkies-gstreamer") or "selkies-gstreamer"]
-        )
+        self.liveness = metrics.Liveness()
         self.supervisor: Supervisor | None = None
+        self.config: StreamConfig | None = None
         self.report: dict[str, Any] = {}
         self.changes: list[Change] = []
         self.pipeline_latency_ms: float | None = None
 
     def wire_report(self) -> dict[str, Any]:
-        return {k: v for k, v in self.report.items() if k != "pipeline"}
+        report = {k: v for k, v in self.report.items() if k != "pipeline"}
+        report["checks"] = [
+            {**c, "detail": (c.get("detail") or "")[:2000]} for c in report["checks"]
+        ]
+        return report
+
+    def _set_check(self, check: dict[str, Any]) -> None:
+        self.report["checks"] = [c for c in self.report["checks"] if c["name"] != check["name"]]
+        self.report["checks"].append(check)
 
     async def run(self) -> int:
-        self.report, choice = check_report(self.agent)
-        if choice.encoder is not None:
-            self.pipeline_latency_ms = await asyncio.to_thread(measure_pipeline_latency, choice)
-        await self.reporter.send(self.wire_report())
+        """Until the pod is deleted (SIGTERM cancels this; the streamer is stopped whole)."""
+        self.report, choice = check_report(self.agent, self.streamer)
         if choice.encoder is None:
+            await self.reporter.send(self.wire_report())
             log.error("no usable encoder: the session is Failed; idling until the pod is deleted")
             await asyncio.Event().wait()
-        assert choice.encoder is not None
-        env = self.agent.env
-        config = StreamConfig(
-            encoder=choice.encoder,
-            framerate=self.throttle.framerate,
-            bitrate_kbps=self.latency.bitrate_kbps,
-            password=env.get("SELKIES_BASIC_AUTH_PASSWORD", ""),
-            turn_host=env.get("SELKIES_TURN_HOST", ""),
-            turn_port=env.get("SELKIES_TURN_PORT", "3478"),
-            turn_username=env.get("SELKIES_TURN_USERNAME", ""),
-            turn_password=env.get("SELKIES_TURN_PASSWORD", ""),
-            stun_host=env.get("SELKIES_STUN_HOST", ""),
-            stun_port=env.get("SELKIES_STUN_PORT", "3478"),
+        if self.streamer.line == "selkies-gstreamer":
+            self.pipeline_latency_ms = await asyncio.to_thread(measure_pipeline_latency, choice)
+        self.config = self.agent.stream_config(
+            choice, self.throttle.framerate, self.latency.bitrate_kbps
         )
-        self.supervisor = Supervisor(
-            self.selkies_command, selkies_environment(config, env), on_restart=self._restarted
-        )
-        tasks = [asyncio.create_task(self.supervisor.run()), asyncio.create_task(self.watch())]
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            env = self.streamer.environment(self.config, self.agent.env)
+        except UnsafeConfiguration as error:
+            await self._streamer_failed(str(error))
+            await asyncio.Event().wait()
+        self.supervisor = Supervisor(
+            self.streamer.command,
+            env,
+            on_restart=self._restarted,
+            config_error_codes=self.streamer.config_error_codes,
+            secrets=self.config.secrets,
+        )
+        supervised = asyncio.create_task(self.supervisor.run())
+        watcher: asyncio.Task[None] | None = None
+        try:
+            if not await self._wait_healthy(supervised):
+                await self._streamer_failed(self._failure_detail(supervised))
+                await self.supervisor.stop()
+                await asyncio.Event().wait()
+            await self.reporter.send(self.wire_report())
+            watcher = asyncio.create_task(self.watch())
+            await asyncio.wait([supervised, watcher], return_when=asyncio.FIRST_COMPLETED)
+            if supervised.done():
+                await self._streamer_failed(self._failure_detail(supervised))
+                await asyncio.Event().wait()
             return 0
         finally:
-            for task in tasks:
-                task.cancel()
+            if watcher is not None:
+                watcher.cancel()
             await self.supervisor.stop()
+            supervised.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await supervised
+
+    async def _wait_healthy(self, supervised: asyncio.Task[Outcome]) -> bool:
+        """The streamer answers its health check before the start timeout, without having
+        ended supervision (a configuration error, or crashing past its restarts)."""
+        deadline = time.monotonic() + self.agent.streamer_start_timeout_s
+        assert self.config is not None
+        async with httpx.AsyncClient(timeout=2) as http:
+            while time.monotonic() < deadline and not supervised.done():
+                if await self.streamer.healthy(http, self.config):
+                    log.info("streamer healthy", streamer=self.streamer.label)
+                    return True
+                await asyncio.sleep(0.25)
+        return False
+
+    def _failure_detail(self, supervised: asyncio.Task[Outcome]) -> str:
+        assert self.supervisor is not None
+        if supervised.done() and not supervised.cancelled():
+            outcome = supervised.result()
+            why = {
+                "config_error": f"exited with a configuration error ({outcome.exit_code})",
+                "gave_up": f"kept exiting ({outcome.exit_code}) after "
+                f"{self.supervisor.restarts} restarts",
+            }.get(outcome.kind, f"stopped ({outcome.exit_code})")
+            tail = outcome.log_tail
+        else:
+            why = f"not healthy within {self.agent.streamer_start_timeout_s:g} s"
+            tail = tuple(self.supervisor.tail)
+        lines = " | ".join(tail[-8:])
+        return f"{self.streamer.label} {why}" + (f"; last output: {lines}" if lines else "")
+
+    async def _streamer_failed(self, detail: str) -> None:
+        log.error("streamer failed: the session is Failed", detail=detail)
+        self._set_check({"name": "stream", "ok": False, "code": STREAMER_FAILED, "detail": detail})
+        await self.reporter.send(self.wire_report())
 
     async def _restarted(self, restarts: int, exit_code: int | None) -> None:
-        self.report["checks"] = [c for c in self.report["checks"] if c["name"] != "stream"] + [
+        self._set_check(
             {
                 "name": "stream",
                 "ok": None,
-                "code": "SelkiesRestarted",
-                "detail": f"selkies-gstreamer exited ({exit_code}); restart {restarts}",
+                "code": "StreamerRestarted",
+                "detail": f"{self.streamer.label} exited ({exit_code}); restart {restarts}",
             }
-        ]
+        )
         await self.reporter.send(self.wire_report(), attempts=2)
 
     async def watch(self) -> None:
@@ -195,29 +266,31 @@ class Agent:
                     last_sent = now
 
     async def _apply(self, changes: list[Change]) -> None:
-        """Frame rate and bitrate go to Selkies (restarted with them); resolution through
-        Selkies' own resize tool (xrandr on the virtual display)."""
+        """Frame rate and bitrate go to the streamer (restarted with them); resolution through
+        its own resize tool (xrandr on the virtual display)."""
         settings = {}
         for change in changes:
             if change.what == "framerate":
                 settings["SELKIES_FRAMERATE"] = change.after
             elif change.what == "bitrate_kbps":
                 settings["SELKIES_VIDEO_BITRATE"] = change.after
-            elif (
-                change.what == "resolution"
-                and change.after != "native"
-                and shutil.which("selkies-gstreamer-resize")
-            ):
-                await asyncio.create_subprocess_exec("selkies-gstreamer-resize", change.after)
+            elif change.what == "resolution" and change.after != "native":
+                command = self.streamer.resize_command(change.after)
+                if command is None:
+                    log.warning("no resize tool in this image", streamer=self.streamer.label)
+                    continue
+                resize = await asyncio.create_subprocess_exec(
+                    *command, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+                )
+                if await resize.wait() != 0:
+                    log.warning("resize failed", size=change.after, exit_code=resize.returncode)
         if settings and self.supervisor is not None:
             await self.supervisor.reconfigure(settings)
 
     async def _scrape(self, http: httpx.AsyncClient) -> metrics.StreamStats | None:
-        try:
-            response = await http.get(self.metrics_url)
-            return metrics.parse(response.text) if response.is_success else None
-        except httpx.HTTPError:
-            return None
+        assert self.config is not None
+        stats = await self.streamer.stats(http, self.config)
+        return self.liveness.judge(time.monotonic(), stats)
 
     def _latency_ms(self, stats: metrics.StreamStats) -> float | None:
         """The best figure we have: the viewer's RTT + jitter buffer (Selkies) plus our

@@ -1,74 +1,49 @@
-"""Selkies-GStreamer under supervision: started with the chosen settings through its own
-environment, restarted (bounded, with backoff) when it dies, each restart reported."""
+"""A streamer under supervision: started in a process group of its own (so stopping it stops
+everything it started), its output passed through with secrets masked and its last lines kept,
+restarted with backoff when it crashes (each restart reported), never restarted when it exits
+with a configuration error, and stopped whole whenever the agent stops."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import ctypes
 import os
 import signal
-from collections.abc import Awaitable, Callable, Mapping
+import sys
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import structlog
 
 log = structlog.get_logger("vdi.agent.supervisor")
 
-METRICS_PORT = 9081
-DEFAULT_PASSWORD = "mypasswd"  # Selkies' own default: never acceptable
+LOG_TAIL_LINES = 20
+_PR_SET_PDEATHSIG = 1
 
 
-class UnsafeConfiguration(Exception):
-    """Selkies would start with its unsafe defaults (public TURN relay, default password)."""
+def _die_with_parent() -> None:
+    """In the child before exec: a new session (its own process group), and SIGTERM when the
+    agent dies, even by SIGKILL, so no streamer outlives it."""
+    os.setsid()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass  # not Linux: the process group is still stopped by stop()
 
 
 @dataclass(frozen=True)
-class StreamConfig:
-    encoder: str
-    framerate: int
-    bitrate_kbps: int
-    password: str
-    turn_host: str
-    turn_port: str
-    turn_username: str
-    turn_password: str
-    stun_host: str
-    stun_port: str
+class Outcome:
+    """Why supervision ended."""
 
-
-def selkies_environment(config: StreamConfig, base: Mapping[str, str]) -> dict[str, str]:
-    if not config.turn_host or not config.turn_username or not config.turn_password:
-        raise UnsafeConfiguration(
-            "SELKIES_TURN_HOST and the session's TURN credentials must be set: "
-            "without them Selkies falls back to a public relay"
-        )
-    if not config.password or config.password == DEFAULT_PASSWORD:
-        raise UnsafeConfiguration("SELKIES_BASIC_AUTH_PASSWORD must be the session's password")
-    env = dict(base)
-    env.update(
-        {
-            "SELKIES_ENCODER": config.encoder,
-            "SELKIES_FRAMERATE": str(config.framerate),
-            "SELKIES_VIDEO_BITRATE": str(config.bitrate_kbps),
-            "SELKIES_ENABLE_RESIZE": "true",
-            "SELKIES_ENABLE_BASIC_AUTH": "true",
-            "SELKIES_BASIC_AUTH_PASSWORD": config.password,
-            "SELKIES_TURN_HOST": config.turn_host,
-            "SELKIES_TURN_PORT": config.turn_port,
-            "SELKIES_TURN_PROTOCOL": "udp",
-            "SELKIES_TURN_USERNAME": config.turn_username,
-            "SELKIES_TURN_PASSWORD": config.turn_password,
-            "SELKIES_STUN_HOST": config.stun_host,
-            "SELKIES_STUN_PORT": config.stun_port,
-            "SELKIES_ENABLE_METRICS_HTTP": "true",
-            "SELKIES_METRICS_HTTP_PORT": str(METRICS_PORT),
-            "SELKIES_ENABLE_WEBRTC_STATISTICS": "true",
-        }
-    )
-    return env
+    kind: str  # "stopped", "config_error", "gave_up"
+    exit_code: int | None
+    log_tail: tuple[str, ...]
 
 
 class Supervisor:
-    """Runs `command` with the Selkies environment; restarts it up to `max_restarts` times."""
+    """Runs `command`; restarts it up to `max_restarts` times unless it exits with one of
+    `config_error_codes`."""
 
     def __init__(
         self,
@@ -78,53 +53,98 @@ class Supervisor:
         on_restart: Callable[[int, int | None], Awaitable[None]],
         max_restarts: int = 5,
         first_backoff_s: float = 1.0,
+        config_error_codes: Iterable[int] = (),
+        secrets: Iterable[str] = (),
     ) -> None:
         self.command = command
         self.env = dict(env)
         self.on_restart = on_restart
         self.max_restarts = max_restarts
         self.first_backoff_s = first_backoff_s
+        self.config_error_codes = frozenset(config_error_codes)
+        self.secrets = tuple(s for s in secrets if s)
         self.restarts = 0
         self.process: asyncio.subprocess.Process | None = None
+        self.started = asyncio.Event()
+        self.tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
         self._stopping = False
         self._reconfiguring = False
 
+    def mask(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
     async def reconfigure(self, changes: Mapping[str, str]) -> None:
-        """Restart Selkies with new settings (frame rate, bitrate): its pipeline takes them at
+        """Restart the streamer with new settings (frame rate, bitrate): it takes them at
         start. The viewer reconnects by itself."""
         self.env.update(changes)
         if self.process is not None and self.process.returncode is None:
             self._reconfiguring = True
-            os.kill(self.process.pid, signal.SIGTERM)
+            self._signal_group(signal.SIGTERM)
 
-    async def run(self) -> int | None:
-        """Until stopped or out of restarts; returns the last exit code."""
+    async def _pass_output(self, stream: asyncio.StreamReader) -> None:
+        while line := await stream.readline():
+            text = self.mask(line.decode(errors="replace").rstrip())
+            self.tail.append(text)
+            print(text, file=sys.stderr, flush=True)
+
+    async def run(self) -> Outcome:
+        """Until stopped, out of restarts, or configured wrong."""
         backoff = self.first_backoff_s
         code: int | None = None
         while not self._stopping:
-            self.process = await asyncio.create_subprocess_exec(*self.command, env=self.env)
-            log.info("selkies started", pid=self.process.pid)
+            self.process = await asyncio.create_subprocess_exec(
+                *self.command,
+                env=self.env,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
+            )
+            self.started.set()
+            log.info("streamer started", pid=self.process.pid, command=self.command[0])
+            assert self.process.stdout is not None
+            output = asyncio.create_task(self._pass_output(self.process.stdout))
             code = await self.process.wait()
+            self._signal_group(signal.SIGKILL)  # whatever it left behind in its group
+            await output
             if self._stopping:
                 break
             if self._reconfiguring:  # we stopped it to apply new settings: not a failure
                 self._reconfiguring = False
                 continue
+            if code in self.config_error_codes:
+                log.error("streamer configuration error; not restarting", exit_code=code)
+                return Outcome("config_error", code, tuple(self.tail))
             if self.restarts >= self.max_restarts:
-                log.error("selkies keeps dying; giving up", exit_code=code, restarts=self.restarts)
-                break
+                log.error("streamer keeps dying; giving up", exit_code=code, restarts=self.restarts)
+                return Outcome("gave_up", code, tuple(self.tail))
             self.restarts += 1
-            log.warning("selkies exited; restarting", exit_code=code, restart=self.restarts)
+            log.warning("streamer exited; restarting", exit_code=code, restart=self.restarts)
             await self.on_restart(self.restarts, code)
             await asyncio.sleep(backoff)
             backoff = min(30.0, backoff * 2)
-        return code
+        return Outcome("stopped", code, tuple(self.tail))
 
-    async def stop(self) -> None:
+    def _signal_group(self, signum: int) -> None:
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, signum)  # its pid is its group's id (setsid)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    async def stop(self, timeout_s: float = 10) -> None:
+        """Stop the streamer and everything in its process group."""
         self._stopping = True
-        if self.process is not None and self.process.returncode is None:
-            os.kill(self.process.pid, signal.SIGTERM)
+        if self.process is None:
+            return
+        if self.process.returncode is None:
+            self._signal_group(signal.SIGTERM)
             try:
-                await asyncio.wait_for(self.process.wait(), timeout=10)
+                await asyncio.wait_for(self.process.wait(), timeout=timeout_s)
             except TimeoutError:
-                os.kill(self.process.pid, signal.SIGKILL)
+                pass
+        self._signal_group(signal.SIGKILL)
+        if self.process.returncode is None:
+            await self.process.wait()

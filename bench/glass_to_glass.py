@@ -54,7 +54,7 @@ from prometheus_client import CollectorRegistry, Gauge, Info, start_http_server
 
 from agent.pipeline import SOFTWARE, Caps, Element, StreamSettings, build
 from agent.runner import Agent, AgentEnv, check_report
-from agent.supervisor import METRICS_PORT
+from agent.streamers.selkies_gstreamer import METRICS_PORT, SelkiesGStreamer
 from app.cluster.fake import FakeKubernetes, start_fake_cluster, write_kubeconfig
 from app.cluster.manifests import SESSION_ID_LABEL
 from app.security import turn_credentials
@@ -653,8 +653,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 # The agent in the pod: its checks, its first report, its pipeline.
                 agent_env = AgentEnv.from_environ(env)
                 metrics, metrics_server = SelkiesMetrics.serve(METRICS_PORT)
-                agent = Agent(agent_env, metrics_url=f"http://127.0.0.1:{METRICS_PORT}/metrics")
-                agent.report, choice = check_report(agent_env)
+                agent = Agent(agent_env, SelkiesGStreamer(["selkies-gstreamer"], "bench"))
+                agent.report, choice = check_report(agent_env, agent.streamer)
+                agent.config = agent_env.stream_config(
+                    choice, agent_env.framerate, agent_env.bitrate_kbps
+                )
                 if not await agent.reporter.send(agent.wire_report()):
                     raise RuntimeError("the control plane did not take the agent's report")
                 running = await plane.wait_phase(session_id, {"Running", "Failed"}, 30)

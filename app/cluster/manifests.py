@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.config import Settings
+from app.security import SELKIES_BASIC_AUTH_USER
 from app.templates.schemas import TemplateSpec
 
 Manifest = dict[str, Any]
@@ -165,7 +166,7 @@ def _env(session: SessionView, settings: Settings) -> list[dict[str, Any]]:
         "PULSE_SERVER": "/run/pulse/native",
         # Selkies' basic auth, our user; the password comes from the Secret below
         "SELKIES_ENABLE_BASIC_AUTH": "true",
-        "SELKIES_BASIC_AUTH_USER": "user",
+        "SELKIES_BASIC_AUTH_USER": SELKIES_BASIC_AUTH_USER,  # as GET .../connection says
         # Our TURN, never Selkies' public default relay
         "SELKIES_TURN_HOST": settings.effective_turn_host,
         "SELKIES_TURN_PORT": str(settings.turn_port),
@@ -181,6 +182,11 @@ def _env(session: SessionView, settings: Settings) -> list[dict[str, Any]]:
         "VDI_SESSION_ID": str(session.id),
         "VDI_CALLBACK_URL": settings.callback_url,
         "VDI_GPU": str(spec.gpu),
+        "VDI_STREAMER": spec.streamer,
+        "VDI_TRANSPORT": spec.transport,
+        # Half the start timeout for the streamer to answer its health check: a failure then
+        # says STREAMER_FAILED with its log, not START_TIMEOUT with nothing.
+        "VDI_STREAMER_START_TIMEOUT_S": str(max(15, spec.start_timeout_s // 2)),
         "NVIDIA_DRIVER_CAPABILITIES": "all",
         "HOME": HOME,
     }
@@ -222,7 +228,11 @@ def pod(session: SessionView, settings: Settings) -> Manifest:
         # spec: "Direct Hardware Access" (NVENC); a CPU session has no GPU to reach
         mounts.append({"name": "dri", "mountPath": "/dev/dri"})
         volumes.append({"name": "dri", "hostPath": {"path": "/dev/dri", "type": "Directory"}})
-    probe = {"tcpSocket": {"port": SELKIES_PORT}}  # Selkies' /health needs basic auth
+    # Selkies-GStreamer's /health needs basic auth, so a TCP check (also for `auto`, which may
+    # hold either line); Selkies 2.x answers /api/health without auth.
+    probe: dict[str, Any] = {"tcpSocket": {"port": SELKIES_PORT}}
+    if spec.streamer == "selkies":
+        probe = {"httpGet": {"path": "/api/health", "port": SELKIES_PORT}}
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": spec.image,

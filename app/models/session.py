@@ -52,6 +52,8 @@ class VDISession(Base):
     conditions: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, default=list)
     url: Mapped[str] = mapped_column(String(300))
     encoder: Mapped[str | None] = mapped_column(String(64))
+    # The Selkies line and version the agent runs, e.g. "selkies 2.1.0".
+    streamer: Mapped[str | None] = mapped_column(String(64))
     gpu: Mapped[int] = mapped_column(Integer)
     # Fernet token of the session's basic-auth password and TURN credentials.
     secrets_encrypted: Mapped[str] = mapped_column(Text)

@@ -33,5 +33,7 @@ class Template(Base):
     max_lifetime_s: Mapped[int] = mapped_column(Integer)
     node_selector: Mapped[dict[str, str]] = mapped_column(JSONB)
     tolerations: Mapped[list[dict[str, Any]]] = mapped_column(JSONB)
+    streamer: Mapped[str] = mapped_column(String(32), default="auto")
+    transport: Mapped[str] = mapped_column(String(16), default="webrtc")
     created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)

@@ -39,6 +39,9 @@ DELETED_PHASES = frozenset({Phase.terminating, Phase.terminated})
 GPU_INIT_ERROR = "GPU_INIT_ERROR"
 ENCODER_UNAVAILABLE = "ENCODER_UNAVAILABLE"
 SOFTWARE_FALLBACK = "SoftwareFallback"
+# The streamer exited with a configuration error, kept crashing, or never answered its health
+# check: the desktop cannot be reached, whatever the checks said.
+STREAMER_FAILED = "STREAMER_FAILED"
 
 _CHECK_CONDITION = {
     CheckName.gpu: ConditionType.gpu_available,
@@ -199,6 +202,9 @@ def _failure(
     encoder = checks.get(CheckName.encoder)
     if encoder is not None and encoder.ok is False:
         return encoder.code or ENCODER_UNAVAILABLE, encoder.detail or "No usable encoder"
+    stream = checks.get(CheckName.stream)
+    if stream is not None and stream.ok is False and stream.code == STREAMER_FAILED:
+        return STREAMER_FAILED, stream.detail or "The streamer failed"
     if encoder is not None and encoder.ok and report.fallback and not fallback_allowed:
         return (
             ENCODER_UNAVAILABLE,
@@ -231,6 +237,8 @@ def apply_health_report(
     session.last_report_at = now
     if report.encoder:
         session.encoder = report.encoder
+    if report.streamer:
+        session.streamer = report.streamer
     for name, check in checks.items():
         if name is CheckName.gpu and session.gpu == 0:
             continue  # a CPU session has no GPU to check

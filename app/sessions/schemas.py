@@ -75,6 +75,9 @@ class Session(BaseModel):
     conditions: list[Condition]
     url: str = Field(description="Where the user's browser connects")
     encoder: str | None = Field(description="The encoder element the agent chose")
+    streamer: str | None = Field(
+        default=None, description="The Selkies line and version in use, e.g. `selkies 2.1.0`"
+    )
     gpu: int = Field(description="GPUs asked for (0: a CPU session)")
     created_at: datetime
     updated_at: datetime
@@ -154,3 +157,10 @@ class HealthReport(BaseModel):
     frames_decoded: int | None = Field(default=None, ge=0)
     jitter_ms: float | None = Field(default=None, ge=0)
     latency_ms: float | None = Field(default=None, ge=0)
+    streamer: str | None = Field(
+        default=None,
+        max_length=64,
+        pattern=r"^[a-z0-9-]+ [A-Za-z0-9.+-]+$",
+        examples=["selkies 2.1.0", "selkies-gstreamer 1.6.2"],
+        description="The Selkies line and version the agent runs",
+    )

@@ -72,6 +72,7 @@ def to_schema(session: VDISession) -> Session:
         conditions=session.conditions,
         url=session.url,
         encoder=session.encoder,
+        streamer=session.streamer,
         gpu=session.gpu,
         created_at=session.created_at,
         updated_at=session.updated_at,

@@ -66,11 +66,29 @@ class TemplateSpec(BaseModel):
         default_factory=dict, max_length=32
     )
     tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
+    streamer: Literal["auto", "selkies-gstreamer", "selkies"] = Field(
+        default="auto",
+        description="The Selkies line the agent runs: `auto` (the one the image holds), "
+        "`selkies-gstreamer` (1.x, the spec's) or `selkies` (2.x)",
+    )
+    transport: Literal["webrtc", "websockets"] = Field(
+        default="webrtc",
+        description="`webrtc` (through TURN, always) or `websockets` (Selkies 2.x only; no TURN)",
+    )
 
     @model_validator(mode="after")
     def _idle_within_lifetime(self) -> Self:
         if self.idle_timeout_s > self.max_lifetime_s:
             raise ValueError("idle_timeout_s must not exceed max_lifetime_s")
+        return self
+
+    @model_validator(mode="after")
+    def _websockets_only_on_selkies_2(self) -> Self:
+        if self.transport == "websockets" and self.streamer != "selkies":
+            raise ValueError(
+                "transport 'websockets' needs streamer 'selkies' (Selkies 2.x): "
+                "Selkies-GStreamer streams over WebRTC only"
+            )
         return self
 
 

@@ -21,6 +21,9 @@ from agent import supervisor
 from agent.callbacks import Reporter
 from agent.metrics import StreamStats
 from agent.runner import Agent, AgentEnv, check_report
+from agent.streamers import StreamConfig, Streamer, UnsafeConfiguration
+from agent.streamers.selkies import Selkies
+from agent.streamers.selkies_gstreamer import SelkiesGStreamer
 from app.security import agent_token
 from tests.conftest import ADMIN, TEST_SECRET_KEY
 from tests.servers import serve
@@ -82,35 +85,77 @@ async def test_a_refused_token_stops_the_callbacks(app: FastAPI, make_session: M
         assert not await reporter.send({"checks": []})  # and stays stopped
 
 
-def test_selkies_refuses_its_unsafe_defaults() -> None:
-    config = supervisor.StreamConfig(
-        "x264enc", 60, 8000, "mypasswd", "turn.example", "3478", "u", "p", "turn.example", "3478"
+def stream_config(**overrides: Any) -> StreamConfig:
+    values: dict[str, Any] = {
+        "encoder": "x264enc",
+        "fallback": False,
+        "framerate": 60,
+        "bitrate_kbps": 8000,
+        "gop_size": 30,
+        "password": "s3cret-pw",
+        "user": "user",
+        "turn_host": "turn.example",
+        "turn_port": "3478",
+        "turn_username": "1:x",
+        "turn_password": "p",
+        "stun_host": "turn.example",
+        "stun_port": "3478",
+    }
+    return StreamConfig(**{**values, **overrides})
+
+
+@pytest.mark.parametrize(
+    "streamer",
+    [SelkiesGStreamer(["selkies-gstreamer"], "1.6.2"), Selkies(["selkies"], "2.1.0")],
+    ids=["1.x", "2.x"],
+)
+def test_neither_line_starts_with_unsafe_defaults(streamer: Streamer) -> None:
+    with pytest.raises(UnsafeConfiguration, match="password"):
+        streamer.environment(stream_config(password="mypasswd"), {})
+    with pytest.raises(UnsafeConfiguration, match="password"):
+        streamer.environment(stream_config(password=""), {})
+    with pytest.raises(UnsafeConfiguration, match="public relay"):
+        streamer.environment(stream_config(turn_host="", turn_username=""), {})
+
+
+def test_selkies_gstreamer_gets_the_spec_environment() -> None:
+    env = SelkiesGStreamer(["selkies-gstreamer"], "1.6.2").environment(
+        stream_config(encoder="nvh264enc"), {"DISPLAY": ":0"}
     )
-    with pytest.raises(supervisor.UnsafeConfiguration, match="password"):
-        supervisor.selkies_environment(config, {})
-    no_turn = supervisor.StreamConfig(
-        "x264enc", 60, 8000, "s3cret-pw", "", "3478", "", "", "", "3478"
-    )
-    with pytest.raises(supervisor.UnsafeConfiguration, match="public relay"):
-        supervisor.selkies_environment(no_turn, {})
-    good = supervisor.StreamConfig(
-        "nvh264enc",
-        60,
-        8000,
-        "s3cret-pw",
-        "turn.example",
-        "3478",
-        "1:x",
-        "p",
-        "turn.example",
-        "3478",
-    )
-    env = supervisor.selkies_environment(good, {"DISPLAY": ":0"})
     assert env["SELKIES_ENCODER"] == "nvh264enc"
     assert env["SELKIES_TURN_PROTOCOL"] == "udp"
     assert env["SELKIES_ENABLE_METRICS_HTTP"] == "true"
+    assert env["SELKIES_METRICS_HTTP_PORT"] == "9081"
     assert env["SELKIES_ENABLE_WEBRTC_STATISTICS"] == "true"
+    assert (env["SELKIES_BASIC_AUTH_USER"], env["SELKIES_ADDR"]) == ("user", "0.0.0.0")
     assert env["DISPLAY"] == ":0"
+
+
+@pytest.mark.parametrize(
+    ("encoder", "use_cpu"), [("h264enc/nvenc", "false"), ("h264enc/x264", "true")]
+)
+def test_selkies_2_gets_the_spec_intent_in_its_own_settings(encoder: str, use_cpu: str) -> None:
+    pod = {"SELKIES_ENCODER": "nvh264enc", "SELKIES_ADDR": "0.0.0.0", "DISPLAY": ":0"}
+    env = Selkies(["selkies"], "2.1.0").environment(
+        stream_config(encoder=encoder, framerate=60, gop_size=30, bitrate_kbps=6000), pod
+    )
+    assert env["SELKIES_ENCODER"] == "h264enc"  # 2.x rejects nvh264enc
+    assert env["SELKIES_USE_CPU"] == use_cpu
+    assert "SELKIES_ADDR" not in env  # with SELKIES_PUBLIC it refuses to start
+    assert (env["SELKIES_PUBLIC"], env["SELKIES_PORT"]) == ("true", "8080")
+    assert (env["SELKIES_MODE"], env["SELKIES_ENABLE_DUAL_MODE"]) == ("webrtc", "false")
+    assert env["SELKIES_BASIC_AUTH_USER"] == "user"  # not 2.x's default, ubuntu
+    assert (env["SELKIES_VIDEO_BITRATE"], env["SELKIES_RATE_CONTROL_MODE"]) == ("6000", "cbr")
+    assert (env["SELKIES_FRAMERATE"], env["SELKIES_KEYFRAME_INTERVAL"]) == ("60", "0.5")
+    assert env["SELKIES_TURN_USERNAME"] == "1:x"
+    assert env["SELKIES_ENABLE_METRICS_HTTP"] == env["SELKIES_ENABLE_WEBRTC_STATISTICS"] == "true"
+
+
+def test_selkies_2_over_websockets_needs_no_turn() -> None:
+    config = stream_config(transport="websockets", turn_host="", turn_username="")
+    env = Selkies(["selkies"], "2.1.0").environment(config, {})
+    assert env["SELKIES_MODE"] == "websockets"
+    assert "SELKIES_TURN_HOST" not in env
 
 
 async def test_a_dying_selkies_is_restarted_a_bounded_number_of_times(tmp_path: Path) -> None:
@@ -126,8 +171,8 @@ async def test_a_dying_selkies_is_restarted_a_bounded_number_of_times(tmp_path: 
     supervised = supervisor.Supervisor(
         [str(script)], {}, on_restart=on_restart, max_restarts=3, first_backoff_s=0.01
     )
-    code = await asyncio.wait_for(supervised.run(), timeout=30)
-    assert code == 3
+    outcome = await asyncio.wait_for(supervised.run(), timeout=30)
+    assert (outcome.kind, outcome.exit_code) == ("gave_up", 3)
     assert restarts == [(1, 3), (2, 3), (3, 3)]
     assert runs.read_text().count("run") == 4
 
@@ -226,3 +271,67 @@ def test_pipeline_latency_is_measured_with_the_tracer(fake_gpu: Callable[..., No
     measured = measure_pipeline_latency(choice)
     assert measured is not None
     assert 0 < measured < 1000
+
+
+async def test_a_configuration_error_is_not_restarted_and_its_log_tail_hides_secrets(
+    tmp_path: Path,
+) -> None:
+    script = tmp_path / "selkies"
+    script.write_text(
+        "#!/bin/sh\necho starting with password $SELKIES_BASIC_AUTH_PASSWORD\n"
+        "echo 'no basic auth password set' >&2\nexit 78\n"
+    )
+    script.chmod(0o755)
+
+    async def on_restart(count: int, code: int | None) -> None:
+        raise AssertionError("a configuration error is not restarted")
+
+    supervised = supervisor.Supervisor(
+        [str(script)],
+        {"SELKIES_BASIC_AUTH_PASSWORD": "hunter2-session-pw"},
+        on_restart=on_restart,
+        config_error_codes=Selkies.config_error_codes,
+        secrets=["hunter2-session-pw"],
+    )
+    outcome = await asyncio.wait_for(supervised.run(), timeout=30)
+    assert (outcome.kind, outcome.exit_code) == ("config_error", 78)
+    assert outcome.log_tail == ("starting with password ***", "no basic auth password set")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = Path(f"/proc/{pid}/status")
+    return status.exists() and "State:\tZ" not in status.read_text()
+
+
+async def test_stop_ends_the_streamers_whole_process_group(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    script = tmp_path / "selkies"
+    script.write_text(f"#!/bin/sh\nsleep 300 &\necho $! > {pids}\nexec sleep 300\n")
+    script.chmod(0o755)
+
+    async def on_restart(count: int, code: int | None) -> None:
+        raise AssertionError("stopping is not a crash")
+
+    supervised = supervisor.Supervisor([str(script)], {}, on_restart=on_restart)
+    running = asyncio.create_task(supervised.run())
+    for _ in range(200):
+        if pids.exists() and pids.read_text().strip():
+            break
+        await asyncio.sleep(0.05)
+    child = int(pids.read_text())
+    assert supervised.process is not None
+    leader = supervised.process.pid
+    assert os.getpgid(child) == leader  # the streamer leads a group of its own
+    await supervised.stop()
+    outcome = await asyncio.wait_for(running, timeout=15)
+    assert outcome.kind == "stopped"
+    for _ in range(100):
+        if not _alive(child):
+            break
+        await asyncio.sleep(0.05)
+    assert not _alive(leader)
+    assert not _alive(child)  # its own child too: nothing left running

@@ -1,0 +1,200 @@
+"""The one interface the agent has to a Selkies line: how to start it, with which environment,
+how to tell it is healthy, where its stream figures are, how to resize, which exit codes mean
+"configured wrong". The checks, the policy and the reporter never ask which line runs.
+
+Lines: `selkies-gstreamer` (1.x, the spec's: GStreamer webrtcbin, encoder element names) and
+`selkies` (2.x, the maintained one: pixelflux encoders). `detect` finds the one the image holds
+or takes the template's pin (`VDI_STREAMER`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from agent import checks
+from agent.metrics import StreamStats
+
+STREAMER_FAILED = "STREAMER_FAILED"
+LINES = ("selkies-gstreamer", "selkies")
+DEFAULT_PASSWORD = "mypasswd"  # Selkies-GStreamer's own default: never acceptable
+PORT = 8080
+
+
+class UnsafeConfiguration(Exception):
+    """The streamer would start with an unsafe default (a public TURN relay, a known password)."""
+
+
+class UnknownStreamer(Exception):
+    """VDI_STREAMER names no line, or the line it names is not in this image."""
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """What the agent decided, in the spec's terms; each line maps it onto its own settings."""
+
+    encoder: str  # as reported: "nvh264enc", "x264enc", "h264enc/nvenc", "h264enc/x264"
+    fallback: bool  # software encoding although a GPU was asked for, or a CPU session
+    framerate: int
+    bitrate_kbps: int
+    gop_size: int
+    password: str
+    user: str
+    turn_host: str
+    turn_port: str
+    turn_username: str
+    turn_password: str
+    stun_host: str
+    stun_port: str
+    transport: str = "webrtc"  # or "websockets" (2.x only: no TURN then)
+
+    @classmethod
+    def from_env(
+        cls, env: Mapping[str, str], *, encoder: str, fallback: bool, framerate: int, bitrate: int
+    ) -> StreamConfig:
+        return cls(
+            encoder=encoder,
+            fallback=fallback,
+            framerate=framerate,
+            bitrate_kbps=bitrate,
+            gop_size=int(env.get("VDI_GOP_SIZE", "30")),
+            password=env.get("SELKIES_BASIC_AUTH_PASSWORD", ""),
+            user=env.get("SELKIES_BASIC_AUTH_USER", "user"),
+            turn_host=env.get("SELKIES_TURN_HOST", ""),
+            turn_port=env.get("SELKIES_TURN_PORT", "3478"),
+            turn_username=env.get("SELKIES_TURN_USERNAME", ""),
+            turn_password=env.get("SELKIES_TURN_PASSWORD", ""),
+            stun_host=env.get("SELKIES_STUN_HOST", ""),
+            stun_port=env.get("SELKIES_STUN_PORT", "3478"),
+            transport=env.get("VDI_TRANSPORT", "webrtc"),
+        )
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Values that must never reach a log line, a report or an error."""
+        return tuple(s for s in (self.password, self.turn_password, self.turn_username) if s)
+
+    def require_safe(self) -> None:
+        if not self.password or self.password == DEFAULT_PASSWORD:
+            raise UnsafeConfiguration("SELKIES_BASIC_AUTH_PASSWORD must be the session's password")
+        if self.transport == "webrtc" and not (
+            self.turn_host and self.turn_username and self.turn_password
+        ):
+            raise UnsafeConfiguration(
+                "SELKIES_TURN_HOST and the session's TURN credentials must be set: "
+                "without them Selkies falls back to a public relay"
+            )
+
+
+class Streamer(ABC):
+    """One Selkies line as installed in this image."""
+
+    line: str
+    # Exit codes that mean the settings are wrong: restarting cannot help.
+    config_error_codes: frozenset[int] = frozenset()
+
+    def __init__(self, command: list[str], version: str) -> None:
+        self.command = command
+        self.version = version
+
+    @property
+    def label(self) -> str:
+        """Line and version, as the report and the session carry it (e.g. `selkies 2.1.0`)."""
+        return f"{self.line} {self.version}"
+
+    @abstractmethod
+    def choose_encoder(
+        self, gpu: checks.Check, *, gpus_requested: int, fallback_allowed: bool
+    ) -> checks.EncoderChoice:
+        """Check 2 for this line, then hardware first and software where allowed."""
+
+    @abstractmethod
+    def environment(self, config: StreamConfig, base: Mapping[str, str]) -> dict[str, str]:
+        """The streamer's environment: `base` (the pod's) with the decided settings."""
+
+    def not_applied(self, config: StreamConfig) -> list[str]:
+        """The spec's settings this line has no way to honour, said in the report."""
+        return []
+
+    @abstractmethod
+    async def healthy(self, http: httpx.AsyncClient, config: StreamConfig) -> bool:
+        """Whether it answers as a working server."""
+
+    @abstractmethod
+    async def stats(self, http: httpx.AsyncClient, config: StreamConfig) -> StreamStats | None:
+        """The viewer's figures where this line serves them; None when unreachable."""
+
+    @abstractmethod
+    def resize_command(self, size: str) -> list[str] | None:
+        """How to resize the display to `size` (WxH); None where this image cannot."""
+
+    @property
+    def restart_settings(self) -> frozenset[str]:
+        """Settings a running streamer cannot change: a new value means a restart."""
+        return frozenset({"SELKIES_FRAMERATE", "SELKIES_VIDEO_BITRATE"})
+
+
+def _beside(command: str, name: str) -> str | None:
+    """A program installed beside `command` (the same venv's bin), else on PATH."""
+    sibling = Path(command).parent / name
+    if sibling.is_file() and os.access(sibling, os.X_OK):
+        return str(sibling)
+    return shutil.which(name)
+
+
+def _version(python: str | None, distribution: str) -> str:
+    """The installed version of `distribution`, as the streamer's own interpreter sees it."""
+    if python is None:
+        return "unknown"
+    try:
+        result = subprocess.run(
+            [
+                python,
+                "-c",
+                f"import importlib.metadata as m; print(m.version({distribution!r}))",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return result.stdout.strip() if result.returncode == 0 and result.stdout.strip() else "unknown"
+
+
+def detect(env: Mapping[str, str]) -> Streamer:
+    """The line to run: `VDI_STREAMER` (`auto`, `selkies-gstreamer`, `selkies`) against what this
+    image holds. `auto` takes the one installed; with both, the spec's (Selkies-GStreamer).
+    `VDI_SELKIES_COMMAND` names the start command where it is not the line's own (1.x's image
+    wraps it to load its GStreamer build)."""
+    from agent.streamers.selkies import Selkies
+    from agent.streamers.selkies_gstreamer import SelkiesGStreamer
+
+    wanted = env.get("VDI_STREAMER", "auto") or "auto"
+    if wanted not in ("auto", *LINES):
+        raise UnknownStreamer(
+            f"VDI_STREAMER={wanted!r}: expected auto, selkies-gstreamer or selkies"
+        )
+    configured = env.get("VDI_SELKIES_COMMAND", "").split()
+    found: dict[str, Streamer] = {}
+    for line in LINES if wanted == "auto" else (wanted,):
+        kind = SelkiesGStreamer if line == "selkies-gstreamer" else Selkies
+        streamer = kind.find(configured)
+        if streamer is not None:
+            found[line] = streamer
+    for line in LINES:
+        if line in found:
+            return found[line]
+    raise UnknownStreamer(
+        f"no {'Selkies' if wanted == 'auto' else wanted} in this image: expected "
+        f"{'selkies-gstreamer or selkies' if wanted == 'auto' else wanted} on PATH "
+        "or VDI_SELKIES_COMMAND"
+    )

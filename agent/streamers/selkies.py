@@ -1,0 +1,197 @@
+"""Selkies 2.x (`selkies` on PyPI), the maintained line: pixelflux captures and encodes (NVENC or
+VA-API where the GPU has the codec, else x264), WebRTC only with `SELKIES_MODE=webrtc`, loopback
+only unless `SELKIES_PUBLIC=true`, `/api/health` without auth, `/api/metrics` on the main port
+behind basic auth, `selkies-resize`, exit 78 (EX_CONFIG) on a configuration error.
+
+The spec's intent mapped: `SELKIES_ENCODER=h264enc` (2.x rejects `nvh264enc`) with the GPU
+allowed only when nvidia-smi and pixelflux's own NVENC probe pass, else `SELKIES_USE_CPU=true`;
+CBR at the template's bitrate; the GOP as a key-frame interval in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+
+import httpx
+import structlog
+
+from agent import checks, metrics
+from agent.metrics import StreamStats
+from agent.streamers import PORT, StreamConfig, Streamer, _beside, _version
+
+log = structlog.get_logger("vdi.agent.selkies")
+
+DISTRIBUTION = "selkies"
+ENCODER = "h264enc"
+HARDWARE = f"{ENCODER}/nvenc"
+SOFTWARE = f"{ENCODER}/x264"
+# pixelflux's probe of the GPU's hardware encoders, as Selkies itself runs it at start-up
+# (settings.hardware_encoders; -2 is AUTO_ENCODE_NODE): {"h264": "nvenc", ...} or {}.
+NVENC_PROBE = "import json, pixelflux; print(json.dumps(dict(pixelflux.hardware_encoders(-2, ''))))"
+PROBE_TIMEOUT_S = 60
+# The spec's nvh264enc settings that 2.x exposes no setting for: pixelflux configures its
+# encoders itself.
+SPEC_SETTINGS_NOT_SETTABLE = ("preset=low-latency-hq", "bframes=0", "aud=false")
+
+
+class Selkies(Streamer):
+    line = "selkies"
+    config_error_codes = frozenset({2, 78})  # argparse usage; EX_CONFIG (e.g. no password)
+
+    def __init__(self, command: list[str], version: str, *, host: str = "127.0.0.1") -> None:
+        super().__init__(command, version)
+        self.base_url = f"http://{host}:{PORT}"
+        self.python = _beside(command[0], "python3")
+
+    @classmethod
+    def find(cls, configured: list[str]) -> Selkies | None:
+        if configured and Path(configured[0]).name == "selkies":
+            program: str | None = configured[0]
+        else:
+            program = shutil.which("selkies")
+        if program is None:
+            return None
+        command = configured if configured and program == configured[0] else [program]
+        return cls(command, _version(_beside(program, "python3"), DISTRIBUTION))
+
+    def probe_nvenc(self) -> checks.Check:
+        """Check 2 for 2.x: does pixelflux find an NVENC H.264 encoder on this GPU."""
+        if self.python is None:
+            return checks.Check(
+                "encoder", False, checks.ENCODER_UNAVAILABLE, "no Python beside selkies to probe"
+            )
+        try:
+            result = subprocess.run(
+                [self.python, "-c", NVENC_PROBE],
+                capture_output=True,
+                text=True,
+                timeout=PROBE_TIMEOUT_S,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            return checks.Check(
+                "encoder", False, checks.ENCODER_UNAVAILABLE, "the NVENC probe did not answer"
+            )
+        try:
+            served = json.loads(result.stdout.strip().splitlines()[-1]) if result.stdout else {}
+        except (json.JSONDecodeError, IndexError):
+            served = {}
+        if result.returncode != 0 or not isinstance(served, dict):
+            reason = (result.stderr or "").strip().splitlines()[-1:] or [
+                f"exit {result.returncode}"
+            ]
+            return checks.Check(
+                "encoder", False, checks.ENCODER_UNAVAILABLE, f"NVENC probe failed: {reason[0]}"
+            )
+        if served.get("h264") == "nvenc":
+            return checks.Check("encoder", True, None, "pixelflux found NVENC H.264 on this GPU")
+        hardware = ", ".join(f"{k}: {v}" for k, v in sorted(served.items())) or "none"
+        return checks.Check(
+            "encoder",
+            False,
+            checks.ENCODER_UNAVAILABLE,
+            f"pixelflux found no NVENC H.264 encoder on this GPU (hardware encoders: {hardware})",
+        )
+
+    def choose_encoder(
+        self, gpu: checks.Check, *, gpus_requested: int, fallback_allowed: bool
+    ) -> checks.EncoderChoice:
+        if gpus_requested == 0:
+            return checks.EncoderChoice(
+                SOFTWARE,
+                False,
+                checks.Check("encoder", True, None, f"CPU session: {SOFTWARE}"),
+            )
+        if gpu.ok is not True:
+            return checks.EncoderChoice(
+                None, False, checks.Check("encoder", False, checks.ENCODER_UNAVAILABLE, "no GPU")
+            )
+        nvenc = self.probe_nvenc()
+        if nvenc.ok:
+            return checks.EncoderChoice(HARDWARE, False, nvenc)
+        if not fallback_allowed:
+            return checks.EncoderChoice(None, False, nvenc)
+        log.warning("NVENC unusable, forcing software encoding", detail=nvenc.detail)
+        return checks.EncoderChoice(
+            SOFTWARE,
+            True,
+            checks.Check(
+                "encoder",
+                True,
+                "SoftwareFallback",
+                f"{nvenc.detail}; using {SOFTWARE} (SELKIES_USE_CPU=true)",
+            ),
+        )
+
+    def environment(self, config: StreamConfig, base: Mapping[str, str]) -> dict[str, str]:
+        config.require_safe()
+        env = dict(base)
+        # 2.x refuses --addr together with SELKIES_PUBLIC; the 1.x names mean nothing here.
+        for name in ("SELKIES_ADDR", "SELKIES_METRICS_HTTP_PORT"):
+            env.pop(name, None)
+        keyframe_interval_s = config.gop_size / max(1, config.framerate)
+        env.update(
+            {
+                "SELKIES_ENCODER": ENCODER,
+                "SELKIES_USE_CPU": "false" if config.encoder == HARDWARE else "true",
+                "SELKIES_FRAMERATE": str(config.framerate),
+                "SELKIES_VIDEO_BITRATE": str(config.bitrate_kbps),
+                "SELKIES_RATE_CONTROL_MODE": "cbr",
+                "SELKIES_KEYFRAME_INTERVAL": f"{keyframe_interval_s:g}",
+                "SELKIES_ENABLE_RESIZE": "true",
+                "SELKIES_ENABLE_BASIC_AUTH": "true",
+                "SELKIES_BASIC_AUTH_USER": config.user,
+                "SELKIES_BASIC_AUTH_PASSWORD": config.password,
+                "SELKIES_PUBLIC": "true",
+                "SELKIES_PORT": str(PORT),
+                "SELKIES_MODE": config.transport,
+                # The page may not switch transports: WebRTC is the TURN-always path.
+                "SELKIES_ENABLE_DUAL_MODE": "false",
+                "SELKIES_ENABLE_METRICS_HTTP": "true",
+                "SELKIES_ENABLE_WEBRTC_STATISTICS": "true",
+            }
+        )
+        if config.transport == "webrtc":
+            env.update(
+                {
+                    "SELKIES_TURN_HOST": config.turn_host,
+                    "SELKIES_TURN_PORT": config.turn_port,
+                    "SELKIES_TURN_PROTOCOL": "udp",
+                    "SELKIES_TURN_USERNAME": config.turn_username,
+                    "SELKIES_TURN_PASSWORD": config.turn_password,
+                    "SELKIES_STUN_HOST": config.stun_host or config.turn_host,
+                    "SELKIES_STUN_PORT": config.stun_port,
+                }
+            )
+        return env
+
+    def not_applied(self, config: StreamConfig) -> list[str]:
+        return [
+            f"{', '.join(SPEC_SETTINGS_NOT_SETTABLE)} (Selkies 2.x has no such settings; "
+            f"pixelflux configures its encoders itself); gop-size={config.gop_size} applied as "
+            f"a key frame every {config.gop_size / max(1, config.framerate):g} s"
+        ]
+
+    async def healthy(self, http: httpx.AsyncClient, config: StreamConfig) -> bool:
+        try:
+            response = await http.get(f"{self.base_url}/api/health")
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
+    async def stats(self, http: httpx.AsyncClient, config: StreamConfig) -> StreamStats | None:
+        try:
+            response = await http.get(
+                f"{self.base_url}/api/metrics", auth=(config.user, config.password)
+            )
+        except httpx.HTTPError:
+            return None
+        return metrics.parse(response.text) if response.is_success else None
+
+    def resize_command(self, size: str) -> list[str] | None:
+        program = _beside(self.command[0], "selkies-resize")
+        return [program, size] if program else None

@@ -1,0 +1,99 @@
+"""Selkies-GStreamer 1.x, the line the spec describes: `SELKIES_ENCODER` is a GStreamer element
+(nvh264enc, else x264enc), its own metrics server on METRICS_PORT, `/health` behind basic auth
+(so health is a TCP connect), `selkies-gstreamer-resize`."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import Mapping
+
+import httpx
+
+from agent import checks, metrics
+from agent.metrics import StreamStats
+from agent.streamers import PORT, StreamConfig, Streamer, _beside, _version
+
+METRICS_PORT = 9081
+DISTRIBUTION = "selkies-gstreamer"
+
+
+class SelkiesGStreamer(Streamer):
+    line = "selkies-gstreamer"
+    config_error_codes = frozenset({2})  # argparse: an unknown or malformed option
+
+    def __init__(
+        self,
+        command: list[str],
+        version: str,
+        *,
+        metrics_url: str = f"http://127.0.0.1:{METRICS_PORT}/metrics",
+        health_host: str = "127.0.0.1",
+    ) -> None:
+        super().__init__(command, version)
+        self.metrics_url = metrics_url
+        self.health_host = health_host
+
+    @classmethod
+    def find(cls, configured: list[str]) -> SelkiesGStreamer | None:
+        program = shutil.which("selkies-gstreamer")
+        if program is None:
+            return None
+        return cls(configured or [program], _version(_beside(program, "python3"), DISTRIBUTION))
+
+    def choose_encoder(
+        self, gpu: checks.Check, *, gpus_requested: int, fallback_allowed: bool
+    ) -> checks.EncoderChoice:
+        return checks.choose_encoder(
+            gpu, gpus_requested=gpus_requested, fallback_allowed=fallback_allowed
+        )
+
+    def environment(self, config: StreamConfig, base: Mapping[str, str]) -> dict[str, str]:
+        config.require_safe()
+        env = dict(base)
+        env.update(
+            {
+                "SELKIES_ENCODER": config.encoder,
+                "SELKIES_FRAMERATE": str(config.framerate),
+                "SELKIES_VIDEO_BITRATE": str(config.bitrate_kbps),
+                "SELKIES_ENABLE_RESIZE": "true",
+                "SELKIES_ENABLE_BASIC_AUTH": "true",
+                "SELKIES_BASIC_AUTH_USER": config.user,
+                "SELKIES_BASIC_AUTH_PASSWORD": config.password,
+                "SELKIES_ADDR": "0.0.0.0",
+                "SELKIES_PORT": str(PORT),
+                "SELKIES_TURN_HOST": config.turn_host,
+                "SELKIES_TURN_PORT": config.turn_port,
+                "SELKIES_TURN_PROTOCOL": "udp",
+                "SELKIES_TURN_USERNAME": config.turn_username,
+                "SELKIES_TURN_PASSWORD": config.turn_password,
+                "SELKIES_STUN_HOST": config.stun_host,
+                "SELKIES_STUN_PORT": config.stun_port,
+                "SELKIES_ENABLE_METRICS_HTTP": "true",
+                "SELKIES_METRICS_HTTP_PORT": str(METRICS_PORT),
+                "SELKIES_ENABLE_WEBRTC_STATISTICS": "true",
+            }
+        )
+        return env
+
+    async def healthy(self, http: httpx.AsyncClient, config: StreamConfig) -> bool:
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(self.health_host, PORT), timeout=2
+            )
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        await writer.wait_closed()
+        return True
+
+    async def stats(self, http: httpx.AsyncClient, config: StreamConfig) -> StreamStats | None:
+        try:
+            response = await http.get(self.metrics_url)
+        except httpx.HTTPError:
+            return None
+        return metrics.parse(response.text) if response.is_success else None
+
+    def resize_command(self, size: str) -> list[str] | None:
+        program = shutil.which("selkies-gstreamer-resize")
+        return [program, size] if program else None
