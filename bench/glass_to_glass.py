@@ -74,15 +74,15 @@ SENDER = REPO / "bench" / "webrtc_sender.py"
 # -- the private network ------------------------------------------------------------------------
 
 
-def reexec_in_private_network(argv: list[str]) -> None:
+def reexec_in_private_network(argv: list[str], module: str = "bench.glass_to_glass") -> None:
     """Run this module again in new network and PID namespaces: the veth pair, coturn and every
     peer live and die there (the PID namespace kills whatever is left when the harness ends)."""
     if shutil.which("unshare") is None:
-        raise SystemExit("glass_to_glass: `unshare` (util-linux) is needed")
+        raise SystemExit(f"{module}: `unshare` (util-linux) is needed")
     command = ["unshare", "--net", "--pid", "--fork", "--kill-child", "--mount-proc"]
     os.execvpe(
         command[0],
-        [*command, sys.executable, "-m", "bench.glass_to_glass", *argv],
+        [*command, sys.executable, "-m", module, *argv],
         {**os.environ, IN_NETNS: "1"},
     )
 

@@ -1,0 +1,371 @@
+"""A real desktop session end to end, in a private network namespace: coturn with the control
+plane's TURN secret, the control plane on the fake cluster, `vdi-agent run` with the pod's
+environment (Secret resolved) on its own Xvfb screen supervising the real Selkies 2.x (installed
+by agent/install-selkies.sh, as the session image installs it), and a real headless Chromium
+opening Selkies' own page with the credentials from GET /v1/sessions/{id}/connection, relay only.
+
+Prints the browser's figures (getStats: fps, jitter, framesDecoded, candidate types), the CPU
+Selkies and Chromium took, what the session said, and the checks of supervision (wrong password,
+a killed Selkies, stopping the agent).
+
+    .venv/bin/python -m bench.selkies_session [--seconds 10] [--json] [--screenshot out.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from app.cluster.fake import start_fake_cluster
+from app.cluster.manifests import SESSION_ID_LABEL
+from bench.glass_to_glass import (
+    REPO,
+    TURN_IP,
+    ControlPlane,
+    control_plane,
+    coturn,
+    pod_environment,
+    reexec_in_private_network,
+    screen,
+    set_up_network,
+)
+
+IN_NETNS = "VDI_G2G_IN_NETNS"
+SELKIES_VENV = REPO / ".venv-selkies"
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+SESSION_PORT = 8080
+
+# Before any page script: every RTCPeerConnection relay only (as a user behind a strict NAT) and
+# kept where the harness can read its getStats.
+FORCE_RELAY = """
+(() => {
+  const Original = window.RTCPeerConnection;
+  window.__vdiPeers = [];
+  window.RTCPeerConnection = function (config, ...rest) {
+    const pc = new Original(Object.assign({}, config || {}, {iceTransportPolicy: "relay"}),
+                            ...rest);
+    window.__vdiPeers.push(pc);
+    return pc;
+  };
+  window.RTCPeerConnection.prototype = Original.prototype;
+  Object.setPrototypeOf(window.RTCPeerConnection, Original);
+})();
+"""
+# The spec's Check 3, read where the spec says: the browser's own statistics.
+READ_STATS = """
+const done = arguments[arguments.length - 1];
+const peers = window.__vdiPeers || [];
+if (!peers.length) { done({peers: 0}); return; }
+const pc = peers[peers.length - 1];
+pc.getStats().then((stats) => {
+  const out = {peers: peers.length, state: pc.connectionState, local_types: []};
+  const byId = {};
+  stats.forEach((r) => { byId[r.id] = r; });
+  stats.forEach((r) => {
+    if (r.type === "inbound-rtp" && r.kind === "video") {
+      Object.assign(out, {frames_decoded: r.framesDecoded, jitter_s: r.jitter,
+        fps: r.framesPerSecond, frames_dropped: r.framesDropped, packets_lost: r.packetsLost,
+        width: r.frameWidth, height: r.frameHeight});
+    }
+    if (r.type === "local-candidate") out.local_types.push(r.candidateType);
+    if (r.type === "transport" && r.selectedCandidatePairId) {
+      const pair = byId[r.selectedCandidatePairId];
+      if (pair) {
+        out.pair = {local: (byId[pair.localCandidateId] || {}).candidateType,
+                    remote: (byId[pair.remoteCandidateId] || {}).candidateType,
+                    rtt_s: pair.currentRoundTripTime};
+      }
+    }
+  });
+  done(out);
+}).catch((e) => done({error: String(e)}));
+"""
+
+
+def selkies_processes() -> list[psutil.Process]:
+    """Every process running from the Selkies venv (this PID namespace holds only ours)."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(process.info["cmdline"] or [])
+        if str(SELKIES_VENV) in cmdline:
+            found.append(process)
+    return found
+
+
+@contextlib.contextmanager
+def chromium(user: str, password: str) -> Iterator[Any]:
+    """Headless Chromium (Debian's) through chromedriver, basic auth on every request the page
+    makes (CDP headers: `user:pass@` in the URL breaks Selkies 2.1.0's fetches)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",  # root in a private namespace
+        "--disable-gpu",
+        "--autoplay-policy=no-user-gesture-required",
+        "--window-size=1280,800",
+    ):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    try:
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        driver.execute_cdp_cmd("Network.enable", {})
+        driver.execute_cdp_cmd(
+            "Network.setExtraHTTPHeaders", {"headers": {"Authorization": f"Basic {token}"}}
+        )
+        driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": FORCE_RELAY})
+        yield driver
+    finally:
+        driver.quit()
+
+
+def chromium_processes(driver: Any) -> list[psutil.Process]:
+    service = psutil.Process(driver.service.process.pid)
+    return [service, *service.children(recursive=True)]
+
+
+def cpu_seconds(processes: list[psutil.Process]) -> float:
+    total = 0.0
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            times = process.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+async def wait_for(what: str, check: Any, timeout_s: float, interval_s: float = 0.25) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        await asyncio.sleep(interval_s)
+
+
+@contextlib.asynccontextmanager
+async def agent(env: dict[str, str], log: Path) -> AsyncIterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-c", "from agent.cli import main; main()", "run"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.kill(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def conditions(session: dict[str, Any]) -> dict[str, dict[str, str]]:
+    return {
+        c["type"]: {"status": c["status"], "reason": c["reason"], "message": c["message"]}
+        for c in session["conditions"]
+    }
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    report: dict[str, Any] = {}
+    turn_secret = "turn-" + os.urandom(24).hex()
+    with tempfile.TemporaryDirectory(prefix="vdi-selkies-") as tmp:
+        workdir = Path(tmp)
+        with coturn(workdir, turn_secret):
+            async with (
+                start_fake_cluster() as (fake, fake_url),
+                control_plane(workdir, fake_url, turn_secret) as plane,
+            ):
+                await plane.request(
+                    "PUT",
+                    "/v1/templates/selkies-cpu",
+                    json={"image": "vdi/session-selkies:bench", "gpu": 0, "streamer": "selkies"},
+                )
+                created = await plane.request(
+                    "POST", "/v1/sessions", json={"user": "alice", "template": "selkies-cpu"}
+                )
+                session_id = created["id"]
+                await plane.wait_phase(session_id, {"Starting"}, 60)
+                pod = next(
+                    p
+                    for p in fake.live("pods")
+                    if p["metadata"]["labels"].get(SESSION_ID_LABEL) == session_id
+                )
+                env = pod_environment(fake, pod["metadata"]["name"])
+                async with screen(1280, 720, 30, "ball", 0) as display:
+                    home = workdir / "home"
+                    home.mkdir()
+                    env.update(
+                        {
+                            "DISPLAY": display,
+                            "HOME": str(home),
+                            "PATH": f"{Path(sys.executable).parent}:/usr/sbin:/usr/bin:/sbin:/bin",
+                            "VDI_SELKIES_COMMAND": str(SELKIES_VENV / "bin" / "selkies"),
+                            "SELKIES_AUDIO_ENABLED": "false",  # no PulseAudio here
+                        }
+                    )
+                    async with agent(env, workdir / "agent.log") as agent_process:
+                        try:
+                            await session_checks(args, plane, session_id, agent_process, report)
+                        except Exception:
+                            report["agent_log"] = (workdir / "agent.log").read_text()[-6000:]
+                            raise
+    return report
+
+
+async def session_checks(
+    args: argparse.Namespace,
+    plane: ControlPlane,
+    session_id: str,
+    agent_process: subprocess.Popen[bytes],
+    report: dict[str, Any],
+) -> None:
+    running = await plane.wait_phase(session_id, {"Running", "Failed"}, 120)
+    report["session_running"] = {
+        k: running[k] for k in ("phase", "reason", "encoder", "streamer", "message")
+    }
+    connection = await plane.request("GET", f"/v1/sessions/{session_id}/connection")
+    url = f"http://{TURN_IP}:{SESSION_PORT}/"  # the pod's address: the route is Traefik's
+    user, password = connection["username"], connection["password"]
+    async with httpx.AsyncClient(timeout=10) as http:
+        wrong = await http.get(url, auth=(user, "not-the-password"))
+        report["wrong_password_status"] = wrong.status_code
+        report["no_password_status"] = (await http.get(url)).status_code
+
+    with chromium(user, password) as driver:
+        await asyncio.to_thread(driver.get, url)
+
+        async def decoding() -> dict[str, Any] | None:
+            stats = await asyncio.to_thread(driver.execute_async_script, READ_STATS)
+            return stats if (stats.get("frames_decoded") or 0) > 0 else None
+
+        await wait_for("frames decoded in Chromium", decoding, 60)
+        selkies = selkies_processes()
+        browser = chromium_processes(driver)
+        cpu_before = (cpu_seconds(selkies), cpu_seconds(browser), time.monotonic())
+        samples = []
+        for _ in range(int(args.seconds)):
+            await asyncio.sleep(1)
+            samples.append(await asyncio.to_thread(driver.execute_async_script, READ_STATS))
+        elapsed = time.monotonic() - cpu_before[2]
+        report["browser"] = {
+            "samples": samples,
+            "fps_median": sorted(s.get("fps") or 0 for s in samples)[len(samples) // 2],
+            "jitter_ms_max": max((s.get("jitter_s") or 0) * 1000 for s in samples),
+            "frames_decoded": samples[-1].get("frames_decoded"),
+            "pair": samples[-1].get("pair"),
+            "local_candidate_types": sorted(set(samples[-1].get("local_types", []))),
+            "selkies_cpu_percent": 100 * (cpu_seconds(selkies) - cpu_before[0]) / elapsed,
+            "chromium_cpu_percent": 100 * (cpu_seconds(browser) - cpu_before[1]) / elapsed,
+        }
+
+        async def stream_healthy() -> dict[str, Any] | None:
+            session = await plane.session(session_id)
+            status = conditions(session)["StreamHealthy"]["status"]
+            return session if status == "True" else None
+
+        healthy = await wait_for("StreamHealthy True", stream_healthy, 30)
+        report["session_streaming"] = {
+            "phase": healthy["phase"],
+            "conditions": conditions(healthy),
+        }
+        if args.screenshot:
+            await asyncio.to_thread(driver.save_screenshot, str(args.screenshot))
+
+    # A killed Selkies is restarted and reported.
+    leader = next(p for p in selkies_processes() if p.ppid() == agent_process.pid)
+    leader.kill()
+
+    async def restarted() -> bool:
+        events = await plane.request("GET", f"/v1/sessions/{session_id}/events")
+        return any(e["reason"] == "StreamerRestarted" for e in events["items"])
+
+    await wait_for("the restart reported", restarted, 30)
+    report["restart_reported"] = True
+    await wait_for(
+        "Selkies back",
+        lambda: _async(any(p.ppid() == agent_process.pid for p in selkies_processes())),
+        30,
+    )
+    report["session_after_restart"] = (await plane.session(session_id))["phase"]
+
+    # Stopping the agent (the pod being deleted) leaves no Selkies process.
+    os.kill(agent_process.pid, signal.SIGTERM)
+    report["agent_exit_code"] = await asyncio.to_thread(agent_process.wait, 30)
+    await asyncio.sleep(0.5)
+    report["selkies_left_after_agent_stopped"] = [
+        " ".join(p.cmdline()) for p in selkies_processes() if p.is_running()
+    ]
+
+
+async def _async(value: Any) -> Any:
+    return value
+
+
+def print_table(report: dict[str, Any]) -> None:
+    browser = report["browser"]
+    print(f"session: {report['session_running']}")
+    print(
+        f"Chromium: {browser['fps_median']} fps (median), jitter max "
+        f"{browser['jitter_ms_max']:.1f} ms, framesDecoded {browser['frames_decoded']}, "
+        f"pair {browser['pair']}"
+    )
+    print(
+        f"CPU: Selkies {browser['selkies_cpu_percent']:.0f}% of a core, "
+        f"Chromium {browser['chromium_cpu_percent']:.0f}%"
+    )
+    print(f"StreamHealthy: {report['session_streaming']['conditions']['StreamHealthy']}")
+    print(
+        f"wrong password: {report['wrong_password_status']}; restart reported: "
+        f"{report['restart_reported']}; left after SIGTERM: "
+        f"{report['selkies_left_after_agent_stopped']}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured in the browser")
+    parser.add_argument("--screenshot", type=Path, help="save the browser's view here (PNG)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    if not (SELKIES_VENV / "bin" / "selkies").exists():
+        raise SystemExit(f"install Selkies 2.x first: bash agent/install-selkies.sh {SELKIES_VENV}")
+    if os.environ.get(IN_NETNS) != "1":
+        reexec_in_private_network(argv, module="bench.selkies_session")
+    set_up_network()
+    report = asyncio.run(run(args))
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print_table(report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
