@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from bench.glass_to_glass import (
     REPO,
     TURN_IP,
     ControlPlane,
+    _stop,
     control_plane,
     coturn,
     pod_environment,
@@ -163,8 +164,9 @@ async def wait_for(what: str, check: Any, timeout_s: float, interval_s: float = 
         await asyncio.sleep(interval_s)
 
 
-@contextlib.asynccontextmanager
-async def agent(env: dict[str, str], log: Path) -> AsyncIterator[subprocess.Popen[bytes]]:
+@contextlib.contextmanager
+def agent(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`vdi-agent run` as the pod runs it; stopped by its PID (SIGTERM, as the kubelet does)."""
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-c", "from agent.cli import main; main()", "run"],
@@ -175,13 +177,7 @@ async def agent(env: dict[str, str], log: Path) -> AsyncIterator[subprocess.Pope
     try:
         yield process
     finally:
-        if process.poll() is None:
-            os.kill(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.kill(process.pid, signal.SIGKILL)
-                process.wait()
+        _stop(process, 20)
 
 
 def conditions(session: dict[str, Any]) -> dict[str, dict[str, str]]:
@@ -229,7 +225,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                             "SELKIES_AUDIO_ENABLED": "false",  # no PulseAudio here
                         }
                     )
-                    async with agent(env, workdir / "agent.log") as agent_process:
+                    with agent(env, workdir / "agent.log") as agent_process:
                         try:
                             await session_checks(args, plane, session_id, agent_process, report)
                         except Exception:
