@@ -181,7 +181,9 @@ def test_bad_values_are_rejected_by_the_schema(values: dict[str, Any]) -> None:
         render(values)
 
 
-@pytest.mark.parametrize("dockerfile", ["Dockerfile", "agent/Dockerfile", "agent/Dockerfile.selkies"])
+@pytest.mark.parametrize(
+    "dockerfile", ["Dockerfile", "agent/Dockerfile", "agent/Dockerfile.selkies"]
+)
 def test_hadolint_passes(dockerfile: str) -> None:
     result = subprocess.run(
         [tool("hadolint"), str(REPO / dockerfile)], capture_output=True, text=True, check=False
