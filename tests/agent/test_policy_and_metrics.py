@@ -79,3 +79,18 @@ def test_no_viewer_is_unknown_not_failed() -> None:
     stats = metrics.parse(_selkies_exposition(None))
     assert stats.viewer_connected is False
     assert stats.stream_check()["ok"] is None
+
+
+def test_stale_figures_of_a_viewer_that_left_read_as_no_viewer() -> None:
+    from agent.metrics import Liveness, StreamStats
+
+    liveness = Liveness(stale_s=6.0)
+    watching = StreamStats(100, 2.0, 60.0, 20.0, report_timestamp=1000.0)
+    assert liveness.judge(0.0, watching) is watching
+    still_screen = StreamStats(100, 2.0, 0.0, 20.0, report_timestamp=2000.0)
+    assert liveness.judge(5.0, still_screen) is still_screen  # the report still moves
+    assert liveness.judge(10.0, still_screen) is still_screen
+    gone = liveness.judge(11.5, still_screen)  # nothing moved for 6.5 s: the gauges are stale
+    assert gone is not None
+    assert not gone.viewer_connected
+    assert liveness.judge(12.0, None) is None  # unreachable stays unreachable

@@ -180,3 +180,42 @@ async def test_health_report_metrics_count_outcomes(
     assert 'vdi_health_reports_total{outcome="running"} 1.0' in metrics
     assert 'vdi_health_reports_total{outcome="unchanged"} 1.0' in metrics
     assert 'vdi_sessions{phase="Running"} 1.0' in metrics
+
+
+async def test_the_report_carries_the_streamer_and_a_failed_streamer_fails_the_session(
+    client: httpx.AsyncClient, make_session: MakeSession, set_phase: SetPhase
+) -> None:
+    session = await make_session()
+    await set_phase(session["id"], "Provisioning", "Starting")
+    ready = {**READY, "encoder": "h264enc/nvenc", "streamer": "selkies 2.1.0"}
+    body = (await report(client, session["id"], ready)).json()
+    assert (body["phase"], body["streamer"]) == ("Running", "selkies 2.1.0")
+    failed = {
+        **ready,
+        "checks": [
+            *READY["checks"],
+            {
+                "name": "stream",
+                "ok": False,
+                "code": "STREAMER_FAILED",
+                "detail": "selkies 2.1.0 exited with a configuration error (78); last output: ...",
+            },
+        ],
+    }
+    body = (await report(client, session["id"], failed)).json()
+    assert (body["phase"], body["reason"]) == ("Failed", "STREAMER_FAILED")
+    assert "configuration error (78)" in body["message"]
+    stream = {c["type"]: c for c in body["conditions"]}["StreamHealthy"]
+    assert (stream["status"], stream["reason"]) == ("False", "STREAMER_FAILED")
+
+
+async def test_an_unhealthy_stream_alone_does_not_fail_the_session(
+    client: httpx.AsyncClient, make_session: MakeSession, set_phase: SetPhase
+) -> None:
+    session = await make_session()
+    await set_phase(session["id"], "Provisioning", "Starting")
+    unhealthy = {
+        **READY,
+        "checks": [*READY["checks"], {"name": "stream", "ok": False, "code": "StreamUnhealthy"}],
+    }
+    assert (await report(client, session["id"], unhealthy)).json()["phase"] == "Running"

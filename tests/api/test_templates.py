@@ -124,3 +124,24 @@ async def test_delete_is_refused_while_a_live_session_uses_it(
     # the ended session keeps its record (audit), template name included
     kept = await client.get(f"/v1/sessions/{session['id']}", headers=ADMIN)
     assert kept.json()["template"] == "busy"
+
+
+async def test_streamer_and_transport_default_and_websockets_needs_selkies_2(
+    client: httpx.AsyncClient,
+) -> None:
+    made = await client.put("/v1/templates/t", json={"image": "i"}, headers=ADMIN)
+    assert (made.json()["streamer"], made.json()["transport"]) == ("auto", "webrtc")
+    refused = await client.put(
+        "/v1/templates/t",
+        json={"image": "i", "transport": "websockets", "streamer": "auto"},
+        headers=ADMIN,
+    )
+    assert refused.status_code == 422
+    assert "needs streamer 'selkies'" in refused.text
+    taken = await client.put(
+        "/v1/templates/t",
+        json={"image": "i", "transport": "websockets", "streamer": "selkies"},
+        headers=ADMIN,
+    )
+    assert taken.status_code == 200, taken.text
+    assert (taken.json()["streamer"], taken.json()["transport"]) == ("selkies", "websockets")
