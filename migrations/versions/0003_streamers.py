@@ -17,7 +17,8 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    # Templates stored before keep today's behaviour: the line the image holds, over WebRTC.
+    # Templates stored before (and rows written by older replicas during a rolling upgrade) keep
+    # today's behaviour: the line the image holds, over WebRTC.
     op.add_column(
         "templates",
         sa.Column("streamer", sa.String(32), nullable=False, server_default="auto"),
@@ -26,8 +27,6 @@ def upgrade() -> None:
         "templates",
         sa.Column("transport", sa.String(16), nullable=False, server_default="webrtc"),
     )
-    op.alter_column("templates", "streamer", server_default=None)
-    op.alter_column("templates", "transport", server_default=None)
     op.add_column("sessions", sa.Column("streamer", sa.String(64), nullable=True))
 
 
