@@ -65,7 +65,6 @@ class Supervisor:
         self.secrets = tuple(s for s in secrets if s)
         self.restarts = 0
         self.process: asyncio.subprocess.Process | None = None
-        self.started = asyncio.Event()
         self.tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
         self._stopping = False
         self._reconfiguring = False
@@ -101,7 +100,6 @@ class Supervisor:
                 stderr=asyncio.subprocess.STDOUT,
                 preexec_fn=_die_with_parent,
             )
-            self.started.set()
             log.info("streamer started", pid=self.process.pid, command=self.command[0])
             assert self.process.stdout is not None
             output = asyncio.create_task(self._pass_output(self.process.stdout))

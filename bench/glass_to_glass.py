@@ -274,6 +274,23 @@ def pod_environment(fake: FakeKubernetes, pod_name: str) -> dict[str, str]:
     return env
 
 
+async def start_session(
+    plane: ControlPlane, fake: FakeKubernetes, template: str, spec: dict[str, Any]
+) -> tuple[str, dict[str, str]]:
+    """PUT the template, create alice's session of it and wait until its pod exists (Starting);
+    returns the session id and the agent's environment as that pod would get it."""
+    await plane.request("PUT", f"/v1/templates/{template}", json=spec)
+    created = await plane.request(
+        "POST", "/v1/sessions", json={"user": "alice", "template": template}
+    )
+    session_id: str = created["id"]
+    await plane.wait_phase(session_id, {"Starting"}, 60)
+    pod = next(
+        p for p in fake.live("pods") if p["metadata"]["labels"].get(SESSION_ID_LABEL) == session_id
+    )
+    return session_id, pod_environment(fake, pod["metadata"]["name"])
+
+
 # -- streaming ----------------------------------------------------------------------------------
 
 
@@ -633,22 +650,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 start_fake_cluster() as (fake, fake_url),
                 control_plane(workdir, fake_url, turn_secret) as plane,
             ):
-                await plane.request(
-                    "PUT",
-                    "/v1/templates/g2g-cpu",
-                    json={"image": "vdi/session:bench", "gpu": 0, "framerate": args.framerate},
+                session_id, env = await start_session(
+                    plane,
+                    fake,
+                    "g2g-cpu",
+                    {"image": "vdi/session:bench", "gpu": 0, "framerate": args.framerate},
                 )
-                created = await plane.request(
-                    "POST", "/v1/sessions", json={"user": "alice", "template": "g2g-cpu"}
-                )
-                session_id = created["id"]
-                await plane.wait_phase(session_id, {"Starting"}, 60)
-                pods = [
-                    p
-                    for p in fake.live("pods")
-                    if p["metadata"]["labels"].get(SESSION_ID_LABEL) == session_id
-                ]
-                env = pod_environment(fake, pods[0]["metadata"]["name"])
 
                 # The agent in the pod: its checks, its first report, its pipeline.
                 agent_env = AgentEnv.from_environ(env)

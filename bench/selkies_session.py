@@ -32,7 +32,6 @@ import httpx
 import psutil
 
 from app.cluster.fake import start_fake_cluster
-from app.cluster.manifests import SESSION_ID_LABEL
 from bench.glass_to_glass import (
     REPO,
     TURN_IP,
@@ -40,10 +39,10 @@ from bench.glass_to_glass import (
     _stop,
     control_plane,
     coturn,
-    pod_environment,
     reexec_in_private_network,
     screen,
     set_up_network,
+    start_session,
 )
 
 IN_NETNS = "VDI_G2G_IN_NETNS"
@@ -197,22 +196,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 start_fake_cluster() as (fake, fake_url),
                 control_plane(workdir, fake_url, turn_secret) as plane,
             ):
-                await plane.request(
-                    "PUT",
-                    "/v1/templates/selkies-cpu",
-                    json={"image": "vdi/session-selkies:bench", "gpu": 0, "streamer": "selkies"},
+                session_id, env = await start_session(
+                    plane,
+                    fake,
+                    "selkies-cpu",
+                    {"image": "vdi/session-selkies:bench", "gpu": 0, "streamer": "selkies"},
                 )
-                created = await plane.request(
-                    "POST", "/v1/sessions", json={"user": "alice", "template": "selkies-cpu"}
-                )
-                session_id = created["id"]
-                await plane.wait_phase(session_id, {"Starting"}, 60)
-                pod = next(
-                    p
-                    for p in fake.live("pods")
-                    if p["metadata"]["labels"].get(SESSION_ID_LABEL) == session_id
-                )
-                env = pod_environment(fake, pod["metadata"]["name"])
                 async with screen(1280, 720, 30, "ball", 0) as display:
                     home = workdir / "home"
                     home.mkdir()
@@ -303,11 +292,11 @@ async def session_checks(
 
     await wait_for("the restart reported", restarted, 30)
     report["restart_reported"] = True
-    await wait_for(
-        "Selkies back",
-        lambda: _async(any(p.ppid() == agent_process.pid for p in selkies_processes())),
-        30,
-    )
+
+    async def selkies_back() -> bool:
+        return any(p.ppid() == agent_process.pid for p in selkies_processes())
+
+    await wait_for("Selkies back", selkies_back, 30)
     report["session_after_restart"] = (await plane.session(session_id))["phase"]
 
     # Stopping the agent (the pod being deleted) leaves no Selkies process.
@@ -317,10 +306,6 @@ async def session_checks(
     report["selkies_left_after_agent_stopped"] = [
         " ".join(p.cmdline()) for p in selkies_processes() if p.is_running()
     ]
-
-
-async def _async(value: Any) -> Any:
-    return value
 
 
 def print_table(report: dict[str, Any]) -> None:

@@ -135,11 +135,6 @@ class Streamer(ABC):
     def resize_command(self, size: str) -> list[str] | None:
         """How to resize the display to `size` (WxH); None where this image cannot."""
 
-    @property
-    def restart_settings(self) -> frozenset[str]:
-        """Settings a running streamer cannot change: a new value means a restart."""
-        return frozenset({"SELKIES_FRAMERATE", "SELKIES_VIDEO_BITRATE"})
-
 
 def _beside(command: str, name: str) -> str | None:
     """A program installed beside `command` (the same venv's bin), else on PATH."""
@@ -184,15 +179,11 @@ def detect(env: Mapping[str, str]) -> Streamer:
             f"VDI_STREAMER={wanted!r}: expected auto, selkies-gstreamer or selkies"
         )
     configured = env.get("VDI_SELKIES_COMMAND", "").split()
-    found: dict[str, Streamer] = {}
-    for line in LINES if wanted == "auto" else (wanted,):
+    for line in LINES if wanted == "auto" else (wanted,):  # LINES: the spec's line first
         kind = SelkiesGStreamer if line == "selkies-gstreamer" else Selkies
         streamer = kind.find(configured)
         if streamer is not None:
-            found[line] = streamer
-    for line in LINES:
-        if line in found:
-            return found[line]
+            return streamer
     raise UnknownStreamer(
         f"no {'Selkies' if wanted == 'auto' else wanted} in this image: expected "
         f"{'selkies-gstreamer or selkies' if wanted == 'auto' else wanted} on PATH "
