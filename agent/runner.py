@@ -24,6 +24,7 @@ from agent.policy import Change, CpuThrottle, LatencyAdapter
 from agent.streamers import STREAMER_FAILED, StreamConfig, Streamer, UnsafeConfiguration
 from agent.streamers.selkies_gstreamer import SelkiesGStreamer
 from agent.supervisor import Outcome, Supervisor
+from agent.turn import RTC_CONFIG_ENV, TurnRenewal
 
 log = structlog.get_logger("vdi.agent")
 
@@ -147,6 +148,7 @@ class Agent:
         self.report: dict[str, Any] = {}
         self.changes: list[Change] = []
         self.pipeline_latency_ms: float | None = None
+        self.turn: TurnRenewal | None = None
 
     def wire_report(self) -> dict[str, Any]:
         report = {k: v for k, v in self.report.items() if k != "pipeline"}
@@ -176,15 +178,27 @@ class Agent:
         except UnsafeConfiguration as error:
             await self._streamer_failed(str(error))
             await asyncio.Event().wait()
+        secrets = list(self.config.secrets)
+        if self.config.transport == "webrtc":
+            self.turn = TurnRenewal(
+                self.agent.callback_url,
+                self.agent.session_id,
+                self.agent.token,
+                self.config,
+                on_secret=self._new_secret,
+            )
+            env[RTC_CONFIG_ENV] = str(await self.turn.start())
+            secrets += [self.turn.current.password] if self.turn.current else []
         self.supervisor = Supervisor(
             self.streamer.command,
             env,
             on_restart=self._restarted,
             config_error_codes=self.streamer.config_error_codes,
-            secrets=self.config.secrets,
+            secrets=secrets,
         )
         supervised = asyncio.create_task(self.supervisor.run())
         watcher: asyncio.Task[None] | None = None
+        renewal = asyncio.create_task(self.turn.run()) if self.turn else None
         try:
             if not await self._wait_healthy(supervised):
                 await self._streamer_failed(self._failure_detail(supervised))
@@ -198,12 +212,23 @@ class Agent:
                 await asyncio.Event().wait()
             return 0
         finally:
-            if watcher is not None:
-                watcher.cancel()
+            for task in (watcher, renewal):
+                if task is not None:
+                    task.cancel()
             await self.supervisor.stop()
+            if self.turn is not None:
+                self.turn.close()
             supervised.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await supervised
+
+    def _new_secret(self, secret: str) -> None:
+        """A renewed TURN password: masked in the streamer's output from now on (the session's
+        own secrets and the last few TURN passwords)."""
+        if self.supervisor is None or not secret or self.config is None:
+            return
+        renewed = [s for s in self.supervisor.secrets if s not in self.config.secrets]
+        self.supervisor.secrets = (*self.config.secrets, *renewed[-7:], secret)
 
     async def _wait_healthy(self, supervised: asyncio.Task[Outcome]) -> bool:
         """The streamer answers its health check before the start timeout, without having

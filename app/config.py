@@ -49,6 +49,15 @@ class Settings(BaseSettings):
     turn_secret: SecretStr | None = Field(
         default=None, description="coturn static-auth-secret (use-auth-secret)."
     )
+    turn_credential_ttl_s: int = Field(
+        default=900,
+        ge=60,
+        le=86400,
+        description="How long a TURN credential handed out works for new allocations (coturn "
+        "checks it when a relay is allocated; a relay in use stays up). The agent renews the "
+        "pod's at a third of it while the session lives, so it stops working this long after "
+        "the session ends.",
+    )
     bootstrap_token: SecretStr | None = None
     ingress_api_version: Literal["traefik.io/v1alpha1", "traefik.containo.us/v1alpha1"] = Field(
         default="traefik.io/v1alpha1",

@@ -284,7 +284,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     )
                     with desktop(display, home), agent(env, workdir / "agent.log") as agent_process:
                         try:
-                            await session_checks(args, plane, session_id, agent_process, report)
+                            await session_checks(
+                                args,
+                                plane,
+                                session_id,
+                                agent_process,
+                                report,
+                                env["SELKIES_TURN_USERNAME"],
+                            )
                         except Exception:
                             report["agent_log"] = (workdir / "agent.log").read_text()[-6000:]
                             raise
@@ -297,6 +304,7 @@ async def session_checks(
     session_id: str,
     agent_process: subprocess.Popen[bytes],
     report: dict[str, Any],
+    pod_turn_username: str,
 ) -> None:
     running = await plane.wait_phase(session_id, {"Running", "Failed"}, 120)
     report["session_running"] = {
@@ -306,6 +314,15 @@ async def session_checks(
     url = f"http://{POD_IP}:{SESSION_PORT}/"  # the pod's address: the route is Traefik's
     user, password = connection["username"], connection["password"]
     async with httpx.AsyncClient(timeout=10) as http:
+        # What Selkies negotiates with: the agent's renewed credential (its RTC config file),
+        # not the pod Secret's.
+        served = (await http.get(f"{url}api/turn", auth=(user, password))).json()
+        turn_users = [s["username"] for s in served["iceServers"] if "username" in s]
+        report["selkies_turn"] = {
+            "usernames": turn_users,
+            "pod_secret_username": pod_turn_username,
+            "now": time.time(),
+        }
         wrong = await http.get(url, auth=(user, "not-the-password"))
         report["wrong_password_status"] = wrong.status_code
         report["no_password_status"] = (await http.get(url)).status_code

@@ -31,6 +31,7 @@ from app.sessions.schemas import (
     SessionEventList,
     SessionEventOut,
     SessionPage,
+    TurnCredentials,
 )
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
@@ -244,3 +245,18 @@ async def report_session_health(
     result = await service.report_health(db, settings, session_id, body)
     request.app.state.metrics.health_reports.labels(outcome=result.outcome).inc()
     return service.to_schema(result.session)
+
+
+@router.get(
+    "/{session_id}/turn",
+    name="renew_session_turn_credentials",
+    responses=problem_responses(*AUTH_ERRORS, service.SessionNotFound, service.SessionEnded),
+    summary="Fresh TURN credentials for the session's agent (authorized by its agent token)",
+    description="Short-lived (`VDI_TURN_CREDENTIAL_TTL_S`): the agent renews Selkies' at a third "
+    "of their lifetime while the session lives. 409 once the session has ended.",
+)
+async def renew_session_turn_credentials(
+    session_id: AgentOfSession, db: DbSession, settings: AppSettings, response: Response
+) -> TurnCredentials:
+    response.headers["Cache-Control"] = "no-store"
+    return await service.turn_for_agent(db, settings, session_id)

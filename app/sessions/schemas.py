@@ -109,6 +109,17 @@ class Connection(BaseModel):
     ice_servers: list[IceServer]
 
 
+class TurnCredentials(BaseModel):
+    """Fresh TURN credentials for the session's agent, which renews Selkies' before they
+    expire."""
+
+    username: str = Field(description="coturn REST-API user name, `<expiry>:<session id>`")
+    password: str
+    expires_at: datetime
+    ttl_s: int = Field(description="Seconds they work for from now; renew well before")
+    ice_servers: list[IceServer]
+
+
 class SessionEventOut(BaseModel):
     id: int
     session_id: uuid.UUID

@@ -19,7 +19,12 @@ from app.config import Settings
 from app.errors import AppError, Conflict, NotFound, ValidationFailed
 from app.models import SessionEvent, VDISession
 from app.models._types import utcnow
-from app.security import SELKIES_BASIC_AUTH_USER, SecretBox, new_session_secrets
+from app.security import (
+    SELKIES_BASIC_AUTH_USER,
+    SecretBox,
+    new_session_secrets,
+    turn_credentials,
+)
 from app.sessions import lifecycle, repository
 from app.sessions.events import EventHub, wait_for_wake
 from app.sessions.lifecycle import ACTIVE_PHASES, DELETED_PHASES, ENDED_PHASES
@@ -30,10 +35,9 @@ from app.sessions.schemas import (
     Phase,
     Session,
     SessionCreate,
+    TurnCredentials,
 )
 from app.templates.service import find_template, template_spec
-
-TURN_EXPIRY_MARGIN = timedelta(minutes=5)
 
 
 class SessionNotFound(NotFound):
@@ -166,8 +170,11 @@ async def create_session(
 
     session_id = uuid.uuid4()
     expires_at = now + timedelta(seconds=spec.max_lifetime_s)
+    # The pod's first TURN credential works through its start; the agent renews it after.
     secrets = new_session_secrets(
-        settings.require_turn_secret(), session_id, expires_at + TURN_EXPIRY_MARGIN
+        settings.require_turn_secret(),
+        session_id,
+        now + timedelta(seconds=spec.start_timeout_s + settings.turn_credential_ttl_s),
     )
     session = VDISession(
         id=session_id,
@@ -310,6 +317,21 @@ def ice_servers(settings: Settings, turn_username: str, turn_password: str) -> l
     ]
 
 
+def fresh_turn_credentials(settings: Settings, session: VDISession) -> TurnCredentials:
+    """Credentials that work for `turn_credential_ttl_s` from now: short-lived, so a credential
+    copied out of a session stops opening relays soon after the session ends."""
+    ttl_s = settings.turn_credential_ttl_s
+    expires_at = utcnow() + timedelta(seconds=ttl_s)
+    username, password = turn_credentials(settings.require_turn_secret(), session.id, expires_at)
+    return TurnCredentials(
+        username=username,
+        password=password,
+        expires_at=expires_at,
+        ttl_s=ttl_s,
+        ice_servers=ice_servers(settings, username, password),
+    )
+
+
 async def connection(db: AsyncSession, settings: Settings, session_id: uuid.UUID) -> Connection:
     session = await _get(db, session_id)
     _refuse_if_ended(session, "connect to it")
@@ -318,8 +340,17 @@ async def connection(db: AsyncSession, settings: Settings, session_id: uuid.UUID
         url=session.url,
         username=SELKIES_BASIC_AUTH_USER,
         password=secrets.password,
-        ice_servers=ice_servers(settings, secrets.turn_username, secrets.turn_password),
+        ice_servers=fresh_turn_credentials(settings, session).ice_servers,
     )
+
+
+async def turn_for_agent(
+    db: AsyncSession, settings: Settings, session_id: uuid.UUID
+) -> TurnCredentials:
+    """The agent's renewal: fresh credentials while the session is live, none after."""
+    session = await _get(db, session_id)
+    _refuse_if_ended(session, "renew its TURN credentials")
+    return fresh_turn_credentials(settings, session)
 
 
 async def list_events(

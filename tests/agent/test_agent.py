@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -24,6 +25,7 @@ from agent.runner import Agent, AgentEnv, check_report
 from agent.streamers import StreamConfig, Streamer, UnsafeConfiguration
 from agent.streamers.selkies import Selkies
 from agent.streamers.selkies_gstreamer import SelkiesGStreamer
+from agent.turn import TurnRenewal
 from app.security import agent_token
 from tests.conftest import ADMIN, TEST_SECRET_KEY
 from tests.servers import serve
@@ -356,3 +358,56 @@ async def test_stop_ends_the_streamers_whole_process_group(tmp_path: Path) -> No
         await asyncio.sleep(0.05)
     assert not _alive(leader)
     assert not _alive(child)  # its own child too: nothing left running
+
+
+async def test_turn_credentials_are_renewed_into_selkies_file_until_the_session_ends(
+    app: FastAPI,
+    make_session: MakeSession,
+    set_phase: Callable[..., Awaitable[None]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    session = await make_session("alice")
+    await set_phase(session["id"], "Provisioning", "Starting")
+    port = free_port()
+    env = agent_env(session["id"], f"http://127.0.0.1:{port}")
+    config = stream_config(
+        turn_host="turn.pod.example", stun_host="", turn_username="1:pod-secret-user"
+    )
+    seen: list[str] = []
+    renewal = TurnRenewal(
+        env.callback_url, env.session_id, env.token, config, on_secret=seen.append
+    )
+    try:
+        # The control plane is down: Selkies starts with the pod's own credentials.
+        path = await renewal.start()
+        first = json.loads(path.read_text())
+        assert first["iceServers"][1]["username"] == "1:pod-secret-user"
+        assert oct(path.stat().st_mode & 0o777) == "0o600"
+        assert oct(path.parent.stat().st_mode & 0o777) == "0o700"
+
+        async with serve(app, port=port):
+            monkeypatch.setattr(renewal, "interval_s", lambda: 0.05)
+            running = asyncio.create_task(renewal.run())
+            for _ in range(200):
+                if renewal.renewals >= 2:
+                    break
+                await asyncio.sleep(0.05)
+            assert renewal.renewals >= 2
+            rtc = json.loads(path.read_text())
+            stun, turn = rtc["iceServers"]
+            assert stun["urls"] == ["stun:turn.pod.example:3478"]
+            assert turn["urls"] == ["turn:turn.pod.example:3478?transport=udp"]
+            expiry, session_id = turn["username"].split(":")
+            assert session_id == session["id"]
+            assert int(expiry) > time.time() + 60  # fresh from the control plane
+            assert turn["credential"] in seen  # masked in Selkies' output from now on
+
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://t"
+            ) as http:
+                await http.delete(f"/v1/sessions/{session['id']}", headers=ADMIN)
+            await asyncio.wait_for(running, timeout=10)  # 409: renewal stops by itself
+            assert renewal.ended
+    finally:
+        renewal.close()
+    assert not path.parent.exists()

@@ -6,15 +6,24 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import uuid
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
 
-from tests.conftest import ADMIN, TEST_TURN_SECRET, client_for
+from app.config import Settings
+from app.security import agent_token
+from tests.conftest import (
+    ADMIN,
+    TEST_SECRET_KEY,
+    TEST_TURN_SECRET,
+    bearer,
+    client_for,
+)
 
 PROBLEM = "application/problem+json"
 MakeSession = Callable[..., Awaitable[dict[str, Any]]]
@@ -309,7 +318,9 @@ async def test_connection_gives_credentials_and_browser_ice_servers(
     assert turn["urls"] == ["turn:turn.test.example:3478?transport=udp"]
     expiry, session_id = turn["username"].split(":")
     assert session_id == session["id"]
-    assert int(expiry) >= ts(session["expires_at"]).timestamp()  # covers the whole lifetime
+    # short-lived (VDI_TURN_CREDENTIAL_TTL_S, 900 s by default), not the session's lifetime
+    now = datetime.now(UTC).timestamp()
+    assert now + 900 - 5 <= int(expiry) <= now + 900 + 5
     expected = base64.b64encode(
         hmac.new(TEST_TURN_SECRET.encode(), turn["username"].encode(), hashlib.sha1).digest()
     ).decode()
@@ -337,3 +348,40 @@ async def test_connection_of_an_ended_session_is_409(
     await client.delete(f"/v1/sessions/{session['id']}", headers=ADMIN)
     response = await client.get(f"/v1/sessions/{session['id']}/connection", headers=ADMIN)
     assert response.status_code == 409
+
+
+async def test_the_agent_renews_turn_credentials_only_while_the_session_lives(
+    client: httpx.AsyncClient, make_session: MakeSession, settings: Settings
+) -> None:
+    session = await make_session()
+    agent = bearer(agent_token(TEST_SECRET_KEY, uuid.UUID(session["id"])))
+    path = f"/v1/sessions/{session['id']}/turn"
+    response = await client.get(path, headers=agent)
+    assert response.status_code == 200, response.text
+    assert response.headers["cache-control"] == "no-store"
+    body = response.json()
+    assert body["ttl_s"] == settings.turn_credential_ttl_s
+    expiry, session_id = body["username"].split(":")
+    assert session_id == session["id"]
+    assert int(expiry) == int(ts(body["expires_at"]).timestamp())
+    assert abs(int(expiry) - datetime.now(UTC).timestamp() - body["ttl_s"]) < 5
+    assert (
+        body["password"]
+        == base64.b64encode(
+            hmac.new(TEST_TURN_SECRET.encode(), body["username"].encode(), hashlib.sha1).digest()
+        ).decode()
+    )
+    assert body["ice_servers"][1]["username"] == body["username"]
+
+    # only that session's agent: not another session's token, not an API token
+    other = await make_session("zoe")
+    other_agent = bearer(agent_token(TEST_SECRET_KEY, uuid.UUID(other["id"])))
+    assert (await client.get(path, headers=other_agent)).status_code == 403
+    assert (await client.get(path, headers=ADMIN)).status_code == 403
+    assert (await client.get(path)).status_code == 401
+
+    # ended: no more credentials, so the last ones stop working within their short lifetime
+    await client.delete(f"/v1/sessions/{session['id']}", headers=ADMIN)
+    ended = await client.get(path, headers=agent)
+    assert ended.status_code == 409
+    assert ended.json()["title"] == "Session has ended"

@@ -64,6 +64,14 @@ def test_chromium_decodes_the_desktop_through_the_relay(report: dict[str, Any]) 
     assert SCREENSHOT.stat().st_size > 1000
 
 
+def test_selkies_uses_the_agents_short_lived_turn_credential(report: dict[str, Any]) -> None:
+    turn = report["selkies_turn"]
+    (username,) = turn["usernames"]
+    assert username != turn["pod_secret_username"]  # renewed by the agent, not the Secret's
+    expiry, _ = username.split(":")
+    assert int(expiry) <= turn["now"] + 900 + 5  # VDI_TURN_CREDENTIAL_TTL_S (default)
+
+
 def test_the_agent_reads_the_same_figures_and_the_session_says_stream_healthy(
     report: dict[str, Any],
 ) -> None:
