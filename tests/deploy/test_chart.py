@@ -144,7 +144,9 @@ def test_coturn_uses_the_shared_secret_with_use_auth_secret() -> None:
     [container] = coturn["spec"]["template"]["spec"]["containers"]
     assert "--use-auth-secret" in container["args"]
     assert "--static-auth-secret=$(VDI_TURN_SECRET)" in container["args"]
-    assert container["env"][0]["valueFrom"]["secretKeyRef"]["key"] == "VDI_TURN_SECRET"
+    env = {e["name"]: e["valueFrom"] for e in container["env"]}
+    assert env["VDI_TURN_SECRET"]["secretKeyRef"]["key"] == "VDI_TURN_SECRET"
+    assert env["POD_IP"] == {"fieldRef": {"fieldPath": "status.podIP"}}
     [service] = [s for s in by_kind(objects, "Service") if s["metadata"]["name"].endswith("coturn")]
     assert service["spec"]["ports"][0] == {
         "name": "turn-udp",
@@ -152,6 +154,37 @@ def test_coturn_uses_the_shared_secret_with_use_auth_secret() -> None:
         "targetPort": "turn-udp",
         "protocol": "UDP",
     }
+
+
+def coturn_args(values: dict[str, Any]) -> list[str]:
+    [coturn] = [
+        d for d in by_kind(render(values), "Deployment") if d["metadata"]["name"].endswith("coturn")
+    ]
+    args: list[str] = coturn["spec"]["template"]["spec"]["containers"][0]["args"]
+    return args
+
+
+def test_coturn_refuses_private_and_cluster_peers_and_tcp_relaying_by_default() -> None:
+    args = coturn_args({})
+    denied = {a.split("=", 1)[1] for a in args if a.startswith("--denied-peer-ip=")}
+    for needed in (
+        "10.0.0.0-10.255.255.255",
+        "172.16.0.0-172.31.255.255",
+        "192.168.0.0-192.168.255.255",
+        "127.0.0.0-127.255.255.255",
+        "169.254.0.0-169.254.255.255",
+        "100.64.0.0-100.127.255.255",
+        "fc00::-fdff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+        "fe80::-febf:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+    ):
+        assert needed in denied
+    assert "--no-tcp-relay" in args
+    assert "--allowed-peer-ip=$(POD_IP)" in args  # relay to relay on this coturn
+    # the cluster's own ranges, and exceptions, come from values
+    extra = coturn_args(
+        {"coturn": {"clusterPeerRanges": ["11.96.0.0-11.111.255.255"], "allowedPeerRanges": []}}
+    )
+    assert "--denied-peer-ip=11.96.0.0-11.111.255.255" in extra
 
 
 def test_migration_job_runs_before_install_and_upgrade() -> None:

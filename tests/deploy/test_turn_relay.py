@@ -1,0 +1,70 @@
+"""The TURN relay as the chart runs it (bench/turn_peers.py): real coturn started with the
+arguments the chart renders, in a private network namespace, and a TURN client holding a
+session's credential. Needs root, coturn, iproute2 and util-linux (.ci/run installs them)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from tests.deploy.test_chart import REPO, coturn_args
+from tests.tools import tool
+
+
+@pytest.fixture(scope="module")
+def relay() -> dict[str, Any]:
+    for name in ("turnserver", "unshare", "ip"):
+        tool(name)
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.turn_peers", "--args-json", json.dumps(coturn_args({}))],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(result.stdout.splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def test_a_public_peer_is_relayed(relay: dict[str, Any]) -> None:
+    assert relay["peers"]["public"] == {
+        "ip": "11.22.33.44",
+        "permission": "granted",
+        "received": True,
+    }
+
+
+@pytest.mark.parametrize(
+    "peer",
+    [
+        "private-192.168",
+        "cluster-service",
+        "private-172.16",
+        "cgnat",
+        "link-local-metadata",
+        "loopback",
+    ],
+)
+def test_private_cluster_and_local_peers_are_refused(relay: dict[str, Any], peer: str) -> None:
+    outcome = relay["peers"][peer]
+    assert (outcome["permission"], outcome["error_code"], outcome["received"]) == (
+        "refused",
+        403,
+        False,
+    )
+
+
+def test_relay_to_relay_still_works(relay: dict[str, Any]) -> None:
+    """The browser and Selkies meet relay to relay: coturn's own address stays allowed."""
+    assert relay["relay_to_relay"]["a_received"] is True
+    assert relay["relay_to_relay"]["b_received"] is True
+
+
+def test_no_tcp_relay_and_no_expired_credential(relay: dict[str, Any]) -> None:
+    assert relay["tcp_allocation"] == "refused 442"  # Unsupported Transport Protocol
+    assert relay["expired_credential"] == "refused 401"
