@@ -121,12 +121,14 @@ def create_app(
         app.state.cluster_mode = "disabled"
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(engine.dispose)
-            if settings.bootstrap_token is not None:
-                async with sessionmaker() as db, db.begin():
-                    created = await auth_service.ensure_bootstrap_token(
-                        db, settings.bootstrap_token.get_secret_value()
-                    )
-                log.info("bootstrap admin token", created=created)
+            async with sessionmaker() as db, db.begin():
+                bootstrap = await auth_service.sync_bootstrap_token(
+                    db,
+                    settings.bootstrap_token.get_secret_value()
+                    if settings.bootstrap_token is not None
+                    else None,
+                )
+            log.info("bootstrap admin token", outcome=bootstrap)
             await hub.start()
             stack.push_async_callback(hub.stop)
             if settings.reconciler:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import ApiToken
@@ -20,6 +20,17 @@ async def get_active_by_hash(db: AsyncSession, token_hash: str) -> ApiToken | No
 async def get_by_hash(db: AsyncSession, token_hash: str) -> ApiToken | None:
     result = await db.execute(select(ApiToken).where(ApiToken.token_hash == token_hash))
     return result.scalar_one_or_none()
+
+
+async def active_bootstrap_tokens(db: AsyncSession) -> list[ApiToken]:
+    """Under a transaction lock: replicas starting together sync one at a time."""
+    await db.execute(text("SELECT pg_advisory_xact_lock(hashtext('vdi-bootstrap-token'))"))
+    result = await db.execute(
+        select(ApiToken)
+        .where(ApiToken.bootstrap.is_(True), ApiToken.revoked_at.is_(None))
+        .with_for_update()
+    )
+    return list(result.scalars())
 
 
 async def get(db: AsyncSession, token_id: uuid.UUID) -> ApiToken | None:

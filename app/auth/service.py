@@ -63,14 +63,40 @@ async def revoke_token(db: AsyncSession, token_id: uuid.UUID) -> None:
         await db.flush()
 
 
-async def ensure_bootstrap_token(db: AsyncSession, plaintext: str) -> bool:
-    """Make VDI_BOOTSTRAP_TOKEN a valid admin token; True when it was created now.
+async def sync_bootstrap_token(db: AsyncSession, plaintext: str | None) -> str:
+    """Only the current VDI_BOOTSTRAP_TOKEN works as a bootstrap token: earlier values are
+    revoked, and unset revokes them all. Returns what was done ("created", "kept", "revoked
+    <n>", ...).
 
-    A bootstrap token an admin revoked stays revoked: rotate it by setting a new value.
+    A bootstrap token an admin revoked stays revoked: rotate it by setting a new value. During
+    a rolling update a replica still holding an older value revokes nothing newer than its own
+    (only tokens created before the current one are revoked), so replicas never undo each
+    other's rotation.
     """
-    token_hash = hash_api_token(plaintext)
-    if await repository.get_by_hash(db, token_hash) is not None:
-        return False
-    db.add(ApiToken(name=BOOTSTRAP_TOKEN_NAME, scopes=[Scope.admin.value], token_hash=token_hash))
+    active = await repository.active_bootstrap_tokens(db)
+    current = None
+    created = False
+    if plaintext is not None:
+        token_hash = hash_api_token(plaintext)
+        current = await repository.get_by_hash(db, token_hash)
+        if current is None:
+            current = ApiToken(
+                name=BOOTSTRAP_TOKEN_NAME,
+                scopes=[Scope.admin.value],
+                token_hash=token_hash,
+                bootstrap=True,
+                created_at=utcnow(),
+            )
+            db.add(current)
+            created = True
+    now = utcnow()
+    revoked = 0
+    for token in active:
+        if current is not None and (
+            token.id == current.id or token.created_at > current.created_at
+        ):
+            continue
+        token.revoked_at = now
+        revoked += 1
     await db.flush()
-    return True
+    return f"{'created' if created else 'kept' if current else 'none set'}; revoked {revoked}"

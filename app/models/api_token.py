@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import String, Text
+from sqlalchemy import Boolean, String, Text, false
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -22,3 +22,5 @@ class ApiToken(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    # Made from VDI_BOOTSTRAP_TOKEN: revoked when that setting changes or is unset.
+    bootstrap: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())

@@ -8,9 +8,13 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
+from pydantic import SecretStr
 
 from app.auth.schemas import Scope
-from tests.conftest import ADMIN, bearer
+from app.config import Settings
+from app.main import create_app
+from tests.conftest import ADMIN, TEST_BOOTSTRAP_TOKEN, bearer, client_for, running
 
 PROBLEM = "application/problem+json"
 SID = "00000000-0000-4000-8000-000000000000"
@@ -147,3 +151,31 @@ async def test_admin_scope_implies_every_other(
         await client.put("/v1/templates/t2", json={"image": "i"}, headers=admin)
     ).status_code == 201
     assert (await client.get("/v1/sessions", headers=admin)).status_code == 200
+
+
+async def test_rotating_the_bootstrap_token_revokes_the_old_value_and_unsetting_revokes_all(
+    app: FastAPI, settings: Settings, database_url: str
+) -> None:
+    """The `app` fixture started with TEST_BOOTSTRAP_TOKEN; restarts with another value, then
+    with none, on the same database (as replicas restarted with a new Secret)."""
+    new_value = "rotated-bootstrap-" + "r" * 40
+
+    async def status(application: FastAPI, token: str) -> int:
+        async with client_for(application) as http:
+            return (await http.get("/v1/tokens", headers=bearer(token))).status_code
+
+    assert await status(app, TEST_BOOTSTRAP_TOKEN) == 200
+    rotated = create_app(
+        settings.model_copy(update={"bootstrap_token": SecretStr(new_value)}), database_url
+    )
+    async with running(rotated):
+        assert await status(rotated, new_value) == 200
+        assert await status(rotated, TEST_BOOTSTRAP_TOKEN) == 401  # the old value is revoked
+    # A replica still on the old value (a rolling update) does not undo the rotation.
+    async with running(create_app(settings, database_url)) as stale:
+        assert await status(stale, new_value) == 200
+        assert await status(stale, TEST_BOOTSTRAP_TOKEN) == 401
+    unset = create_app(settings.model_copy(update={"bootstrap_token": None}), database_url)
+    async with running(unset):
+        assert await status(unset, new_value) == 401  # unset means none
+        assert await status(unset, TEST_BOOTSTRAP_TOKEN) == 401
