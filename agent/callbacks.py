@@ -22,6 +22,15 @@ FINAL_ANSWERS = {
 }
 
 
+def _not_started(response: httpx.Response) -> bool:
+    if response.status_code != 409:
+        return False
+    try:
+        return str(response.json().get("type", "")).endswith(":session-not-started")
+    except ValueError:
+        return False
+
+
 @dataclass
 class Reporter:
     callback_url: str
@@ -56,6 +65,8 @@ class Reporter:
                     )
                 else:
                     final = FINAL_ANSWERS.get(response.status_code)
+                    if _not_started(response):
+                        final = None  # the pod is ahead of the session's phase: retry
                     if final is not None:
                         log.error(f"{final}; health callbacks stop", status=response.status_code)
                         self.stopped = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -192,15 +193,17 @@ def test_gpu_ok_without_encoder_result_stays_starting() -> None:
     assert session.phase == "Starting"
 
 
-def test_a_report_during_provisioning_goes_through_starting() -> None:
+def test_a_report_before_starting_changes_nothing() -> None:
     session = make(Phase.provisioning)
+    conditions = copy.deepcopy(session.conditions)
     events = lifecycle.apply_health_report(
         session,
         report(("gpu", True, None), ("encoder", True, None)),
         fallback_allowed=True,
         now=NOW,
     )
-    assert [e.data.get("to") for e in events if e.type == "PhaseChanged"] == ["Starting", "Running"]
+    assert events == []
+    assert (session.phase, session.conditions) == ("Provisioning", conditions)
 
 
 def test_a_stale_good_report_cannot_undo_a_failure() -> None:
@@ -208,6 +211,7 @@ def test_a_stale_good_report_cannot_undo_a_failure() -> None:
     lifecycle.apply_health_report(
         session, report(("gpu", False, None)), fallback_allowed=True, now=NOW
     )
+    evidence = copy.deepcopy(session.conditions)
     lifecycle.apply_health_report(
         session,
         report(("gpu", True, None), ("encoder", True, None)),
@@ -215,6 +219,7 @@ def test_a_stale_good_report_cannot_undo_a_failure() -> None:
         now=NOW,
     )
     assert (session.phase, session.reason) == ("Failed", "GPU_INIT_ERROR")
+    assert session.conditions == evidence  # the failure's evidence stays as it was
 
 
 def test_an_identical_report_records_no_new_event() -> None:

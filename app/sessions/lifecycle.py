@@ -228,10 +228,13 @@ def apply_health_report(
 ) -> list[EventDraft]:
     """Fold one agent report into the session: conditions first, then at most one phase move.
 
-    Stream and latency never gate Running (they need a viewer). A report can only move a
-    session forward: a stale one cannot revive a Failed session (the caller refuses reports on
-    deleted sessions altogether).
+    Stream and latency never gate Running (they need a viewer). The caller takes reports only
+    on a Starting or Running session: none before the pod exists, none once it has ended (a
+    Failed session keeps the evidence of its failure).
     """
+    phase = Phase(session.phase)
+    if phase not in (Phase.starting, Phase.running):
+        return []
     checks = {check.name: check for check in report.checks}
     events: list[EventDraft] = []
     session.last_report_at = now
@@ -249,26 +252,12 @@ def apply_health_report(
         if event is not None:
             events.append(event)
 
-    phase = Phase(session.phase)
-    if phase not in (Phase.provisioning, Phase.starting, Phase.running):
-        return events
     failure = _failure(session, checks, report, fallback_allowed)
     if failure is not None:
         code, detail = failure
         events.append(transition(session, Phase.failed, reason=code, message=detail, now=now))
         return events
     if phase is not Phase.running and _ready(session, checks):
-        if phase is Phase.provisioning:
-            # The agent can answer before the reconciler records Starting; keep the machine's order.
-            events.append(
-                transition(
-                    session,
-                    Phase.starting,
-                    reason="AgentReported",
-                    message="The agent is up",
-                    now=now,
-                )
-            )
         encoder = report.encoder or "an encoder"
         message = f"GPU and encoder ready ({encoder})"
         if report.fallback:

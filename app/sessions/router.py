@@ -232,7 +232,9 @@ async def list_session_events(
 @router.post(
     "/{session_id}/health",
     name="report_session_health",
-    responses=problem_responses(*AUTH_ERRORS, service.SessionNotFound, service.SessionEnded),
+    responses=problem_responses(
+        *AUTH_ERRORS, service.SessionNotFound, service.SessionEnded, service.SessionNotStarted
+    ),
     summary="The agent's health report (authorized by that session's agent token)",
 )
 async def report_session_health(

@@ -52,6 +52,15 @@ class SessionEnded(Conflict):
     slug, title = "session-ended", "Session has ended"
 
 
+class SessionNotStarted(Conflict):
+    """A report before the pod exists (the session is not Starting yet): retry shortly."""
+
+    slug, title = "session-not-started", "Session has not started"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"Retry-After": "1"})
+
+
 class IdempotencyKeyReused(AppError):
     status, slug, title = 422, "idempotency-key-reused", "Idempotency key reused"
 
@@ -370,10 +379,16 @@ async def report_health(
     db: AsyncSession, settings: Settings, session_id: uuid.UUID, report: HealthReport
 ) -> ReportOutcome:
     session = await _get(db, session_id, for_update=True)
-    if Phase(session.phase) in DELETED_PHASES:
+    if Phase(session.phase) in ENDED_PHASES:
+        # A Failed session keeps the evidence of its failure: no later report rewrites it.
         raise SessionEnded(
-            f"Session {session.id} is {session.phase}; reports are no longer accepted. "
-            "The agent should stop."
+            f"Session {session.id} is {session.phase} ({session.reason}); reports are no longer "
+            "accepted. The agent should stop."
+        )
+    if Phase(session.phase) not in (Phase.starting, Phase.running):
+        raise SessionNotStarted(
+            f"Session {session.id} is {session.phase}: its pod is not started yet, so no agent "
+            "can report for it. Retry after the Retry-After delay."
         )
     before = session.phase
     now = utcnow()

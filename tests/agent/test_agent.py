@@ -78,6 +78,19 @@ async def test_reports_retry_until_the_control_plane_is_up_and_move_the_session(
     ] == "SoftwareFallback"
 
 
+async def test_a_report_before_the_session_is_starting_is_retried_not_final(
+    app: FastAPI, make_session: MakeSession
+) -> None:
+    session = await make_session("carol")  # Pending: its pod does not exist yet
+    port = free_port()
+    env = agent_env(session["id"], f"http://127.0.0.1:{port}")
+    reporter = Reporter(env.callback_url, env.session_id, env.token)
+    async with serve(app, port=port):
+        delivered = await reporter.send({"checks": []}, attempts=2, first_delay_s=0.05)
+    assert delivered is False
+    assert reporter.stopped is False  # unlike an ended session: it keeps reporting
+
+
 async def test_a_refused_token_stops_the_callbacks(app: FastAPI, make_session: MakeSession) -> None:
     session = await make_session("bob")
     async with serve(app) as url:

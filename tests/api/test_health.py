@@ -90,10 +90,11 @@ async def test_gpu_init_error_fails_the_session(
     assert failed.json()["phase"] == "Failed"
     assert failed.json()["reason"] == "GPU_INIT_ERROR"
     assert failed.json()["message"] == "nvidia-smi: No devices were found"
-    # a late, duplicated "ready" report does not revive it
+    # a late, duplicated "ready" report does not revive it: it is refused
     stale = await report(client, session["id"], READY)
-    assert stale.status_code == 200
-    assert stale.json()["phase"] == "Failed"
+    assert stale.status_code == 409
+    body = (await client.get(f"/v1/sessions/{session['id']}", headers=ADMIN)).json()
+    assert body["phase"] == "Failed"
 
 
 async def test_fallback_forbidden_by_template_fails(
@@ -219,3 +220,38 @@ async def test_an_unhealthy_stream_alone_does_not_fail_the_session(
         "checks": [*READY["checks"], {"name": "stream", "ok": False, "code": "StreamUnhealthy"}],
     }
     assert (await report(client, session["id"], unhealthy)).json()["phase"] == "Running"
+
+
+async def test_a_report_before_the_pod_exists_is_refused_and_moves_nothing(
+    client: httpx.AsyncClient, make_session: MakeSession, set_phase: SetPhase
+) -> None:
+    session = await make_session()
+    for phases in ((), ("Provisioning",)):
+        await set_phase(session["id"], *phases)
+        early = await report(client, session["id"], READY)
+        assert early.status_code == 409
+        assert early.json()["type"].endswith(":session-not-started")
+        assert early.headers["retry-after"] == "1"
+        body = (await client.get(f"/v1/sessions/{session['id']}", headers=ADMIN)).json()
+        assert body["phase"] == (phases[-1] if phases else "Pending")
+        assert body["running_at"] is None
+
+
+async def test_reports_on_a_failed_session_leave_its_evidence_as_it_was(
+    client: httpx.AsyncClient, make_session: MakeSession, set_phase: SetPhase
+) -> None:
+    session = await make_session()
+    await set_phase(session["id"], "Provisioning", "Starting")
+    gpu_failed = {
+        "checks": [
+            {"name": "gpu", "ok": False, "code": "GPU_INIT_ERROR", "detail": "No devices found"}
+        ]
+    }
+    failed = (await report(client, session["id"], gpu_failed)).json()
+    assert (failed["phase"], failed["reason"]) == ("Failed", "GPU_INIT_ERROR")
+    later = await report(client, session["id"], READY)
+    assert later.status_code == 409
+    assert later.json()["title"] == "Session has ended"
+    after = (await client.get(f"/v1/sessions/{session['id']}", headers=ADMIN)).json()
+    assert after["conditions"] == failed["conditions"]  # the GPU still shows as failed
+    assert (after["phase"], after["reason"]) == ("Failed", "GPU_INIT_ERROR")

@@ -99,15 +99,15 @@ async def test_late_reports_never_revive_a_deleted_session(
 async def test_late_good_reports_cannot_undo_a_failure(
     client: httpx.AsyncClient, make_session: MakeSession, set_phase: SetPhase
 ) -> None:
-    """A Failed pod's agent may still report (the conditions stay current for whoever looks
-    into the failure), but nothing moves the session out of Failed except its deletion."""
+    """A Failed pod's agent may still report: refused (409), so the failure's evidence stays
+    as it was and nothing moves the session out of Failed except its deletion."""
     session = await make_session()
     await set_phase(session["id"], "Provisioning", "Starting")
     assert (await report(client, session["id"], GPU_FAILED)).json()["phase"] == "Failed"
     answers = await asyncio.gather(
         *(report(client, session["id"], b) for b in [READY, STREAMING, READY, READY])
     )
-    assert {a.status_code for a in answers} == {200}
+    assert {a.status_code for a in answers} == {409}
     after = (await client.get(f"/v1/sessions/{session['id']}", headers=ADMIN)).json()
     assert (after["phase"], after["reason"]) == ("Failed", "GPU_INIT_ERROR")
     assert _assert_forward_only(await _events(client, session["id"]))[-1] == "Failed"
