@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import itertools
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -12,6 +14,8 @@ from asgi_correlation_id import CorrelationIdMiddleware
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import __version__
 from app.auth import service as auth_service
@@ -103,6 +107,39 @@ async def _start_cluster_side(
     stack.push_async_callback(reconciler.stop)
 
 
+BOOTSTRAP_RETRY_S = 2.0
+
+
+async def _sync_bootstrap(
+    sessionmaker: async_sessionmaker[AsyncSession], settings: Settings
+) -> bool:
+    """Only the current VDI_BOOTSTRAP_TOKEN works (earlier values revoked); False when the
+    database cannot be reached."""
+    plaintext = settings.bootstrap_token
+    try:
+        async with sessionmaker() as db, db.begin():
+            outcome = await auth_service.sync_bootstrap_token(
+                db, plaintext.get_secret_value() if plaintext is not None else None
+            )
+    except (OSError, DBAPIError) as error:
+        log.warning(
+            "bootstrap token not synced yet: database unreachable", error=type(error).__name__
+        )
+        return False
+    log.info("bootstrap admin token", outcome=outcome)
+    return True
+
+
+async def _sync_bootstrap_until_done(
+    sessionmaker: async_sessionmaker[AsyncSession], settings: Settings
+) -> None:
+    for attempt in itertools.count(1):
+        await asyncio.sleep(BOOTSTRAP_RETRY_S)
+        if await _sync_bootstrap(sessionmaker, settings):
+            log.info("bootstrap token synced after the database came back", attempts=attempt)
+            return
+
+
 def create_app(
     settings: Settings, database_url: str, *, cluster: KubeCluster | None = None
 ) -> FastAPI:
@@ -121,14 +158,10 @@ def create_app(
         app.state.cluster_mode = "disabled"
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(engine.dispose)
-            async with sessionmaker() as db, db.begin():
-                bootstrap = await auth_service.sync_bootstrap_token(
-                    db,
-                    settings.bootstrap_token.get_secret_value()
-                    if settings.bootstrap_token is not None
-                    else None,
-                )
-            log.info("bootstrap admin token", outcome=bootstrap)
+            if not await _sync_bootstrap(sessionmaker, settings):
+                # The database is down: serve anyway (/readyz says 503) and sync when it is back.
+                retry = asyncio.create_task(_sync_bootstrap_until_done(sessionmaker, settings))
+                stack.callback(retry.cancel)
             await hub.start()
             stack.push_async_callback(hub.stop)
             if settings.reconciler:

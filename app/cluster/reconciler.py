@@ -34,6 +34,7 @@ log = structlog.get_logger("vdi.reconciler")
 
 MAX_BACKOFF_S = 30.0
 TERMINATION_POLL_S = 0.25
+PREVIOUS_POD_POLL_S = 1.0
 SESSION_KINDS: tuple[Kind, ...] = ("Pod", "Secret", "Service", "IngressRoute")
 
 
@@ -235,8 +236,33 @@ class Reconciler:
         finally:
             structlog.contextvars.unbind_contextvars("session_id")
 
+    async def _previous_pod(self, session: VDISession) -> VDISession | None:
+        """The user's earlier session whose pod may still exist (it holds the user's home
+        volume and host name)."""
+        phases = [p.value for p in lifecycle.POD_HOLDING_PHASES]
+        async with self.sessionmaker() as db:
+            return await repository.earlier_session_of_user(db, session, phases)
+
     async def _provision(self, claim: Claim) -> None:
         session = claim.session
+        previous = await self._previous_pod(session)
+        if previous is not None:
+            # One user's home is never mounted by two pods, nor their host name routed twice:
+            # wait until the earlier session's pod is gone (a real kubelet takes up to 30 s).
+            message = (
+                f"Waiting for the pod of the user's previous session {previous.id} "
+                f"({previous.phase}) to be gone: it holds home-{session.user} and the user's "
+                "host name"
+            )
+
+            async def waiting(db: AsyncSession, row: VDISession, now: datetime) -> datetime:
+                if row.reason != "WaitingForPreviousSession":
+                    log.info("waiting for the user's previous pod", previous=str(previous.id))
+                row.reason, row.message, row.updated_at = "WaitingForPreviousSession", message, now
+                return now + timedelta(seconds=PREVIOUS_POD_POLL_S)
+
+            await self._finish(claim, waiting)
+            return
         view = _view(session)
         secrets = self._secrets.open(session.secrets_encrypted)
         credentials = manifests.SessionCredentials(

@@ -35,6 +35,13 @@ ACTIVE_PHASES = frozenset({Phase.pending, Phase.provisioning, Phase.starting, Ph
 # Phases in which the session is over: keepalive, connection and reports no longer apply.
 ENDED_PHASES = frozenset({Phase.failed, Phase.terminating, Phase.terminated})
 DELETED_PHASES = frozenset({Phase.terminating, Phase.terminated})
+# Phases in which the session's pod may exist: a Failed session keeps it through its grace
+# period, a Terminating one until the kubelet has stopped it.
+POD_HOLDING_PHASES = frozenset(
+    {Phase.provisioning, Phase.starting, Phase.running, Phase.failed, Phase.terminating}
+)
+# What counts for the per-user limit: live sessions, and Failed ones still holding their pod.
+COUNTED_PHASES = ACTIVE_PHASES | {Phase.failed}
 
 GPU_INIT_ERROR = "GPU_INIT_ERROR"
 ENCODER_UNAVAILABLE = "ENCODER_UNAVAILABLE"

@@ -50,6 +50,24 @@ async def active_sessions_of_user(
     return list((await db.execute(query)).scalars())
 
 
+async def earlier_session_of_user(
+    db: AsyncSession, session: VDISession, phases: Iterable[str]
+) -> VDISession | None:
+    """The oldest session of the same user, created before this one, in one of `phases`."""
+    query = (
+        select(VDISession)
+        .where(
+            VDISession.user == session.user,
+            VDISession.id != session.id,
+            VDISession.created_at <= session.created_at,
+            VDISession.phase.in_(list(phases)),
+        )
+        .order_by(VDISession.created_at)
+        .limit(1)
+    )
+    return (await db.execute(query)).scalar_one_or_none()
+
+
 async def list_page(
     db: AsyncSession,
     *,

@@ -27,7 +27,7 @@ from app.security import (
 )
 from app.sessions import lifecycle, repository
 from app.sessions.events import EventHub, wait_for_wake
-from app.sessions.lifecycle import ACTIVE_PHASES, DELETED_PHASES, ENDED_PHASES
+from app.sessions.lifecycle import COUNTED_PHASES, DELETED_PHASES, ENDED_PHASES
 from app.sessions.schemas import (
     Connection,
     HealthReport,
@@ -166,13 +166,20 @@ async def create_session(
 
     await repository.lock_user(db, body.user)
     active = await repository.active_sessions_of_user(
-        db, body.user, [p.value for p in ACTIVE_PHASES]
+        db, body.user, [p.value for p in COUNTED_PHASES]
     )
     if len(active) >= settings.max_sessions_per_user:
         ids = [str(s.id) for s in active]
+        failed = [s for s in active if s.phase == Phase.failed.value]
+        why = (
+            f" ({len(failed)} of them Failed, still holding its pod and the user's home until "
+            "deleted or its grace period ends)"
+            if failed
+            else ""
+        )
         raise UserSessionLimit(
-            f"User '{body.user}' already has {len(active)} live session(s) ({', '.join(ids)}); "
-            f"the limit is {settings.max_sessions_per_user}. Reuse it, or end it with "
+            f"User '{body.user}' already has {len(active)} live session(s) ({', '.join(ids)})"
+            f"{why}; the limit is {settings.max_sessions_per_user}. Reuse it, or end it with "
             f"DELETE /v1/sessions/{ids[0]}",
             extra={"live_session_ids": ids},
         )

@@ -303,3 +303,50 @@ async def test_expired_idempotency_keys_are_swept(
 
         left = (await db.execute(select(IdempotencyKey.key))).scalars().all()
     assert left == ["new-key"]
+
+
+@pytest.mark.parametrize("fake_options", [{"termination_delay_s": 1.5}])
+async def test_a_recreated_session_waits_until_the_previous_pod_is_gone(
+    api: httpx.AsyncClient, fake: Fake, new_session: NewSession
+) -> None:
+    """Delete then create at once: the old pod takes a while to stop (a real kubelet up to
+    30 s), and the user's home volume must never be mounted by two pods."""
+    emulator, cluster = fake
+    first = await new_session("ivy")
+    await eventually(phase_is(api, first["id"], "Starting"))
+    assert (await agent_report(api, cluster, first["id"])).json()["phase"] == "Running"
+    assert (await api.delete(f"/v1/sessions/{first['id']}", headers=ADMIN)).status_code == 202
+    second = await new_session("ivy")
+
+    waiting = await eventually(lambda: _reason_is(api, second["id"], "WaitingForPreviousSession"))
+    assert waiting["phase"] == "Provisioning"
+    assert first["id"] in waiting["message"]
+    assert emulator.find("pods", "vdi", name_of(second["id"])) is None
+    assert emulator.find("pods", "vdi", name_of(first["id"])) is not None  # still stopping
+
+    await eventually(phase_is(api, second["id"], "Starting"))
+    old = await api.get(f"/v1/sessions/{first['id']}", headers=ADMIN)
+    assert old.json()["phase"] == "Terminated"  # the old pod was gone before the new one
+    assert emulator.find("pods", "vdi", name_of(first["id"])) is None
+
+
+async def test_a_failed_session_counts_for_the_users_limit(
+    api: httpx.AsyncClient, fake: Fake, new_session: NewSession
+) -> None:
+    _, cluster = fake
+    failed = await new_session("jay")
+    await eventually(phase_is(api, failed["id"], "Starting"))
+    gpu_error = [{"name": "gpu", "ok": False, "code": "GPU_INIT_ERROR", "detail": "no GPU"}]
+    answer = await agent_report(api, cluster, failed["id"], checks=gpu_error)
+    assert answer.json()["phase"] == "Failed"
+    refused = await api.post(
+        "/v1/sessions", json={"user": "jay", "template": "gpu-desktop"}, headers=ADMIN
+    )
+    assert refused.status_code == 409
+    assert refused.json()["live_session_ids"] == [failed["id"]]
+    assert "Failed, still holding its pod" in refused.json()["detail"]
+
+
+async def _reason_is(api: httpx.AsyncClient, session_id: str, reason: str) -> Any:
+    body = (await api.get(f"/v1/sessions/{session_id}", headers=ADMIN)).json()
+    return body if body["reason"] == reason else None
