@@ -18,6 +18,23 @@ from app.errors import FieldError, ValidationFailed, problem_response
 
 UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 BODY_METHODS = {"POST", "PUT", "PATCH"}
+# No document of this API nests deeper than a few levels; a parser recursing 5,000 levels
+# deep runs out of stack (a 500). Refused before any parser sees it.
+MAX_JSON_DEPTH = 32
+_STRUCTURE = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def json_depth(body: bytes) -> int:
+    """The deepest nesting of arrays and objects in `body` (strings skipped), without parsing."""
+    depth = deepest = 0
+    for token in _STRUCTURE.finditer(body):
+        char = token.group()[:1]
+        if char in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in (b"]", b"}"):
+            depth -= 1
+    return deepest
 
 
 def unstorable(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
@@ -74,6 +91,26 @@ class TextGuardMiddleware:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
+        depth = json_depth(body)
+        if depth > MAX_JSON_DEPTH:
+            response = problem_response(
+                None,
+                status=ValidationFailed.status,
+                slug=ValidationFailed.slug,
+                title=ValidationFailed.title,
+                detail=f"The JSON body nests {depth} levels deep; at most {MAX_JSON_DEPTH} "
+                "are accepted. Send the document the API describes",
+                errors=[
+                    FieldError(
+                        field="body",
+                        location="body",
+                        message=f"nested {depth} levels deep (at most {MAX_JSON_DEPTH})",
+                        type="json_too_deep",
+                    )
+                ],
+            )
+            await response(scope, receive, send)
+            return
         try:
             document = json.loads(body) if body else None
         except ValueError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -37,6 +38,8 @@ from app.sessions.schemas import (
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
 EVENT_STREAM = "text/event-stream"
+MAX_EVENT_ID = 2**63 - 1  # bigint
+EVENT_ID = re.compile(r"[0-9]{1,19}")
 
 
 def _settings(request: Request) -> Settings:
@@ -204,9 +207,11 @@ async def list_session_events(
     request: Request,
     db: DbSession,
     _: SessionsRead,
-    after: Annotated[int, Query(ge=0, description="Only events with a larger id")] = 0,
+    after: Annotated[
+        int, Query(ge=0, le=MAX_EVENT_ID, description="Only events with a larger id")
+    ] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
-    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=20)] = None,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=64)] = None,
 ) -> SessionEventList:
     events = await service.list_events(db, session_id, after=after, limit=limit)
     if EVENT_STREAM not in request.headers.get("accept", ""):
@@ -214,9 +219,13 @@ async def list_session_events(
             items=[SessionEventOut.model_validate(e, from_attributes=True) for e in events]
         )
     if last_event_id is not None:
-        if not last_event_id.isdigit():
+        # ASCII digits only (str.isdigit() takes "²"), and no larger than an event id can be.
+        if not EVENT_ID.fullmatch(last_event_id) or int(last_event_id) > MAX_EVENT_ID:
             raise ValidationFailed(
-                "Last-Event-ID must be an event id", field="Last-Event-ID", location="header"
+                f"Last-Event-ID must be an event id (digits, at most {MAX_EVENT_ID}); send the "
+                "`id` of the last event received",
+                field="Last-Event-ID",
+                location="header",
             )
         after = max(after, int(last_event_id))
 

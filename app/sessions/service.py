@@ -10,7 +10,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -38,6 +38,8 @@ from app.sessions.schemas import (
     TurnCredentials,
 )
 from app.templates.service import find_template, template_spec
+
+CURSOR_YEARS = (1970, 9998)
 
 
 class SessionNotFound(NotFound):
@@ -247,8 +249,16 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         created_at, session_id = json.loads(base64.urlsafe_b64decode(padded))
-        return datetime.fromisoformat(created_at), uuid.UUID(session_id)
-    except (ValueError, TypeError, binascii.Error):
+        moment = datetime.fromisoformat(created_at)
+        # Ours are aware and in UTC; a forged one may overflow on conversion or lie outside
+        # what Postgres stores.
+        if moment.tzinfo is None:
+            raise ValueError("naive")
+        moment = moment.astimezone(UTC)
+        if not CURSOR_YEARS[0] <= moment.year <= CURSOR_YEARS[1]:
+            raise ValueError("out of range")
+        return moment, uuid.UUID(session_id)
+    except (ValueError, TypeError, OverflowError, binascii.Error):
         raise ValidationFailed(
             "Not a cursor this API issued; pass `next_cursor` from the previous page as it is",
             field="cursor",

@@ -5,6 +5,8 @@ application/problem+json."""
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -108,3 +110,78 @@ def test_operation(label: str, api_schema: Any, running: tuple[Service, dict[str
         )
 
     fuzz()
+
+
+def _cursor(created_at: str, session_id: str) -> str:
+    raw = json.dumps([created_at, session_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def test_hostile_headers_and_parameters_get_4xx_never_5xx(
+    running: tuple[Service, dict[str, str]],
+) -> None:
+    """What the schema cannot describe: event ids past bigint, Last-Event-ID bytes that are
+    not ASCII digits ("²" passes str.isdigit), cursors holding dates no timezone conversion or
+    Postgres can take, JSON nested thousands deep. Each is a 4xx problem naming the field."""
+    svc, tokens = running
+    sessions = httpx.get(f"{svc.url}/v1/sessions", headers=svc.admin, timeout=30).json()
+    session_id = sessions["items"][0]["id"]
+    events = f"{svc.url}/v1/sessions/{session_id}/events"
+    read = {"Authorization": f"Bearer {tokens['sessions:read']}"}
+
+    def problem(response: httpx.Response, field: str) -> None:
+        assert 400 <= response.status_code < 500, (response.status_code, response.text[:300])
+        assert response.headers["content-type"].startswith("application/problem+json")
+        assert field in response.text
+
+    @hypothesis.given(
+        last_event_id=st.binary(min_size=1, max_size=30).filter(
+            lambda b: all(0x20 <= c <= 0xFF and c != 0x7F for c in b) and b.strip() == b
+        ),
+        after=st.integers(min_value=2**63, max_value=2**80),
+        year=st.integers(min_value=1, max_value=9999),
+        offset_h=st.integers(min_value=-14, max_value=14),
+    )
+    @hypothesis.settings(
+        max_examples=150,
+        deadline=None,
+        suppress_health_check=list(hypothesis.HealthCheck),
+        derandomize=True,
+        database=None,
+    )
+    def fuzz(last_event_id: bytes, after: int, year: int, offset_h: int) -> None:
+        stream = {**read, "Accept": "text/event-stream"}
+        if not (last_event_id.isdigit() and int(last_event_id) < 2**63):
+            with httpx.stream(
+                "GET", events, headers={**stream, "Last-Event-ID": last_event_id}, timeout=10
+            ) as response:
+                response.read()
+            problem(response, "Last-Event-ID")
+        for headers in (read, stream):
+            with httpx.stream(
+                "GET", events, params={"after": str(after)}, headers=headers, timeout=10
+            ) as response:
+                response.read()
+            problem(response, "after")
+        moment = f"{year:04d}-06-15T12:00:00{offset_h:+03d}:00"
+        listed = httpx.get(
+            f"{svc.url}/v1/sessions",
+            params={"cursor": _cursor(moment, session_id)},
+            headers=read,
+            timeout=10,
+        )
+        assert listed.status_code in (200, 422), listed.text[:300]
+        if listed.status_code == 422:
+            problem(listed, "cursor")
+
+    fuzz()
+    for body in ("[" * 5000 + "]" * 5000, '{"a":' * 3000 + "1" + "}" * 3000):
+        deep = httpx.post(
+            f"{svc.url}/v1/sessions",
+            content=body,
+            headers={**svc.admin, "Content-Type": "application/json"},
+            timeout=10,
+        )
+        assert deep.status_code in (413, 422), deep.text[:300]
+        if deep.status_code == 422:
+            problem(deep, "body")
