@@ -59,6 +59,13 @@ class Settings(BaseSettings):
         "the session ends.",
     )
     bootstrap_token: SecretStr | None = None
+    reserved_user_names: str = Field(
+        default="api,turn,turns,stun,www,admin,traefik,vdi,vdi-control,vdi-api,dashboard,"
+        "metrics,auth,login,mail,smtp,ns,ns1,ns2,localhost,wpad,autoconfig,autodiscover",
+        description="Comma-separated names no user may have: each user's desktop is served at "
+        "`<user>.<base domain>`, so these would shadow the platform's own hosts. The first label "
+        "of the TURN host and the callback host, when under the base domain, are added.",
+    )
     ingress_api_version: Literal["traefik.io/v1alpha1", "traefik.containo.us/v1alpha1"] = Field(
         default="traefik.io/v1alpha1",
         description="Traefik v3 (traefik.io) or v2 (traefik.containo.us) IngressRoute API",
@@ -115,6 +122,15 @@ class Settings(BaseSettings):
     @property
     def should_auto_migrate(self) -> bool:
         return self.embedded_database if self.auto_migrate is None else self.auto_migrate
+
+    @property
+    def reserved_users(self) -> frozenset[str]:
+        names = {n.strip().lower() for n in self.reserved_user_names.split(",") if n.strip()}
+        callback_host = self.callback_url.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0]
+        for host in (self.effective_turn_host, callback_host):
+            if host.endswith("." + self.base_domain):
+                names.add(host[: -len(self.base_domain) - 1].split(".")[-1])
+        return frozenset(names)
 
     @property
     def effective_turn_host(self) -> str:

@@ -43,13 +43,14 @@ def operations(document: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, A
 
 def test_every_operation_has_a_unique_readable_operation_id(document: dict[str, Any]) -> None:
     ids = [op["operationId"] for _, _, op in operations(document)]
-    assert len(ids) == len(set(ids)) == 18
+    assert len(ids) == len(set(ids)) == 19
     assert all(i.replace("_", "").isalpha() and i.islower() for i in ids)
     assert {
         "create_session",
         "list_sessions",
         "report_session_health",
         "get_session_connection",
+        "renew_session_turn_credentials",
     } <= set(ids)
 
 

@@ -70,8 +70,14 @@ class StandInAgent:
                     response = await http.post(
                         url, json=report, headers={"Authorization": f"Bearer {token}"}
                     )
-                    if response.status_code in (403, 404, 409):
+                    not_started = response.status_code == 409 and str(
+                        response.json().get("type", "")
+                    ).endswith(":session-not-started")
+                    if response.status_code in (403, 404, 409) and not not_started:
                         return  # the session is over (or not ours): stop, as the agent does
+                    if not_started:  # the pod ran before the session recorded Starting
+                        await asyncio.sleep(0.2)
+                        continue
                 except httpx.HTTPError as error:
                     log.warning("stand-in agent cannot report", error=str(error))
                 await asyncio.sleep(self.heartbeat_s)

@@ -124,6 +124,24 @@ async def _get(db: AsyncSession, session_id: uuid.UUID, *, for_update: bool = Fa
     return session
 
 
+def _refuse_user_name(settings: Settings, user: str) -> None:
+    """User names become host names (`<user>.<base domain>`): no IDNA-encoded labels (they
+    show as look-alike Unicode), none of the platform's own hosts."""
+    if len(user) >= 4 and user[2:4] == "--":
+        raise ValidationFailed(
+            f"User name {user!r} has '--' in positions 3 and 4, which marks an IDNA (Punycode) "
+            "label that browsers show as Unicode, possibly a look-alike of another name; choose "
+            "a plain ASCII name",
+            field="user",
+        )
+    if user in settings.reserved_users:
+        raise ValidationFailed(
+            f"User name {user!r} is reserved: `{user}.{settings.base_domain}` is one of the "
+            "platform's own hosts (VDI_RESERVED_USER_NAMES); choose another name",
+            field="user",
+        )
+
+
 async def create_session(
     db: AsyncSession,
     settings: Settings,
@@ -132,6 +150,7 @@ async def create_session(
     token_id: uuid.UUID,
     idempotency_key: str | None,
 ) -> VDISession | Replay:
+    _refuse_user_name(settings, body.user)
     now = utcnow()
     if idempotency_key is not None:
         request_hash = _request_hash(body)

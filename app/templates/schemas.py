@@ -7,6 +7,7 @@ from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from app import k8s_rules
 from app.config import DNS_LABEL_PATTERN
 
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
@@ -80,6 +81,21 @@ class TemplateSpec(BaseModel):
     def _idle_within_lifetime(self) -> Self:
         if self.idle_timeout_s > self.max_lifetime_s:
             raise ValueError("idle_timeout_s must not exceed max_lifetime_s")
+        return self
+
+    @model_validator(mode="after")
+    def _what_kubernetes_accepts(self) -> Self:
+        """What the API server would refuse when the session's objects are created, refused
+        here instead (a 422 at PUT, not a session failing later)."""
+        problems = list(k8s_rules.node_selector_errors(self.node_selector))
+        for index, toleration in enumerate(self.tolerations):
+            problems += k8s_rules.toleration_errors(index, toleration.model_dump())
+        for name in ("home_size", "shm_size", "cpu", "memory"):
+            value = getattr(self, name)
+            if value is not None and not k8s_rules.quantity_is_positive(value):
+                problems.append((name, f"{name} must be greater than zero (got {value!r})"))
+        if problems:
+            raise ValueError("; ".join(f"{field}: {message}" for field, message in problems))
         return self
 
     @model_validator(mode="after")

@@ -385,3 +385,43 @@ async def test_the_agent_renews_turn_credentials_only_while_the_session_lives(
     ended = await client.get(path, headers=agent)
     assert ended.status_code == 409
     assert ended.json()["title"] == "Session has ended"
+
+
+@pytest.mark.parametrize(
+    ("user", "said"),
+    [
+        ("xn--80ak6aa92e", "IDNA (Punycode)"),
+        ("ab--cd", "IDNA (Punycode)"),
+        ("turn", "reserved"),
+        ("api", "reserved"),
+        ("traefik", "reserved"),
+    ],
+)
+async def test_punycode_and_the_platforms_own_host_names_are_not_user_names(
+    client: httpx.AsyncClient,
+    make_template: Callable[..., Awaitable[dict[str, Any]]],
+    user: str,
+    said: str,
+) -> None:
+    await make_template()
+    response = await client.post(
+        "/v1/sessions", json={"user": user, "template": "gpu-desktop"}, headers=ADMIN
+    )
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert said in body["detail"]
+    assert body["errors"][0]["field"] == "user"
+    listed = (await client.get("/v1/sessions", params={"user": user}, headers=ADMIN)).json()
+    assert listed["items"] == []
+
+
+def test_the_turn_and_callback_hosts_are_reserved_too(settings: Settings) -> None:
+    custom = settings.model_copy(
+        update={
+            "base_domain": "desk.example.com",
+            "turn_host": "relay.desk.example.com",
+            "callback_url": "http://control.desk.example.com:8080",
+            "reserved_user_names": "api",
+        }
+    )
+    assert {"api", "relay", "control"} <= custom.reserved_users

@@ -145,3 +145,28 @@ async def test_streamer_and_transport_default_and_websockets_needs_selkies_2(
     )
     assert taken.status_code == 200, taken.text
     assert (taken.json()["streamer"], taken.json()["transport"]) == ("selkies", "websockets")
+
+
+@pytest.mark.parametrize(
+    ("fields", "said"),
+    [
+        ({"node_selector": {"gpu": "a b"}}, "node_selector.gpu"),
+        ({"node_selector": {"-gpu": "a100"}}, "node_selector"),
+        ({"tolerations": [{"operator": "Exists", "value": "x"}]}, "value must be empty"),
+        ({"tolerations": [{"operator": "Equal", "value": "x"}]}, "operator must be Exists"),
+        ({"tolerations": [{"key": "k", "toleration_seconds": 30}]}, "NoExecute"),
+        ({"tolerations": [{"key": "k", "value": "-x-"}]}, "tolerations.0.value"),
+        ({"home_size": "0"}, "home_size must be greater than zero"),
+        ({"shm_size": "0Gi"}, "shm_size must be greater than zero"),
+        ({"memory": "0"}, "memory must be greater than zero"),
+    ],
+)
+async def test_fields_kubernetes_would_refuse_are_422_at_put(
+    client: httpx.AsyncClient, fields: dict[str, Any], said: str
+) -> None:
+    response = await client.put(
+        "/v1/templates/bad", json={"image": "registry.test/vdi:1", **fields}, headers=ADMIN
+    )
+    assert response.status_code == 422, response.text
+    assert said in response.text
+    assert (await client.get("/v1/templates/bad", headers=ADMIN)).status_code == 404

@@ -53,6 +53,51 @@ async def test_invalid_objects_get_422_invalid_like_a_real_server(
         assert bad_route.status_code == 422
 
 
+@pytest.mark.parametrize(
+    ("kind", "change", "said"),
+    [
+        ("Pod", lambda o: o["spec"].update(nodeSelector={"gpu": "a b"}), "nodeSelector"),
+        ("Pod", lambda o: o["spec"].update(nodeSelector={"-bad": "x"}), "name part"),
+        ("Pod", lambda o: o["spec"].update(nodeSelector={"a..b/x": "y"}), "prefix part"),
+        (
+            "Pod",
+            lambda o: o["spec"].update(tolerations=[{"operator": "Exists", "value": "x"}]),
+            "value must be empty",
+        ),
+        (
+            "Pod",
+            lambda o: o["spec"].update(tolerations=[{"key": "", "operator": "Equal"}]),
+            "operator must be Exists",
+        ),
+        (
+            "Pod",
+            lambda o: o["spec"].update(
+                tolerations=[{"key": "k", "operator": "Exists", "tolerationSeconds": 5}]
+            ),
+            "NoExecute",
+        ),
+        (
+            "PersistentVolumeClaim",
+            lambda o: o["spec"]["resources"]["requests"].update(storage="0"),
+            "greater than zero",
+        ),
+    ],
+)
+async def test_admission_refuses_what_the_api_servers_validation_refuses(
+    fake: tuple[FakeKubernetes, KubeCluster], kind: str, change: Any, said: str
+) -> None:
+    """Beyond the OpenAPI schema: label keys and values, toleration rules, zero sizes."""
+    _, cluster = fake
+    obj = (
+        manifests.pod(view(), SETTINGS) if kind == "Pod" else manifests.home_claim(view(), SETTINGS)
+    )
+    change(obj)
+    with pytest.raises(ClusterError) as raised:
+        await cluster.create(kind, obj)
+    assert raised.value.status == 422
+    assert said in str(raised.value)
+
+
 async def test_metadata_selectors_secret_data_and_owner_gc(
     fake: tuple[FakeKubernetes, KubeCluster],
 ) -> None:

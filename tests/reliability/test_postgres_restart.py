@@ -39,6 +39,12 @@ class Load:
         self.statuses[f"{what} {response.status_code}"] += 1
         if response.status_code in ok:
             return True
+        if (
+            what == "health"
+            and response.status_code == 409
+            and response.json()["type"].endswith(":session-not-started")
+        ):
+            return False  # reported before the reconciler recorded Starting: retried, as agents do
         if response.status_code == 503 and response.headers.get("retry-after", "").isdigit():
             if response.headers["content-type"] != "application/problem+json":
                 self.unexpected.append(f"{what}: 503 without problem+json")

@@ -30,6 +30,7 @@ import kmock
 import yaml
 from kmock._internal import enums, k8s, rendering
 
+from app import k8s_rules
 from app.cluster.fake import selectors
 
 K8S_VERSION = "1.33"
@@ -86,6 +87,28 @@ def _core_validator(kind: str, api_version: str) -> Any:
     )
     registry = Resource.from_contents(definitions) @ (Resource.from_contents(schema) @ Registry())
     return jsonschema.validators.Draft202012Validator(schema, registry=registry)
+
+
+def _semantic_problems(kind: str, data: dict[str, Any]) -> list[tuple[str, str]]:
+    """What the real API server's validation refuses beyond its OpenAPI schema, for the fields
+    templates set: node selectors and tolerations (Pods), storage requests (PVCs)."""
+    spec = data.get("spec") or {}
+    problems: list[tuple[str, str]] = []
+    if kind == "Pod":
+        problems += [
+            (f"spec.{field.replace('node_selector', 'nodeSelector')}", message)
+            for field, message in k8s_rules.node_selector_errors(spec.get("nodeSelector") or {})
+        ]
+        for index, toleration in enumerate(spec.get("tolerations") or []):
+            problems += [
+                (f"spec.{field.replace('toleration_seconds', 'tolerationSeconds')}", message)
+                for field, message in k8s_rules.toleration_errors(index, toleration)
+            ]
+    elif kind == "PersistentVolumeClaim":
+        storage = ((spec.get("resources") or {}).get("requests") or {}).get("storage")
+        if storage is not None and not k8s_rules.quantity_is_positive(str(storage)):
+            problems.append(("spec.resources.requests[storage]", "must be greater than zero"))
+    return problems
 
 
 @functools.cache
@@ -283,6 +306,10 @@ class FakeKubernetes(k8s.KubernetesEmulator):
                 raise _invalid(kind, name, f"{path}: {error.message}") from None
         else:
             raise k8s.KubernetesResourceNotFoundError()
+        if self.validate:
+            problems = _semantic_problems(kind, data)
+            if problems:
+                raise _invalid(kind, name, "; ".join(f"{f}: {m}" for f, m in problems))
         if kind == "Secret" and "stringData" in data:
             encoded = {
                 k: base64.b64encode(str(v).encode()).decode()
