@@ -99,6 +99,13 @@ class Settings(BaseSettings):
     simulated_gpus: int = Field(default=8, ge=0, description="GPUs of the simulated cluster's node")
     max_sessions_per_user: int = Field(default=1, ge=1, le=100)
     max_body_bytes: int = Field(default=65536, ge=1024)
+    report_rate_limit: str = Field(
+        default="30/minute",
+        pattern=r"^[0-9]+ ?(/|per) ?([0-9]+ )?(second|minute|hour)s?$",
+        description="Agent reports accepted per session and replica (a moving window, e.g. "
+        "`30/minute`); more get 429 with Retry-After. The agent sends one every 15 s and one "
+        "per change.",
+    )
     idempotency_ttl_s: int = Field(default=86400, ge=60)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = True

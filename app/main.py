@@ -28,6 +28,7 @@ from app.db import create_engine, create_sessionmaker
 from app.errors import PROBLEM_JSON, install_error_handlers
 from app.observability import EdgeMiddleware, Metrics
 from app.ops.router import router as ops_router
+from app.ratelimit import PerKeyLimit
 from app.sessions.events import EventHub
 from app.sessions.router import router as sessions_router
 from app.templates.router import router as templates_router
@@ -183,6 +184,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.metrics = Metrics()
+    app.state.report_limit = PerKeyLimit(settings.report_rate_limit)
     install_error_handlers(app)
     for router in (tokens_router, templates_router, sessions_router, ops_router):
         app.include_router(router)

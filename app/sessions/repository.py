@@ -115,8 +115,33 @@ async def add_events(
             )
         )
     await db.flush()
+    if any(draft.type != "PhaseChanged" for draft in drafts):
+        await _trim_details(db, session.id)
     # payload "<session id> <phase>": listeners can tell work for the reconciler from progress
     await db.execute(select(func.pg_notify(EVENTS_CHANNEL, f"{session.id} {session.phase}")))
+
+
+MAX_DETAIL_EVENTS = 500  # per session; phase transitions are always kept
+
+
+async def _trim_details(db: AsyncSession, session_id: uuid.UUID) -> None:
+    """Cap a session's log: condition changes past the newest MAX_DETAIL_EVENTS go (oldest
+    first), transitions stay. An index range scan on (session_id, id)."""
+    newest_kept = (
+        select(SessionEvent.id)
+        .where(SessionEvent.session_id == session_id, SessionEvent.type == "ConditionChanged")
+        .order_by(SessionEvent.id.desc())
+        .offset(MAX_DETAIL_EVENTS - 1)
+        .limit(1)
+        .scalar_subquery()
+    )
+    await db.execute(
+        delete(SessionEvent).where(
+            SessionEvent.session_id == session_id,
+            SessionEvent.type == "ConditionChanged",
+            SessionEvent.id < newest_kept,
+        )
+    )
 
 
 async def list_events(

@@ -20,7 +20,13 @@ from app.auth.deps import (
 )
 from app.config import DNS_LABEL_PATTERN, Settings
 from app.db import DbSession
-from app.errors import Forbidden, Unauthorized, ValidationFailed, problem_responses
+from app.errors import (
+    Forbidden,
+    TooManyRequests,
+    Unauthorized,
+    ValidationFailed,
+    problem_responses,
+)
 from app.security import check_agent_token
 from app.sessions import service
 from app.sessions.schemas import (
@@ -242,7 +248,11 @@ async def list_session_events(
     "/{session_id}/health",
     name="report_session_health",
     responses=problem_responses(
-        *AUTH_ERRORS, service.SessionNotFound, service.SessionEnded, service.SessionNotStarted
+        *AUTH_ERRORS,
+        service.SessionNotFound,
+        service.SessionEnded,
+        service.SessionNotStarted,
+        TooManyRequests,
     ),
     summary="The agent's health report (authorized by that session's agent token)",
 )
@@ -253,6 +263,14 @@ async def report_session_health(
     request: Request,
     settings: AppSettings,
 ) -> Session:
+    wait_s = request.app.state.report_limit.hit(str(session_id))
+    if wait_s is not None:
+        request.app.state.metrics.health_reports.labels(outcome="rate_limited").inc()
+        raise TooManyRequests(
+            f"More than {settings.report_rate_limit} reports for session {session_id}; the "
+            "agent reports every 15 s and on each change. Retry after the Retry-After delay",
+            retry_after_s=wait_s,
+        )
     result = await service.report_health(db, settings, session_id, body)
     request.app.state.metrics.health_reports.labels(outcome=result.outcome).inc()
     return service.to_schema(result.session)

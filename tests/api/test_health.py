@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from app.security import agent_token
+from app.sessions import repository
 from tests.conftest import ADMIN, TEST_SECRET_KEY, bearer
 
 MakeSession = Callable[..., Awaitable[dict[str, Any]]]
@@ -255,3 +256,53 @@ async def test_reports_on_a_failed_session_leave_its_evidence_as_it_was(
     after = (await client.get(f"/v1/sessions/{session['id']}", headers=ADMIN)).json()
     assert after["conditions"] == failed["conditions"]  # the GPU still shows as failed
     assert (after["phase"], after["reason"]) == ("Failed", "GPU_INIT_ERROR")
+
+
+def with_stream(ok: bool, frames: int) -> dict[str, Any]:
+    detail = f"framesDecoded={frames}" if ok else "framesDecoded not moving"
+    return {**READY, "checks": [*READY["checks"], {"name": "stream", "ok": ok, "detail": detail}]}
+
+
+async def events_of(client: httpx.AsyncClient, session_id: str) -> list[dict[str, Any]]:
+    response = await client.get(f"/v1/sessions/{session_id}/events", headers=ADMIN)
+    return list(response.json()["items"])
+
+
+async def test_reports_past_the_rate_limit_get_429_for_that_session_only(
+    client: httpx.AsyncClient, make_session: MakeSession, set_phase: SetPhase
+) -> None:
+    flooded, other = await make_session("kim"), await make_session("lee")
+    for session in (flooded, other):
+        await set_phase(session["id"], "Provisioning", "Starting")
+    answers = [(await report(client, flooded["id"], READY)).status_code for _ in range(31)]
+    assert answers[:30] == [200] * 30  # VDI_REPORT_RATE_LIMIT: 30/minute
+    refused = await report(client, flooded["id"], READY)
+    assert refused.status_code == 429
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    assert refused.json()["title"] == "Too many requests"
+    assert (await report(client, other["id"], READY)).status_code == 200
+
+
+async def test_identical_reports_add_no_event_and_the_log_keeps_transitions(
+    client: httpx.AsyncClient,
+    make_session: MakeSession,
+    set_phase: SetPhase,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(repository, "MAX_DETAIL_EVENTS", 4)
+    session = await make_session()
+    await set_phase(session["id"], "Provisioning", "Starting")
+    assert (await report(client, session["id"], READY)).json()["phase"] == "Running"
+    before = await events_of(client, session["id"])
+    for _ in range(5):
+        assert (await report(client, session["id"], READY)).status_code == 200
+    assert await events_of(client, session["id"]) == before  # identical: nothing added
+
+    for index in range(12):  # the stream flapping: a condition change each time
+        assert (await report(client, session["id"], with_stream(index % 2 == 0, index))).is_success
+    after = await events_of(client, session["id"])
+    details = [e for e in after if e["type"] == "ConditionChanged"]
+    transitions = [e["data"]["to"] for e in after if e["type"] == "PhaseChanged"]
+    assert len(details) == 4  # the newest 4 condition changes
+    assert details[-1]["message"] == "framesDecoded not moving"
+    assert transitions == ["Pending", "Provisioning", "Starting", "Running"]  # all kept
