@@ -99,6 +99,12 @@ class Settings(BaseSettings):
     simulated_gpus: int = Field(default=8, ge=0, description="GPUs of the simulated cluster's node")
     max_sessions_per_user: int = Field(default=1, ge=1, le=100)
     max_body_bytes: int = Field(default=65536, ge=1024)
+    max_streams_per_token: int = Field(
+        default=50, ge=1, description="Event streams one token may hold open on a replica"
+    )
+    max_streams_per_replica: int = Field(
+        default=5000, ge=1, description="Event streams a replica serves at once"
+    )
     report_rate_limit: str = Field(
         default="30/minute",
         pattern=r"^[0-9]+ ?(/|per) ?([0-9]+ )?(second|minute|hour)s?$",

@@ -44,6 +44,7 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         max_overflow=pool_size,
         pool_pre_ping=True,
         pool_recycle=1800,
+        pool_timeout=10,  # then 503 + Retry-After (app.errors), not a 30 s wait
     )
 
 
@@ -69,3 +70,6 @@ async def _request_session(request: Request) -> AsyncIterator[AsyncSession]:
 
 
 DbSession = Annotated[AsyncSession, Depends(_request_session, scope="function")]
+
+# NOTIFY channel of token revocations: every replica ends the event streams the token opened.
+TOKEN_REVOKED_CHANNEL = "vdi_token_revoked"

@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM_JSON = "application/problem+json"
@@ -224,6 +225,19 @@ def install_error_handlers(app: FastAPI) -> None:
             raise exc
         log.warning("database unavailable", error=type(exc.orig).__name__ if exc.orig else None)
         return _database_unavailable(request)
+
+    @app.exception_handler(PoolTimeout)
+    async def _pool_exhausted(request: Request, exc: PoolTimeout) -> JSONResponse:
+        # Every pooled connection is busy past the pool's timeout: overload, not a bug.
+        log.warning("database pool exhausted")
+        return problem_response(
+            request,
+            status=503,
+            slug="database-busy",
+            title="Service unavailable",
+            detail="Every database connection is busy; retry after the Retry-After delay",
+            headers={"Retry-After": "2"},
+        )
 
     @app.exception_handler(OSError)
     async def _connect_error(request: Request, exc: OSError) -> JSONResponse:

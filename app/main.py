@@ -31,6 +31,7 @@ from app.ops.router import router as ops_router
 from app.ratelimit import PerKeyLimit
 from app.sessions.events import EventHub
 from app.sessions.router import router as sessions_router
+from app.sessions.streams import StreamRegistry
 from app.templates.router import router as templates_router
 from app.textguard import TextGuardMiddleware
 
@@ -153,7 +154,7 @@ def create_app(
         sessionmaker = create_sessionmaker(engine)
         app.state.engine = engine
         app.state.sessionmaker = sessionmaker
-        hub = EventHub(database_url)
+        hub = EventHub(database_url, app.state.streams)
         app.state.event_hub = hub
         app.state.cluster = None
         app.state.cluster_mode = "disabled"
@@ -185,6 +186,9 @@ def create_app(
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.state.report_limit = PerKeyLimit(settings.report_rate_limit)
+    app.state.streams = StreamRegistry(
+        settings.max_streams_per_token, settings.max_streams_per_replica
+    )
     install_error_handlers(app)
     for router in (tokens_router, templates_router, sessions_router, ops_router):
         app.include_router(router)

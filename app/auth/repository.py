@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.db import TOKEN_REVOKED_CHANNEL
 from app.models import ApiToken
 
 
@@ -40,3 +41,7 @@ async def get(db: AsyncSession, token_id: uuid.UUID) -> ApiToken | None:
 async def list_all(db: AsyncSession) -> list[ApiToken]:
     result = await db.execute(select(ApiToken).order_by(ApiToken.created_at, ApiToken.id))
     return list(result.scalars())
+
+
+async def notify_revoked(db: AsyncSession, token_id: uuid.UUID) -> None:
+    await db.execute(select(func.pg_notify(TOKEN_REVOKED_CHANNEL, str(token_id))))

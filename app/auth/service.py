@@ -61,6 +61,8 @@ async def revoke_token(db: AsyncSession, token_id: uuid.UUID) -> None:
     if token.revoked_at is None:
         token.revoked_at = utcnow()
         await db.flush()
+    # Delivered at commit: every replica ends the event streams this token opened.
+    await repository.notify_revoked(db, token_id)
 
 
 async def sync_bootstrap_token(db: AsyncSession, plaintext: str | None) -> str:

@@ -1,8 +1,10 @@
 """Live session events across replicas: one LISTEN connection per process, fanned out.
 
 Every event row is written with a NOTIFY in the same transaction, so a notification means
-"there is something committed to read". Subscribers still poll on a timer, which covers a
-listener reconnecting: a lost notification delays an event, never loses it.
+"there is something committed to read". While the listener is connected, a waiting subscriber
+touches no database at all; while it is not, subscribers poll on a short timer, and on
+reconnecting every subscriber is woken once: a lost notification delays an event, never loses
+it. Token revocations come on a second channel and end the streams that token opened.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import asyncpg
 import structlog
 from sqlalchemy.engine import make_url
 
+from app.db import TOKEN_REVOKED_CHANNEL
 from app.sessions.repository import EVENTS_CHANNEL, RECONCILER_PHASES
+from app.sessions.streams import StreamRegistry
 
 log = structlog.get_logger("vdi.events")
 
@@ -31,8 +35,9 @@ def asyncpg_dsn(database_url: str) -> str:
 
 
 class EventHub:
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, streams: StreamRegistry | None = None) -> None:
         self._dsn = asyncpg_dsn(database_url)
+        self.streams = streams
         self._subscribers: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
         self.work_event = asyncio.Event()  # set when a session needs the reconciler now
         self._task: asyncio.Task[None] | None = None
@@ -69,6 +74,16 @@ class EventHub:
         for wake in self._subscribers.get(session_id, ()):
             wake.set()
 
+    @property
+    def listening(self) -> bool:
+        """Notifications arrive: waiting subscribers need no polling."""
+        return self._connected.is_set()
+
+    def _on_token_revoked(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        if self.streams is not None:
+            with contextlib.suppress(ValueError):
+                self.streams.revoke(uuid.UUID(payload))
+
     def _wake_all(self) -> None:
         for wakes in self._subscribers.values():
             for wake in wakes:
@@ -86,6 +101,7 @@ class EventHub:
             try:
                 connection = await asyncpg.connect(self._dsn)
                 await connection.add_listener(EVENTS_CHANNEL, self._on_notify)
+                await connection.add_listener(TOKEN_REVOKED_CHANNEL, self._on_token_revoked)
                 self._connected.set()
                 self._wake_all()  # catch up on whatever passed while disconnected
                 await self._until_closed(connection)
@@ -102,7 +118,16 @@ class EventHub:
             await asyncio.sleep(RECONNECT_DELAY_S)
 
 
-async def wait_for_wake(wake: asyncio.Event, timeout_s: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(wake.wait(), timeout=timeout_s)
+async def wait_for_wake(
+    wake: asyncio.Event, timeout_s: float, closed: asyncio.Event | None = None
+) -> None:
+    """Until `wake` (new events), `closed` (end the stream) or the timeout."""
+    waiters = [asyncio.ensure_future(wake.wait())]
+    if closed is not None:
+        waiters.append(asyncio.ensure_future(closed.wait()))
+    try:
+        await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
     wake.clear()

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
+from starlette.background import BackgroundTask
 
 from app.auth.deps import (
     AUTH_ERRORS,
@@ -40,6 +41,7 @@ from app.sessions.schemas import (
     SessionPage,
     TurnCredentials,
 )
+from app.sessions.streams import StreamRegistry
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
@@ -204,7 +206,7 @@ def _sse(event: Any) -> dict[str, str]:
             "when the session is Terminated",
             "content": {EVENT_STREAM: {"schema": {"type": "string"}}},
         },
-        **problem_responses(*AUTH_ERRORS, service.SessionNotFound),
+        **problem_responses(*AUTH_ERRORS, service.SessionNotFound, TooManyRequests),
     },
     summary="The session's event log, or a live stream of it",
 )
@@ -212,7 +214,7 @@ async def list_session_events(
     session_id: uuid.UUID,
     request: Request,
     db: DbSession,
-    _: SessionsRead,
+    principal: SessionsRead,
     after: Annotated[
         int, Query(ge=0, le=MAX_EVENT_ID, description="Only events with a larger id")
     ] = 0,
@@ -235,13 +237,28 @@ async def list_session_events(
             )
         after = max(after, int(last_event_id))
 
-    async def stream() -> AsyncIterator[dict[str, str]]:
-        async for event in service.follow_events(
-            request.app.state.sessionmaker, request.app.state.event_hub, session_id, after=after
-        ):
-            yield _sse(event)
+    streams: StreamRegistry = request.app.state.streams
+    opened = streams.open(principal.token_id)  # 429 past the per-token or per-replica bound
 
-    return EventSourceResponse(stream(), ping=15, headers={"Cache-Control": "no-store"})  # type: ignore[return-value]
+    async def stream() -> AsyncIterator[dict[str, str]]:
+        try:
+            async for event in service.follow_events(
+                request.app.state.sessionmaker,
+                request.app.state.event_hub,
+                session_id,
+                after=after,
+                closed=opened.closed,
+            ):
+                yield _sse(event)
+        finally:
+            streams.release(opened)
+
+    return EventSourceResponse(  # type: ignore[return-value]
+        stream(),
+        ping=15,
+        headers={"Cache-Control": "no-store"},
+        background=BackgroundTask(streams.release, opened),  # never iterated: still released
+    )
 
 
 @router.post(

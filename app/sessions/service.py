@@ -3,6 +3,7 @@ connection details and agent health reports. Services flush; the request commits
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -448,7 +449,8 @@ async def phase_counts(db: AsyncSession) -> dict[str, int]:
     return await repository.count_by_phase(db)
 
 
-POLL_INTERVAL_S = 5.0
+POLL_INTERVAL_S = 5.0  # only while the hub's listener is down
+SAFETY_INTERVAL_S = 300.0  # while it listens: a rare re-read, in case a notification was lost
 STREAM_BATCH = 500
 
 
@@ -458,12 +460,14 @@ async def follow_events(
     session_id: uuid.UUID,
     *,
     after: int,
+    closed: asyncio.Event | None = None,
 ) -> AsyncIterator[SessionEvent]:
     """Yield the session's events after `after`, then new ones as they commit, until it is
-    Terminated. Each read is its own short transaction: nothing is held open while waiting."""
+    Terminated or `closed` is set (its token revoked). Each read is its own short transaction;
+    while waiting nothing is held, and with the hub listening nothing is polled either."""
     last_id = after
     with hub.subscribe(session_id) as wake:  # subscribe before reading: no gap
-        while True:
+        while closed is None or not closed.is_set():
             async with sessionmaker() as db:
                 events = await repository.list_events(
                     db, session_id, after=last_id, limit=STREAM_BATCH
@@ -476,4 +480,5 @@ async def follow_events(
                 continue
             if phase is None or phase == Phase.terminated.value:
                 return
-            await wait_for_wake(wake, POLL_INTERVAL_S)
+            interval = SAFETY_INTERVAL_S if hub.listening else POLL_INTERVAL_S
+            await wait_for_wake(wake, interval, closed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -16,7 +17,7 @@ from app.config import Settings
 from app.main import create_app
 from app.security import agent_token
 from app.sessions import service as sessions_service
-from tests.conftest import ADMIN, TEST_SECRET_KEY, bearer
+from tests.conftest import ADMIN, TEST_SECRET_KEY, bearer, running
 from tests.servers import serve
 
 MakeSession = Callable[..., Awaitable[dict[str, Any]]]
@@ -133,3 +134,66 @@ async def test_stream_resumes_after_last_event_id(
         ) as stream:
             resumed = [event async for event in _sse_events(stream)]
     assert [e["id"] for e in resumed] == [e["id"] for e in full[3:]]
+
+
+async def test_streams_are_bounded_hold_no_connection_and_end_when_their_token_is_revoked(
+    settings: Settings, database_url: str, make_session: MakeSession
+) -> None:
+    bounded = create_app(
+        settings.model_copy(update={"max_streams_per_token": 2, "max_streams_per_replica": 3}),
+        database_url,
+    )
+    session = await make_session()
+    sid = session["id"]
+    async with running(bounded), serve(bounded) as url, httpx.AsyncClient(timeout=30) as http:
+        created = await http.post(
+            f"{url}/v1/tokens", json={"name": "portal", "scopes": ["sessions:read"]}, headers=ADMIN
+        )
+        portal, portal_id = bearer(created.json()["token"]), created.json()["id"]
+        other = bearer(
+            (
+                await http.post(
+                    f"{url}/v1/tokens",
+                    json={"name": "other", "scopes": ["sessions:read"]},
+                    headers=ADMIN,
+                )
+            ).json()["token"]
+        )
+        events_url = f"{url}/v1/sessions/{sid}/events"
+        accept = {"Accept": "text/event-stream"}
+        async with contextlib.AsyncExitStack() as stack:
+            streams = []
+            for headers in (portal, portal, ADMIN):
+                stream = await stack.enter_async_context(
+                    http.stream("GET", events_url, headers={**headers, **accept})
+                )
+                assert stream.status_code == 200
+                events = _sse_events(stream)
+                assert (await anext(events))["reason"] == "Created"
+                streams.append(events)
+
+            # Waiting streams hold no database connection.
+            assert bounded.state.engine.sync_engine.pool.checkedout() == 0
+
+            third = await http.get(events_url, headers={**portal, **accept})
+            assert third.status_code == 429  # the token's bound
+            assert third.headers["retry-after"] == "5"
+            assert "VDI_MAX_STREAMS_PER_TOKEN" in third.json()["detail"]
+            full = await http.get(events_url, headers={**other, **accept})
+            assert full.status_code == 429  # the replica's bound
+            assert "VDI_MAX_STREAMS_PER_REPLICA" in full.json()["detail"]
+            # the plain event log is no stream: not bounded
+            assert (await http.get(events_url, headers=portal)).status_code == 200
+
+            revoked = await http.delete(f"{url}/v1/tokens/{portal_id}", headers=ADMIN)
+            assert revoked.status_code == 204
+            async with asyncio.timeout(10):
+                for events in streams[:2]:  # the revoked token's streams end by themselves
+                    assert [e async for e in events] == []
+            assert bounded.state.streams.open_count == 1  # the admin's stream stays open
+        # closed by the client: released
+        for _ in range(100):
+            if bounded.state.streams.open_count == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert bounded.state.streams.open_count == 0
