@@ -23,8 +23,13 @@ REPO = Path(__file__).resolve().parents[1]
         ),
         ("bench.encode", ["--seconds", "1"], ["x264 + rtp", "floor"]),
         ("bench.soak", ["--portals", "2", "--seconds", "4"], ["lost 0, duplicated 0"]),
+        (
+            "bench.streams",
+            ["--streams", "30", "--requests", "20"],
+            ["30 streams opened", "{'200': 30}; one more: 429", "list sessions"],
+        ),
     ],
-    ids=["api", "provision", "encode", "soak"],
+    ids=["api", "provision", "encode", "soak", "streams"],
 )
 def test_bench_runs_and_prints_its_figures(
     module: str, args: list[str], expected: list[str]
