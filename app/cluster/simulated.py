@@ -76,7 +76,7 @@ class StandInAgent:
                     if response.status_code in (403, 404, 409) and not not_started:
                         return  # the session is over (or not ours): stop, as the agent does
                     if not_started:  # the pod ran before the session recorded Starting
-                        await asyncio.sleep(0.2)
+                        await asyncio.sleep(1.0)
                         continue
                 except httpx.HTTPError as error:
                     log.warning("stand-in agent cannot report", error=str(error))

@@ -97,6 +97,9 @@ async def test_postgres_restart_mid_load_loses_and_duplicates_nothing(tmp_path: 
             VDI_TURN_SECRET=secrets.token_urlsafe(48),
             VDI_LOG_LEVEL="WARNING",
             VDI_RECONCILE_INTERVAL_S="0.2",
+            # This load retries every 0.2 s through the outage, far faster than an agent does:
+            # the per-session report limit is not what this test is about.
+            VDI_REPORT_RATE_LIMIT="1000/minute",
         ) as svc:
             async with httpx.AsyncClient(base_url=svc.url, timeout=30) as http:
                 template = {"image": "vdi/session:1", "gpu": 0}
