@@ -93,23 +93,17 @@ class TextGuardMiddleware:
         body = b"".join(chunks)
         depth = json_depth(body)
         if depth > MAX_JSON_DEPTH:
-            response = problem_response(
-                None,
-                status=ValidationFailed.status,
-                slug=ValidationFailed.slug,
-                title=ValidationFailed.title,
-                detail=f"The JSON body nests {depth} levels deep; at most {MAX_JSON_DEPTH} "
-                "are accepted. Send the document the API describes",
-                errors=[
-                    FieldError(
-                        field="body",
-                        location="body",
-                        message=f"nested {depth} levels deep (at most {MAX_JSON_DEPTH})",
-                        type="json_too_deep",
-                    )
-                ],
+            too_deep = FieldError(
+                field="body",
+                location="body",
+                message=f"nested {depth} levels deep (at most {MAX_JSON_DEPTH})",
+                type="json_too_deep",
             )
-            await response(scope, receive, send)
+            detail = (
+                f"The JSON body nests {depth} levels deep; at most {MAX_JSON_DEPTH} are "
+                "accepted. Send the document the API describes"
+            )
+            await _problem(scope, receive, send, [too_deep], detail)
             return
         try:
             document = json.loads(body) if body else None
@@ -136,15 +130,22 @@ class TextGuardMiddleware:
             for location, field, name in bad
         ]
         first = errors[0]
-        response = problem_response(
-            None,
-            status=ValidationFailed.status,
-            slug=ValidationFailed.slug,
-            title=ValidationFailed.title,
-            detail=f"{first.field}: {first.message}",
-            errors=errors,
-        )
-        await response(scope, receive, send)
+        await _problem(scope, receive, send, errors, f"{first.field}: {first.message}")
+
+
+async def _problem(
+    scope: Scope, receive: Receive, send: Send, errors: list[FieldError], detail: str
+) -> None:
+    """The 422 problem the routes' own validation gives, answered from the edge."""
+    response = problem_response(
+        None,
+        status=ValidationFailed.status,
+        slug=ValidationFailed.slug,
+        title=ValidationFailed.title,
+        detail=detail,
+        errors=errors,
+    )
+    await response(scope, receive, send)
 
 
 def _replay(messages: list[Message], receive: Receive) -> Receive:
