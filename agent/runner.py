@@ -6,6 +6,7 @@ or never healthy fails the session with STREAMER_FAILED."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import subprocess
@@ -149,6 +150,7 @@ class Agent:
         self.changes: list[Change] = []
         self.pipeline_latency_ms: float | None = None
         self.turn: TurnRenewal | None = None
+        self.turn_passwords: collections.deque[str] = collections.deque(maxlen=8)
 
     def wire_report(self) -> dict[str, Any]:
         report = {k: v for k, v in self.report.items() if k != "pipeline"}
@@ -178,7 +180,6 @@ class Agent:
         except UnsafeConfiguration as error:
             await self._streamer_failed(str(error))
             await asyncio.Event().wait()
-        secrets = list(self.config.secrets)
         if self.config.transport == "webrtc":
             self.turn = TurnRenewal(
                 self.agent.callback_url,
@@ -188,13 +189,12 @@ class Agent:
                 on_secret=self._new_secret,
             )
             env[RTC_CONFIG_ENV] = str(await self.turn.start())
-            secrets += [self.turn.current.password] if self.turn.current else []
         self.supervisor = Supervisor(
             self.streamer.command,
             env,
             on_restart=self._restarted,
             config_error_codes=self.streamer.config_error_codes,
-            secrets=secrets,
+            secrets=self._secrets(),
         )
         supervised = asyncio.create_task(self.supervisor.run())
         watcher: asyncio.Task[None] | None = None
@@ -222,13 +222,18 @@ class Agent:
             with contextlib.suppress(asyncio.CancelledError):
                 await supervised
 
+    def _secrets(self) -> tuple[str, ...]:
+        """What the streamer's output must never show: the session's own secrets and the
+        last few TURN passwords."""
+        assert self.config is not None
+        return (*self.config.secrets, *self.turn_passwords)
+
     def _new_secret(self, secret: str) -> None:
-        """A renewed TURN password: masked in the streamer's output from now on (the session's
-        own secrets and the last few TURN passwords)."""
-        if self.supervisor is None or not secret or self.config is None:
-            return
-        renewed = [s for s in self.supervisor.secrets if s not in self.config.secrets]
-        self.supervisor.secrets = (*self.config.secrets, *renewed[-7:], secret)
+        """A renewed TURN password: masked in the streamer's output from now on."""
+        if secret:
+            self.turn_passwords.append(secret)
+        if self.supervisor is not None:
+            self.supervisor.secrets = self._secrets()
 
     async def _wait_healthy(self, supervised: asyncio.Task[Outcome]) -> bool:
         """The streamer answers its health check before the start timeout, without having
