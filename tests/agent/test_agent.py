@@ -100,6 +100,10 @@ async def test_a_refused_token_stops_the_callbacks(app: FastAPI, make_session: M
         assert not await reporter.send({"checks": []})  # and stays stopped
 
 
+async def never_restarted(count: int, code: int | None) -> None:
+    raise AssertionError("a configuration error is not restarted")
+
+
 def stream_config(**overrides: Any) -> StreamConfig:
     values: dict[str, Any] = {
         "encoder": "x264enc",
@@ -298,13 +302,10 @@ async def test_a_configuration_error_is_not_restarted_and_its_log_tail_hides_sec
     )
     script.chmod(0o755)
 
-    async def on_restart(count: int, code: int | None) -> None:
-        raise AssertionError("a configuration error is not restarted")
-
     supervised = supervisor.Supervisor(
         [str(script)],
         {"SELKIES_BASIC_AUTH_PASSWORD": "hunter2-session-pw"},
-        on_restart=on_restart,
+        on_restart=never_restarted,
         config_error_codes=Selkies.config_error_codes,
         secrets=["hunter2-session-pw"],
     )
@@ -323,11 +324,8 @@ async def test_the_error_line_is_kept_when_later_lines_push_it_out_of_the_tail(
     )
     script.chmod(0o755)
 
-    async def on_restart(count: int, code: int | None) -> None:
-        raise AssertionError("a configuration error is not restarted")
-
     supervised = supervisor.Supervisor(
-        [str(script)], {}, on_restart=on_restart, config_error_codes={78}
+        [str(script)], {}, on_restart=never_restarted, config_error_codes={78}
     )
     outcome = await asyncio.wait_for(supervised.run(), timeout=30)
     assert outcome.log_tail[:2] == ("ERROR:server:port 8080 is taken", "…")

@@ -10,7 +10,7 @@ import asyncio
 from agent import checks, supervisor
 from agent.streamers import detect
 from agent.streamers.selkies import SOFTWARE, Selkies
-from tests.agent.test_agent import stream_config
+from tests.agent.test_agent import never_restarted, stream_config
 from tests.tools import selkies_2
 
 
@@ -54,13 +54,10 @@ async def test_a_real_configuration_error_exits_78_and_is_not_restarted() -> Non
     env = streamer.environment(config, {"HOME": "/tmp", "PATH": "/usr/bin:/bin"})
     del env["SELKIES_BASIC_AUTH_PASSWORD"]
 
-    async def on_restart(count: int, code: int | None) -> None:
-        raise AssertionError("a configuration error is not restarted")
-
     supervised = supervisor.Supervisor(
         streamer.command,
         env,
-        on_restart=on_restart,
+        on_restart=never_restarted,
         config_error_codes=streamer.config_error_codes,
         secrets=config.secrets,
     )

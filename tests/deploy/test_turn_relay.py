@@ -5,30 +5,21 @@ session's credential. Needs root, coturn, iproute2 and util-linux (.ci/run insta
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from typing import Any
 
 import pytest
 
-from tests.deploy.test_chart import REPO, coturn_args
-from tests.tools import tool
+from tests.deploy.test_chart import coturn_args
+from tests.tools import bench_report, tool
 
 
 @pytest.fixture(scope="module")
 def relay() -> dict[str, Any]:
     for name in ("turnserver", "unshare", "ip"):
         tool(name)
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.turn_peers", "--args-json", json.dumps(coturn_args({}))],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    return bench_report(
+        "bench.turn_peers", "--args-json", json.dumps(coturn_args({})), timeout_s=120
     )
-    assert result.returncode == 0, result.stderr[-4000:]
-    return json.loads(result.stdout.splitlines()[-1])  # type: ignore[no-any-return]
 
 
 def test_a_public_peer_is_relayed(relay: dict[str, Any]) -> None:

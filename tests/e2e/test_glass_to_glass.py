@@ -6,41 +6,20 @@ GStreamer with python3-gi and python3-gi-cairo (.ci/run installs them)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.tools import bench_report
 
 
 @pytest.fixture(scope="module")
 def report() -> dict[str, Any]:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.glass_to_glass",
-            "--source",
-            "xvfb",
-            "--resolutions",
-            "1280x720",
-            "--seconds",
-            "3",
-            "--no-floor",
-            "--json",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=200,
-        check=False,
+    return bench_report(
+        "bench.glass_to_glass",
+        *("--source", "xvfb", "--resolutions", "1280x720", "--seconds", "3"),
+        *("--no-floor", "--json"),
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.splitlines()[-1])  # type: ignore[no-any-return]
 
 
 def test_frames_cross_the_relay_decoded_in_time_with_nothing_lost(report: dict[str, Any]) -> None:

@@ -7,15 +7,12 @@ and .venv-selkies (.ci/run installs them all). The browser's view is saved to
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.tools import REPO, bench_report
+
 SCREENSHOT = REPO / ".artifacts" / "selkies-session.png"
 
 
@@ -23,25 +20,9 @@ SCREENSHOT = REPO / ".artifacts" / "selkies-session.png"
 def report() -> dict[str, Any]:
     SCREENSHOT.parent.mkdir(exist_ok=True)
     SCREENSHOT.unlink(missing_ok=True)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.selkies_session",
-            "--seconds",
-            "4",
-            "--json",
-            "--screenshot",
-            str(SCREENSHOT),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=200,
-        check=False,
+    return bench_report(
+        "bench.selkies_session", "--seconds", "4", "--json", "--screenshot", str(SCREENSHOT)
     )
-    assert result.returncode == 0, result.stderr[-4000:] + result.stdout[-4000:]
-    return json.loads(result.stdout.splitlines()[-1])  # type: ignore[no-any-return]
 
 
 def test_the_session_runs_real_selkies_2_and_says_so(report: dict[str, Any]) -> None:
