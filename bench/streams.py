@@ -19,8 +19,6 @@ import os
 import resource
 import secrets
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -30,6 +28,7 @@ from typing import Any
 import httpx
 
 from bench.api import free_port, wait_ready
+from bench.glass_to_glass import _start_serve, _stop
 
 
 def _p(values: list[float], q: float) -> float:
@@ -73,16 +72,6 @@ async def open_stream(
                 pass
 
 
-def _serve(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            [sys.executable, "-c", "from app.cli import main; main()", "serve"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-
-
 @contextlib.asynccontextmanager
 async def service(workdir: Path, streams: int) -> AsyncIterator[tuple[str, dict[str, str]]]:
     port = free_port()
@@ -98,18 +87,13 @@ async def service(workdir: Path, streams: int) -> AsyncIterator[tuple[str, dict[
     }
     env.pop("VDI_DATABASE_URL", None)
     log = workdir / "serve.log"
-    process = await asyncio.to_thread(_serve, env, log)
+    process = await asyncio.to_thread(_start_serve, env, log)
     url = f"http://127.0.0.1:{port}"
     try:
         await asyncio.to_thread(wait_ready, f"{url}/readyz", process, log)
         yield url, {"Authorization": f"Bearer {token}"}
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        await asyncio.to_thread(_stop, process, 30)
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
