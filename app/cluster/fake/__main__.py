@@ -18,6 +18,8 @@ async def serve(args: argparse.Namespace) -> None:
         faults=FaultPlan(latency_s=args.latency_ms / 1000, rate=args.fault_rate),
         gpu_capacity=args.gpus,
         validate=not args.no_validate,
+        kubelet_interval_s=args.kubelet_interval_s,
+        termination_delay_s=args.termination_delay_s,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -35,6 +37,10 @@ def main() -> None:
     parser.add_argument("--fault-rate", type=float, default=0.0)
     parser.add_argument("--gpus", type=int, default=64)
     parser.add_argument("--no-validate", action="store_true", help="skip schema admission")
+    parser.add_argument("--kubelet-interval-s", type=float, default=0.02, help="kubelet tick")
+    parser.add_argument(
+        "--termination-delay-s", type=float, default=0.05, help="a deleted pod's shutdown time"
+    )
     asyncio.run(serve(parser.parse_args()))
 
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import contextlib
 import datetime
 import functools
+import json
 import random
 import re
 import uuid
@@ -28,7 +30,8 @@ import attrs
 import jsonschema
 import kmock
 import yaml
-from kmock._internal import enums, k8s, rendering
+from kmock._internal import enums, k8s, k8s_dicts, rendering
+from sortedcontainers import SortedDict
 
 from app import k8s_rules
 from app.cluster.fake import selectors
@@ -50,6 +53,8 @@ CORE = {
 }
 TRAEFIK_GROUPS = ("traefik.io", "traefik.containo.us")
 POD = kmock.resource("", "v1", "pods")
+METADATA_LIST = "as=PartialObjectMetadataList"  # in Accept: list metadata only (as kubectl can)
+Key = tuple[Any, str | None, str]  # (resource, namespace, name), kmock's object key
 RBAC_VERBS = {"FETCH": "get", "UPDATE": "patch"}  # kmock action -> RBAC verb (others: lowercased)
 
 
@@ -147,6 +152,14 @@ class FakeKubernetes(k8s.KubernetesEmulator):
     api_calls: int = attrs.field(default=0, init=False)
     verbs: set[tuple[str, str, str]] = attrs.field(factory=set, init=False)
     faults_injected: int = attrs.field(default=0, init=False)
+    # Indexes, so that a call costs the same with 10 objects or 50,000 (kmock scans them all):
+    # live objects by (resource, namespace) and name, in name order (paged lists); live uids;
+    # dependents by owner uid (garbage collection); the pods the kubelet still has work on.
+    _index: dict[tuple[Any, str | None], SortedDict] = attrs.field(factory=dict, init=False)
+    _uids: dict[str, Key] = attrs.field(factory=dict, init=False)
+    _dependents: dict[str, set[Key]] = attrs.field(factory=dict, init=False)
+    _kubelet_work: dict[Key, None] = attrs.field(factory=dict, init=False)
+    _gpus_used: int = attrs.field(default=0, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -174,17 +187,60 @@ class FakeKubernetes(k8s.KubernetesEmulator):
     # --- inspection, for tests and the simulated agent ------------------------------------
 
     def live(self, plural: str | None = None) -> Iterator[dict[str, Any]]:
-        for (resource, _namespace, _name), obj in list(self.objects.items()):
-            if obj.deleted or (plural is not None and resource.plural != plural):
-                continue
-            yield obj.raw
+        for (resource, _namespace), names in list(self._index.items()):
+            if plural is None or resource.plural == plural:
+                for obj in list(names.values()):
+                    yield obj.raw
 
     def find(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
-        for raw in self.live(plural):
-            metadata = raw["metadata"]
-            if metadata.get("namespace") == namespace and metadata["name"] == name:
-                return raw
+        for (resource, in_namespace), names in self._index.items():
+            if resource.plural == plural and in_namespace == namespace:
+                obj = names.get(name)
+                return None if obj is None else obj.raw
         return None
+
+    # --- the indexes -----------------------------------------------------------------------
+
+    def _live(self, key: Key) -> k8s_dicts.Object | None:
+        names = self._index.get((key[0], key[1]))
+        return None if names is None else names.get(key[2])
+
+    def _exists(self, plural: str, namespace: str, name: str) -> bool:
+        return self.find(plural, namespace, name) is not None
+
+    def _remember(self, key: Key) -> None:
+        """A created object joins the indexes."""
+        if key not in self.objects or self.objects[key].deleted:
+            return  # deleted before its create finished answering
+        obj = self.objects[key]
+        metadata = obj.raw["metadata"]
+        self._index.setdefault((key[0], key[1]), SortedDict())[key[2]] = obj
+        self._uids[metadata["uid"]] = key
+        for owner in metadata.get("ownerReferences") or []:
+            self._dependents.setdefault(owner.get("uid"), set()).add(key)
+        if key[0] == POD:
+            self._kubelet_work[key] = None
+
+    def _forget(self, key: Key, raw: dict[str, Any]) -> None:
+        """A deleted object leaves the indexes, and memory (kmock would keep its history)."""
+        names = self._index.get((key[0], key[1]))
+        if names is not None:
+            names.pop(key[2], None)
+        metadata = raw.get("metadata") or {}
+        self._uids.pop(metadata.get("uid", ""), None)
+        for owner in metadata.get("ownerReferences") or []:
+            dependents = self._dependents.get(owner.get("uid"))
+            if dependents is not None:
+                dependents.discard(key)
+                if not dependents:
+                    del self._dependents[owner.get("uid")]
+        if key[0] == POD:
+            self._kubelet_work.pop(key, None)
+            self._delete_after.pop(metadata.get("uid", ""), None)
+            if (raw.get("spec") or {}).get("nodeName"):
+                self._gpus_used -= _gpus(raw)
+        if key in self.objects:
+            del self.objects[key]
 
     # --- the request path ----------------------------------------------------------------
 
@@ -232,8 +288,17 @@ class FakeKubernetes(k8s.KubernetesEmulator):
                 await asyncio.sleep(hold_s)
                 return response
         response = await super()._handle(request)
-        if request.action == enums.action.DELETE:
-            await self._collect_garbage()
+        if request.action == enums.action.CREATE and isinstance(request.data, dict):
+            metadata = request.data.get("metadata") or {}
+            self._remember(
+                (request.resource, request.namespace or metadata.get("namespace"), metadata["name"])
+            )
+        elif request.action == enums.action.DELETE and request.name is not None:
+            key = (request.resource, request.namespace, request.name)
+            if key in self.objects and self.objects[key].deleted:
+                raw = self.objects[key].last.raw
+                self._forget(key, raw)
+                await self._collect_garbage([raw["metadata"]["uid"]])
         if hold_s:
             await asyncio.sleep(hold_s)
         return response
@@ -326,31 +391,83 @@ class FakeKubernetes(k8s.KubernetesEmulator):
             data["status"] = {"phase": "Pending", "qosClass": "Guaranteed"}
 
     async def _serve_list(self, request: rendering.Request) -> Any:
+        """A list: label selector, `limit` and `continue` pages in name order (served from the
+        live state, not from a snapshot as etcd does), and metadata only when the Accept header
+        asks for a PartialObjectMetadataList."""
         matches = selectors.parse(request.params.get("labelSelector"))
+        limit = int(request.params.get("limit") or 0)
+        after = _decode_continue(request.params.get("continue"))
+        items: list[dict[str, Any]] = []
+        more = False
         async with self._lock:
-            items = [
-                raw
-                for raw in self._matching(request)
-                if matches(raw.get("metadata", {}).get("labels") or {})
-            ]
+            for raw in self._matching(request, after):
+                if not matches(raw.get("metadata", {}).get("labels") or {}):
+                    continue
+                if limit and len(items) == limit:
+                    more = True
+                    break
+                items.append(raw)
             version = str(self._resource_version)
         kind = CORE.get(str(request.resource.plural if request.resource else ""), "IngressRoute")
-        return {
-            "apiVersion": "v1",
-            "kind": f"{kind}List",
-            "metadata": {"resourceVersion": version},
-            "items": items,
-        }
+        metadata: dict[str, Any] = {"resourceVersion": version}
+        if more:
+            last = items[-1]["metadata"]
+            metadata["continue"] = _encode_continue(last.get("namespace"), last["name"])
+        accept = next((v for k, v in request.headers.items() if k.lower() == "accept"), "")
+        if METADATA_LIST in accept.replace(" ", ""):
+            meta = "meta.k8s.io/v1"
+            return {
+                "apiVersion": meta,
+                "kind": "PartialObjectMetadataList",
+                "metadata": metadata,
+                "items": [
+                    {"apiVersion": meta, "kind": "PartialObjectMetadata", "metadata": i["metadata"]}
+                    for i in items
+                ],
+            }
+        return {"apiVersion": "v1", "kind": f"{kind}List", "metadata": metadata, "items": items}
 
-    def _matching(self, request: rendering.Request) -> list[dict[str, Any]]:
-        result = []
-        for (resource, namespace, _name), obj in self.objects.items():
-            if obj.deleted or resource != request.resource:
+    def _matching(
+        self, request: rendering.Request, after: tuple[str | None, str] | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """The live objects a list or watch addresses, by namespace then name, after `after`."""
+        groups = sorted(
+            (
+                (namespace or "", names)
+                for (resource, namespace), names in self._index.items()
+                if resource == request.resource
+                and (request.namespace is None or namespace == request.namespace)
+            ),
+            key=lambda group: group[0],
+        )
+        for namespace, names in groups:
+            if after is not None and namespace < (after[0] or ""):
                 continue
-            if request.namespace is not None and namespace != request.namespace:
-                continue
-            result.append(obj.raw)
-        return result
+            if after is not None and namespace == (after[0] or ""):
+                names_after = names.irange(minimum=after[1], inclusive=(False, True))
+                for name in names_after:
+                    yield names[name].raw
+            else:
+                for obj in names.values():
+                    yield obj.raw
+
+    # kmock's own lookups scan every object; these use the index.
+    async def _serve_fetch(self, request: rendering.Request) -> Any:
+        obj = self._live((request.resource, request.namespace, request.name or ""))
+        if obj is None:
+            raise k8s.KubernetesObjectNotFoundError()
+        return obj.raw
+
+    async def _serve_create(self, request: rendering.Request) -> Any:
+        metadata = request.data.get("metadata") or {}
+        key = (request.resource, request.namespace or metadata.get("namespace"), metadata["name"])
+        return self.objects[key].raw
+
+    async def _serve_update(self, request: rendering.Request) -> Any:
+        return self.objects[(request.resource, request.namespace, request.name)].last.raw
+
+    async def _serve_delete(self, request: rendering.Request) -> Any:
+        return self.objects[(request.resource, request.namespace, request.name)].last.raw
 
     async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[Any]:
         yield b""
@@ -404,31 +521,34 @@ class FakeKubernetes(k8s.KubernetesEmulator):
                 self._delete_after[uid] = (
                     asyncio.get_running_loop().time() + self.termination_delay_s
                 )
+                self._kubelet_work[key] = None
             raw = obj.raw
         await self._buses[POD].put({"type": "MODIFIED", "object": raw})
         return aiohttp.web.json_response(raw)
 
-    async def _collect_garbage(self) -> None:
-        """Delete every object whose owners are all gone (background propagation)."""
-        while True:
+    async def _collect_garbage(self, gone: list[str]) -> None:
+        """Delete the dependents of the objects with uids `gone` whose owners are all gone
+        (background propagation), and theirs in turn."""
+        while gone:
+            events = []
             async with self._lock:
-                uids = {raw["metadata"].get("uid") for raw in self.live()}
-                orphans = [
-                    (key, obj)
-                    for key, obj in self.objects.items()
-                    if not obj.deleted
-                    and (owners := obj.raw["metadata"].get("ownerReferences"))
-                    and not any(owner.get("uid") in uids for owner in owners)
-                ]
-                events = []
-                for key, obj in orphans:
-                    raw = obj.raw
-                    obj.delete()
-                    events.append((key[0], {"type": "DELETED", "object": raw}))
+                next_gone = []
+                for uid in gone:
+                    for key in list(self._dependents.pop(uid, ())):
+                        obj = self._live(key)
+                        if obj is None:
+                            continue
+                        raw = obj.raw
+                        owners = raw["metadata"].get("ownerReferences") or []
+                        if any(owner.get("uid") in self._uids for owner in owners):
+                            continue
+                        obj.delete()
+                        self._forget(key, raw)
+                        events.append((key[0], {"type": "DELETED", "object": raw}))
+                        next_gone.append(raw["metadata"]["uid"])
             for resource, event in events:
                 await self._buses[resource].put(event)
-            if not orphans:
-                return
+            gone = next_gone
 
     # --- the scheduler and kubelet -------------------------------------------------------
 
@@ -437,10 +557,11 @@ class FakeKubernetes(k8s.KubernetesEmulator):
             await asyncio.sleep(self.kubelet_interval_s)
             async with self._lock:
                 changes = self._kubelet_step()
-            deleted = False
+            gone = []
             for change, raw in changes:
                 await self._buses[POD].put({"type": change, "object": raw})
-                deleted = deleted or change == "DELETED"
+                if change == "DELETED":
+                    gone.append(raw["metadata"]["uid"])
                 if (
                     change == "MODIFIED"
                     and raw["status"].get("phase") == "Running"
@@ -448,52 +569,49 @@ class FakeKubernetes(k8s.KubernetesEmulator):
                 ):
                     if _just_started(raw):
                         asyncio.create_task(self.on_pod_running(raw))
-            if deleted:
-                await self._collect_garbage()
+            await self._collect_garbage(gone)
 
     def _kubelet_step(self) -> list[tuple[str, dict[str, Any]]]:
+        """One tick over the pods with something left to do (a running pod has none until it is
+        deleted): schedule, start, crash, finish terminating."""
         changes: list[tuple[str, dict[str, Any]]] = []
         now = asyncio.get_running_loop().time()
-        existing: set[tuple[str, str | None, str]] = set()  # one pass, not a scan per pod
-        pods = []
-        for key, obj in self.objects.items():
-            if obj.deleted:
+        for key in list(self._kubelet_work):
+            obj = self._live(key)
+            if obj is None:
+                self._kubelet_work.pop(key, None)
                 continue
-            existing.add((str(key[0].plural), key[1], key[2]))
-            if key[0] == POD:
-                pods.append((obj, obj.raw))
-        used = sum(_gpus(raw) for _, raw in pods if raw["spec"].get("nodeName"))
-        for obj, raw in pods:
+            raw = obj.raw
             metadata = raw["metadata"]
             if metadata.get("deletionTimestamp"):
                 if now >= self._delete_after.get(metadata["uid"], 0):
-                    self._delete_after.pop(metadata["uid"], None)
                     obj.delete()
+                    self._forget(key, raw)
                     changes.append(("DELETED", raw))
                 continue
-            status = self._pod_status(raw, used, existing)
+            status = self._pod_status(raw)
             if status is None:
+                if (raw.get("status") or {}).get("phase") == "Running":
+                    self._kubelet_work.pop(key, None)  # settled: running, or crashed for good
                 continue
             if status.pop("_scheduled", False):
-                used += _gpus(raw)
+                self._gpus_used += _gpus(raw)
                 obj.patch({"spec": {"nodeName": NODE_NAME}})
             obj.patch({"status": status, "metadata": {"resourceVersion": self._next_version()}})
             changes.append(("MODIFIED", obj.raw))
         return changes
 
-    def _pod_status(
-        self, raw: dict[str, Any], used_gpus: int, existing: set[tuple[str, str | None, str]]
-    ) -> dict[str, Any] | None:
+    def _pod_status(self, raw: dict[str, Any]) -> dict[str, Any] | None:
         """The next status of a pod, or None when it does not change."""
         spec, status = raw["spec"], raw.get("status", {})
         namespace = raw["metadata"]["namespace"]
         if not spec.get("nodeName"):
             missing = [
-                c for c in _claims(raw) if ("persistentvolumeclaims", namespace, c) not in existing
+                c for c in _claims(raw) if not self._exists("persistentvolumeclaims", namespace, c)
             ]
             if missing:
                 message = f'persistentvolumeclaim "{missing[0]}" not found'
-            elif used_gpus + _gpus(raw) > self.gpu_capacity:
+            elif self._gpus_used + _gpus(raw) > self.gpu_capacity:
                 message = UNSCHEDULABLE_GPU
             else:
                 return {"_scheduled": True, "conditions": [_condition("PodScheduled", "True")]}
@@ -507,7 +625,7 @@ class FakeKubernetes(k8s.KubernetesEmulator):
             return None
         image = spec["containers"][0]["image"]
         scheduled = _condition("PodScheduled", "True")
-        missing_secrets = [s for s in _secrets(raw) if ("secrets", namespace, s) not in existing]
+        missing_secrets = [s for s in _secrets(raw) if not self._exists("secrets", namespace, s)]
         if missing_secrets:
             waiting = {
                 "reason": "CreateContainerConfigError",
@@ -547,6 +665,24 @@ class FakeKubernetes(k8s.KubernetesEmulator):
             "conditions": [scheduled],
             "containerStatuses": [_container_status(image, waiting=waiting)],
         }
+
+
+def _encode_continue(namespace: str | None, name: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([namespace, name]).encode()).decode()
+
+
+def _decode_continue(token: str | None) -> tuple[str | None, str] | None:
+    if not token:
+        return None
+    try:
+        namespace, name = json.loads(base64.urlsafe_b64decode(token.encode()))
+        if not isinstance(name, str) or not (namespace is None or isinstance(namespace, str)):
+            raise ValueError(token)
+    except (ValueError, TypeError, binascii.Error):
+        raise k8s.KubernetesError(
+            status=400, reason="BadRequest", message="invalid continue token"
+        ) from None
+    return namespace, name
 
 
 def _just_started(raw: dict[str, Any]) -> bool:
