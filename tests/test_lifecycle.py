@@ -249,3 +249,20 @@ def test_condition_transition_time_moves_only_when_status_changes() -> None:
         now=later,
     )
     assert condition(session, "StreamHealthy")["last_transition_time"] == NOW.isoformat()
+
+
+def test_the_start_timeout_counts_from_the_claim_not_from_the_queue() -> None:
+    """A session that waited behind a rush longer than its start timeout is not failed once the
+    reconciler takes it: the timeout measures the cluster."""
+    deadlines = lifecycle.Deadlines(heartbeat_timeout_s=60, failed_grace_s=60)
+    session = make(Phase.provisioning)
+    session.template_spec = {"start_timeout_s": 300}
+    session.expires_at = NOW + timedelta(hours=8)
+    session.created_at = NOW - timedelta(seconds=900)  # queued for 15 minutes
+    session.claimed_at = NOW - timedelta(seconds=5)
+    assert lifecycle.deadline_passed(session, deadlines, NOW) is None
+    assert lifecycle.next_check(session, deadlines, NOW) == NOW  # its lease, not a past deadline
+    session.claimed_at = NOW - timedelta(seconds=301)
+    passed = lifecycle.deadline_passed(session, deadlines, NOW)
+    assert passed is not None
+    assert passed[1] == "START_TIMEOUT"

@@ -28,12 +28,18 @@ from tenacity import (
 log = structlog.get_logger("vdi.kube")
 
 Kind = Literal["Pod", "Secret", "Service", "PersistentVolumeClaim", "IngressRoute"]
+Items = list[dict[str, Any]]  # (`list` is also a method name below)
 T = TypeVar("T")
 
 REQUEST_TIMEOUT = (3.0, 10.0)  # connect, read (seconds)
 RETRY_ATTEMPTS = 6
 WATCH_TIMEOUT_S = 240
 CALL_THREADS = 32
+LIST_PAGE = 500  # items per page of a paged list
+# Accept header of a metadata-only list (what `kubectl get` asks for): names, labels, owners.
+METADATA_LIST_ACCEPT = (
+    "application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io,application/json"
+)
 
 
 class ClusterError(Exception):
@@ -126,8 +132,8 @@ class KubeCluster:
                 "delete": lambda name: self.custom.delete_namespaced_custom_object(
                     group, version, ns, plural, name, **options
                 ),
-                "list": lambda selector: self.custom.list_namespaced_custom_object(
-                    group, version, ns, plural, label_selector=selector, **options
+                "list": lambda selector, **extra: self.custom.list_namespaced_custom_object(
+                    group, version, ns, plural, label_selector=selector, **options, **extra
                 ),
             }
         suffix = {
@@ -145,8 +151,8 @@ class KubeCluster:
             "delete": lambda name: getattr(core, f"delete_namespaced_{suffix}")(
                 name, ns, **options
             ),
-            "list": lambda selector: getattr(core, f"list_namespaced_{suffix}")(
-                ns, label_selector=selector, **options
+            "list": lambda selector, **extra: getattr(core, f"list_namespaced_{suffix}")(
+                ns, label_selector=selector, **options, **extra
             ),
         }
 
@@ -189,12 +195,44 @@ class KubeCluster:
         return True
 
     async def list(self, kind: Kind, label_selector: str) -> tuple[list[dict[str, Any]], str]:
+        """Every object that matches, whole, and the list's resourceVersion (a watch starts
+        there). Fetched in pages and parsed in the calling thread, not on the event loop."""
+        items: list[dict[str, Any]] = []
+        version, token = "", None
+        while True:
+            body = await self._page(kind, label_selector, token, metadata_only=False)
+            items.extend(body.get("items") or [])
+            version = version or str(body.get("metadata", {}).get("resourceVersion", ""))
+            token = body.get("metadata", {}).get("continue")
+            if not token:
+                return items, version
+
+    async def list_metadata(self, kind: Kind, label_selector: str) -> AsyncIterator[Items]:
+        """The metadata (name, labels, owners) of every object that matches, a page at a time:
+        a sweep of thousands of objects never holds megabytes, nor parses them on the loop."""
+        token = None
+        while True:
+            body = await self._page(kind, label_selector, token, metadata_only=True)
+            yield [item.get("metadata") or {} for item in body.get("items") or []]
+            token = body.get("metadata", {}).get("continue")
+            if not token:
+                return
+
+    async def _page(
+        self, kind: Kind, label_selector: str, token: str | None, *, metadata_only: bool
+    ) -> dict[str, Any]:
         operations = self._operations(kind)
-        response = await self._call(f"list {kind}", lambda: operations["list"](label_selector))
-        body = json.loads(response.data)
-        return list(body.get("items") or []), str(
-            body.get("metadata", {}).get("resourceVersion", "")
-        )
+        options: dict[str, Any] = {"limit": LIST_PAGE}
+        if token:
+            options["_continue"] = token
+        if metadata_only:
+            options["_headers"] = {"Accept": METADATA_LIST_ACCEPT}
+
+        def fetch() -> dict[str, Any]:
+            response = operations["list"](label_selector, **options)
+            return dict(json.loads(response.data))  # in the worker thread
+
+        return await self._call(f"list {kind}", fetch)
 
     async def ping(self) -> None:
         await self._call(
@@ -207,8 +245,11 @@ class KubeCluster:
     async def watch_pods(
         self, label_selector: str, resource_version: str
     ) -> AsyncIterator[WatchEvent]:
-        """Pod events from `resource_version` until the server ends the watch (then return).
-        A 410 Gone (history expired) yields RESYNC: the caller re-lists."""
+        """Pod events from `resource_version` until the server ends the watch (then return:
+        the caller watches again from the last event's resourceVersion). A 410 Gone (history
+        expired) yields RESYNC: the caller re-lists. Events stay plain dicts (`deserialize=
+        False`): turning each into client models is what cost KubeSpawner's hub most of its CPU
+        at 2,000 servers (kubespawner#423), and only the raw object is used."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[WatchEvent | BaseException | None] = asyncio.Queue()
         stopper = watch.Watch()
@@ -224,10 +265,11 @@ class KubeCluster:
                     timeout_seconds=WATCH_TIMEOUT_S,
                     _request_timeout=(REQUEST_TIMEOUT[0], WATCH_TIMEOUT_S + 30),
                     _preload_content=False,
+                    deserialize=False,
                 ):
                     if stopped.is_set():
                         break
-                    raw = event.get("raw_object") or {}
+                    raw = event.get("object") or {}
                     loop.call_soon_threadsafe(queue.put_nowait, WatchEvent(event["type"], raw))
             except BaseException as error:
                 loop.call_soon_threadsafe(queue.put_nowait, error)

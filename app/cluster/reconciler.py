@@ -33,8 +33,13 @@ from app.templates.schemas import TemplateSpec
 log = structlog.get_logger("vdi.reconciler")
 
 MAX_BACKOFF_S = 30.0
-TERMINATION_POLL_S = 0.25
+# A Terminating session ends on its pod's DELETED watch event; this is only the safety net
+# (the watch was down): then the reconciler asks again.
+TERMINATION_RECHECK_S = 15.0
+GONE_PODS_KEPT_S = 600.0  # how long a seen pod deletion is remembered
 PREVIOUS_POD_POLL_S = 1.0
+RELIST_CHUNK = 1000  # sessions read per query when a relist compares pods with the database
+SWEEP_LOCK = 0x76646973776565  # pg advisory lock: one replica sweeps orphans at a time
 SESSION_KINDS: tuple[Kind, ...] = ("Pod", "Secret", "Service", "IngressRoute")
 
 
@@ -78,6 +83,7 @@ class Reconciler:
         self._secrets = SecretBox(settings.require_secret_key())
         self.watch_connected = asyncio.Event()
         self._observed: dict[str, tuple[bool, bool | None, str | None]] = {}
+        self._gone_pods: dict[str, float] = {}  # pod name -> when its deletion was seen
         self._in_flight: set[asyncio.Task[None]] = set()
 
     # --- running ---------------------------------------------------------------------------
@@ -168,6 +174,7 @@ class Reconciler:
                 session.claim_token = token
                 session.next_reconcile_at = now + lease
                 if session.phase == Phase.pending.value:
+                    session.claimed_at = now
                     event = lifecycle.transition(
                         session,
                         Phase.provisioning,
@@ -219,6 +226,7 @@ class Reconciler:
         structlog.contextvars.bind_contextvars(session_id=str(session.id))
         try:
             passed = lifecycle.deadline_passed(session, deadlines(self.settings), utcnow())
+
             if passed is not None:
                 target, reason, message = passed
 
@@ -272,12 +280,19 @@ class Reconciler:
             turn_password=secrets.turn_password,
         )
         settings = self.settings
+        cluster = self.cluster
         try:
-            await self.cluster.create("PersistentVolumeClaim", manifests.home_claim(view, settings))
-            pod = await self.cluster.create("Pod", manifests.pod(view, settings))
-            await self.cluster.create("Secret", manifests.secret(view, credentials, settings, pod))
-            await self.cluster.create("Service", manifests.service(view, settings, pod))
-            await self.cluster.create("IngressRoute", manifests.ingress_route(view, settings, pod))
+            # Two rounds, each in parallel: only the Pod's uid (the others' owner) orders them.
+            # The pod waits for its claim and Secret as it would for a slow volume.
+            _claim, pod = await asyncio.gather(
+                cluster.create("PersistentVolumeClaim", manifests.home_claim(view, settings)),
+                cluster.create("Pod", manifests.pod(view, settings)),
+            )
+            await asyncio.gather(
+                cluster.create("Secret", manifests.secret(view, credentials, settings, pod)),
+                cluster.create("Service", manifests.service(view, settings, pod)),
+                cluster.create("IngressRoute", manifests.ingress_route(view, settings, pod)),
+            )
         except ClusterError as error:
             await self._finish(claim, _retry_or_fail(error, "ProvisioningFailed"))
             return
@@ -291,15 +306,13 @@ class Reconciler:
         await self._finish(claim, started)
 
     async def _terminate(self, claim: Claim) -> None:
+        """Delete the session's objects once; the pod's DELETED watch event ends the session
+        (no polling). Deleting a pod already terminating is a no-op, and a 404 means gone."""
         session = claim.session
         name = manifests.object_name(session.id)
         try:
-            pod = await self.cluster.get("Pod", name)
-            if pod is not None and not pod["metadata"].get("deletionTimestamp"):
-                await self.cluster.delete("Pod", name)
-            for kind in SESSION_KINDS[1:]:
-                await self.cluster.delete(kind, name)
-            gone = await self.cluster.get("Pod", name) is None
+            existed = await self.cluster.delete("Pod", name)
+            await asyncio.gather(*(self.cluster.delete(kind, name) for kind in SESSION_KINDS[1:]))
         except ClusterError as error:
             if session.force_delete:
                 forced = f"Forced: the cluster refused ({error}); the orphan sweep retries"
@@ -314,8 +327,8 @@ class Reconciler:
             return
 
         async def finished(db: AsyncSession, row: VDISession, now: datetime) -> datetime | None:
-            if not gone:  # the pod is still shutting down: look again shortly
-                return now + timedelta(seconds=TERMINATION_POLL_S)
+            if existed and name not in self._gone_pods:  # still shutting down: the watch says
+                return now + timedelta(seconds=TERMINATION_RECHECK_S)
             message = "Everything but the user's home is gone"
             await self._move(db, row, Phase.terminated, "ObjectsDeleted", message, now)
             return None
@@ -325,22 +338,54 @@ class Reconciler:
     # --- pods ---------------------------------------------------------------------------------
 
     async def _watch_pods(self) -> None:
+        """List once, then watch from there; a watch that ends (the server's timeout) resumes
+        from the last event seen, and only a 410 or an error lists again."""
+        version = ""
         while True:
             try:
-                pods, version = await self.cluster.list("Pod", manifests.SESSION_SELECTOR)
-                for pod in pods:
-                    await self.observe_pod(pod, deleted=False)
-                self.watch_connected.set()
+                if not version:
+                    pods, version = await self.cluster.list("Pod", manifests.SESSION_SELECTOR)
+                    await self.observe_relist(pods)
+                    self.watch_connected.set()
                 async for event in self.cluster.watch_pods(manifests.SESSION_SELECTOR, version):
                     if event.type == "RESYNC":
+                        version = ""
                         break
+                    metadata = event.object.get("metadata") or {}
+                    version = str(metadata.get("resourceVersion") or version)
                     if event.type in ("ADDED", "MODIFIED", "DELETED"):
                         await self.observe_pod(event.object, deleted=event.type == "DELETED")
             except asyncio.CancelledError:
                 raise
             except Exception as error:
                 log.warning("pod watch interrupted; relisting", error=str(error))
+                version = ""
                 await asyncio.sleep(1.0)
+
+    async def observe_relist(self, pods: list[manifests.Manifest]) -> None:
+        """Fold a full list of pods in, writing only what differs from the database: after a
+        restart every pod is "new" to this replica, but few say anything the sessions do not
+        already record. Sessions are read in chunks without locks; the few that differ go
+        through the locking path."""
+        self._observed.clear()
+        seen = []
+        for pod in pods:
+            observation = manifests.observe_pod(pod)
+            if observation.session_id is not None:
+                seen.append((pod.get("metadata", {}).get("name", ""), observation))
+        for start in range(0, len(seen), RELIST_CHUNK):
+            chunk = seen[start : start + RELIST_CHUNK]
+            async with self.sessionmaker() as db:
+                states = await repository.pod_facts(
+                    db, [o.session_id for _, o in chunk if o.session_id]
+                )
+            for name, observation in chunk:
+                facts = (False, observation.scheduled, observation.failure_reason)
+                state = states.get(observation.session_id) if observation.session_id else None
+                if state is not None and _needs_write(observation, *state):
+                    await self._apply_observation(observation, deleted=False)
+                self._observed[name] = facts
+        self._prune_gone_pods()
 
     async def observe_pod(self, pod: manifests.Manifest, *, deleted: bool) -> None:
         """Fold what a pod says into its session (idempotent: every replica sees every event)."""
@@ -348,6 +393,8 @@ class Reconciler:
         if seen.session_id is None:
             return
         name = pod.get("metadata", {}).get("name", "")
+        if deleted:
+            self._gone_pods[name] = asyncio.get_running_loop().time()
         facts = (deleted, seen.scheduled, seen.failure_reason)
         if not deleted and (facts == self._observed.get(name) or facts == (False, None, None)):
             return  # nothing new: most pod events are status noise for us
@@ -356,6 +403,11 @@ class Reconciler:
             self._observed.pop(name, None)
         else:
             self._observed[name] = facts  # after the write: a failed write is tried again
+
+    def _prune_gone_pods(self) -> None:
+        horizon = asyncio.get_running_loop().time() - GONE_PODS_KEPT_S
+        for name in [n for n, at in self._gone_pods.items() if at < horizon]:
+            del self._gone_pods[name]
 
     async def _apply_observation(self, seen: manifests.PodObservation, *, deleted: bool) -> None:
         assert seen.session_id is not None
@@ -409,22 +461,25 @@ class Reconciler:
 
     async def sweep_orphans(self) -> int:
         """Delete session objects (labelled as ours) whose session is Terminated or unknown.
-        Objects are listed before sessions are read: an object seen here was created after its
-        session row committed, so its session is in the read that follows."""
-        found: list[tuple[Kind, str, str]] = []
-        for kind in SESSION_KINDS:
-            items, _ = await self.cluster.list(kind, manifests.SESSION_SELECTOR)
-            for item in items:
-                metadata = item["metadata"]
-                found.append(
-                    (
-                        kind,
-                        metadata["name"],
-                        (metadata.get("labels") or {}).get(manifests.SESSION_ID_LABEL, ""),
+        One replica at a time (a Postgres advisory lock; the others skip this round). Objects
+        are listed (metadata only, in pages) before sessions are read: an object seen here was
+        created after its session row committed, so its session is in the read that follows."""
+        async with self.sessionmaker() as db:  # the lock lasts as long as this transaction
+            if not await repository.try_xact_lock(db, SWEEP_LOCK):
+                return 0
+            found: list[tuple[Kind, str, str]] = []
+            for kind in SESSION_KINDS:
+                async for page in self.cluster.list_metadata(kind, manifests.SESSION_SELECTOR):
+                    found.extend(
+                        (
+                            kind,
+                            metadata.get("name", ""),
+                            (metadata.get("labels") or {}).get(manifests.SESSION_ID_LABEL, ""),
+                        )
+                        for metadata in page
                     )
-                )
-        async with self.sessionmaker() as db:
             live = {str(i) for i in await repository.live_session_ids(db)}
+        self._prune_gone_pods()
         swept = 0
         for kind, name, session_id in found:
             if session_id not in live:
@@ -433,6 +488,20 @@ class Reconciler:
                         swept += 1
                         log.info("orphan deleted", kind=kind, name=name)
         return swept
+
+
+def _needs_write(
+    seen: manifests.PodObservation, phase: str, scheduled: tuple[str, str] | None
+) -> bool:
+    """Whether a pod observation would change its session (see `_apply_observation`)."""
+    if Phase(phase) not in (Phase.provisioning, Phase.starting, Phase.running):
+        return False
+    if seen.failure_reason is not None:
+        return True
+    if seen.scheduled is None:
+        return False
+    wanted = ("True", "Scheduled") if seen.scheduled else ("False", "Unschedulable")
+    return scheduled != wanted
 
 
 async def _nothing(db: AsyncSession, session: VDISession, now: datetime) -> datetime | None:

@@ -64,6 +64,12 @@ class VDISession(Base):
     idle_deadline: Mapped[datetime] = mapped_column(TZDateTime)
     expires_at: Mapped[datetime] = mapped_column(TZDateTime)
     last_report_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    # When the reconciler first took it from the queue: its start timeout counts from here, so a
+    # session waiting behind a rush is never failed before it was tried.
+    claimed_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    # What the last report said that matters (checks, encoder, streamer): a heartbeat with the
+    # same digest on a Running session is one UPDATE of its clock.
+    report_digest: Mapped[str | None] = mapped_column(String(64))
     # The reconciler's work queue: due when next_reconcile_at <= now. A claim sets it to the end of
     # a lease and a fresh claim_token, so a replica that dies leaves the row due again.
     next_reconcile_at: Mapped[datetime | None] = mapped_column(TZDateTime)

@@ -282,7 +282,11 @@ class Deadlines:
 
 
 def _start_deadline(session: VDISession) -> datetime:
-    return session.created_at + timedelta(seconds=int(session.template_spec["start_timeout_s"]))
+    """The start timeout measures the cluster, not the control plane's queue: it counts from
+    the reconciler's claim (Pending -> Provisioning), so the tail of a rush is never failed
+    before it was tried."""
+    since = session.claimed_at or session.created_at
+    return since + timedelta(seconds=int(session.template_spec["start_timeout_s"]))
 
 
 def _heartbeat_deadline(session: VDISession, deadlines: Deadlines) -> datetime:

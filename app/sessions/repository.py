@@ -213,15 +213,65 @@ async def record_idempotent_result(
 
 
 async def claim_due(db: AsyncSession, *, now: datetime, limit: int) -> list[VDISession]:
-    """Due sessions no other replica holds (SKIP LOCKED): the reconciler's work queue."""
+    """Due sessions no other replica holds (SKIP LOCKED): the reconciler's work queue, served
+    fairly. Each user's first due session comes before anyone's second, and among those the
+    templates take turns, so one template's rush (or one user's) never starves the others;
+    within that, oldest due first. Ranks are computed over the due rows only (an index range)."""
+    due_at = VDISession.next_reconcile_at
+    ranked = (
+        select(
+            VDISession.id,
+            due_at.label("due_at"),
+            func.row_number()
+            .over(partition_by=VDISession.user, order_by=due_at)
+            .label("user_rank"),
+            func.row_number()
+            .over(partition_by=VDISession.template_name, order_by=due_at)
+            .label("template_rank"),
+        )
+        .where(due_at <= now)
+        .order_by(text("user_rank"), text("template_rank"), due_at)
+        .limit(limit * 3)  # room for rows a concurrent claim holds (skipped)
+        .subquery()
+    )
     query = (
         select(VDISession)
-        .where(VDISession.next_reconcile_at <= now)
-        .order_by(VDISession.next_reconcile_at)
+        .join(ranked, VDISession.id == ranked.c.id)
+        .order_by(ranked.c.user_rank, ranked.c.template_rank, ranked.c.due_at)
         .limit(limit)
-        .with_for_update(skip_locked=True)
+        .with_for_update(of=VDISession, skip_locked=True)
     )
     return list((await db.execute(query)).scalars())
+
+
+async def pod_facts(
+    db: AsyncSession, ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, tuple[str, tuple[str, str] | None]]:
+    """Per session: its phase and its PodScheduled condition's (status, reason), read without
+    locks (a relist compares them with what the pods say)."""
+    rows = await db.execute(
+        select(VDISession.id, VDISession.phase, VDISession.conditions).where(
+            VDISession.id.in_(list(ids))
+        )
+    )
+    facts: dict[uuid.UUID, tuple[str, tuple[str, str] | None]] = {}
+    for session_id, phase, conditions in rows.all():
+        scheduled = next(
+            (
+                (c.get("status"), c.get("reason"))
+                for c in conditions
+                if c.get("type") == "PodScheduled"
+            ),
+            None,
+        )
+        facts[session_id] = (phase, scheduled)
+    return facts
+
+
+async def try_xact_lock(db: AsyncSession, key: int) -> bool:
+    """Take a transaction-level advisory lock if no one holds it (any replica)."""
+    result = await db.execute(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": key})
+    return bool(result.scalar_one())
 
 
 async def live_session_ids(db: AsyncSession) -> set[uuid.UUID]:

@@ -129,7 +129,7 @@ async def test_no_health_report_is_start_timeout(
     await _shift(
         cluster_app,
         session["id"],
-        created_at=utcnow() - timedelta(seconds=31),
+        claimed_at=utcnow() - timedelta(seconds=31),
         next_reconcile_at=utcnow(),
     )
     failed = await eventually(phase_is(api, session["id"], "Failed"))

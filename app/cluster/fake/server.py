@@ -289,12 +289,9 @@ class FakeKubernetes(k8s.KubernetesEmulator):
                 return response
         response = await super()._handle(request)
         if request.action == enums.action.CREATE and isinstance(request.data, dict):
-            metadata = request.data.get("metadata") or {}
-            self._remember(
-                (request.resource, request.namespace or metadata.get("namespace"), metadata["name"])
-            )
+            self._remember(_key(request))
         elif request.action == enums.action.DELETE and request.name is not None:
-            key = (request.resource, request.namespace, request.name)
+            key = _key(request)
             if key in self.objects and self.objects[key].deleted:
                 raw = self.objects[key].last.raw
                 self._forget(key, raw)
@@ -453,21 +450,19 @@ class FakeKubernetes(k8s.KubernetesEmulator):
 
     # kmock's own lookups scan every object; these use the index.
     async def _serve_fetch(self, request: rendering.Request) -> Any:
-        obj = self._live((request.resource, request.namespace, request.name or ""))
+        obj = self._live(_key(request))
         if obj is None:
             raise k8s.KubernetesObjectNotFoundError()
         return obj.raw
 
     async def _serve_create(self, request: rendering.Request) -> Any:
-        metadata = request.data.get("metadata") or {}
-        key = (request.resource, request.namespace or metadata.get("namespace"), metadata["name"])
-        return self.objects[key].raw
+        return self.objects[_key(request)].raw
 
     async def _serve_update(self, request: rendering.Request) -> Any:
-        return self.objects[(request.resource, request.namespace, request.name)].last.raw
+        return self.objects[_key(request)].last.raw
 
     async def _serve_delete(self, request: rendering.Request) -> Any:
-        return self.objects[(request.resource, request.namespace, request.name)].last.raw
+        return self.objects[_key(request)].last.raw
 
     async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[Any]:
         yield b""
@@ -665,6 +660,16 @@ class FakeKubernetes(k8s.KubernetesEmulator):
             "conditions": [scheduled],
             "containerStatuses": [_container_status(image, waiting=waiting)],
         }
+
+
+def _key(request: rendering.Request) -> Key:
+    """The object a request addresses: from the URL, or for a create from the body."""
+    name = request.name
+    namespace = request.namespace
+    if name is None and isinstance(request.data, dict):
+        metadata = request.data.get("metadata") or {}
+        name, namespace = metadata.get("name"), namespace or metadata.get("namespace")
+    return (request.resource, namespace, str(name))
 
 
 def _encode_continue(namespace: str | None, name: str) -> str:
