@@ -31,6 +31,20 @@ def _not_started(response: httpx.Response) -> bool:
         return False
 
 
+DEFAULT_INTERVAL_S = 15.0  # until the control plane says otherwise
+INTERVAL_HEADER = "VDI-Report-Interval"
+INTERVAL_BOUNDS_S = (5.0, 300.0)
+
+
+def _interval(response: httpx.Response, current: float) -> float:
+    """The interval the control plane asks for, within sane bounds; else the current one."""
+    try:
+        asked = float(response.headers.get(INTERVAL_HEADER, ""))
+    except ValueError:
+        return current
+    return min(max(asked, INTERVAL_BOUNDS_S[0]), INTERVAL_BOUNDS_S[1])
+
+
 @dataclass
 class Reporter:
     callback_url: str
@@ -40,6 +54,8 @@ class Reporter:
     stopped: bool = False
     session_phase: str | None = None
     sent: int = 0
+    # Seconds between reports when nothing changes, as the control plane last said.
+    interval_s: float = DEFAULT_INTERVAL_S
 
     @property
     def url(self) -> str:
@@ -74,6 +90,7 @@ class Reporter:
                     if response.is_success:
                         self.sent += 1
                         self.session_phase = response.json().get("phase")
+                        self.interval_s = _interval(response, self.interval_s)
                         return True
                     log.warning(
                         "control plane answered an error; retrying", status=response.status_code

@@ -29,7 +29,6 @@ from agent.turn import RTC_CONFIG_ENV, TurnRenewal
 
 log = structlog.get_logger("vdi.agent")
 
-HEARTBEAT_S = 15.0
 MONITOR_S = 2.0
 
 
@@ -282,7 +281,7 @@ class Agent:
 
     async def watch(self) -> None:
         """Every MONITOR_S: CPU, Selkies' metrics, adaptation; a report on each change and at
-        least every HEARTBEAT_S."""
+        least every interval the control plane asks for (15 s until it has said)."""
         last_sent = time.monotonic()
         async with httpx.AsyncClient(timeout=2) as http:
             while not self.reporter.stopped:
@@ -291,7 +290,7 @@ class Agent:
                 before = len(self.changes)
                 changed = self._observe(now, psutil.cpu_percent(), await self._scrape(http))
                 await self._apply(self.changes[before:])
-                if changed or now - last_sent >= HEARTBEAT_S:
+                if changed or now - last_sent >= self.reporter.interval_s:
                     await self.reporter.send(self.wire_report(), attempts=3)
                     last_sent = now
 

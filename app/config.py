@@ -82,6 +82,14 @@ class Settings(BaseSettings):
         ge=10,
         description="A Running session whose agent is silent this long: AGENT_LOST",
     )
+    report_interval_s: int = Field(
+        default=30,
+        ge=1,
+        le=3600,
+        description="How often an agent reports when nothing changes; the server tells the "
+        "agent with each answer (header `VDI-Report-Interval`), capped at a third of "
+        "VDI_HEARTBEAT_TIMEOUT_S so that two lost reports never fail a session",
+    )
     failed_grace_s: int = Field(
         default=600, ge=0, description="Failed sessions are cleaned up after this (for inspection)"
     )
@@ -109,8 +117,8 @@ class Settings(BaseSettings):
         default="30/minute",
         pattern=r"^[0-9]+ ?(/|per) ?([0-9]+ )?(second|minute|hour)s?$",
         description="Agent reports accepted per session and replica (a moving window, e.g. "
-        "`30/minute`); more get 429 with Retry-After. The agent sends one every 15 s and one "
-        "per change.",
+        "`30/minute`); more get 429 with Retry-After. The agent sends one per change and one "
+        "every VDI_REPORT_INTERVAL_S.",
     )
     idempotency_ttl_s: int = Field(default=86400, ge=60)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -135,6 +143,10 @@ class Settings(BaseSettings):
     @property
     def should_auto_migrate(self) -> bool:
         return self.embedded_database if self.auto_migrate is None else self.auto_migrate
+
+    @property
+    def effective_report_interval_s(self) -> int:
+        return max(1, min(self.report_interval_s, self.heartbeat_timeout_s // 3))
 
     @property
     def reserved_users(self) -> frozenset[str]:

@@ -45,6 +45,11 @@ async def readyz(request: Request) -> Health:
         log.warning("not ready: database", error=type(error).__name__)
         raise ServiceUnavailable("The database does not answer", retry_after_s=5) from None
     checks = {"database": "ok"}
+    reconciler = getattr(request.app.state, "reconciler", None)
+    if reconciler is not None and not reconciler.watch_connected.is_set():
+        # Until the pod watch's first list is folded in, this replica's view of the cluster is
+        # older than its restart: not ready to take traffic that depends on it.
+        raise ServiceUnavailable("The pod watch has not caught up yet", retry_after_s=1)
     cluster = request.app.state.cluster
     if cluster is not None:
         try:

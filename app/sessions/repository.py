@@ -212,6 +212,34 @@ async def record_idempotent_result(
     )
 
 
+async def touch_unchanged(
+    db: AsyncSession,
+    session_id: uuid.UUID,
+    digest: str,
+    now: datetime,
+    heartbeat_deadline: datetime,
+) -> VDISession | None:
+    """A heartbeat that says what the last report said, on a Running session: one UPDATE of
+    its clock (last report, next deadline) returning the row; None when it is not that case."""
+    statement = (
+        update(VDISession)
+        .where(
+            VDISession.id == session_id,
+            VDISession.phase == "Running",
+            VDISession.report_digest == digest,
+        )
+        .values(
+            last_report_at=now,
+            next_reconcile_at=func.least(
+                VDISession.idle_deadline, VDISession.expires_at, heartbeat_deadline
+            ),
+        )
+        .returning(VDISession)
+    )
+    result = await db.execute(statement, execution_options={"synchronize_session": False})
+    return result.scalar_one_or_none()
+
+
 async def claim_due(db: AsyncSession, *, now: datetime, limit: int) -> list[VDISession]:
     """Due sessions no other replica holds (SKIP LOCKED): the reconciler's work queue, served
     fairly. Each user's first due session comes before anyone's second, and among those the

@@ -46,11 +46,13 @@ from app.sessions.streams import StreamRegistry
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
 EVENT_STREAM = "text/event-stream"
+# On a report's answer: seconds until the agent's next report if nothing changes.
+REPORT_INTERVAL_HEADER = "VDI-Report-Interval"
 MAX_EVENT_ID = 2**63 - 1  # bigint
 EVENT_ID = re.compile(r"[0-9]{1,19}")
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:  # async: no hop to a worker thread
     settings: Settings = request.app.state.settings
     return settings
 
@@ -264,13 +266,24 @@ async def list_session_events(
 @router.post(
     "/{session_id}/health",
     name="report_session_health",
-    responses=problem_responses(
-        *AUTH_ERRORS,
-        service.SessionNotFound,
-        service.SessionEnded,
-        service.SessionNotStarted,
-        TooManyRequests,
-    ),
+    responses={
+        200: {
+            "description": "The session after the report",
+            "headers": {
+                REPORT_INTERVAL_HEADER: {
+                    "description": "Seconds until the agent's next report if nothing changes",
+                    "schema": {"type": "integer"},
+                }
+            },
+        },
+        **problem_responses(
+            *AUTH_ERRORS,
+            service.SessionNotFound,
+            service.SessionEnded,
+            service.SessionNotStarted,
+            TooManyRequests,
+        ),
+    },
     summary="The agent's health report (authorized by that session's agent token)",
 )
 async def report_session_health(
@@ -278,6 +291,7 @@ async def report_session_health(
     body: HealthReport,
     db: DbSession,
     request: Request,
+    response: Response,
     settings: AppSettings,
 ) -> Session:
     wait_s = request.app.state.report_limit.hit(str(session_id))
@@ -285,11 +299,13 @@ async def report_session_health(
         request.app.state.metrics.health_reports.labels(outcome="rate_limited").inc()
         raise TooManyRequests(
             f"More than {settings.report_rate_limit} reports for session {session_id}; the "
-            "agent reports every 15 s and on each change. Retry after the Retry-After delay",
+            "agent reports on each change and every VDI_REPORT_INTERVAL_S. Retry after the "
+            "Retry-After delay",
             retry_after_s=wait_s,
         )
     result = await service.report_health(db, settings, session_id, body)
     request.app.state.metrics.health_reports.labels(outcome=result.outcome).inc()
+    response.headers[REPORT_INTERVAL_HEADER] = str(settings.effective_report_interval_s)
     return service.to_schema(result.session)
 
 

@@ -412,9 +412,28 @@ class ReportOutcome:
     outcome: str  # running | failed | updated | unchanged
 
 
+def report_digest(report: HealthReport) -> str:
+    """What in a report can change a session: each check's verdict and code, the encoder, the
+    streamer, the fallback. Figures (frames, jitter, CPU) and details refresh the conditions'
+    messages only when one of these changes."""
+    meaning = [
+        sorted((c.name.value, c.ok, c.code) for c in report.checks),
+        report.encoder,
+        report.streamer,
+        report.fallback,
+    ]
+    return hashlib.sha256(json.dumps(meaning).encode()).hexdigest()
+
+
 async def report_health(
     db: AsyncSession, settings: Settings, session_id: uuid.UUID, report: HealthReport
 ) -> ReportOutcome:
+    digest = report_digest(report)
+    now = utcnow()
+    heartbeat_deadline = now + timedelta(seconds=settings.heartbeat_timeout_s)
+    touched = await repository.touch_unchanged(db, session_id, digest, now, heartbeat_deadline)
+    if touched is not None:  # the common heartbeat: one statement, no lock held across calls
+        return ReportOutcome(touched, "unchanged")
     session = await _get(db, session_id, for_update=True)
     if Phase(session.phase) in ENDED_PHASES:
         # A Failed session keeps the evidence of its failure: no later report rewrites it.
@@ -428,13 +447,13 @@ async def report_health(
             "can report for it. Retry after the Retry-After delay."
         )
     before = session.phase
-    now = utcnow()
     events = lifecycle.apply_health_report(
         session,
         report,
         fallback_allowed=bool(session.template_spec.get("encoder_fallback", True)),
         now=now,
     )
+    session.report_digest = digest
     reschedule(session, settings, now)
     await db.flush()
     await repository.add_events(db, session, events, now)
