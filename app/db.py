@@ -6,6 +6,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
+import orjson
 from fastapi import Depends, Request
 from sqlalchemy import MetaData, event
 from sqlalchemy.engine import make_url
@@ -51,6 +52,10 @@ def create_engine(url: str, *, pool_size: int = 20) -> AsyncEngine:
     and makes the pool drop every connection older than it."""
     engine = create_async_engine(
         async_url(url),
+        # JSONB columns (conditions, template snapshots) decode with orjson: several times
+        # faster than the json module, and a listing decodes fifty rows.
+        json_serializer=_dumps,
+        json_deserializer=orjson.loads,
         pool_size=pool_size,
         max_overflow=0,
         pool_recycle=1800,
@@ -59,6 +64,10 @@ def create_engine(url: str, *, pool_size: int = 20) -> AsyncEngine:
     event.listen(engine.sync_engine, "checkin", _checked_in)
     event.listen(engine.sync_engine, "checkout", _ping_if_idle)
     return engine
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
 
 
 def _checked_in(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import delete, func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import defer
 
 from app.models import IdempotencyKey, SessionEvent, VDISession
 
@@ -41,13 +42,14 @@ async def lock_user(db: AsyncSession, user: str) -> None:
 
 async def active_sessions_of_user(
     db: AsyncSession, user: str, phases: Iterable[str]
-) -> list[VDISession]:
+) -> list[tuple[uuid.UUID, str]]:
+    """(id, phase) of the user's sessions in `phases`, oldest first."""
     query = (
-        select(VDISession)
+        select(VDISession.id, VDISession.phase)
         .where(VDISession.user == user, VDISession.phase.in_(list(phases)))
         .order_by(VDISession.created_at)
     )
-    return list((await db.execute(query)).scalars())
+    return [(row.id, row.phase) for row in await db.execute(query)]
 
 
 async def earlier_session_of_user(
@@ -77,8 +79,11 @@ async def list_page(
     after: tuple[datetime, uuid.UUID] | None,
     limit: int,
 ) -> list[VDISession]:
-    """Newest first, keyset-paginated on (created_at, id)."""
-    query = select(VDISession)
+    """Newest first, keyset-paginated on (created_at, id). Without the template snapshot and
+    the sealed secrets, which a listing never shows (decoding them was a third of its cost)."""
+    query = select(VDISession).options(
+        defer(VDISession.template_spec), defer(VDISession.secrets_encrypted)
+    )
     if user is not None:
         query = query.where(VDISession.user == user)
     if phase is not None:

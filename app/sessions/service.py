@@ -191,8 +191,8 @@ async def create_session(
         db, body.user, [p.value for p in COUNTED_PHASES]
     )
     if len(active) >= settings.max_sessions_per_user:
-        ids = [str(s.id) for s in active]
-        failed = [s for s in active if s.phase == Phase.failed.value]
+        ids = [str(session_id) for session_id, _phase in active]
+        failed = [phase for _session_id, phase in active if phase == Phase.failed.value]
         why = (
             f" ({len(failed)} of them Failed, still holding its pod and the user's home until "
             "deleted or its grace period ends)"
