@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import httpx
 import psutil
@@ -99,7 +100,7 @@ class Agents:
 
     bases: list[str]
     secret_key: str
-    http: httpx.AsyncClient
+    http: aiohttp.ClientSession  # httpx's pool costs O(waiting x connections) per request
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     statuses: Counter[str] = field(default_factory=Counter)
     answered: int = 0  # reports a replica answered (any status)
@@ -119,25 +120,28 @@ class Agents:
                 continue
             base = random.choice(self.bases)
             try:
-                response = await self.http.post(
+                async with self.http.post(
                     f"{base}/v1/sessions/{session_id}/health", json=READY, headers=headers
-                )
-            except httpx.HTTPError:  # as the agent does: retry, backing off
+                ) as response:
+                    status, text = response.status, await response.text()
+                    asked = response.headers.get(INTERVAL_HEADER)
+                    retry_after = float(response.headers.get("Retry-After", "1"))
+            except (aiohttp.ClientError, TimeoutError):  # as the agent does: retry, backing off
                 self.statuses["unreachable"] += 1
                 await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
                 backoff = min(30.0, backoff * 2)
                 continue
             backoff = 0.5
             self.answered += 1
-            self.statuses[str(response.status_code)] += 1
-            if response.status_code == 200:
+            self.statuses[str(status)] += 1
+            if status == 200:
                 first = False
-                interval = float(response.headers.get(INTERVAL_HEADER, interval))
+                interval = float(asked or interval)
                 await asyncio.sleep(interval * random.uniform(0.9, 1.1))
-            elif response.status_code == 409 and "session-not-started" in response.text:
+            elif status == 409 and "session-not-started" in text:
                 await asyncio.sleep(1.0)
-            elif response.status_code in (429, 503):
-                await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
+            elif status in (429, 503):
+                await asyncio.sleep(retry_after)
             else:
                 return  # ended (409), gone (404): the agent stops
 
@@ -325,7 +329,11 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                         f"{fleet.bases[0]}/v1/templates/t{t}", json=spec, headers=admin
                     )
                     response.raise_for_status()
-                agents = Agents(fleet.bases, fleet.secret_key, http)
+                reporting = aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(limit=256),
+                    timeout=aiohttp.ClientTimeout(total=30),
+                )
+                agents = Agents(fleet.bases, fleet.secret_key, reporting)
                 stop_watch = asyncio.Event()
                 watcher = asyncio.create_task(watch_pods(fake_url, agents, stop_watch))
 
@@ -476,6 +484,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await watcher
                 await agents.stop()
+                await reporting.close()
                 stored = await db.fetchval("SELECT count(*) FROM sessions")
                 users = await db.fetchval('SELECT count(DISTINCT "user") FROM sessions')
                 failed_ever = await db.fetchval(

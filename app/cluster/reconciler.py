@@ -310,6 +310,15 @@ class Reconciler:
         (no polling). Deleting a pod already terminating is a no-op, and a 404 means gone."""
         session = claim.session
         name = manifests.object_name(session.id)
+        if name in self._gone_pods:  # woken by the pod's DELETED event: the rest is done
+            message = "Everything but the user's home is gone"
+
+            async def gone(db: AsyncSession, row: VDISession, now: datetime) -> None:
+                await self._move(db, row, Phase.terminated, "ObjectsDeleted", message, now)
+                return None
+
+            await self._finish(claim, gone)
+            return
         try:
             existed = await self.cluster.delete("Pod", name)
             await asyncio.gather(*(self.cluster.delete(kind, name) for kind in SESSION_KINDS[1:]))

@@ -35,6 +35,17 @@ class VDISession(Base):
         Index("ix_sessions_template_name_phase", "template_name", "phase"),
         Index("ix_sessions_phase", "phase"),
         Index(
+            "ix_sessions_due_work",
+            "next_reconcile_at",
+            postgresql_where=text("next_reconcile_at IS NOT NULL AND phase <> 'Pending'"),
+        ),
+        Index(
+            "ix_sessions_pending_queue",
+            "template_name",
+            "next_reconcile_at",
+            postgresql_where=text("phase = 'Pending'"),
+        ),
+        Index(
             "ix_sessions_next_reconcile_at",
             "next_reconcile_at",
             postgresql_where=text("next_reconcile_at IS NOT NULL"),

@@ -7,12 +7,12 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, text, tuple_, update
+from sqlalchemy import delete, func, select, text, true, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
-from app.models import IdempotencyKey, SessionEvent, VDISession
+from app.models import IdempotencyKey, SessionEvent, Template, VDISession
 
 EVENTS_CHANNEL = "vdi_session_events"
 # Phases whose events mean "the reconciler has something to do now" (a create, a delete).
@@ -246,35 +246,74 @@ async def touch_unchanged(
 
 
 async def claim_due(db: AsyncSession, *, now: datetime, limit: int) -> list[VDISession]:
-    """Due sessions no other replica holds (SKIP LOCKED): the reconciler's work queue, served
-    fairly. Each user's first due session comes before anyone's second, and among those the
-    templates take turns, so one template's rush (or one user's) never starves the others;
-    within that, oldest due first. Ranks are computed over the due rows only (an index range)."""
-    due_at = VDISession.next_reconcile_at
-    ranked = (
-        select(
-            VDISession.id,
-            due_at.label("due_at"),
-            func.row_number()
-            .over(partition_by=VDISession.user, order_by=due_at)
-            .label("user_rank"),
-            func.row_number()
-            .over(partition_by=VDISession.template_name, order_by=due_at)
-            .label("template_rank"),
-        )
-        .where(due_at <= now)
-        .order_by(text("user_rank"), text("template_rank"), due_at)
-        .limit(limit * 3)  # room for rows a concurrent claim holds (skipped)
-        .subquery()
-    )
+    """Due sessions no other replica holds (SKIP LOCKED): the reconciler's work queue.
+
+    Work on sessions that exist (deadlines, deletions) first, oldest due first. Then new
+    sessions, served fairly: the templates take turns, so one template's rush never starves
+    another's; within a template, oldest first (a user's share is bounded by the per-user
+    limit). Each query reads through an index only as far as it needs, whatever the queue's
+    length."""
+    due = await _claim_existing(db, now, limit)
+    if len(due) < limit:
+        due += await _claim_new(db, now, limit - len(due))
+    return due
+
+
+async def _claim_existing(db: AsyncSession, now: datetime, limit: int) -> list[VDISession]:
     query = (
         select(VDISession)
-        .join(ranked, VDISession.id == ranked.c.id)
-        .order_by(ranked.c.user_rank, ranked.c.template_rank, ranked.c.due_at)
+        .where(VDISession.next_reconcile_at <= now, VDISession.phase != "Pending")
+        .order_by(VDISession.next_reconcile_at)
         .limit(limit)
-        .with_for_update(of=VDISession, skip_locked=True)
+        .with_for_update(skip_locked=True)
     )
     return list((await db.execute(query)).scalars())
+
+
+async def _claim_new(db: AsyncSession, now: datetime, limit: int) -> list[VDISession]:
+    # Up to `limit` oldest per template (an index range each), dealt round-robin.
+    per_template = (
+        select(VDISession.id, VDISession.next_reconcile_at)
+        .where(
+            VDISession.template_name == Template.name,
+            VDISession.phase == "Pending",
+            VDISession.next_reconcile_at <= now,
+        )
+        .order_by(VDISession.next_reconcile_at)
+        .limit(limit)
+        .lateral()
+    )
+    dealt = (
+        select(
+            per_template.c.id,
+            func.row_number()
+            .over(partition_by=Template.name, order_by=per_template.c.next_reconcile_at)
+            .label("turn"),
+            per_template.c.next_reconcile_at,
+        )
+        .select_from(Template)
+        .join(per_template, true())
+        .subquery()
+    )
+    order = [
+        row.id
+        for row in await db.execute(
+            select(dealt.c.id).order_by(dealt.c.turn, dealt.c.next_reconcile_at).limit(limit)
+        )
+    ]
+    if not order:
+        return []
+    query = (
+        select(VDISession)
+        .where(
+            VDISession.id.in_(order),
+            VDISession.phase == "Pending",
+            VDISession.next_reconcile_at <= now,
+        )
+        .with_for_update(skip_locked=True)
+    )
+    rank = {session_id: index for index, session_id in enumerate(order)}
+    return sorted((await db.execute(query)).scalars(), key=lambda s: rank[s.id])
 
 
 async def pod_facts(

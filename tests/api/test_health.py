@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from app.security import agent_token
 from app.sessions import repository
@@ -306,3 +307,45 @@ async def test_identical_reports_add_no_event_and_the_log_keeps_transitions(
     assert len(details) == 4  # the newest 4 condition changes
     assert details[-1]["message"] == "framesDecoded not moving"
     assert transitions == ["Pending", "Provisioning", "Starting", "Running"]  # all kept
+
+
+async def test_a_heartbeat_that_changes_nothing_is_one_update_and_tells_the_interval(
+    client: httpx.AsyncClient, app: FastAPI, make_session: MakeSession, set_phase: SetPhase
+) -> None:
+    """The common heartbeat (a Running session, the same checks as last time) takes the fast
+    path: no row lock, no event, the clock moved; a changed report takes the full path."""
+    session = await make_session()
+    await set_phase(session["id"], "Provisioning", "Starting")
+    first = await report(client, session["id"], READY)
+    assert first.json()["phase"] == "Running"
+    interval = int(first.headers["VDI-Report-Interval"])
+    assert 1 <= interval <= app.state.settings.heartbeat_timeout_s // 3
+
+    async def clock() -> tuple[Any, Any, Any]:
+        async with app.state.sessionmaker() as db:
+            row = await repository.get(db, uuid.UUID(session["id"]))
+            assert row is not None
+            return row.last_report_at, row.next_reconcile_at, row.conditions
+
+    before = await clock()
+    events_before = await events_of(client, session["id"])
+    # figures and details differ, the meaning does not: the fast path
+    again = dict(READY, framerate=30, checks=[*READY["checks"]])
+    again["checks"][1] = {"name": "encoder", "ok": True, "detail": "another detail"}
+    answered = await report(client, session["id"], again)
+    assert answered.status_code == 200
+    assert answered.json()["phase"] == "Running"
+    assert answered.headers["VDI-Report-Interval"] == str(interval)
+    after = await clock()
+    assert after[0] > before[0]  # last report moved
+    assert after[1] >= before[1]  # the heartbeat deadline moved with it
+    assert after[2] == before[2]  # conditions untouched (no write of the JSON)
+    assert await events_of(client, session["id"]) == events_before
+    metrics = (await client.get("/metrics")).text
+    assert 'vdi_health_reports_total{outcome="unchanged"}' in metrics
+
+    # a changed verdict goes the full way: the session fails on a broken encoder
+    broken = dict(READY, checks=[{"name": "gpu", "ok": True}, {"name": "encoder", "ok": False}])
+    failed = await report(client, session["id"], broken)
+    assert failed.json()["phase"] == "Failed"
+    assert failed.json()["reason"] == "ENCODER_UNAVAILABLE"

@@ -350,3 +350,81 @@ async def test_a_failed_session_counts_for_the_users_limit(
 async def _reason_is(api: httpx.AsyncClient, session_id: str, reason: str) -> Any:
     body = (await api.get(f"/v1/sessions/{session_id}", headers=ADMIN)).json()
     return body if body["reason"] == reason else None
+
+
+@pytest.mark.parametrize("fake_options", [{"termination_delay_s": 1.5}])
+async def test_termination_is_ended_by_the_watch_not_by_polling(
+    api: httpx.AsyncClient, fake: Fake, new_session: NewSession
+) -> None:
+    """The objects are deleted once; the pod's DELETED event ends the session. The API calls
+    it takes do not grow with the time the pod needs to stop."""
+    emulator, cluster = fake
+    session = await new_session("quinn")
+    await eventually(phase_is(api, session["id"], "Starting"))
+    calls_before = emulator.api_calls
+    assert (await api.delete(f"/v1/sessions/{session['id']}", headers=ADMIN)).status_code == 202
+    ended = await eventually(phase_is(api, session["id"], "Terminated"))
+    assert ended["reason"] == "ObjectsDeleted"
+    # DELETE of the Pod, Secret, Service and IngressRoute: four calls in 1.5 s of shutdown
+    # (polling every 0.25 s made about thirty)
+    assert emulator.api_calls - calls_before <= 5
+
+
+async def test_a_relist_writes_only_what_differs_from_the_database(
+    cluster_app: FastAPI,
+    api: httpx.AsyncClient,
+    fake: Fake,
+    new_session: NewSession,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After a restart every pod is new to the replica, but only pods that say something the
+    sessions do not record take a locking write."""
+    emulator, cluster = fake
+    sessions = [await new_session(f"rel{i}") for i in range(4)]
+    for session in sessions:
+        await eventually(lambda s=session: _scheduled(api, s["id"]))
+    reconciler = cluster_app.state.reconciler
+    written: list[str] = []
+    real = reconciler._apply_observation
+
+    async def counting(seen: Any, *, deleted: bool) -> None:
+        written.append(str(seen.session_id))
+        await real(seen, deleted=deleted)
+
+    monkeypatch.setattr(reconciler, "_apply_observation", counting)
+    pods, _ = await cluster.list("Pod", manifests.SESSION_SELECTOR)
+    await reconciler.observe_relist(pods)
+    assert written == []  # every session already says its pod is scheduled
+
+    # one session's record is behind its pod: only it is written
+    stale = sessions[2]["id"]
+    async with cluster_app.state.sessionmaker() as db, db.begin():
+        row = await db.get(VDISession, uuid.UUID(stale))
+        assert row is not None
+        row.conditions = [
+            {**c, "status": "Unknown", "reason": "NotChecked"} if c["type"] == "PodScheduled" else c
+            for c in row.conditions
+        ]
+    await reconciler.observe_relist(pods)
+    assert written == [stale]
+    assert await _scheduled(api, stale)
+
+
+async def _scheduled(api: httpx.AsyncClient, session_id: str) -> bool:
+    body = (await api.get(f"/v1/sessions/{session_id}", headers=ADMIN)).json()
+    return any(c["type"] == "PodScheduled" and c["status"] == "True" for c in body["conditions"])
+
+
+async def test_readyz_waits_for_the_pod_watch(cluster_app: FastAPI, api: httpx.AsyncClient) -> None:
+    reconciler = cluster_app.state.reconciler
+    await eventually(lambda: _ready(api))
+    reconciler.watch_connected.clear()  # as before the first list after a start
+    refused = await api.get("/readyz")
+    assert refused.status_code == 503
+    assert "watch" in refused.json()["detail"]
+    reconciler.watch_connected.set()
+    assert (await api.get("/readyz")).status_code == 200
+
+
+async def _ready(api: httpx.AsyncClient) -> bool:
+    return (await api.get("/readyz")).status_code == 200
