@@ -438,7 +438,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                         for base, process in zip(fleet.bases, replicas, strict=True)
                     )
                 )
-                await asyncio.sleep(max(0.0, 30 - (time.monotonic() - began)))
+                await asyncio.sleep(max(0.0, args.restart_window_s - (time.monotonic() - began)))
                 first_30 = cpu_seconds([p.pid for p in replicas])
                 counts = await phases(db)
                 figures["restart"] = {
@@ -562,6 +562,9 @@ def main() -> None:
     parser.add_argument("--steady-s", type=float, default=45.0)
     parser.add_argument("--rest-s", type=float, default=15.0)
     parser.add_argument("--timeout-s", type=float, default=900.0)
+    parser.add_argument(
+        "--restart-window-s", type=float, default=30.0, help="replica CPU measured after a restart"
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON last")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="vdi-scale-") as tmp:

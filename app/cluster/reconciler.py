@@ -37,7 +37,9 @@ MAX_BACKOFF_S = 30.0
 # (the watch was down): then the reconciler asks again.
 TERMINATION_RECHECK_S = 15.0
 GONE_PODS_KEPT_S = 600.0  # how long a seen pod deletion is remembered
-PREVIOUS_POD_POLL_S = 1.0
+# A session waiting for the user's previous pod is woken when that session ends; this is the
+# safety net (that end was recorded by a replica that died before waking it).
+PREVIOUS_POD_RECHECK_S = 10.0
 RELIST_CHUNK = 1000  # sessions read per query when a relist compares pods with the database
 SWEEP_LOCK = 0x76646973776565  # pg advisory lock: one replica sweeps orphans at a time
 SESSION_KINDS: tuple[Kind, ...] = ("Pod", "Secret", "Service", "IngressRoute")
@@ -218,6 +220,8 @@ class Reconciler:
         event = lifecycle.transition(session, target, reason=reason, message=message, now=now)
         await repository.add_events(db, session, [event], now)
         log.info("session moved", session_id=str(session.id), phase=target.value, reason=reason)
+        if target is Phase.terminated and await repository.wake_waiting_for(db, session.user, now):
+            self.wake.set()  # the user's next session was waiting for this pod to be gone
 
     # --- one session --------------------------------------------------------------------------
 
@@ -267,7 +271,7 @@ class Reconciler:
                 if row.reason != "WaitingForPreviousSession":
                     log.info("waiting for the user's previous pod", previous=str(previous.id))
                 row.reason, row.message, row.updated_at = "WaitingForPreviousSession", message, now
-                return now + timedelta(seconds=PREVIOUS_POD_POLL_S)
+                return now + timedelta(seconds=PREVIOUS_POD_RECHECK_S)
 
             await self._finish(claim, waiting)
             return

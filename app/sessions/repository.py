@@ -340,6 +340,20 @@ async def pod_facts(
     return facts
 
 
+async def wake_waiting_for(db: AsyncSession, user: str, now: datetime) -> int:
+    """Make the user's sessions that wait for an earlier pod due now (that pod is gone)."""
+    result = await db.execute(
+        update(VDISession)
+        .where(
+            VDISession.user == user,
+            VDISession.phase == "Provisioning",
+            VDISession.reason == "WaitingForPreviousSession",
+        )
+        .values(next_reconcile_at=now)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 async def try_xact_lock(db: AsyncSession, key: int) -> bool:
     """Take a transaction-level advisory lock if no one holds it (any replica)."""
     result = await db.execute(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": key})
