@@ -154,6 +154,11 @@ def create_app(
         sessionmaker = create_sessionmaker(engine)
         app.state.engine = engine
         app.state.sessionmaker = sessionmaker
+        # Single statements that need no transaction (a heartbeat): one round trip, no
+        # BEGIN/COMMIT. Same pool.
+        app.state.autocommit_sessionmaker = create_sessionmaker(
+            engine.execution_options(isolation_level="AUTOCOMMIT")
+        )
         hub = EventHub(database_url, app.state.streams)
         app.state.event_hub = hub
         app.state.cluster = None

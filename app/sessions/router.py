@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 
@@ -58,6 +59,13 @@ async def _settings(request: Request) -> Settings:  # async: no hop to a worker 
 
 
 AppSettings = Annotated[Settings, Depends(_settings)]
+
+
+def _json(model: BaseModel, headers: dict[str, str] | None = None) -> Response:
+    """The model as JSON, serialized once. (Returned as a model, FastAPI would dump it,
+    validate the dump against the response model and dump it again: for a page of fifty
+    sessions that was most of the request.) The route's `response_model` documents it."""
+    return Response(model.model_dump_json(), media_type="application/json", headers=headers)
 
 
 async def _agent_of_session(
@@ -118,6 +126,7 @@ async def create_session(
     name="list_sessions",
     responses=problem_responses(*AUTH_ERRORS),
     summary="List sessions, newest first (keyset pagination)",
+    response_model=SessionPage,
 )
 async def list_sessions(
     db: DbSession,
@@ -127,11 +136,11 @@ async def list_sessions(
     template: Annotated[str | None, Query(pattern=DNS_LABEL_PATTERN, max_length=63)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
-) -> SessionPage:
+) -> Response:
     rows, next_cursor = await service.list_sessions(
         db, user=user, phase=phase, template=template, limit=limit, cursor=cursor
     )
-    return SessionPage(items=[service.to_schema(s) for s in rows], next_cursor=next_cursor)
+    return _json(SessionPage(items=[service.to_schema(s) for s in rows], next_cursor=next_cursor))
 
 
 @router.get(
@@ -139,9 +148,10 @@ async def list_sessions(
     name="get_session",
     responses=problem_responses(*AUTH_ERRORS, service.SessionNotFound),
     summary="Get one session",
+    response_model=Session,
 )
-async def get_session(session_id: uuid.UUID, db: DbSession, _: SessionsRead) -> Session:
-    return service.to_schema(await service.get_session(db, session_id))
+async def get_session(session_id: uuid.UUID, db: DbSession, _: SessionsRead) -> Response:
+    return _json(service.to_schema(await service.get_session(db, session_id)))
 
 
 @router.delete(
@@ -285,15 +295,14 @@ async def list_session_events(
         ),
     },
     summary="The agent's health report (authorized by that session's agent token)",
+    response_model=Session,
 )
 async def report_session_health(
     session_id: AgentOfSession,
     body: HealthReport,
-    db: DbSession,
     request: Request,
-    response: Response,
     settings: AppSettings,
-) -> Session:
+) -> Response:
     wait_s = request.app.state.report_limit.hit(str(session_id))
     if wait_s is not None:
         request.app.state.metrics.health_reports.labels(outcome="rate_limited").inc()
@@ -303,10 +312,13 @@ async def report_session_health(
             "Retry-After delay",
             retry_after_s=wait_s,
         )
-    result = await service.report_health(db, settings, session_id, body)
+    state = request.app.state
+    result = await service.report_health(
+        (state.autocommit_sessionmaker, state.sessionmaker), settings, session_id, body
+    )
     request.app.state.metrics.health_reports.labels(outcome=result.outcome).inc()
-    response.headers[REPORT_INTERVAL_HEADER] = str(settings.effective_report_interval_s)
-    return service.to_schema(result.session)
+    interval = str(settings.effective_report_interval_s)
+    return _json(service.to_schema(result.session), headers={REPORT_INTERVAL_HEADER: interval})
 
 
 @router.get(

@@ -426,14 +426,36 @@ def report_digest(report: HealthReport) -> str:
 
 
 async def report_health(
-    db: AsyncSession, settings: Settings, session_id: uuid.UUID, report: HealthReport
+    sessionmakers: tuple[async_sessionmaker[AsyncSession], async_sessionmaker[AsyncSession]],
+    settings: Settings,
+    session_id: uuid.UUID,
+    report: HealthReport,
 ) -> ReportOutcome:
+    """Fold an agent's report in. The common heartbeat (a Running session, the same meaning as
+    the last report) is one autocommitted UPDATE; anything else is a transaction of its own
+    under the row lock. `sessionmakers`: (autocommit, transactional)."""
+    autocommit, transactional = sessionmakers
     digest = report_digest(report)
     now = utcnow()
     heartbeat_deadline = now + timedelta(seconds=settings.heartbeat_timeout_s)
-    touched = await repository.touch_unchanged(db, session_id, digest, now, heartbeat_deadline)
-    if touched is not None:  # the common heartbeat: one statement, no lock held across calls
+    async with autocommit() as quick:
+        touched = await repository.touch_unchanged(
+            quick, session_id, digest, now, heartbeat_deadline
+        )
+    if touched is not None:
         return ReportOutcome(touched, "unchanged")
+    async with transactional() as db, db.begin():
+        return await _report_in_transaction(db, settings, session_id, report, digest, now)
+
+
+async def _report_in_transaction(
+    db: AsyncSession,
+    settings: Settings,
+    session_id: uuid.UUID,
+    report: HealthReport,
+    digest: str,
+    now: datetime,
+) -> ReportOutcome:
     session = await _get(db, session_id, for_update=True)
     if Phase(session.phase) in ENDED_PHASES:
         # A Failed session keeps the evidence of its failure: no later report rewrites it.

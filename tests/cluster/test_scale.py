@@ -13,6 +13,7 @@ def test_rush_restart_and_termination_wave_lose_and_leave_nothing() -> None:
     figures = bench_report(
         "bench.scale",
         *("--sessions", str(SESSIONS), "--portals", "8", "--steady-s", "4", "--rest-s", "2"),
+        *("--heartbeat-window-s", "2"),
         *("--restart-window-s", "2", "--timeout-s", "120", "--json"),
         timeout_s=300,
     )
