@@ -30,6 +30,7 @@ from app.observability import EdgeMiddleware, Metrics
 from app.ops.router import router as ops_router
 from app.ratelimit import PerKeyLimit
 from app.sessions.events import EventHub
+from app.sessions.lane import HeartbeatLane
 from app.sessions.router import router as sessions_router
 from app.sessions.streams import StreamRegistry
 from app.templates.router import router as templates_router
@@ -198,6 +199,7 @@ def create_app(
     for router in (tokens_router, templates_router, sessions_router, ops_router):
         app.include_router(router)
     app.openapi = _problem_only_openapi(app)  # type: ignore[method-assign]
+    app.add_middleware(HeartbeatLane, state=app.state)  # innermost: after the body checks
     app.add_middleware(TextGuardMiddleware)  # inside the edge: its 413 and 500 apply first
     app.add_middleware(
         EdgeMiddleware, metrics=app.state.metrics, max_body_bytes=settings.max_body_bytes

@@ -3,8 +3,9 @@ reconciler, the real kubernetes client and the fake API (bench of the Kubernetes
 
 For each per-call latency of the fake API (0 ms and 20 ms by default) it creates N sessions at
 once and times until all are Starting. The floor is what the cluster calls alone must cost:
-(calls a session needs x latency) / concurrency, i.e. the rate if nothing but the API's latency
-counted. Printed beside it as a ratio. Usage: python -m bench.provision [--sessions N]
+(dependent round trips a session needs x latency) / concurrency, i.e. the rate if nothing but
+the API's latency counted. Printed beside it as a ratio.
+Usage: python -m bench.provision [--sessions N]
 """
 
 from __future__ import annotations
@@ -30,8 +31,11 @@ from app.cluster.reconciler import Reconciler
 from app.config import Settings
 from app.embedded import EmbeddedPostgres, ensure_database
 from app.main import create_app
+from app.observability import configure_logging
 
-CALLS_PER_SESSION = 5  # PVC, Pod, Secret, Service, IngressRoute creates
+# Dependent round trips per session: PVC and Pod together, then Secret, Service and
+# IngressRoute together (they need the Pod's uid for their owner reference).
+ROUND_TRIPS_PER_SESSION = 2
 ADMIN = "vdi_bench-admin-" + "a" * 32
 
 
@@ -107,6 +111,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--latencies-ms", type=float, nargs="+", default=[0.0, 20.0])
     args = parser.parse_args()
+    configure_logging("WARNING", json=False)
     server = EmbeddedPostgres(
         Path(tempfile.mkdtemp(prefix="vdi-bench-")) / "pg", delete_on_stop=True
     )
@@ -126,7 +131,7 @@ def main() -> None:
                 asyncio.run(one_run(url, args.sessions, latency, r)) for r in range(args.rounds)
             ]
             rate = statistics.median(rates)
-            per_session_s = CALLS_PER_SESSION * latency / 1000 / concurrency
+            per_session_s = ROUND_TRIPS_PER_SESSION * latency / 1000 / concurrency
             floor = f"{1 / per_session_s:9.0f}" if per_session_s else f"{'inf':>9}"
             ratio = f"{rate * per_session_s:8.2f}x" if per_session_s else f"{'-':>9}"
             print(f"{latency:10.0f}ms {rate:11.1f} {floor} {ratio}")

@@ -31,6 +31,7 @@ from app.errors import (
 )
 from app.security import check_agent_token
 from app.sessions import service
+from app.sessions.lane import COUNTED, REPORT_INTERVAL_HEADER
 from app.sessions.schemas import (
     Connection,
     HealthReport,
@@ -47,8 +48,8 @@ from app.sessions.streams import StreamRegistry
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
 EVENT_STREAM = "text/event-stream"
-# On a report's answer: seconds until the agent's next report if nothing changes.
-REPORT_INTERVAL_HEADER = "VDI-Report-Interval"
+# On a report's answer (REPORT_INTERVAL_HEADER): seconds until the agent's next report if
+# nothing changes.
 MAX_EVENT_ID = 2**63 - 1  # bigint
 EVENT_ID = re.compile(r"[0-9]{1,19}")
 
@@ -303,7 +304,8 @@ async def report_session_health(
     request: Request,
     settings: AppSettings,
 ) -> Response:
-    wait_s = request.app.state.report_limit.hit(str(session_id))
+    counted = bool(request.scope.get("state", {}).get(COUNTED))  # by the heartbeat lane
+    wait_s = None if counted else request.app.state.report_limit.hit(str(session_id))
     if wait_s is not None:
         request.app.state.metrics.health_reports.labels(outcome="rate_limited").inc()
         raise TooManyRequests(

@@ -435,17 +435,29 @@ async def report_health(
     the last report) is one autocommitted UPDATE; anything else is a transaction of its own
     under the row lock. `sessionmakers`: (autocommit, transactional)."""
     autocommit, transactional = sessionmakers
-    digest = report_digest(report)
-    now = utcnow()
-    heartbeat_deadline = now + timedelta(seconds=settings.heartbeat_timeout_s)
-    async with autocommit() as quick:
-        touched = await repository.touch_unchanged(
-            quick, session_id, digest, now, heartbeat_deadline
-        )
+    touched = await heartbeat(autocommit, settings, session_id, report)
     if touched is not None:
         return ReportOutcome(touched, "unchanged")
     async with transactional() as db, db.begin():
-        return await _report_in_transaction(db, settings, session_id, report, digest, now)
+        return await _report_in_transaction(
+            db, settings, session_id, report, report_digest(report), utcnow()
+        )
+
+
+async def heartbeat(
+    autocommit: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    session_id: uuid.UUID,
+    report: HealthReport,
+) -> VDISession | None:
+    """The common case alone: a Running session and a report that means what the last one
+    did. One autocommitted UPDATE of its clock; None when it is not that case."""
+    now = utcnow()
+    heartbeat_deadline = now + timedelta(seconds=settings.heartbeat_timeout_s)
+    async with autocommit() as quick:
+        return await repository.touch_unchanged(
+            quick, session_id, report_digest(report), now, heartbeat_deadline
+        )
 
 
 async def _report_in_transaction(

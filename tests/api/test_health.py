@@ -349,3 +349,33 @@ async def test_a_heartbeat_that_changes_nothing_is_one_update_and_tells_the_inte
     failed = await report(client, session["id"], broken)
     assert failed.json()["phase"] == "Failed"
     assert failed.json()["reason"] == "ENCODER_UNAVAILABLE"
+
+
+async def test_the_heartbeat_lane_answers_as_the_route_does(
+    client: httpx.AsyncClient, make_session: MakeSession, set_phase: SetPhase
+) -> None:
+    """The unchanged heartbeat is answered before the framework routes it; its answer is the
+    route's, and every other case still reaches the route (its errors, its limiter)."""
+    session = await make_session()
+    await set_phase(session["id"], "Provisioning", "Starting")
+    by_route = await report(client, session["id"], READY)  # Starting -> Running: the route
+    by_lane = await report(client, session["id"], READY)  # unchanged: the lane
+    assert by_lane.status_code == 200
+    assert by_lane.headers["content-type"] == "application/json"
+    assert by_lane.headers["VDI-Report-Interval"] == by_route.headers["VDI-Report-Interval"]
+    assert by_lane.headers["X-Request-ID"]
+    fetched = (await client.get(f"/v1/sessions/{session['id']}", headers=ADMIN)).json()
+    assert by_lane.json() == fetched  # the session as GET shows it
+    assert set(by_lane.json()) == set(by_route.json())
+
+    wrong = await report(client, session["id"], READY, headers=agent(str(uuid.uuid4())))
+    assert wrong.status_code == 403
+    assert wrong.headers["content-type"] == "application/problem+json"
+    malformed = await client.post(
+        f"/v1/sessions/{session['id']}/health",
+        content=b'{"checks": "no"}',
+        headers={**agent(session["id"]), "content-type": "application/json"},
+    )
+    assert malformed.status_code == 422
+    metrics = (await client.get("/metrics")).text
+    assert 'route="/v1/sessions/{session_id}/health"' in metrics  # labelled as the route

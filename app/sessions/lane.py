@@ -1,0 +1,133 @@
+"""The heartbeat lane: an agent's unchanged report answered without the framework.
+
+At 5,000 sessions the agents' heartbeats are most of the requests a replica serves, and almost
+all say what the previous report said. This ASGI middleware (inside the edge, correlation and
+text guard middlewares, so logs, metrics, request ids and body checks apply as to any request)
+answers exactly that case: a well-formed report, with the session's agent token, within the rate
+limit, on a Running session whose last report meant the same. That is one autocommitted UPDATE
+and the session as JSON, with the same body and headers the route would send. Anything else
+(another path, a bad token or body, a changed report, a database error) goes on to the route,
+which answers as it always has; the limiter is not counted twice."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+import structlog
+from pydantic import ValidationError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.security import check_agent_token
+from app.sessions import service
+from app.sessions.schemas import HealthReport
+
+log = structlog.get_logger("vdi.heartbeat")
+
+PATH = re.compile(r"/v1/sessions/([0-9a-fA-F-]{36})/health")
+REPORT_INTERVAL_HEADER = "VDI-Report-Interval"
+COUNTED = "vdi_report_counted"  # scope["state"] key: the limiter already counted this report
+
+
+class HeartbeatLane:
+    def __init__(self, app: ASGIApp, *, state: Any) -> None:
+        self.app = app
+        self.state = state  # the FastAPI app's state: settings, sessionmakers, limiter, metrics
+        self._route: Any = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        match = PATH.fullmatch(scope.get("path", "")) if scope["type"] == "http" else None
+        if match is None or scope.get("method") != "POST":
+            await self.app(scope, receive, send)
+            return
+        body, rest = await _read(receive)
+        replay = _replay(body, receive) if rest is None else rest
+        answer = await self._answer(scope, match.group(1), body) if rest is None else None
+        if answer is None:
+            await self.app(scope, replay, send)
+            return
+        payload, interval = answer
+        scope["route"] = self._report_route(scope)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode()),
+                    (REPORT_INTERVAL_HEADER.lower().encode(), interval.encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})
+
+    async def _answer(self, scope: Scope, raw_id: str, body: bytes) -> tuple[bytes, str] | None:
+        settings = self.state.settings
+        try:
+            session_id = uuid.UUID(raw_id)
+            report = HealthReport.model_validate_json(body)
+        except (ValueError, ValidationError):
+            return None
+        token = _bearer(scope)
+        if token is None or not check_agent_token(settings.require_secret_key(), session_id, token):
+            return None
+        if self.state.report_limit.hit(str(session_id)) is not None:
+            return None  # the route answers the 429 (and counts nothing more)
+        scope.setdefault("state", {})[COUNTED] = True
+        try:
+            session = await service.heartbeat(
+                self.state.autocommit_sessionmaker, settings, session_id, report
+            )
+        except Exception as error:  # database down, pool exhausted...: the route answers it
+            log.warning("heartbeat lane: the route answers", error=type(error).__name__)
+            return None
+        if session is None:
+            return None
+        self.state.metrics.health_reports.labels(outcome="unchanged").inc()
+        payload = service.to_schema(session).model_dump_json().encode()
+        return payload, str(settings.effective_report_interval_s)
+
+    def _report_route(self, scope: Scope) -> Any:
+        """The route's object, for the edge's metrics label (as if the router had matched)."""
+        if self._route is None:
+            app = scope.get("app")
+            routes = getattr(getattr(app, "router", None), "routes", [])
+            self._route = next(
+                (r for r in routes if getattr(r, "name", "") == "report_session_health"), None
+            )
+        return self._route
+
+
+def _bearer(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", []):
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    return None
+
+
+async def _read(receive: Receive) -> tuple[bytes, Receive | None]:
+    """The whole body; or, when the client sent something else first, a receive that replays
+    what was read (then the route deals with it)."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"", _replay_messages([message], receive)
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks), None
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    return _replay_messages([{"type": "http.request", "body": body, "more_body": False}], receive)
+
+
+def _replay_messages(messages: list[Message], receive: Receive) -> Receive:
+    async def replay() -> Message:
+        if messages:
+            return messages.pop(0)
+        return await receive()
+
+    return replay
