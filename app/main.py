@@ -29,9 +29,10 @@ from app.errors import PROBLEM_JSON, install_error_handlers
 from app.observability import EdgeMiddleware, Metrics
 from app.ops.router import router as ops_router
 from app.ratelimit import PerKeyLimit
-from app.sessions.events import EventHub
+from app.sessions.events import EventHub, asyncpg_dsn
 from app.sessions.lane import HeartbeatLane
 from app.sessions.router import router as sessions_router
+from app.sessions.service import open_heartbeat_pool
 from app.sessions.streams import StreamRegistry
 from app.templates.router import router as templates_router
 from app.textguard import TextGuardMiddleware
@@ -155,17 +156,14 @@ def create_app(
         sessionmaker = create_sessionmaker(engine)
         app.state.engine = engine
         app.state.sessionmaker = sessionmaker
-        # Single statements that need no transaction (a heartbeat): one round trip, no
-        # BEGIN/COMMIT. Same pool.
-        app.state.autocommit_sessionmaker = create_sessionmaker(
-            engine.execution_options(isolation_level="AUTOCOMMIT")
-        )
+        app.state.heartbeat_pool = await open_heartbeat_pool(asyncpg_dsn(database_url))
         hub = EventHub(database_url, app.state.streams)
         app.state.event_hub = hub
         app.state.cluster = None
         app.state.cluster_mode = "disabled"
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(engine.dispose)
+            stack.push_async_callback(app.state.heartbeat_pool.close)
             if not await _sync_bootstrap(sessionmaker, settings):
                 # The database is down: serve anyway (/readyz says 503) and sync when it is back.
                 retry = asyncio.create_task(_sync_bootstrap_until_done(sessionmaker, settings))

@@ -77,7 +77,7 @@ class HeartbeatLane:
         scope.setdefault("state", {})[COUNTED] = True
         try:
             session = await service.heartbeat(
-                self.state.autocommit_sessionmaker, settings, session_id, report
+                self.state.heartbeat_pool, settings, session_id, report
             )
         except Exception as error:  # database down, pool exhausted...: the route answers it
             log.warning("heartbeat lane: the route answers", error=type(error).__name__)
@@ -85,7 +85,7 @@ class HeartbeatLane:
         if session is None:
             return None
         self.state.metrics.health_reports.labels(outcome="unchanged").inc()
-        payload = service.to_schema(session).model_dump_json().encode()
+        payload = session.model_dump_json().encode()
         return payload, str(settings.effective_report_interval_s)
 
     def _report_route(self, scope: Scope) -> Any:

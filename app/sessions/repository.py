@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
+import asyncpg
 from sqlalchemy import delete, func, select, text, true, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -217,32 +218,31 @@ async def record_idempotent_result(
     )
 
 
+# The unchanged heartbeat (app.sessions.lane): one statement on a plain asyncpg connection,
+# outside any transaction and outside the ORM (which was most of a heartbeat's CPU).
+SESSION_COLUMNS = (
+    'id, "user", template_name, phase, reason, message, conditions, url, encoder, streamer, gpu, '
+    "created_at, updated_at, running_at, ended_at, idle_deadline, expires_at"
+)
+TOUCH_UNCHANGED = (
+    "UPDATE sessions SET last_report_at = $3, "
+    "next_reconcile_at = LEAST(idle_deadline, expires_at, $4) "
+    "WHERE id = $1 AND phase = 'Running' AND report_digest = $2 "
+    f"RETURNING {SESSION_COLUMNS}"
+)
+
+
 async def touch_unchanged(
-    db: AsyncSession,
+    connection: asyncpg.Connection,
     session_id: uuid.UUID,
     digest: str,
     now: datetime,
     heartbeat_deadline: datetime,
-) -> VDISession | None:
-    """A heartbeat that says what the last report said, on a Running session: one UPDATE of
-    its clock (last report, next deadline) returning the row; None when it is not that case."""
-    statement = (
-        update(VDISession)
-        .where(
-            VDISession.id == session_id,
-            VDISession.phase == "Running",
-            VDISession.report_digest == digest,
-        )
-        .values(
-            last_report_at=now,
-            next_reconcile_at=func.least(
-                VDISession.idle_deadline, VDISession.expires_at, heartbeat_deadline
-            ),
-        )
-        .returning(VDISession)
-    )
-    result = await db.execute(statement, execution_options={"synchronize_session": False})
-    return result.scalar_one_or_none()
+) -> asyncpg.Record | None:
+    """A heartbeat that says what the last report said, on a Running session: move its clock
+    (last report, next deadline) and return the session's columns; None when it is not that
+    case."""
+    return await connection.fetchrow(TOUCH_UNCHANGED, session_id, digest, now, heartbeat_deadline)
 
 
 async def claim_due(db: AsyncSession, *, now: datetime, limit: int) -> list[VDISession]:

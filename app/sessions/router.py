@@ -315,12 +315,12 @@ async def report_session_health(
             retry_after_s=wait_s,
         )
     state = request.app.state
-    result = await service.report_health(
-        (state.autocommit_sessionmaker, state.sessionmaker), settings, session_id, body
+    session, outcome = await service.report_health(
+        state.heartbeat_pool, state.sessionmaker, settings, session_id, body
     )
-    request.app.state.metrics.health_reports.labels(outcome=result.outcome).inc()
+    state.metrics.health_reports.labels(outcome=outcome).inc()
     interval = str(settings.effective_report_interval_s)
-    return _json(service.to_schema(result.session), headers={REPORT_INTERVAL_HEADER: interval})
+    return _json(session, headers={REPORT_INTERVAL_HEADER: interval})
 
 
 @router.get(

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
+import orjson
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
@@ -426,38 +428,56 @@ def report_digest(report: HealthReport) -> str:
 
 
 async def report_health(
-    sessionmakers: tuple[async_sessionmaker[AsyncSession], async_sessionmaker[AsyncSession]],
+    heartbeats: asyncpg.Pool,
+    sessionmaker: async_sessionmaker[AsyncSession],
     settings: Settings,
     session_id: uuid.UUID,
     report: HealthReport,
-) -> ReportOutcome:
-    """Fold an agent's report in. The common heartbeat (a Running session, the same meaning as
-    the last report) is one autocommitted UPDATE; anything else is a transaction of its own
-    under the row lock. `sessionmakers`: (autocommit, transactional)."""
-    autocommit, transactional = sessionmakers
-    touched = await heartbeat(autocommit, settings, session_id, report)
+) -> tuple[Session, str]:
+    """Fold an agent's report in: (the session after it, the outcome). The common heartbeat
+    (a Running session, the same meaning as the last report) is one statement; anything else
+    is a transaction of its own under the row lock."""
+    touched = await heartbeat(heartbeats, settings, session_id, report)
     if touched is not None:
-        return ReportOutcome(touched, "unchanged")
-    async with transactional() as db, db.begin():
-        return await _report_in_transaction(
+        return touched, "unchanged"
+    async with sessionmaker() as db, db.begin():
+        result = await _report_in_transaction(
             db, settings, session_id, report, report_digest(report), utcnow()
         )
+        return to_schema(result.session), result.outcome
 
 
 async def heartbeat(
-    autocommit: async_sessionmaker[AsyncSession],
-    settings: Settings,
-    session_id: uuid.UUID,
-    report: HealthReport,
-) -> VDISession | None:
+    heartbeats: asyncpg.Pool, settings: Settings, session_id: uuid.UUID, report: HealthReport
+) -> Session | None:
     """The common case alone: a Running session and a report that means what the last one
     did. One autocommitted UPDATE of its clock; None when it is not that case."""
     now = utcnow()
     heartbeat_deadline = now + timedelta(seconds=settings.heartbeat_timeout_s)
-    async with autocommit() as quick:
-        return await repository.touch_unchanged(
-            quick, session_id, report_digest(report), now, heartbeat_deadline
+    async with heartbeats.acquire() as connection:
+        row = await repository.touch_unchanged(
+            connection, session_id, report_digest(report), now, heartbeat_deadline
         )
+    if row is None:
+        return None
+    columns = dict(row)
+    columns["template"] = columns.pop("template_name")
+    return Session.model_validate(columns)
+
+
+async def open_heartbeat_pool(dsn: str) -> asyncpg.Pool:
+    """A few plain asyncpg connections for heartbeats (opened on first use: the service starts
+    while the database is away), decoding JSONB as the ORM does."""
+
+    async def codecs(connection: asyncpg.Connection) -> None:
+        await connection.set_type_codec(
+            "jsonb",
+            encoder=lambda value: orjson.dumps(value).decode(),
+            decoder=orjson.loads,
+            schema="pg_catalog",
+        )
+
+    return await asyncpg.create_pool(dsn, min_size=0, max_size=4, init=codecs)
 
 
 async def _report_in_transaction(
