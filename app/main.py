@@ -159,6 +159,9 @@ def create_app(
         app.state.heartbeat_pool = await open_heartbeat_pool(asyncpg_dsn(database_url))
         hub = EventHub(database_url, app.state.streams)
         app.state.event_hub = hub
+        # Token lookups cached while revocation notices arrive (app.auth.service.TokenCache).
+        app.state.token_cache = auth_service.TokenCache(usable=lambda: hub.listening)
+        hub.on_token_revoked.append(app.state.token_cache.clear)
         app.state.cluster = None
         app.state.cluster_mode = "disabled"
         async with contextlib.AsyncExitStack() as stack:

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 import structlog
-from fastapi import Depends
+from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.auth.schemas import Scope
@@ -21,10 +21,11 @@ bearer_scheme = HTTPBearer(
 BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
 
 
-async def _principal(db: DbSession, credentials: BearerCredentials) -> Principal:
+async def _principal(db: DbSession, credentials: BearerCredentials, request: Request) -> Principal:
     if credentials is None:
         raise Unauthorized("Send an API token as `Authorization: Bearer <token>`")
-    principal = await authenticate(db, credentials.credentials)
+    cache = getattr(request.app.state, "token_cache", None)
+    principal = await authenticate(db, credentials.credentials, cache)
     if principal is None:
         raise Unauthorized("The token is unknown or revoked; ask an admin for a valid one")
     structlog.contextvars.bind_contextvars(caller=principal.name)

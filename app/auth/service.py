@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -27,15 +29,50 @@ class Principal:
         return Scope.admin in self.scopes or scope in self.scopes
 
 
+class TokenCache:
+    """Principals by token hash for a few seconds, so most requests skip the token lookup.
+    Cleared by every revocation notice (from any replica) and whenever notices may have been
+    missed; not used at all while they cannot arrive (`usable` false), so a revoked token
+    stops working as soon as its notice is delivered, as without the cache."""
+
+    def __init__(self, ttl_s: float = 5.0, usable: Callable[[], bool] = lambda: True) -> None:
+        self.ttl_s = ttl_s
+        self.usable = usable
+        self._entries: dict[str, tuple[float, Principal]] = {}
+
+    def get(self, token_hash: str) -> Principal | None:
+        entry = self._entries.get(token_hash)
+        if entry is None or not self.usable() or time.monotonic() - entry[0] > self.ttl_s:
+            return None
+        return entry[1]
+
+    def put(self, token_hash: str, principal: Principal) -> None:
+        if self.usable():
+            if len(self._entries) > 10_000:
+                self._entries.clear()
+            self._entries[token_hash] = (time.monotonic(), principal)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
 class TokenNotFound(NotFound):
     slug, title = "token-not-found", "Token not found"
 
 
-async def authenticate(db: AsyncSession, presented: str) -> Principal | None:
-    token = await repository.get_active_by_hash(db, hash_api_token(presented))
+async def authenticate(
+    db: AsyncSession, presented: str, cache: TokenCache | None = None
+) -> Principal | None:
+    token_hash = hash_api_token(presented)
+    if cache is not None and (known := cache.get(token_hash)) is not None:
+        return known
+    token = await repository.get_active_by_hash(db, token_hash)
     if token is None:
         return None
-    return Principal(token_id=token.id, name=token.name, scopes=frozenset(token.scopes))
+    principal = Principal(token_id=token.id, name=token.name, scopes=frozenset(token.scopes))
+    if cache is not None:
+        cache.put(token_hash, principal)
+    return principal
 
 
 async def create_token(db: AsyncSession, name: str, scopes: list[Scope]) -> tuple[ApiToken, str]:
@@ -100,5 +137,6 @@ async def sync_bootstrap_token(db: AsyncSession, plaintext: str | None) -> str:
             continue
         token.revoked_at = now
         revoked += 1
+        await repository.notify_revoked(db, token.id)  # caches and streams on every replica
     await db.flush()
     return f"{'created' if created else 'kept' if current else 'none set'}; revoked {revoked}"

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import asyncpg
@@ -42,6 +42,9 @@ class EventHub:
         self.work_event = asyncio.Event()  # set when a session needs the reconciler now
         self._task: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
+        # Called on every token revocation notice, and on each (re)connection of the listener
+        # (notices may have been missed while it was down): caches of tokens drop what they hold.
+        self.on_token_revoked: list[Callable[[], None]] = []
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="vdi-event-hub")
@@ -80,6 +83,8 @@ class EventHub:
         return self._connected.is_set()
 
     def _on_token_revoked(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        for forget in self.on_token_revoked:
+            forget()
         if self.streams is not None:
             with contextlib.suppress(ValueError):
                 self.streams.revoke(uuid.UUID(payload))
@@ -102,6 +107,8 @@ class EventHub:
                 connection = await asyncpg.connect(self._dsn)
                 await connection.add_listener(EVENTS_CHANNEL, self._on_notify)
                 await connection.add_listener(TOKEN_REVOKED_CHANNEL, self._on_token_revoked)
+                for forget in self.on_token_revoked:
+                    forget()
                 self._connected.set()
                 self._wake_all()  # catch up on whatever passed while disconnected
                 await self._until_closed(connection)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -179,3 +180,25 @@ async def test_rotating_the_bootstrap_token_revokes_the_old_value_and_unsetting_
     async with running(unset):
         assert await status(unset, new_value) == 401  # unset means none
         assert await status(unset, TEST_BOOTSTRAP_TOKEN) == 401
+
+
+async def test_a_token_revoked_on_one_replica_stops_working_on_another_that_cached_it(
+    app: FastAPI, client: httpx.AsyncClient, settings: Settings, database_url: str
+) -> None:
+    """Token lookups are cached for a few seconds, but a revocation notice clears every
+    replica's cache: the revoked token fails on the other replica within the notice's delay."""
+    created = await client.post(
+        "/v1/tokens", json={"name": "portal", "scopes": ["sessions:read"]}, headers=ADMIN
+    )
+    token = bearer(created.json()["token"])
+    async with running(create_app(settings, database_url)) as other, client_for(other) as http:
+        assert (await http.get("/v1/sessions", headers=token)).status_code == 200  # cached
+        assert (await http.get("/v1/sessions", headers=token)).status_code == 200
+        revoked = await client.delete(f"/v1/tokens/{created.json()['id']}", headers=ADMIN)
+        assert revoked.status_code == 204
+        for _ in range(40):  # the notice travels through Postgres
+            if (await http.get("/v1/sessions", headers=token)).status_code == 401:
+                break
+            await asyncio.sleep(0.05)
+        assert (await http.get("/v1/sessions", headers=token)).status_code == 401
+    assert (await client.get("/v1/sessions", headers=token)).status_code == 401  # here at once
