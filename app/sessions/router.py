@@ -138,10 +138,10 @@ async def list_sessions(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> Response:
-    rows, next_cursor = await service.list_sessions(
+    page = await service.list_sessions(
         db, user=user, phase=phase, template=template, limit=limit, cursor=cursor
     )
-    return _json(SessionPage(items=[service.to_schema(s) for s in rows], next_cursor=next_cursor))
+    return _json(page)
 
 
 @router.get(

@@ -16,6 +16,7 @@ from typing import Any
 
 import asyncpg
 import orjson
+from pydantic import TypeAdapter
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
@@ -38,6 +39,7 @@ from app.sessions.schemas import (
     Phase,
     Session,
     SessionCreate,
+    SessionPage,
     TurnCredentials,
 )
 from app.templates.service import find_template, template_spec
@@ -262,8 +264,8 @@ async def get_session(db: AsyncSession, session_id: uuid.UUID) -> VDISession:
     return await _get(db, session_id)
 
 
-def encode_cursor(session: VDISession) -> str:
-    raw = json.dumps([session.created_at.isoformat(), str(session.id)])
+def encode_cursor(created_at: datetime, session_id: uuid.UUID) -> str:
+    raw = json.dumps([created_at.isoformat(), str(session_id)])
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
@@ -288,6 +290,9 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         ) from None
 
 
+SESSION_LIST = TypeAdapter(list[Session])
+
+
 async def list_sessions(
     db: AsyncSession,
     *,
@@ -296,7 +301,7 @@ async def list_sessions(
     template: str | None,
     limit: int,
     cursor: str | None,
-) -> tuple[list[VDISession], str | None]:
+) -> SessionPage:
     after = decode_cursor(cursor) if cursor else None
     rows = await repository.list_page(
         db,
@@ -306,8 +311,12 @@ async def list_sessions(
         after=after,
         limit=limit + 1,
     )
-    next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
-    return rows[:limit], next_cursor
+    next_cursor = None
+    if len(rows) > limit:
+        last = rows[limit - 1]
+        next_cursor = encode_cursor(last["created_at"], last["id"])
+    # one validation of the whole page in pydantic-core, not a model built per row in Python
+    return SessionPage(items=SESSION_LIST.validate_python(rows[:limit]), next_cursor=next_cursor)
 
 
 async def delete_session(
