@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import asyncpg
 import structlog
 from asgi_correlation_id import correlation_id
 from fastapi import FastAPI, Request
@@ -187,6 +188,11 @@ def database_away(exc: DBAPIError) -> bool:
     sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(
         getattr(exc.orig, "__cause__", None), "sqlstate", None
     )
+    return _away_sqlstate(sqlstate)
+
+
+def _away_sqlstate(sqlstate: object) -> bool:
+    """Shutting down, starting up, out of connections, or a connection exception (08xxx)."""
     return isinstance(sqlstate, str) and (sqlstate in AWAY_SQLSTATES or sqlstate.startswith("08"))
 
 
@@ -224,6 +230,15 @@ def install_error_handlers(app: FastAPI) -> None:
         if not database_away(exc):
             raise exc
         log.warning("database unavailable", error=type(exc.orig).__name__ if exc.orig else None)
+        return _database_unavailable(request)
+
+    # The heartbeat's own asyncpg pool (app.sessions.service.heartbeat) raises asyncpg's errors
+    # unwrapped: the same rule as for DBAPIError above.
+    @app.exception_handler(asyncpg.PostgresError)
+    async def _postgres_error(request: Request, exc: asyncpg.PostgresError) -> JSONResponse:
+        if not _away_sqlstate(getattr(exc, "sqlstate", None)):
+            raise exc
+        log.warning("database unavailable", error=type(exc).__name__)
         return _database_unavailable(request)
 
     @app.exception_handler(PoolTimeout)

@@ -6,12 +6,13 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
 
 from app.security import agent_token
-from app.sessions import repository
+from app.sessions import repository, service
 from tests.conftest import ADMIN, TEST_SECRET_KEY, bearer
 
 MakeSession = Callable[..., Awaitable[dict[str, Any]]]
@@ -379,3 +380,24 @@ async def test_the_heartbeat_lane_answers_as_the_route_does(
     assert malformed.status_code == 422
     metrics = (await client.get("/metrics")).text
     assert 'route="/v1/sessions/{session_id}/health"' in metrics  # labelled as the route
+
+
+async def test_the_heartbeat_pool_meeting_the_database_away_is_a_503_not_a_500(
+    client: httpx.AsyncClient,
+    make_session: MakeSession,
+    set_phase: SetPhase,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The heartbeat's plain asyncpg pool raises asyncpg's own errors (no SQLAlchemy wrapper):
+    Postgres starting up is still 'retry later', as for every other request."""
+    session = await make_session()
+    await set_phase(session["id"], "Provisioning", "Starting")
+
+    async def starting_up(*_args: Any) -> None:
+        raise asyncpg.CannotConnectNowError("the database system is starting up")
+
+    monkeypatch.setattr(service, "heartbeat", starting_up)
+    answered = await report(client, session["id"], READY)
+    assert answered.status_code == 503
+    assert answered.headers["retry-after"]
+    assert answered.headers["content-type"] == "application/problem+json"
