@@ -54,7 +54,7 @@ def create_engine(url: str, *, pool_size: int = 20) -> AsyncEngine:
         async_url(url),
         # JSONB columns (conditions, template snapshots) decode with orjson: several times
         # faster than the json module, and a listing decodes fifty rows.
-        json_serializer=_dumps,
+        json_serializer=json_dumps,
         json_deserializer=orjson.loads,
         pool_size=pool_size,
         max_overflow=0,
@@ -66,7 +66,8 @@ def create_engine(url: str, *, pool_size: int = 20) -> AsyncEngine:
     return engine
 
 
-def _dumps(value: Any) -> str:
+def json_dumps(value: Any) -> str:
+    """JSON for JSONB columns, as the ORM and the heartbeat pool both write it."""
     return orjson.dumps(value).decode()
 
 

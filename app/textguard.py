@@ -85,7 +85,7 @@ class TextGuardMiddleware:
         while True:
             message = await receive()
             if message["type"] != "http.request":
-                await self.app(scope, _replay([message], receive), send)
+                await self.app(scope, replay([message], receive), send)
                 return
             chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
@@ -95,8 +95,7 @@ class TextGuardMiddleware:
         # cannot nest deeper, and in JSON text a NUL or a lone surrogate can only be written
         # as a \u escape.
         if body.count(b"[") + body.count(b"{") <= MAX_JSON_DEPTH and b"\\u" not in body:
-            replayed_as_is: Message = {"type": "http.request", "body": body, "more_body": False}
-            await self.app(scope, _replay([replayed_as_is], receive), send)
+            await self.app(scope, replay_body(body, receive), send)
             return
         depth = json_depth(body)
         if depth > MAX_JSON_DEPTH:
@@ -120,8 +119,7 @@ class TextGuardMiddleware:
         if bad:
             await self._refuse(scope, receive, send, bad)
             return
-        replayed: Message = {"type": "http.request", "body": body, "more_body": False}
-        await self.app(scope, _replay([replayed], receive), send)
+        await self.app(scope, replay_body(body, receive), send)
 
     @staticmethod
     async def _refuse(
@@ -155,10 +153,17 @@ async def _problem(
     await response(scope, receive, send)
 
 
-def _replay(messages: list[Message], receive: Receive) -> Receive:
-    async def replay() -> Message:
+def replay_body(body: bytes, receive: Receive) -> Receive:
+    """A receive that gives `body` whole once (it was read already), then the client's."""
+    return replay([{"type": "http.request", "body": body, "more_body": False}], receive)
+
+
+def replay(messages: list[Message], receive: Receive) -> Receive:
+    """A receive that gives `messages` first (they were read already), then the client's."""
+
+    async def replayed() -> Message:
         if messages:
             return messages.pop(0)
         return await receive()
 
-    return replay
+    return replayed

@@ -54,7 +54,7 @@ from app.cluster.kube import KubeCluster
 from app.embedded import EmbeddedPostgres, ensure_database
 from app.security import agent_token
 from bench.api import free_port, wait_ready
-from bench.soak import processes
+from bench.soak import processes, start_fake_api
 
 VDI = [sys.executable, "-c", "from app.cli import main; main()"]
 READY = {
@@ -279,26 +279,12 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         await ensure_database(postgres.url(), "vdi")
         database_url = postgres.url("vdi")
         with processes() as started:
-            fake = subprocess.Popen(  # noqa: ASYNC220 - returns at once
-                [
-                    sys.executable,
-                    "-m",
-                    "app.cluster.fake",
-                    "--no-validate",
-                    "--gpus",
-                    str(n * 2),
-                    "--kubelet-interval-s",
-                    str(args.kubelet_interval_s),
-                    "--termination-delay-s",
-                    "1.0",
-                ],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-                text=True,
+            fake, fake_url = await start_fake_api(
+                started,
+                *("--no-validate", "--gpus", str(n * 2)),
+                *("--kubelet-interval-s", str(args.kubelet_interval_s)),
+                *("--termination-delay-s", "1.0"),
             )
-            started.append(fake)
-            assert fake.stdout is not None
-            fake_url = (await asyncio.to_thread(fake.stdout.readline)).strip()
             fleet = Fleet(workdir, args.replicas, args.report_interval_s)
             fleet.env = {
                 **{k: v for k, v in os.environ.items() if not k.startswith("VDI_")},

@@ -194,6 +194,22 @@ def processes() -> Iterator[list[subprocess.Popen[Any]]]:
                 process.wait()
 
 
+async def start_fake_api(
+    started: list[subprocess.Popen[Any]], *options: str
+) -> tuple[subprocess.Popen[str], str]:
+    """`python -m app.cluster.fake <options>` in its own process (its CPU is not ours), kept in
+    `started` to be stopped; returns it and the URL it serves."""
+    fake = subprocess.Popen(  # noqa: ASYNC220 - returns at once
+        [sys.executable, "-m", "app.cluster.fake", *options],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    started.append(fake)
+    assert fake.stdout is not None
+    return fake, (await asyncio.to_thread(fake.stdout.readline)).strip()
+
+
 @contextlib.asynccontextmanager
 async def cluster(
     workdir: Path, portals: int
@@ -202,15 +218,7 @@ async def cluster(
     try:
         await ensure_database(postgres.url(), "vdi")
         with processes() as started:
-            fake = subprocess.Popen(  # noqa: ASYNC220 - returns at once
-                [sys.executable, "-m", "app.cluster.fake", "--gpus", str(portals * 2)],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-                text=True,
-            )
-            started.append(fake)
-            assert fake.stdout is not None
-            fake_url = (await asyncio.to_thread(fake.stdout.readline)).strip()
+            _fake, fake_url = await start_fake_api(started, "--gpus", str(portals * 2))
             kubeconfig = write_kubeconfig(workdir / "kubeconfig", fake_url)
             admin_token = "vdi_soak-admin-" + secrets.token_urlsafe(24)
             secret_key = secrets.token_urlsafe(48)

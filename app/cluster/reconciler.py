@@ -314,18 +314,13 @@ class Reconciler:
         (no polling). Deleting a pod already terminating is a no-op, and a 404 means gone."""
         session = claim.session
         name = manifests.object_name(session.id)
-        if name in self._gone_pods:  # woken by the pod's DELETED event: the rest is done
-            message = "Everything but the user's home is gone"
-
-            async def gone(db: AsyncSession, row: VDISession, now: datetime) -> None:
-                await self._move(db, row, Phase.terminated, "ObjectsDeleted", message, now)
-                return None
-
-            await self._finish(claim, gone)
-            return
+        existed = False
         try:
-            existed = await self.cluster.delete("Pod", name)
-            await asyncio.gather(*(self.cluster.delete(kind, name) for kind in SESSION_KINDS[1:]))
+            if name not in self._gone_pods:  # else woken by the pod's DELETED event: all done
+                existed = await self.cluster.delete("Pod", name)
+                await asyncio.gather(
+                    *(self.cluster.delete(kind, name) for kind in SESSION_KINDS[1:])
+                )
         except ClusterError as error:
             if session.force_delete:
                 forced = f"Forced: the cluster refused ({error}); the orphan sweep retries"
@@ -450,9 +445,7 @@ class Reconciler:
                     reschedule(session, self.settings, now)
                 return
             if seen.scheduled is not None:
-                status = ConditionStatus.true if seen.scheduled else ConditionStatus.false
-                reason = "Scheduled" if seen.scheduled else "Unschedulable"
-                message = "The pod is on a node" if seen.scheduled else seen.schedule_message
+                status, reason, message = _scheduled_condition(seen)
                 event = lifecycle.set_condition(
                     session,
                     ConditionType.pod_scheduled,
@@ -513,8 +506,17 @@ def _needs_write(
         return True
     if seen.scheduled is None:
         return False
-    wanted = ("True", "Scheduled") if seen.scheduled else ("False", "Unschedulable")
-    return scheduled != wanted
+    status, reason, _message = _scheduled_condition(seen)
+    return scheduled != (status.value, reason)
+
+
+def _scheduled_condition(
+    seen: manifests.PodObservation,
+) -> tuple[ConditionStatus, str, str]:
+    """The PodScheduled condition a scheduled (or unschedulable) pod gives its session."""
+    if seen.scheduled:
+        return ConditionStatus.true, "Scheduled", "The pod is on a node"
+    return ConditionStatus.false, "Unschedulable", seen.schedule_message
 
 
 async def _nothing(db: AsyncSession, session: VDISession, now: datetime) -> datetime | None:

@@ -17,11 +17,12 @@ from typing import Any
 
 import structlog
 from pydantic import ValidationError
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.security import check_agent_token
 from app.sessions import service
 from app.sessions.schemas import HealthReport
+from app.textguard import replay, replay_body
 
 log = structlog.get_logger("vdi.heartbeat")
 
@@ -42,10 +43,10 @@ class HeartbeatLane:
             await self.app(scope, receive, send)
             return
         body, rest = await _read(receive)
-        replay = _replay(body, receive) if rest is None else rest
+        replayed = replay_body(body, receive) if rest is None else rest
         answer = await self._answer(scope, match.group(1), body) if rest is None else None
         if answer is None:
-            await self.app(scope, replay, send)
+            await self.app(scope, replayed, send)
             return
         payload, interval = answer
         scope["route"] = self._report_route(scope)
@@ -114,20 +115,7 @@ async def _read(receive: Receive) -> tuple[bytes, Receive | None]:
     while True:
         message = await receive()
         if message["type"] != "http.request":
-            return b"", _replay_messages([message], receive)
+            return b"", replay([message], receive)
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             return b"".join(chunks), None
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    return _replay_messages([{"type": "http.request", "body": body, "more_body": False}], receive)
-
-
-def _replay_messages(messages: list[Message], receive: Receive) -> Receive:
-    async def replay() -> Message:
-        if messages:
-            return messages.pop(0)
-        return await receive()
-
-    return replay

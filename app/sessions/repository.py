@@ -70,25 +70,32 @@ async def earlier_session_of_user(
     return (await db.execute(query)).scalar_one_or_none()
 
 
-# What a session shows (schemas.Session), as columns: lists read these, not ORM entities.
-SHOWN_COLUMNS = (
-    VDISession.id,
-    VDISession.user,
-    VDISession.template_name.label("template"),
-    VDISession.phase,
-    VDISession.reason,
-    VDISession.message,
-    VDISession.conditions,
-    VDISession.url,
-    VDISession.encoder,
-    VDISession.streamer,
-    VDISession.gpu,
-    VDISession.created_at,
-    VDISession.updated_at,
-    VDISession.running_at,
-    VDISession.ended_at,
-    VDISession.idle_deadline,
-    VDISession.expires_at,
+# What a session shows (schemas.Session), as columns named as it names them: lists and the
+# heartbeat read these, not ORM entities.
+SHOWN_NAMES = (
+    "id",
+    "user",
+    "template_name",
+    "phase",
+    "reason",
+    "message",
+    "conditions",
+    "url",
+    "encoder",
+    "streamer",
+    "gpu",
+    "created_at",
+    "updated_at",
+    "running_at",
+    "ended_at",
+    "idle_deadline",
+    "expires_at",
+)
+SHOWN_COLUMNS = tuple(
+    VDISession.template_name.label("template")
+    if name == "template_name"
+    else getattr(VDISession, name)
+    for name in SHOWN_NAMES
 )
 
 
@@ -239,15 +246,15 @@ async def record_idempotent_result(
 
 # The unchanged heartbeat (app.sessions.lane): one statement on a plain asyncpg connection,
 # outside any transaction and outside the ORM (which was most of a heartbeat's CPU).
-SESSION_COLUMNS = (
-    'id, "user", template_name, phase, reason, message, conditions, url, encoder, streamer, gpu, '
-    "created_at, updated_at, running_at, ended_at, idle_deadline, expires_at"
-)
 TOUCH_UNCHANGED = (
     "UPDATE sessions SET last_report_at = $3, "
     "next_reconcile_at = LEAST(idle_deadline, expires_at, $4) "
     "WHERE id = $1 AND phase = 'Running' AND report_digest = $2 "
-    f"RETURNING {SESSION_COLUMNS}"
+    "RETURNING "
+    + ", ".join(
+        '"template_name" AS "template"' if name == "template_name" else f'"{name}"'
+        for name in SHOWN_NAMES
+    )
 )
 
 

@@ -20,6 +20,7 @@ from pydantic import TypeAdapter
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
+from app.db import json_dumps
 from app.errors import AppError, Conflict, NotFound, ValidationFailed
 from app.models import SessionEvent, VDISession
 from app.models._types import utcnow
@@ -469,9 +470,7 @@ async def heartbeat(
         )
     if row is None:
         return None
-    columns = dict(row)
-    columns["template"] = columns.pop("template_name")
-    return Session.model_validate(columns)
+    return Session.model_validate(dict(row))
 
 
 async def open_heartbeat_pool(dsn: str) -> asyncpg.Pool:
@@ -481,7 +480,7 @@ async def open_heartbeat_pool(dsn: str) -> asyncpg.Pool:
     async def codecs(connection: asyncpg.Connection) -> None:
         await connection.set_type_codec(
             "jsonb",
-            encoder=lambda value: orjson.dumps(value).decode(),
+            encoder=json_dumps,
             decoder=orjson.loads,
             schema="pg_catalog",
         )
