@@ -77,16 +77,15 @@ class HeartbeatLane:
             return None  # the route answers the 429 (and counts nothing more)
         scope.setdefault("state", {})[COUNTED] = True
         try:
-            session = await service.heartbeat(
+            payload = await service.heartbeat(
                 self.state.heartbeat_pool, settings, session_id, report
             )
         except Exception as error:  # database down, pool exhausted...: the route answers it
             log.warning("heartbeat lane: the route answers", error=type(error).__name__)
             return None
-        if session is None:
+        if payload is None:
             return None
         self.state.metrics.health_reports.labels(outcome="unchanged").inc()
-        payload = session.model_dump_json().encode()
         return payload, str(settings.effective_report_interval_s)
 
     def _report_route(self, scope: Scope) -> Any:

@@ -8,7 +8,19 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
-from sqlalchemy import delete, func, select, text, true, tuple_, update
+from sqlalchemy import (
+    ARRAY,
+    Integer,
+    String,
+    bindparam,
+    delete,
+    func,
+    select,
+    text,
+    true,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -151,6 +163,89 @@ async def add_events(
         await _trim_details(db, session.id)
     # payload "<session id> <phase>": listeners can tell work for the reconciler from progress
     await db.execute(select(func.pg_notify(EVENTS_CHANNEL, f"{session.id} {session.phase}")))
+
+
+# A new session, its first event and the reconciler's notice in one statement, stored only while
+# the user has fewer than :limit sessions in :counted phases. The caller holds the user's lock
+# (lock_user) from an earlier statement, so this statement's snapshot sees every session of the
+# user that another transaction committed. (The ORM's way was five round trips and two flushes,
+# most of a create's CPU.)
+_NEW_SESSION_COLUMNS = (
+    "id",
+    "user",
+    "template_name",
+    "template_spec",
+    "phase",
+    "reason",
+    "message",
+    "conditions",
+    "url",
+    "gpu",
+    "secrets_encrypted",
+    "created_at",
+    "updated_at",
+    "idle_deadline",
+    "expires_at",
+    "next_reconcile_at",
+    "attempts",
+    "force_delete",
+)
+_INSERT_NEW_SESSION = text(
+    f"""
+    WITH created AS (
+        INSERT INTO sessions ({", ".join(f'"{name}"' for name in _NEW_SESSION_COLUMNS)})
+        SELECT {", ".join(f":{name}" for name in _NEW_SESSION_COLUMNS)}
+        WHERE (SELECT count(*) FROM sessions WHERE "user" = :user AND phase = ANY(:counted))
+            < :limit
+        RETURNING id, phase
+    ), event AS (
+        INSERT INTO session_events (session_id, type, phase, reason, message, data, created_at)
+        SELECT id, :event_type, :event_phase, :event_reason, :event_message, :event_data,
+            :created_at
+        FROM created
+    )
+    SELECT pg_notify(:channel, CAST(id AS text) || ' ' || phase) FROM created
+    """
+).bindparams(
+    *(bindparam(name, type_=VDISession.__table__.c[name].type) for name in _NEW_SESSION_COLUMNS),
+    bindparam("counted", type_=ARRAY(String)),
+    bindparam("limit", type_=Integer),
+    bindparam("event_type", type_=SessionEvent.__table__.c.type.type),
+    bindparam("event_phase", type_=SessionEvent.__table__.c.phase.type),
+    bindparam("event_reason", type_=SessionEvent.__table__.c.reason.type),
+    bindparam("event_message", type_=SessionEvent.__table__.c.message.type),
+    bindparam("event_data", type_=SessionEvent.__table__.c.data.type),
+    bindparam("channel", type_=String),
+)
+
+
+async def insert_new_session(
+    db: AsyncSession,
+    session: VDISession,
+    event: Any,
+    *,
+    counted: Iterable[str],
+    limit: int,
+) -> bool:
+    """Store `session` (transient, every column of _NEW_SESSION_COLUMNS set) with its first
+    event (an EventDraft), and notify the reconciler at commit; False, storing nothing, when
+    the user already has `limit` sessions in the `counted` phases."""
+    values = {name: getattr(session, name) for name in _NEW_SESSION_COLUMNS}
+    result = await db.execute(
+        _INSERT_NEW_SESSION,
+        {
+            **values,
+            "counted": list(counted),
+            "limit": limit,
+            "event_type": event.type,
+            "event_phase": event.phase,
+            "event_reason": event.reason,
+            "event_message": event.message,
+            "event_data": event.data,
+            "channel": EVENTS_CHANNEL,
+        },
+    )
+    return result.first() is not None
 
 
 MAX_DETAIL_EVENTS = 500  # per session; phase transitions are always kept

@@ -62,11 +62,18 @@ async def _settings(request: Request) -> Settings:  # async: no hop to a worker 
 AppSettings = Annotated[Settings, Depends(_settings)]
 
 
-def _json(model: BaseModel, headers: dict[str, str] | None = None) -> Response:
+def _json(
+    model: BaseModel, headers: dict[str, str] | None = None, status_code: int = 200
+) -> Response:
     """The model as JSON, serialized once. (Returned as a model, FastAPI would dump it,
     validate the dump against the response model and dump it again: for a page of fifty
     sessions that was most of the request.) The route's `response_model` documents it."""
-    return Response(model.model_dump_json(), media_type="application/json", headers=headers)
+    return Response(
+        model.model_dump_json(),
+        status_code=status_code,
+        media_type="application/json",
+        headers=headers,
+    )
 
 
 async def _agent_of_session(
@@ -94,23 +101,23 @@ AgentOfSession = Annotated[uuid.UUID, Depends(_agent_of_session)]
         "Stores the session in `Pending` and returns at once; the reconciler provisions it. "
         "Retry safely with the same `Idempotency-Key`: the first result is returned again."
     ),
+    response_model=Session,
 )
 async def create_session(
     body: SessionCreate,
     db: DbSession,
     principal: SessionsWrite,
     settings: AppSettings,
-    response: Response,
     idempotency_key: Annotated[
         str | None,
         Header(alias="Idempotency-Key", min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$"),
     ] = None,
-) -> Session:
+) -> Response:
     result = await service.create_session(
         db, settings, body, token_id=principal.token_id, idempotency_key=idempotency_key
     )
     if isinstance(result, service.Replay):
-        return JSONResponse(  # type: ignore[return-value]
+        return JSONResponse(
             result.body,
             status_code=result.status,
             headers={
@@ -118,8 +125,11 @@ async def create_session(
                 "Idempotent-Replayed": "true",
             },
         )
-    response.headers["Location"] = f"/v1/sessions/{result.id}"
-    return service.to_schema(result)
+    return _json(
+        service.to_schema(result),
+        headers={"Location": f"/v1/sessions/{result.id}"},
+        status_code=status.HTTP_202_ACCEPTED,
+    )
 
 
 @router.get(
@@ -141,7 +151,7 @@ async def list_sessions(
     page = await service.list_sessions(
         db, user=user, phase=phase, template=template, limit=limit, cursor=cursor
     )
-    return _json(page)
+    return Response(page, media_type="application/json")
 
 
 @router.get(
@@ -320,7 +330,9 @@ async def report_session_health(
     )
     state.metrics.health_reports.labels(outcome=outcome).inc()
     interval = str(settings.effective_report_interval_s)
-    return _json(session, headers={REPORT_INTERVAL_HEADER: interval})
+    return Response(
+        session, media_type="application/json", headers={REPORT_INTERVAL_HEADER: interval}
+    )
 
 
 @router.get(

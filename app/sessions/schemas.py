@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.config import DNS_LABEL_PATTERN
@@ -92,6 +94,48 @@ class SessionPage(BaseModel):
     next_cursor: str | None = Field(
         description="Pass as `cursor` for the next page; null at the end"
     )
+
+
+def session_document(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A session's stored columns (`repository.SHOWN_NAMES`, `template_name` as `template`) as
+    the `Session` document, ready for `dump_json`, without building and validating the model:
+    the same JSON as `Session.model_validate(row).model_dump_json()` for what the service
+    stores (a property test holds the two equal), at a tenth of the CPU. A page of fifty
+    sessions spent most of its time in that validation."""
+    return {
+        "id": str(row["id"]),  # asyncpg's own UUID type, which orjson does not know
+        "user": row["user"],
+        "template": row["template"],
+        "phase": row["phase"],
+        "reason": row["reason"],
+        "message": row["message"],
+        "conditions": [
+            {
+                "type": condition["type"],
+                "status": condition["status"],
+                "reason": condition["reason"],
+                "message": condition["message"],
+                # stored as ISO text; written as every other instant of the API is
+                "last_transition_time": datetime.fromisoformat(condition["last_transition_time"]),
+            }
+            for condition in row["conditions"]
+        ],
+        "url": row["url"],
+        "encoder": row["encoder"],
+        "streamer": row["streamer"],
+        "gpu": row["gpu"],
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+        "running_at": row["running_at"],
+        "ended_at": row["ended_at"],
+        "idle_deadline": row["idle_deadline"],
+        "expires_at": row["expires_at"],
+    }
+
+
+def dump_json(document: Any) -> bytes:
+    """JSON as pydantic writes the API's models (instants in UTC end in `Z`)."""
+    return orjson.dumps(document, option=orjson.OPT_UTC_Z)
 
 
 class IceServer(BaseModel):

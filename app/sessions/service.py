@@ -16,7 +16,6 @@ from typing import Any
 
 import asyncpg
 import orjson
-from pydantic import TypeAdapter
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
@@ -40,8 +39,9 @@ from app.sessions.schemas import (
     Phase,
     Session,
     SessionCreate,
-    SessionPage,
     TurnCredentials,
+    dump_json,
+    session_document,
 )
 from app.templates.service import find_template, template_spec
 
@@ -191,26 +191,6 @@ async def create_session(
         )
     spec = template_spec(template)
 
-    await repository.lock_user(db, body.user)
-    active = await repository.active_sessions_of_user(
-        db, body.user, [p.value for p in COUNTED_PHASES]
-    )
-    if len(active) >= settings.max_sessions_per_user:
-        ids = [str(session_id) for session_id, _phase in active]
-        failed = [phase for _session_id, phase in active if phase == Phase.failed.value]
-        why = (
-            f" ({len(failed)} of them Failed, still holding its pod and the user's home until "
-            "deleted or its grace period ends)"
-            if failed
-            else ""
-        )
-        raise UserSessionLimit(
-            f"User '{body.user}' already has {len(active)} live session(s) ({', '.join(ids)})"
-            f"{why}; the limit is {settings.max_sessions_per_user}. Reuse it, or end it with "
-            f"DELETE /v1/sessions/{ids[0]}",
-            extra={"live_session_ids": ids},
-        )
-
     session_id = uuid.uuid4()
     expires_at = now + timedelta(seconds=spec.max_lifetime_s)
     # The pod's first TURN credential works through its start; the agent renews it after.
@@ -239,8 +219,6 @@ async def create_session(
         attempts=0,
         force_delete=False,
     )
-    db.add(session)
-    await db.flush()
     created = lifecycle.EventDraft(
         type="PhaseChanged",
         phase=Phase.pending.value,
@@ -248,7 +226,26 @@ async def create_session(
         message=f"Session for '{body.user}' from template '{template.name}'",
         data={"from": None, "to": Phase.pending.value},
     )
-    await repository.add_events(db, session, [created], now)
+    counted = [p.value for p in COUNTED_PHASES]
+    await repository.lock_user(db, body.user)
+    if not await repository.insert_new_session(
+        db, session, created, counted=counted, limit=settings.max_sessions_per_user
+    ):
+        active = await repository.active_sessions_of_user(db, body.user, counted)
+        ids = [str(session_id) for session_id, _phase in active]
+        failed = [phase for _session_id, phase in active if phase == Phase.failed.value]
+        why = (
+            f" ({len(failed)} of them Failed, still holding its pod and the user's home until "
+            "deleted or its grace period ends)"
+            if failed
+            else ""
+        )
+        raise UserSessionLimit(
+            f"User '{body.user}' already has {len(active)} live session(s) ({', '.join(ids)})"
+            f"{why}; the limit is {settings.max_sessions_per_user}. Reuse it, or end it with "
+            f"DELETE /v1/sessions/{ids[0]}",
+            extra={"live_session_ids": ids},
+        )
     if idempotency_key is not None:
         await repository.record_idempotent_result(
             db,
@@ -291,9 +288,6 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         ) from None
 
 
-SESSION_LIST = TypeAdapter(list[Session])
-
-
 async def list_sessions(
     db: AsyncSession,
     *,
@@ -302,7 +296,8 @@ async def list_sessions(
     template: str | None,
     limit: int,
     cursor: str | None,
-) -> SessionPage:
+) -> bytes:
+    """A `SessionPage` as JSON."""
     after = decode_cursor(cursor) if cursor else None
     rows = await repository.list_page(
         db,
@@ -316,8 +311,8 @@ async def list_sessions(
     if len(rows) > limit:
         last = rows[limit - 1]
         next_cursor = encode_cursor(last["created_at"], last["id"])
-    # one validation of the whole page in pydantic-core, not a model built per row in Python
-    return SessionPage(items=SESSION_LIST.validate_python(rows[:limit]), next_cursor=next_cursor)
+    items = [session_document(row) for row in rows[:limit]]
+    return dump_json({"items": items, "next_cursor": next_cursor})
 
 
 async def delete_session(
@@ -443,8 +438,8 @@ async def report_health(
     settings: Settings,
     session_id: uuid.UUID,
     report: HealthReport,
-) -> tuple[Session, str]:
-    """Fold an agent's report in: (the session after it, the outcome). The common heartbeat
+) -> tuple[bytes, str]:
+    """Fold an agent's report in: (the session after it as JSON, the outcome). The common heartbeat
     (a Running session, the same meaning as the last report) is one statement; anything else
     is a transaction of its own under the row lock."""
     touched = await heartbeat(heartbeats, settings, session_id, report)
@@ -454,14 +449,15 @@ async def report_health(
         result = await _report_in_transaction(
             db, settings, session_id, report, report_digest(report), utcnow()
         )
-        return to_schema(result.session), result.outcome
+        return to_schema(result.session).model_dump_json().encode(), result.outcome
 
 
 async def heartbeat(
     heartbeats: asyncpg.Pool, settings: Settings, session_id: uuid.UUID, report: HealthReport
-) -> Session | None:
+) -> bytes | None:
     """The common case alone: a Running session and a report that means what the last one
-    did. One autocommitted UPDATE of its clock; None when it is not that case."""
+    did. One autocommitted UPDATE of its clock; the session as JSON, or None when it is not
+    that case."""
     now = utcnow()
     heartbeat_deadline = now + timedelta(seconds=settings.heartbeat_timeout_s)
     async with heartbeats.acquire() as connection:
@@ -470,7 +466,7 @@ async def heartbeat(
         )
     if row is None:
         return None
-    return Session.model_validate(dict(row))
+    return dump_json(session_document(row))
 
 
 async def open_heartbeat_pool(dsn: str) -> asyncpg.Pool:

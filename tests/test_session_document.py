@@ -1,0 +1,110 @@
+"""Listings and heartbeats write sessions without building the pydantic model
+(`schemas.session_document`): their JSON must be byte for byte what the model writes, or a
+client sees one session two ways depending on the route that answered."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+from asyncpg.pgproto.pgproto import UUID as PgUUID
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from app.sessions.lifecycle import initial_conditions
+from app.sessions.schemas import (
+    ConditionStatus,
+    ConditionType,
+    Phase,
+    Session,
+    SessionPage,
+    dump_json,
+    session_document,
+)
+
+instants = st.datetimes(
+    min_value=datetime(1970, 1, 1), max_value=datetime(9998, 12, 31), timezones=st.just(UTC)
+) | st.datetimes(  # whole seconds, which ISO text writes without a fraction
+    min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
+).map(lambda moment: moment.replace(microsecond=0))
+offsets = st.just(UTC) | st.builds(
+    timezone, st.integers(-14 * 60, 14 * 60).map(lambda minutes: timedelta(minutes=minutes))
+)
+texts = st.text(max_size=40)
+
+
+@st.composite
+def stored_conditions(draw: st.DrawFn) -> list[dict[str, Any]]:
+    conditions = []
+    for condition_type in draw(st.lists(st.sampled_from(ConditionType), max_size=5)):
+        moment = draw(instants).astimezone(draw(offsets))
+        condition = {
+            "type": condition_type.value,
+            "status": draw(st.sampled_from(ConditionStatus)).value,
+            "reason": draw(texts),
+            "message": draw(texts),
+            "last_transition_time": moment.isoformat(),
+        }
+        if draw(st.booleans()):  # keys the model ignores, in another order
+            condition = {"observed": draw(texts), **dict(reversed(list(condition.items())))}
+        conditions.append(condition)
+    return conditions
+
+
+rows = st.fixed_dictionaries(
+    {
+        # what asyncpg hands back (a subclass of uuid.UUID) and what the ORM does
+        "id": st.uuids().flatmap(lambda value: st.sampled_from([value, PgUUID(str(value))])),
+        "user": texts,
+        "template": texts,
+        "phase": st.sampled_from(Phase).map(lambda phase: phase.value),
+        "reason": st.none() | texts,
+        "message": st.none() | texts,
+        "conditions": stored_conditions(),
+        "url": texts,
+        "encoder": st.none() | texts,
+        "streamer": st.none() | texts,
+        "gpu": st.integers(0, 8),
+        "created_at": instants,
+        "updated_at": instants,
+        "running_at": st.none() | instants,
+        "ended_at": st.none() | instants,
+        "idle_deadline": instants,
+        "expires_at": instants,
+    }
+)
+
+
+@settings(max_examples=300)
+@given(rows)
+def test_a_session_document_is_the_models_json(row: dict[str, Any]) -> None:
+    assert (
+        dump_json(session_document(row)) == Session.model_validate(row).model_dump_json().encode()
+    )
+
+
+def test_a_page_of_documents_is_the_models_json() -> None:
+    now = datetime.now(UTC)
+    row = {
+        "id": uuid.uuid4(),
+        "user": "alice",
+        "template": "gpu-desktop",
+        "phase": "Pending",
+        "reason": "Created",
+        "message": "Accepted; waiting for the reconciler",
+        "conditions": initial_conditions(1, now),
+        "url": "https://alice.vdi.example.com/",
+        "encoder": None,
+        "streamer": None,
+        "gpu": 1,
+        "created_at": now,
+        "updated_at": now,
+        "running_at": None,
+        "ended_at": None,
+        "idle_deadline": now + timedelta(hours=1),
+        "expires_at": now + timedelta(days=1),
+    }
+    page = SessionPage.model_validate({"items": [row, row], "next_cursor": "abc"})
+    ours = dump_json({"items": [session_document(row)] * 2, "next_cursor": "abc"})
+    assert ours == page.model_dump_json().encode()
