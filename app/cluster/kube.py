@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
+from urllib.parse import quote
 
 import structlog
 import urllib3
@@ -35,6 +36,13 @@ REQUEST_TIMEOUT = (3.0, 10.0)  # connect, read (seconds)
 RETRY_ATTEMPTS = 6
 WATCH_TIMEOUT_S = 240
 CALL_THREADS = 32
+POOL_CONNECTIONS = CALL_THREADS + 2  # and the pod watch's: none opened and discarded
+CORE_PLURALS = {
+    "Pod": "pods",
+    "Secret": "secrets",
+    "Service": "services",
+    "PersistentVolumeClaim": "persistentvolumeclaims",
+}
 LIST_PAGE = 500  # items per page of a paged list
 # Accept header of a metadata-only list (what `kubectl get` asks for): names, labels, owners.
 METADATA_LIST_ACCEPT = (
@@ -71,8 +79,8 @@ class WatchEvent:
 
 
 class KubeCluster:
-    """Namespaced CRUD on the kinds a session needs, returning plain dicts (camelCase, as the
-    API sends them: `_preload_content=False` skips the client's slow model deserialization)."""
+    """Namespaced CRUD on the kinds a session needs, plain dicts in and out (camelCase, as the
+    API sends them: no client models built on the way in or out, see `_request`)."""
 
     def __init__(
         self, api_client: client.ApiClient, namespace: str, ingress_api_version: str
@@ -80,7 +88,6 @@ class KubeCluster:
         self.api_client = api_client
         self.namespace = namespace
         self.core = client.CoreV1Api(api_client)
-        self.custom = client.CustomObjectsApi(api_client)
         self.ingress_group, self.ingress_version = ingress_api_version.split("/")
         # Its own threads: blocking cluster calls never starve asyncio.to_thread's small pool.
         self._executor = ThreadPoolExecutor(max_workers=CALL_THREADS, thread_name_prefix="vdi-kube")
@@ -88,7 +95,7 @@ class KubeCluster:
     @classmethod
     def for_host(cls, host: str, namespace: str, ingress_api_version: str) -> KubeCluster:
         configuration = client.Configuration(host=host)
-        configuration.connection_pool_maxsize = CALL_THREADS
+        configuration.connection_pool_maxsize = POOL_CONNECTIONS
         return cls(client.ApiClient(configuration), namespace, ingress_api_version)
 
     def close(self) -> None:
@@ -117,51 +124,60 @@ class KubeCluster:
             ) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _operations(self, kind: Kind) -> dict[str, Callable[..., Any]]:
-        ns = self.namespace
-        options: dict[str, Any] = {"_preload_content": False, "_request_timeout": REQUEST_TIMEOUT}
+    def _path(self, kind: Kind, name: str | None = None) -> str:
         if kind == "IngressRoute":
-            group, version, plural = self.ingress_group, self.ingress_version, "ingressroutes"
-            return {
-                "create": lambda body: self.custom.create_namespaced_custom_object(
-                    group, version, ns, plural, body, **options
-                ),
-                "read": lambda name: self.custom.get_namespaced_custom_object(
-                    group, version, ns, plural, name, **options
-                ),
-                "delete": lambda name: self.custom.delete_namespaced_custom_object(
-                    group, version, ns, plural, name, **options
-                ),
-                "list": lambda selector, **extra: self.custom.list_namespaced_custom_object(
-                    group, version, ns, plural, label_selector=selector, **options, **extra
-                ),
-            }
-        suffix = {
-            "Pod": "pod",
-            "Secret": "secret",
-            "Service": "service",
-            "PersistentVolumeClaim": "persistent_volume_claim",
-        }[kind]
-        core = self.core
-        return {
-            "create": lambda body: getattr(core, f"create_namespaced_{suffix}")(
-                ns, body, **options
-            ),
-            "read": lambda name: getattr(core, f"read_namespaced_{suffix}")(name, ns, **options),
-            "delete": lambda name: getattr(core, f"delete_namespaced_{suffix}")(
-                name, ns, **options
-            ),
-            "list": lambda selector, **extra: getattr(core, f"list_namespaced_{suffix}")(
-                ns, label_selector=selector, **options, **extra
-            ),
-        }
+            collection = (
+                f"/apis/{self.ingress_group}/{self.ingress_version}/namespaces/{self.namespace}"
+                "/ingressroutes"
+            )
+        else:
+            collection = f"/api/v1/namespaces/{self.namespace}/{CORE_PLURALS[kind]}"
+        return collection if name is None else f"{collection}/{quote(name, safe='')}"
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: dict[str, Any] | None = None,
+        query: list[tuple[str, Any]] | None = None,
+        accept: str = "application/json",
+        timeout: tuple[float, float] = REQUEST_TIMEOUT,
+    ) -> bytes:
+        """One call through the official client's transport (its configuration, bearer token
+        and its refresh, TLS, urllib3 pool), in the calling thread; the body as received, and
+        ApiException for what is not 2xx, as the generated methods raise it. Not through the
+        generated methods themselves: from v34 they validate their arguments with pydantic and
+        turn a manifest into the client's models and back on every call (pydantic
+        `validate_call`, `sanitize_for_serialization`), most of the reconciler's CPU per
+        session; our manifests are plain JSON already."""
+        headers = {"Accept": accept}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        method, url, headers, _body, _post = self.api_client.param_serialize(
+            method,
+            path,
+            query_params=query or [],
+            header_params=headers,
+            auth_settings=["BearerToken"],
+        )
+        response = self.api_client.call_api(
+            method, url, headers, body=body, _request_timeout=timeout
+        )
+        data: bytes = response.read()
+        if not 200 <= response.status <= 299:
+            raise ApiException.from_response(http_resp=response, body=None, data=None)
+        return data
 
     async def create(self, kind: Kind, body: dict[str, Any]) -> dict[str, Any]:
         """Create, or return the object that already exists under that name (idempotent)."""
         name = body["metadata"]["name"]
-        operations = self._operations(kind)
+        path = self._path(kind)
         try:
-            response = await self._call(f"create {kind} {name}", lambda: operations["create"](body))
+            response = await self._call(
+                f"create {kind} {name}",
+                lambda: json.loads(self._request("POST", path, body=body)),
+            )
         except ClusterError as error:
             if error.status != 409:
                 raise
@@ -171,23 +187,25 @@ class KubeCluster:
                     f"create {kind} {name}: conflict with an object being deleted"
                 ) from None
             return existing
-        return dict(json.loads(response.data))
+        return dict(response)
 
     async def get(self, kind: Kind, name: str) -> dict[str, Any] | None:
-        operations = self._operations(kind)
+        path = self._path(kind, name)
         try:
-            response = await self._call(f"read {kind} {name}", lambda: operations["read"](name))
+            response = await self._call(
+                f"read {kind} {name}", lambda: json.loads(self._request("GET", path))
+            )
         except ClusterError as error:
             if error.status == 404:
                 return None
             raise
-        return dict(json.loads(response.data))
+        return dict(response)
 
     async def delete(self, kind: Kind, name: str) -> bool:
         """Delete; False when it was already gone."""
-        operations = self._operations(kind)
+        path = self._path(kind, name)
         try:
-            await self._call(f"delete {kind} {name}", lambda: operations["delete"](name))
+            await self._call(f"delete {kind} {name}", lambda: self._request("DELETE", path))
         except ClusterError as error:
             if error.status == 404:
                 return False
@@ -221,25 +239,23 @@ class KubeCluster:
     async def _page(
         self, kind: Kind, label_selector: str, token: str | None, *, metadata_only: bool
     ) -> dict[str, Any]:
-        operations = self._operations(kind)
-        options: dict[str, Any] = {"limit": LIST_PAGE}
+        query: list[tuple[str, Any]] = [("labelSelector", label_selector), ("limit", LIST_PAGE)]
         if token:
-            options["_continue"] = token
-        if metadata_only:
-            options["_headers"] = {"Accept": METADATA_LIST_ACCEPT}
+            query.append(("continue", token))
+        accept = METADATA_LIST_ACCEPT if metadata_only else "application/json"
+        path = self._path(kind)
 
         def fetch() -> dict[str, Any]:
-            response = operations["list"](label_selector, **options)
-            return dict(json.loads(response.data))  # in the worker thread
+            # parsed in the worker thread
+            return dict(json.loads(self._request("GET", path, query=query, accept=accept)))
 
         return await self._call(f"list {kind}", fetch)
 
     async def ping(self) -> None:
+        path = self._path("Pod")
         await self._call(
             "list pods",
-            lambda: self.core.list_namespaced_pod(
-                self.namespace, limit=1, _preload_content=False, _request_timeout=(2.0, 3.0)
-            ),
+            lambda: self._request("GET", path, query=[("limit", 1)], timeout=(2.0, 3.0)),
         )
 
     async def watch_pods(
@@ -323,5 +339,5 @@ def detect_cluster(mode: str) -> Literal["kubernetes", "simulated"]:
 def real_cluster(namespace: str, ingress_api_version: str) -> KubeCluster:
     """After detect_cluster() said `kubernetes`: the loaded default configuration."""
     configuration = client.Configuration.get_default_copy()
-    configuration.connection_pool_maxsize = CALL_THREADS
+    configuration.connection_pool_maxsize = POOL_CONNECTIONS
     return KubeCluster(client.ApiClient(configuration), namespace, ingress_api_version)
