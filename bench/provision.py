@@ -2,9 +2,13 @@
 reconciler, the real kubernetes client and the fake API (bench of the Kubernetes issue).
 
 For each per-call latency of the fake API (0 ms and 20 ms by default) it creates N sessions at
-once and times until all are Starting. The floor is what the cluster calls alone must cost:
-(dependent round trips a session needs x latency) / concurrency, i.e. the rate if nothing but
-the API's latency counted. Printed beside it as a ratio.
+once and times until all are Starting. Two floors, each printed beside the rate as a ratio:
+- latency floor: (dependent round trips a session needs x latency) / concurrency, the rate if
+  nothing but the API's latency counted (no CPU anywhere);
+- calls floor, measured in the same run: the same objects of N sessions created by the same
+  client, two dependent rounds per session, as many sessions at once, against a fresh fake with
+  the same latency, and nothing else (no database, no reconciler): what the cluster calls alone
+  cost on this machine, the fake's CPU and the client's included.
 Usage: python -m bench.provision [--sessions N]
 """
 
@@ -19,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import asyncpg
@@ -26,17 +31,66 @@ import httpx
 from sqlalchemy.engine import make_url
 
 from app import migrate
+from app.cluster import manifests
 from app.cluster.kube import CALL_THREADS, KubeCluster
 from app.cluster.reconciler import Reconciler
 from app.config import Settings
 from app.embedded import EmbeddedPostgres, ensure_database
 from app.main import create_app
 from app.observability import configure_logging
+from app.templates.schemas import TemplateSpec
 
 # Dependent round trips per session: PVC and Pod together, then Secret, Service and
 # IngressRoute together (they need the Pod's uid for their owner reference).
 ROUND_TRIPS_PER_SESSION = 2
 ADMIN = "vdi_bench-admin-" + "a" * 32
+
+
+async def calls_only(sessions: int, latency_ms: float, concurrency: int) -> float:
+    """The calls floor: provisioning's cluster calls and nothing else, as the reconciler makes
+    them (same manifests, client and rounds), `concurrency` sessions at a time."""
+    settings = Settings(
+        secret_key="bench-secret-key-" + "k" * 32,
+        turn_secret="bench-turn-secret-" + "t" * 32,
+        namespace="vdi",
+    )
+    spec = TemplateSpec(image="registry.example/vdi:1")
+    credentials = manifests.SessionCredentials("p" * 32, "token", "1:x", "y")
+    command = [sys.executable, "-m", "app.cluster.fake", "--latency-ms", str(latency_ms)]
+    command += ["--gpus", "100000", "--no-validate"]
+    fake = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)  # noqa: ASYNC220 - starts at once
+    try:
+        assert fake.stdout is not None
+        server = (await asyncio.to_thread(fake.stdout.readline)).strip()
+        cluster = KubeCluster.for_host(server, "vdi", settings.ingress_api_version)
+        pending = [
+            manifests.SessionView(id=uuid.uuid4(), user=f"floor-{i}", template="desk", spec=spec)
+            for i in range(sessions)
+        ]
+
+        async def worker() -> None:
+            while pending:
+                view = pending.pop()
+                _claim, pod = await asyncio.gather(
+                    cluster.create("PersistentVolumeClaim", manifests.home_claim(view, settings)),
+                    cluster.create("Pod", manifests.pod(view, settings)),
+                )
+                await asyncio.gather(
+                    cluster.create("Secret", manifests.secret(view, credentials, settings, pod)),
+                    cluster.create("Service", manifests.service(view, settings, pod)),
+                    cluster.create("IngressRoute", manifests.ingress_route(view, settings, pod)),
+                )
+
+        began = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - began
+        cluster.close()
+    finally:
+        os.kill(fake.pid, signal.SIGTERM)
+        await asyncio.to_thread(fake.wait, 10)
+        if fake.stdout is not None:
+            fake.stdout.close()
+    return sessions / elapsed
 
 
 async def one_run(
@@ -125,16 +179,23 @@ def main() -> None:
             f"({concurrency} at once, {CALL_THREADS} call threads); fake API without schema "
             f"admission; median of {args.rounds} rounds"
         )
-        print(f"{'API latency':>12} {'sessions/s':>11} {'floor/s':>9} {'vs floor':>9}")
+        print(
+            f"{'API latency':>12} {'sessions/s':>11} {'latency floor/s':>16} {'vs it':>7} "
+            f"{'calls floor/s':>14} {'vs it':>7}"
+        )
         for latency in args.latencies_ms:
-            rates = [
-                asyncio.run(one_run(url, args.sessions, latency, r)) for r in range(args.rounds)
-            ]
-            rate = statistics.median(rates)
+            rates, floors = [], []
+            for r in range(args.rounds):
+                rates.append(asyncio.run(one_run(url, args.sessions, latency, r)))
+                floors.append(asyncio.run(calls_only(args.sessions, latency, concurrency)))
+            rate, calls_floor = statistics.median(rates), statistics.median(floors)
             per_session_s = ROUND_TRIPS_PER_SESSION * latency / 1000 / concurrency
-            floor = f"{1 / per_session_s:9.0f}" if per_session_s else f"{'inf':>9}"
-            ratio = f"{rate * per_session_s:8.2f}x" if per_session_s else f"{'-':>9}"
-            print(f"{latency:10.0f}ms {rate:11.1f} {floor} {ratio}")
+            floor = f"{1 / per_session_s:16.0f}" if per_session_s else f"{'inf':>16}"
+            ratio = f"{rate * per_session_s:6.2f}x" if per_session_s else f"{'-':>7}"
+            print(
+                f"{latency:10.0f}ms {rate:11.1f} {floor} {ratio} {calls_floor:14.1f} "
+                f"{rate / calls_floor:6.2f}x"
+            )
     finally:
         server.stop()
 

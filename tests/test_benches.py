@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
         (
             "bench.provision",
             ["--sessions", "8", "--rounds", "1", "--latencies-ms", "0"],
-            ["sessions/s"],
+            ["sessions/s", "calls floor/s"],
         ),
         ("bench.encode", ["--seconds", "1"], ["x264 + rtp", "floor"]),
         ("bench.soak", ["--portals", "2", "--seconds", "4"], ["lost 0, duplicated 0"]),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -52,6 +53,9 @@ Apply = Callable[[AsyncSession, VDISession, datetime], Awaitable[datetime | None
 class Claim:
     session: VDISession
     token: uuid.UUID
+    # A session to provision: the user's earlier session whose pod may still exist (it holds
+    # the user's home volume and host name), as (id, phase), found with the claim.
+    previous: tuple[uuid.UUID, str] | None = None
 
 
 def _view(session: VDISession) -> manifests.SessionView:
@@ -186,7 +190,12 @@ class Reconciler:
                     )
                     await repository.add_events(db, session, [event], now)
                 claims.append(Claim(session, token))
-        return claims
+            # The phases are flushed (add_events): a user's two sessions claimed together see
+            # each other as Provisioning.
+            provisioning = [c.session for c in claims if c.session.phase == Phase.provisioning]
+            holders = [p.value for p in lifecycle.POD_HOLDING_PHASES]
+            earlier = await repository.earlier_sessions_of_users(db, provisioning, holders)
+        return [dataclasses.replace(c, previous=earlier.get(c.session.id)) for c in claims]
 
     async def _finish(self, claim: Claim, apply: Apply) -> None:
         """Write a result, if the session is still in the phase it was claimed in. Under the
@@ -248,28 +257,21 @@ class Reconciler:
         finally:
             structlog.contextvars.unbind_contextvars("session_id")
 
-    async def _previous_pod(self, session: VDISession) -> VDISession | None:
-        """The user's earlier session whose pod may still exist (it holds the user's home
-        volume and host name)."""
-        phases = [p.value for p in lifecycle.POD_HOLDING_PHASES]
-        async with self.sessionmaker() as db:
-            return await repository.earlier_session_of_user(db, session, phases)
-
     async def _provision(self, claim: Claim) -> None:
         session = claim.session
-        previous = await self._previous_pod(session)
-        if previous is not None:
+        if claim.previous is not None:
             # One user's home is never mounted by two pods, nor their host name routed twice:
             # wait until the earlier session's pod is gone (a real kubelet takes up to 30 s).
+            previous_id, previous_phase = claim.previous
             message = (
-                f"Waiting for the pod of the user's previous session {previous.id} "
-                f"({previous.phase}) to be gone: it holds home-{session.user} and the user's "
+                f"Waiting for the pod of the user's previous session {previous_id} "
+                f"({previous_phase}) to be gone: it holds home-{session.user} and the user's "
                 "host name"
             )
 
             async def waiting(db: AsyncSession, row: VDISession, now: datetime) -> datetime:
                 if row.reason != "WaitingForPreviousSession":
-                    log.info("waiting for the user's previous pod", previous=str(previous.id))
+                    log.info("waiting for the user's previous pod", previous=str(previous_id))
                 row.reason, row.message, row.updated_at = "WaitingForPreviousSession", message, now
                 return now + timedelta(seconds=PREVIOUS_POD_RECHECK_S)
 

@@ -21,7 +21,7 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.dialects.postgresql import distinct_on, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import IdempotencyKey, SessionEvent, Template, VDISession
@@ -64,22 +64,30 @@ async def active_sessions_of_user(
     return [(row.id, row.phase) for row in await db.execute(query)]
 
 
-async def earlier_session_of_user(
-    db: AsyncSession, session: VDISession, phases: Iterable[str]
-) -> VDISession | None:
-    """The oldest session of the same user, created before this one, in one of `phases`."""
+async def earlier_sessions_of_users(
+    db: AsyncSession, sessions: Sequence[VDISession], phases: Iterable[str]
+) -> dict[uuid.UUID, tuple[uuid.UUID, str]]:
+    """For each of `sessions` that has one: (id, phase) of the oldest session of the same user
+    created before it in one of `phases`. One query for a whole claim, not one per session."""
+    if not sessions:
+        return {}
+    earlier = VDISession.__table__.alias("earlier")
     query = (
-        select(VDISession)
-        .where(
-            VDISession.user == session.user,
-            VDISession.id != session.id,
-            VDISession.created_at <= session.created_at,
-            VDISession.phase.in_(list(phases)),
+        select(VDISession.id, earlier.c.id.label("earlier_id"), earlier.c.phase)
+        .join(
+            earlier,
+            (earlier.c.user == VDISession.user)
+            & (earlier.c.id != VDISession.id)
+            & (earlier.c.created_at <= VDISession.created_at),
         )
-        .order_by(VDISession.created_at)
-        .limit(1)
+        .where(
+            VDISession.id.in_([session.id for session in sessions]),
+            earlier.c.phase.in_(list(phases)),
+        )
+        .order_by(VDISession.id, earlier.c.created_at)
+        .ext(distinct_on(VDISession.id))
     )
-    return (await db.execute(query)).scalar_one_or_none()
+    return {row.id: (row.earlier_id, row.phase) for row in await db.execute(query)}
 
 
 # What a session shows (schemas.Session), as columns named as it names them: lists and the
