@@ -175,6 +175,7 @@ class Reconciler:
         lease = timedelta(seconds=self.settings.reconcile_lease_s)
         claims = []
         async with self.sessionmaker() as db, db.begin():
+            started = []
             for session in await repository.claim_due(db, now=now, limit=limit):
                 token = uuid.uuid4()
                 session.claim_token = token
@@ -188,9 +189,10 @@ class Reconciler:
                         message="Creating the session's objects",
                         now=now,
                     )
-                    await repository.add_events(db, session, [event], now)
+                    started.append((session, [event]))
                 claims.append(Claim(session, token))
-            # The phases are flushed (add_events): a user's two sessions claimed together see
+            await repository.add_events_of(db, started, now)
+            # The phases are flushed (add_events_of): a user's two sessions claimed together see
             # each other as Provisioning.
             provisioning = [c.session for c in claims if c.session.phase == Phase.provisioning]
             holders = [p.value for p in lifecycle.POD_HOLDING_PHASES]

@@ -152,25 +152,42 @@ async def add_events(
     db: AsyncSession, session: VDISession, drafts: Sequence[Any], now: datetime
 ) -> None:
     """Append events and NOTIFY listeners (delivered when the transaction commits)."""
-    if not drafts:
+    await add_events_of(db, [(session, drafts)], now)
+
+
+async def add_events_of(
+    db: AsyncSession, batch: Sequence[tuple[VDISession, Sequence[Any]]], now: datetime
+) -> None:
+    """`add_events` for several sessions at once: one flush and one NOTIFY statement for all
+    (a claim of sixteen sessions was thirty-two round trips)."""
+    batch = [(session, drafts) for session, drafts in batch if drafts]
+    if not batch:
         return
-    for draft in drafts:
-        db.add(
-            SessionEvent(
-                session_id=session.id,
-                type=draft.type,
-                phase=draft.phase,
-                reason=draft.reason,
-                message=draft.message,
-                data=draft.data,
-                created_at=now,
+    for session, drafts in batch:
+        for draft in drafts:
+            db.add(
+                SessionEvent(
+                    session_id=session.id,
+                    type=draft.type,
+                    phase=draft.phase,
+                    reason=draft.reason,
+                    message=draft.message,
+                    data=draft.data,
+                    created_at=now,
+                )
             )
-        )
     await db.flush()
-    if any(draft.type != "PhaseChanged" for draft in drafts):
-        await _trim_details(db, session.id)
+    for session, drafts in batch:
+        if any(draft.type != "PhaseChanged" for draft in drafts):
+            await _trim_details(db, session.id)
     # payload "<session id> <phase>": listeners can tell work for the reconciler from progress
-    await db.execute(select(func.pg_notify(EVENTS_CHANNEL, f"{session.id} {session.phase}")))
+    payloads = [f"{session.id} {session.phase}" for session, _drafts in batch]
+    await db.execute(_NOTIFY_EACH, {"channel": EVENTS_CHANNEL, "payloads": payloads})
+
+
+_NOTIFY_EACH = text(
+    "SELECT pg_notify(:channel, payload) FROM unnest(:payloads) AS payload"
+).bindparams(bindparam("channel", type_=String), bindparam("payloads", type_=ARRAY(String)))
 
 
 # A new session, its first event and the reconciler's notice in one statement, stored only while
