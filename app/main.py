@@ -32,7 +32,7 @@ from app.ratelimit import PerKeyLimit
 from app.sessions.events import EventHub, asyncpg_dsn
 from app.sessions.lane import HeartbeatLane
 from app.sessions.router import router as sessions_router
-from app.sessions.service import open_heartbeat_pool
+from app.sessions.service import open_direct_pool
 from app.sessions.streams import StreamRegistry
 from app.templates.router import router as templates_router
 from app.textguard import TextGuardMiddleware
@@ -156,7 +156,7 @@ def create_app(
         sessionmaker = create_sessionmaker(engine)
         app.state.engine = engine
         app.state.sessionmaker = sessionmaker
-        app.state.heartbeat_pool = await open_heartbeat_pool(asyncpg_dsn(database_url))
+        app.state.direct_pool = await open_direct_pool(asyncpg_dsn(database_url))
         hub = EventHub(database_url, app.state.streams)
         app.state.event_hub = hub
         # Token lookups cached while revocation notices arrive (app.auth.service.TokenCache).
@@ -166,7 +166,7 @@ def create_app(
         app.state.cluster_mode = "disabled"
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(engine.dispose)
-            stack.push_async_callback(app.state.heartbeat_pool.close)
+            stack.push_async_callback(app.state.direct_pool.close)
             if not await _sync_bootstrap(sessionmaker, settings):
                 # The database is down: serve anyway (/readyz says 503) and sync when it is back.
                 retry = asyncio.create_task(_sync_bootstrap_until_done(sessionmaker, settings))

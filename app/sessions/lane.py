@@ -77,9 +77,7 @@ class HeartbeatLane:
             return None  # the route answers the 429 (and counts nothing more)
         scope.setdefault("state", {})[COUNTED] = True
         try:
-            payload = await service.heartbeat(
-                self.state.heartbeat_pool, settings, session_id, report
-            )
+            payload = await service.heartbeat(self.state.direct_pool, settings, session_id, report)
         except Exception as error:  # database down, pool exhausted...: the route answers it
             log.warning("heartbeat lane: the route answers", error=type(error).__name__)
             return None

@@ -18,7 +18,6 @@ from sqlalchemy import (
     select,
     text,
     true,
-    tuple_,
     update,
 )
 from sqlalchemy.dialects.postgresql import distinct_on, insert
@@ -111,36 +110,47 @@ SHOWN_NAMES = (
     "idle_deadline",
     "expires_at",
 )
-SHOWN_COLUMNS = tuple(
-    VDISession.template_name.label("template")
-    if name == "template_name"
-    else getattr(VDISession, name)
+SHOWN_SQL = ", ".join(
+    '"template_name" AS "template"' if name == "template_name" else f'"{name}"'
     for name in SHOWN_NAMES
 )
 
 
 async def list_page(
-    db: AsyncSession,
+    connection: asyncpg.Connection,
     *,
     user: str | None,
     phase: str | None,
     template: str | None,
     after: tuple[datetime, uuid.UUID] | None,
     limit: int,
-) -> list[dict[str, Any]]:
-    """Newest first, keyset-paginated on (created_at, id): the shown columns of each, as
-    mappings (building fifty ORM entities was most of a listing's cost)."""
-    query = select(*SHOWN_COLUMNS)
+) -> list[asyncpg.Record]:
+    """Newest first, keyset-paginated on (created_at, id): the shown columns of each. One
+    autocommitted statement on a plain asyncpg connection (prepared once per connection and
+    filter combination), outside the ORM and any transaction: building the ORM's statement,
+    its BEGIN and COMMIT were most of a listing's cost."""
+    conditions: list[str] = []
+    args: list[Any] = []
+
+    def arg(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
     if user is not None:
-        query = query.where(VDISession.user == user)
+        conditions.append(f'"user" = {arg(user)}')
     if phase is not None:
-        query = query.where(VDISession.phase == phase)
+        conditions.append(f"phase = {arg(phase)}")
     if template is not None:
-        query = query.where(VDISession.template_name == template)
+        conditions.append(f"template_name = {arg(template)}")
     if after is not None:
-        query = query.where(tuple_(VDISession.created_at, VDISession.id) < tuple_(*after))
-    query = query.order_by(VDISession.created_at.desc(), VDISession.id.desc()).limit(limit)
-    return [dict(row) for row in (await db.execute(query)).mappings()]
+        conditions.append(f"(created_at, id) < ({arg(after[0])}, {arg(after[1])})")
+    where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
+    rows: list[asyncpg.Record] = await connection.fetch(
+        f"SELECT {SHOWN_SQL} FROM sessions {where}"
+        f"ORDER BY created_at DESC, id DESC LIMIT {arg(limit)}",
+        *args,
+    )
+    return rows
 
 
 async def count_by_phase(db: AsyncSession) -> dict[str, int]:
@@ -370,11 +380,7 @@ TOUCH_UNCHANGED = (
     "UPDATE sessions SET last_report_at = $3, "
     "next_reconcile_at = LEAST(idle_deadline, expires_at, $4) "
     "WHERE id = $1 AND phase = 'Running' AND report_digest = $2 "
-    "RETURNING "
-    + ", ".join(
-        '"template_name" AS "template"' if name == "template_name" else f'"{name}"'
-        for name in SHOWN_NAMES
-    )
+    "RETURNING " + SHOWN_SQL
 )
 
 

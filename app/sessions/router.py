@@ -140,7 +140,7 @@ async def create_session(
     response_model=SessionPage,
 )
 async def list_sessions(
-    db: DbSession,
+    request: Request,
     _: SessionsRead,
     user: Annotated[str | None, Query(pattern=DNS_LABEL_PATTERN, max_length=63)] = None,
     phase: Phase | None = None,
@@ -149,7 +149,12 @@ async def list_sessions(
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> Response:
     page = await service.list_sessions(
-        db, user=user, phase=phase, template=template, limit=limit, cursor=cursor
+        request.app.state.direct_pool,
+        user=user,
+        phase=phase,
+        template=template,
+        limit=limit,
+        cursor=cursor,
     )
     return Response(page, media_type="application/json")
 
@@ -326,7 +331,7 @@ async def report_session_health(
         )
     state = request.app.state
     session, outcome = await service.report_health(
-        state.heartbeat_pool, state.sessionmaker, settings, session_id, body
+        state.direct_pool, state.sessionmaker, settings, session_id, body
     )
     state.metrics.health_reports.labels(outcome=outcome).inc()
     interval = str(settings.effective_report_interval_s)

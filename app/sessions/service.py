@@ -9,10 +9,10 @@ import binascii
 import hashlib
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import orjson
@@ -46,6 +46,16 @@ from app.sessions.schemas import (
 from app.templates.service import find_template, template_spec
 
 CURSOR_YEARS = (1970, 9998)
+DIRECT_POOL_SIZE = 8
+# What asyncpg raises on a pooled connection the server closed: the session's end (08xxx),
+# the server's shutdown notice (57P01), or a protocol left mid-operation by it.
+CLOSED_UNDER = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.AdminShutdownError,
+    asyncpg.InternalClientError,
+    asyncpg.InterfaceError,
+)
+T = TypeVar("T")
 
 
 class SessionNotFound(NotFound):
@@ -289,7 +299,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 
 
 async def list_sessions(
-    db: AsyncSession,
+    pool: asyncpg.Pool,
     *,
     user: str | None,
     phase: Phase | None,
@@ -297,15 +307,18 @@ async def list_sessions(
     limit: int,
     cursor: str | None,
 ) -> bytes:
-    """A `SessionPage` as JSON."""
+    """A `SessionPage` as JSON, read on the direct pool."""
     after = decode_cursor(cursor) if cursor else None
-    rows = await repository.list_page(
-        db,
-        user=user,
-        phase=phase.value if phase else None,
-        template=template,
-        after=after,
-        limit=limit + 1,
+    rows = await on_direct_pool(
+        pool,
+        lambda connection: repository.list_page(
+            connection,
+            user=user,
+            phase=phase.value if phase else None,
+            template=template,
+            after=after,
+            limit=limit + 1,
+        ),
     )
     next_cursor = None
     if len(rows) > limit:
@@ -460,18 +473,22 @@ async def heartbeat(
     that case."""
     now = utcnow()
     heartbeat_deadline = now + timedelta(seconds=settings.heartbeat_timeout_s)
-    async with heartbeats.acquire() as connection:
-        row = await repository.touch_unchanged(
-            connection, session_id, report_digest(report), now, heartbeat_deadline
-        )
+    digest = report_digest(report)
+    row = await on_direct_pool(
+        heartbeats,
+        lambda connection: repository.touch_unchanged(
+            connection, session_id, digest, now, heartbeat_deadline
+        ),
+    )
     if row is None:
         return None
     return dump_json(session_document(row))
 
 
-async def open_heartbeat_pool(dsn: str) -> asyncpg.Pool:
-    """A few plain asyncpg connections for heartbeats (opened on first use: the service starts
-    while the database is away), decoding JSONB as the ORM does."""
+async def open_direct_pool(dsn: str) -> asyncpg.Pool:
+    """A few plain asyncpg connections for the hot single statements outside the ORM
+    (heartbeats, listings), opened on first use (the service starts while the database is
+    away), decoding JSONB as the ORM does."""
 
     async def codecs(connection: asyncpg.Connection) -> None:
         await connection.set_type_codec(
@@ -481,7 +498,24 @@ async def open_heartbeat_pool(dsn: str) -> asyncpg.Pool:
             schema="pg_catalog",
         )
 
-    return await asyncpg.create_pool(dsn, min_size=0, max_size=4, init=codecs)
+    return await asyncpg.create_pool(dsn, min_size=0, max_size=DIRECT_POOL_SIZE, init=codecs)
+
+
+async def on_direct_pool(
+    pool: asyncpg.Pool, work: Callable[[asyncpg.Connection], Awaitable[T]]
+) -> T:
+    """`work` (one autocommitted read, or a write that may run twice) on a pooled connection;
+    once more on a fresh one if the first was closed under it (a restarted database leaves
+    the pool's idle connections dead, and asyncpg finds out on use, as a lost connection or a
+    protocol in a state it cannot leave). Errors after that propagate: the error handlers
+    answer a database that is away with 503."""
+    async with pool.acquire() as connection:
+        try:
+            return await work(connection)
+        except CLOSED_UNDER:
+            connection.terminate()  # the pool opens a new one in its place
+    async with pool.acquire() as connection:
+        return await work(connection)
 
 
 async def _report_in_transaction(

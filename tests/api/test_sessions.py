@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import text
 
 from app.config import Settings
 from app.security import agent_token
@@ -425,3 +426,26 @@ def test_the_turn_and_callback_hosts_are_reserved_too(settings: Settings) -> Non
         }
     )
     assert {"api", "relay", "control"} <= custom.reserved_users
+
+
+async def test_a_listing_survives_its_pooled_connection_being_closed_under_it(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    make_template: Callable[..., Awaitable[dict[str, Any]]],
+    make_session: Callable[..., Awaitable[dict[str, Any]]],
+) -> None:
+    """Listings run on the direct asyncpg pool, whose idle connections a restarted database
+    leaves dead: the listing is read again on a fresh connection, not answered 500 or 503."""
+    await make_template()
+    session = await make_session()
+    first = await client.get("/v1/sessions", headers=ADMIN)
+    assert [item["id"] for item in first.json()["items"]] == [session["id"]]
+    pool = app.state.direct_pool
+    async with pool.acquire() as connection:
+        backends = {await connection.fetchval("SELECT pg_backend_pid()")}
+    async with app.state.engine.connect() as killer:  # as a restart would
+        for pid in backends:
+            await killer.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    again = await client.get("/v1/sessions", headers=ADMIN)
+    assert again.status_code == 200, again.text
+    assert again.json() == first.json()
