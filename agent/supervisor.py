@@ -111,6 +111,8 @@ class Supervisor:
                 preexec_fn=_die_with_parent,
             )
             log.info("streamer started", pid=self.process.pid, command=self.command[0])
+            if self._stopping:  # stop() came while it was being started: it found no process
+                self._signal_group(signal.SIGTERM)
             assert self.process.stdout is not None
             output = asyncio.create_task(self._pass_output(self.process.stdout))
             code = await self.process.wait()

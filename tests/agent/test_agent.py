@@ -353,7 +353,8 @@ async def test_stop_ends_the_streamers_whole_process_group(tmp_path: Path) -> No
     supervised = supervisor.Supervisor([str(script)], {}, on_restart=on_restart)
     running = asyncio.create_task(supervised.run())
     for _ in range(200):
-        if pids.exists() and pids.read_text().strip():
+        # the script may write its pid before create_subprocess_exec has returned to run()
+        if pids.exists() and pids.read_text().strip() and supervised.process is not None:
             break
         await asyncio.sleep(0.05)
     child = int(pids.read_text())
@@ -369,6 +370,27 @@ async def test_stop_ends_the_streamers_whole_process_group(tmp_path: Path) -> No
         await asyncio.sleep(0.05)
     assert not _alive(leader)
     assert not _alive(child)  # its own child too: nothing left running
+
+
+async def test_a_stop_while_the_streamer_is_being_started_still_ends_it(tmp_path: Path) -> None:
+    """stop() between the spawn and run() learning the process (it finds none to signal):
+    run() ends it as soon as it has it, instead of waiting for it to exit by itself."""
+    script = tmp_path / "selkies"
+    script.write_text("#!/bin/sh\nexec sleep 300\n")
+    script.chmod(0o755)
+
+    async def on_restart(count: int, code: int | None) -> None:
+        raise AssertionError("stopping is not a crash")
+
+    supervised = supervisor.Supervisor([str(script)], {}, on_restart=on_restart)
+    running = asyncio.create_task(supervised.run())
+    await asyncio.sleep(0)  # run() is inside create_subprocess_exec now
+    assert supervised.process is None
+    await supervised.stop()  # finds no process to signal
+    outcome = await asyncio.wait_for(running, timeout=15)  # not the 300 s of its sleep
+    assert outcome.kind == "stopped"
+    assert supervised.process is not None
+    assert supervised.process.returncode is not None
 
 
 async def test_turn_credentials_are_renewed_into_selkies_file_until_the_session_ends(
