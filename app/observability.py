@@ -98,6 +98,14 @@ class Metrics:
             ["phase"],
             registry=self.registry,
         )
+        self.session_start_seconds = Histogram(
+            "vdi_session_start_seconds",
+            "Time to desktop: seconds from a session's creation to Running, by template and "
+            "whether it came from a warm pool",
+            ["template", "warm"],
+            buckets=(1, 2, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300, 600),
+            registry=self.registry,
+        )
         self.health_reports = Counter(
             "vdi_health_reports",
             "Agent health reports by outcome (running, failed, updated, unchanged)",

@@ -448,6 +448,8 @@ class Reconciler:
                     )
                     reschedule(session, self.settings, now)
                 return
+            if seen.scheduled and session.scheduled_at is None:
+                session.scheduled_at = now
             if seen.scheduled is not None:
                 status, reason, message = _scheduled_condition(seen)
                 event = lifecycle.set_condition(

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, CheckConstraint, Index, Integer, String, Text, text
+from sqlalchemy import Boolean, CheckConstraint, Index, Integer, String, Text, false, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -66,10 +66,15 @@ class VDISession(Base):
     # The Selkies line and version the agent runs, e.g. "selkies 2.1.0".
     streamer: Mapped[str | None] = mapped_column(String(64))
     gpu: Mapped[int] = mapped_column(Integer)
+    # Claimed from a template's warm pool (provisioned and checked before the user asked).
+    warm: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # Fernet token of the session's basic-auth password and TURN credentials.
     secrets_encrypted: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+    # Time to desktop: its objects existed (Starting), its pod was scheduled, it was Running.
+    provisioned_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    scheduled_at: Mapped[datetime | None] = mapped_column(TZDateTime)
     running_at: Mapped[datetime | None] = mapped_column(TZDateTime)
     ended_at: Mapped[datetime | None] = mapped_column(TZDateTime)
     idle_deadline: Mapped[datetime] = mapped_column(TZDateTime)

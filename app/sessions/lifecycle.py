@@ -124,6 +124,8 @@ def transition(
     session.reason = reason
     session.message = message
     session.updated_at = now
+    if target is Phase.starting and session.provisioned_at is None:
+        session.provisioned_at = now  # its objects exist
     if target is Phase.running:
         session.running_at = now
     if target in (Phase.failed, Phase.terminating) and session.ended_at is None:

@@ -103,8 +103,11 @@ SHOWN_NAMES = (
     "encoder",
     "streamer",
     "gpu",
+    "warm",
     "created_at",
     "updated_at",
+    "provisioned_at",
+    "scheduled_at",
     "running_at",
     "ended_at",
     "idle_deadline",
@@ -224,6 +227,7 @@ _NEW_SESSION_COLUMNS = (
     "next_reconcile_at",
     "attempts",
     "force_delete",
+    "warm",
 )
 _INSERT_NEW_SESSION = text(
     f"""

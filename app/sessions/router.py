@@ -334,6 +334,12 @@ async def report_session_health(
         state.direct_pool, state.sessionmaker, settings, session_id, body
     )
     state.metrics.health_reports.labels(outcome=outcome).inc()
+    if outcome == "running":  # once a session: its time to desktop
+        shown = Session.model_validate_json(session)
+        if shown.running_at is not None:
+            state.metrics.session_start_seconds.labels(
+                template=shown.template, warm="true" if shown.warm else "false"
+            ).observe((shown.running_at - shown.created_at).total_seconds())
     interval = str(settings.effective_report_interval_s)
     return Response(
         session, media_type="application/json", headers={REPORT_INTERVAL_HEADER: interval}

@@ -81,8 +81,17 @@ class Session(BaseModel):
         default=None, description="The Selkies line and version in use, e.g. `selkies 2.1.0`"
     )
     gpu: int = Field(description="GPUs asked for (0: a CPU session)")
+    warm: bool = Field(
+        default=False, description="Claimed from the template's warm pool (already checked)"
+    )
     created_at: datetime
     updated_at: datetime
+    provisioned_at: datetime | None = Field(
+        default=None, description="When its Kubernetes objects existed (it became Starting)"
+    )
+    scheduled_at: datetime | None = Field(
+        default=None, description="When its pod was scheduled on a node"
+    )
     running_at: datetime | None
     ended_at: datetime | None = Field(description="When it became unusable (Failed or Terminating)")
     idle_deadline: datetime = Field(description="Terminated after this unless kept alive")
@@ -124,8 +133,11 @@ def session_document(row: Mapping[str, Any]) -> dict[str, Any]:
         "encoder": row["encoder"],
         "streamer": row["streamer"],
         "gpu": row["gpu"],
+        "warm": row["warm"],
         "created_at": row["created_at"],
         "updated_at": row["updated_at"],
+        "provisioned_at": row["provisioned_at"],
+        "scheduled_at": row["scheduled_at"],
         "running_at": row["running_at"],
         "ended_at": row["ended_at"],
         "idle_deadline": row["idle_deadline"],

@@ -105,8 +105,11 @@ def to_schema(session: VDISession) -> Session:
         encoder=session.encoder,
         streamer=session.streamer,
         gpu=session.gpu,
+        warm=session.warm,
         created_at=session.created_at,
         updated_at=session.updated_at,
+        provisioned_at=session.provisioned_at,
+        scheduled_at=session.scheduled_at,
         running_at=session.running_at,
         ended_at=session.ended_at,
         idle_deadline=session.idle_deadline,
@@ -228,6 +231,7 @@ async def create_session(
         next_reconcile_at=now,
         attempts=0,
         force_delete=False,
+        warm=False,
     )
     created = lifecycle.EventDraft(
         type="PhaseChanged",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -57,7 +58,11 @@ async def test_ready_report_moves_starting_to_running(
     body = response.json()
     assert body["phase"] == "Running"
     assert body["encoder"] == "nvh264enc"
-    assert body["running_at"]
+    # time to desktop: created, objects existed (Starting), Running, in that order
+    at = {k: datetime.fromisoformat(v) for k, v in body.items() if k.endswith("_at") and v}
+    assert at["created_at"] <= at["provisioned_at"] <= at["running_at"]
+    assert body["scheduled_at"] is None  # no pod was seen here (the reconciler's tests see one)
+    assert body["warm"] is False
     conditions = {c["type"]: c for c in body["conditions"]}
     assert conditions["GPUAvailable"]["status"] == "True"
     assert conditions["EncoderReady"]["message"] == "nvh264enc initialised"
@@ -184,6 +189,10 @@ async def test_health_report_metrics_count_outcomes(
     assert 'vdi_health_reports_total{outcome="running"} 1.0' in metrics
     assert 'vdi_health_reports_total{outcome="unchanged"} 1.0' in metrics
     assert 'vdi_sessions{phase="Running"} 1.0' in metrics
+    # time to desktop, observed once per session (not again on the heartbeat)
+    labels = f'template="{session["template"]}",warm="false"'
+    assert f"vdi_session_start_seconds_count{{{labels}}} 1.0" in metrics
+    assert f'vdi_session_start_seconds_bucket{{le="600.0",{labels}}} 1.0' in metrics
 
 
 async def test_the_report_carries_the_streamer_and_a_failed_streamer_fails_the_session(

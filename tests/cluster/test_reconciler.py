@@ -6,7 +6,7 @@ import asyncio
 import base64
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -69,6 +69,12 @@ async def test_create_run_delete_terminated_and_the_home_is_reused(
     assert running.json()["phase"] == "Running"
     scheduled = {c["type"]: c for c in running.json()["conditions"]}["PodScheduled"]
     assert scheduled["status"] == "True"
+    # time to desktop, each step recorded when the reconciler or the agent saw it
+    at = {
+        k: datetime.fromisoformat(v) for k, v in running.json().items() if k.endswith("_at") and v
+    }
+    assert at["created_at"] <= at["provisioned_at"] <= at["running_at"]
+    assert at["created_at"] <= at["scheduled_at"] <= at["running_at"]
 
     assert (await api.delete(f"/v1/sessions/{session['id']}", headers=ADMIN)).status_code == 202
     ended = await eventually(phase_is(api, session["id"], "Terminated"))
