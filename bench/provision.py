@@ -16,11 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -33,17 +29,23 @@ from sqlalchemy.engine import make_url
 from app import migrate
 from app.cluster import manifests
 from app.cluster.kube import CALL_THREADS, KubeCluster
-from app.cluster.reconciler import Reconciler
+from app.cluster.reconciler import Reconciler, create_session_objects
 from app.config import Settings
 from app.embedded import EmbeddedPostgres, ensure_database
 from app.main import create_app
 from app.observability import configure_logging
 from app.templates.schemas import TemplateSpec
+from bench.soak import processes, start_fake_api
 
 # Dependent round trips per session: PVC and Pod together, then Secret, Service and
 # IngressRoute together (they need the Pod's uid for their owner reference).
 ROUND_TRIPS_PER_SESSION = 2
 ADMIN = "vdi_bench-admin-" + "a" * 32
+
+
+def fake_options(latency_ms: float, validate: bool) -> list[str]:
+    options = ["--latency-ms", str(latency_ms), "--gpus", "100000"]
+    return options if validate else [*options, "--no-validate"]
 
 
 async def calls_only(sessions: int, latency_ms: float, concurrency: int) -> float:
@@ -56,12 +58,8 @@ async def calls_only(sessions: int, latency_ms: float, concurrency: int) -> floa
     )
     spec = TemplateSpec(image="registry.example/vdi:1")
     credentials = manifests.SessionCredentials("p" * 32, "token", "1:x", "y")
-    command = [sys.executable, "-m", "app.cluster.fake", "--latency-ms", str(latency_ms)]
-    command += ["--gpus", "100000", "--no-validate"]
-    fake = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)  # noqa: ASYNC220 - starts at once
-    try:
-        assert fake.stdout is not None
-        server = (await asyncio.to_thread(fake.stdout.readline)).strip()
+    with processes() as started:
+        _fake, server = await start_fake_api(started, *fake_options(latency_ms, validate=False))
         cluster = KubeCluster.for_host(server, "vdi", settings.ingress_api_version)
         pending = [
             manifests.SessionView(id=uuid.uuid4(), user=f"floor-{i}", template="desk", spec=spec)
@@ -70,26 +68,12 @@ async def calls_only(sessions: int, latency_ms: float, concurrency: int) -> floa
 
         async def worker() -> None:
             while pending:
-                view = pending.pop()
-                _claim, pod = await asyncio.gather(
-                    cluster.create("PersistentVolumeClaim", manifests.home_claim(view, settings)),
-                    cluster.create("Pod", manifests.pod(view, settings)),
-                )
-                await asyncio.gather(
-                    cluster.create("Secret", manifests.secret(view, credentials, settings, pod)),
-                    cluster.create("Service", manifests.service(view, settings, pod)),
-                    cluster.create("IngressRoute", manifests.ingress_route(view, settings, pod)),
-                )
+                await create_session_objects(cluster, pending.pop(), credentials, settings)
 
         began = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - began
         cluster.close()
-    finally:
-        os.kill(fake.pid, signal.SIGTERM)
-        await asyncio.to_thread(fake.wait, 10)
-        if fake.stdout is not None:
-            fake.stdout.close()
     return sessions / elapsed
 
 
@@ -110,22 +94,9 @@ async def one_run(
     await db.execute(
         "TRUNCATE session_events, idempotency_keys, sessions, templates, api_tokens CASCADE"
     )
-    command = [
-        sys.executable,
-        "-m",
-        "app.cluster.fake",
-        "--latency-ms",
-        str(latency_ms),
-        "--gpus",
-        "100000",
-    ]
-    if not validate:
-        command.append("--no-validate")
     # The fake runs in its own process, so its CPU is not the reconciler's.
-    fake = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)  # noqa: ASYNC220 - starts at once
-    try:
-        assert fake.stdout is not None
-        server = (await asyncio.to_thread(fake.stdout.readline)).strip()
+    with processes() as started:
+        _fake, server = await start_fake_api(started, *fake_options(latency_ms, validate))
         cluster = KubeCluster.for_host(server, "vdi", settings.ingress_api_version)
         # The API stores the sessions first (reconciler off), so only provisioning is timed.
         app = create_app(settings.model_copy(update={"reconciler": False}), url)
@@ -148,11 +119,6 @@ async def one_run(
             elapsed = time.perf_counter() - began
             await reconciler.stop()
         cluster.close()
-    finally:
-        os.kill(fake.pid, signal.SIGTERM)
-        await asyncio.to_thread(fake.wait, 10)
-        if fake.stdout is not None:
-            fake.stdout.close()
     await db.close()
     return sessions / elapsed
 

@@ -67,6 +67,26 @@ def _view(session: VDISession) -> manifests.SessionView:
     )
 
 
+async def create_session_objects(
+    cluster: KubeCluster,
+    view: manifests.SessionView,
+    credentials: manifests.SessionCredentials,
+    settings: Settings,
+) -> None:
+    """A session's objects (idempotent creates) in two rounds, each in parallel: only the Pod's
+    uid, the others' owner, orders them. The pod waits for its claim and Secret as it would
+    for a slow volume."""
+    _claim, pod = await asyncio.gather(
+        cluster.create("PersistentVolumeClaim", manifests.home_claim(view, settings)),
+        cluster.create("Pod", manifests.pod(view, settings)),
+    )
+    await asyncio.gather(
+        cluster.create("Secret", manifests.secret(view, credentials, settings, pod)),
+        cluster.create("Service", manifests.service(view, settings, pod)),
+        cluster.create("IngressRoute", manifests.ingress_route(view, settings, pod)),
+    )
+
+
 def _backoff(attempts: int) -> timedelta:
     return timedelta(seconds=min(MAX_BACKOFF_S, 0.2 * 2 ** min(attempts, 10)))
 
@@ -287,20 +307,9 @@ class Reconciler:
             turn_username=secrets.turn_username,
             turn_password=secrets.turn_password,
         )
-        settings = self.settings
-        cluster = self.cluster
+        settings, cluster = self.settings, self.cluster
         try:
-            # Two rounds, each in parallel: only the Pod's uid (the others' owner) orders them.
-            # The pod waits for its claim and Secret as it would for a slow volume.
-            _claim, pod = await asyncio.gather(
-                cluster.create("PersistentVolumeClaim", manifests.home_claim(view, settings)),
-                cluster.create("Pod", manifests.pod(view, settings)),
-            )
-            await asyncio.gather(
-                cluster.create("Secret", manifests.secret(view, credentials, settings, pod)),
-                cluster.create("Service", manifests.service(view, settings, pod)),
-                cluster.create("IngressRoute", manifests.ingress_route(view, settings, pod)),
-            )
+            await create_session_objects(cluster, view, credentials, settings)
         except ClusterError as error:
             await self._finish(claim, _retry_or_fail(error, "ProvisioningFailed"))
             return
