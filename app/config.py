@@ -103,6 +103,16 @@ class Settings(BaseSettings):
         default=16, ge=1, le=256, description="Sessions one replica works on at once"
     )
     orphan_sweep_interval_s: float = Field(default=60.0, gt=0)
+    pool_concurrency: int = Field(
+        default=4,
+        ge=1,
+        le=256,
+        description="Warm pool members one replica provisions at once: the rest of "
+        "VDI_RECONCILE_CONCURRENCY stays for users' sessions, which are always claimed first",
+    )
+    pool_interval_s: float = Field(
+        default=2.0, gt=0, le=60, description="How often the warm pools and pre-pulls are checked"
+    )
     reconciler: bool = Field(default=True, description="Run the reconciler in this replica")
     simulated_gpus: int = Field(default=8, ge=0, description="GPUs of the simulated cluster's node")
     max_sessions_per_user: int = Field(default=1, ge=1, le=100)

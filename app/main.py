@@ -105,8 +105,17 @@ async def _start_cluster_side(
     assert cluster is not None
     app.state.cluster = cluster
     app.state.cluster_mode = mode
-    reconciler = Reconciler(settings, app.state.sessionmaker, cluster, wake=hub.work_event)
+    histogram = app.state.metrics.session_start_seconds
+
+    def on_ready(template: str, warm: bool, seconds: float) -> None:
+        histogram.labels(template=template, warm="true" if warm else "false").observe(seconds)
+
+    reconciler = Reconciler(
+        settings, app.state.sessionmaker, cluster, wake=hub.work_event, on_ready=on_ready
+    )
     app.state.reconciler = reconciler
+    # A create that claimed a warm pool member routes the user's host to it at once.
+    app.state.route_warm_claim = reconciler.pools.route_claimed
     reconciler.start()
     stack.push_async_callback(reconciler.stop)
 
@@ -164,6 +173,7 @@ def create_app(
         hub.on_token_revoked.append(app.state.token_cache.clear)
         app.state.cluster = None
         app.state.cluster_mode = "disabled"
+        app.state.route_warm_claim = None
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(engine.dispose)
             stack.push_async_callback(app.state.direct_pool.close)

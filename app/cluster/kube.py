@@ -28,7 +28,9 @@ from tenacity import (
 
 log = structlog.get_logger("vdi.kube")
 
-Kind = Literal["Pod", "Secret", "Service", "PersistentVolumeClaim", "IngressRoute"]
+Kind = Literal[
+    "Pod", "Secret", "Service", "PersistentVolumeClaim", "IngressRoute", "DaemonSet", "Event"
+]
 Items = list[dict[str, Any]]  # (`list` is also a method name below)
 T = TypeVar("T")
 
@@ -36,12 +38,13 @@ REQUEST_TIMEOUT = (3.0, 10.0)  # connect, read (seconds)
 RETRY_ATTEMPTS = 6
 WATCH_TIMEOUT_S = 240
 CALL_THREADS = 32
-POOL_CONNECTIONS = CALL_THREADS + 2  # and the pod watch's: none opened and discarded
+POOL_CONNECTIONS = CALL_THREADS + 3  # and the two watches': none opened and discarded
 CORE_PLURALS = {
     "Pod": "pods",
     "Secret": "secrets",
     "Service": "services",
     "PersistentVolumeClaim": "persistentvolumeclaims",
+    "Event": "events",
 }
 LIST_PAGE = 500  # items per page of a paged list
 # Accept header of a metadata-only list (what `kubectl get` asks for): names, labels, owners.
@@ -130,6 +133,8 @@ class KubeCluster:
                 f"/apis/{self.ingress_group}/{self.ingress_version}/namespaces/{self.namespace}"
                 "/ingressroutes"
             )
+        elif kind == "DaemonSet":
+            collection = f"/apis/apps/v1/namespaces/{self.namespace}/daemonsets"
         else:
             collection = f"/api/v1/namespaces/{self.namespace}/{CORE_PLURALS[kind]}"
         return collection if name is None else f"{collection}/{quote(name, safe='')}"
@@ -236,6 +241,16 @@ class KubeCluster:
             if not token:
                 return
 
+    async def latest_version(self, kind: Kind, field_selector: str) -> str:
+        """The collection's current resourceVersion (a list of one item): a watch from there
+        sees what happens from now on."""
+        path = self._path(kind)
+        query = [("fieldSelector", field_selector), ("limit", 1)]
+        body = await self._call(
+            f"list {kind}", lambda: json.loads(self._request("GET", path, query=query))
+        )
+        return str((body.get("metadata") or {}).get("resourceVersion") or "")
+
     async def _page(
         self, kind: Kind, label_selector: str, token: str | None, *, metadata_only: bool
     ) -> dict[str, Any]:
@@ -258,10 +273,18 @@ class KubeCluster:
             lambda: self._request("GET", path, query=[("limit", 1)], timeout=(2.0, 3.0)),
         )
 
-    async def watch_pods(
-        self, label_selector: str, resource_version: str
+    def watch_pods(self, label_selector: str, resource_version: str) -> AsyncIterator[WatchEvent]:
+        return self.watch("Pod", resource_version, label_selector=label_selector)
+
+    async def watch(
+        self,
+        kind: Literal["Pod", "Event"],
+        resource_version: str,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
     ) -> AsyncIterator[WatchEvent]:
-        """Pod events from `resource_version` until the server ends the watch (then return:
+        """Changes of `kind` from `resource_version` until the server ends the watch (then return:
         the caller watches again from the last event's resourceVersion). A 410 Gone (history
         expired) yields RESYNC: the caller re-lists. Events stay plain dicts (`deserialize=
         False`): turning each into client models is what cost KubeSpawner's hub most of its CPU
@@ -273,10 +296,16 @@ class KubeCluster:
 
         def pump() -> None:
             try:
+                lister = (
+                    self.core.list_namespaced_pod
+                    if kind == "Pod"
+                    else self.core.list_namespaced_event
+                )
                 for event in stopper.stream(
-                    self.core.list_namespaced_pod,
+                    lister,
                     self.namespace,
                     label_selector=label_selector,
+                    field_selector=field_selector,
                     resource_version=resource_version or None,
                     timeout_seconds=WATCH_TIMEOUT_S,
                     _request_timeout=(REQUEST_TIMEOUT[0], WATCH_TIMEOUT_S + 30),
@@ -292,7 +321,7 @@ class KubeCluster:
             finally:
                 loop.call_soon_threadsafe(queue.put_nowait, None)
 
-        thread = threading.Thread(target=pump, name="vdi-pod-watch", daemon=True)
+        thread = threading.Thread(target=pump, name=f"vdi-watch-{kind.lower()}", daemon=True)
         thread.start()
         try:
             while True:
@@ -303,7 +332,7 @@ class KubeCluster:
                     yield WatchEvent("RESYNC", {})
                     return
                 if isinstance(item, BaseException):
-                    raise ClusterError(f"watch pods: {item}", temporary=True)
+                    raise ClusterError(f"watch {kind}: {item}", temporary=True)
                 if item.type == "ERROR" and item.object.get("code") == 410:
                     yield WatchEvent("RESYNC", {})
                     return

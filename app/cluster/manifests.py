@@ -4,6 +4,8 @@ manifests out; the only module that knows object shapes (spec: "Pod Specificatio
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -221,8 +223,10 @@ def pod(session: SessionView, settings: Settings) -> Manifest:
     volumes: list[dict[str, Any]] = [
         # spec: "Shared Memory"
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.shm_size}},
-        # spec: "Persistence"
-        {"name": "home", "persistentVolumeClaim": {"claimName": home_claim_name(session.user)}},
+        # spec: "Persistence" (a template without it, as a warm pool's: gone with the pod)
+        {"name": "home", "persistentVolumeClaim": {"claimName": home_claim_name(session.user)}}
+        if spec.persistent_home
+        else {"name": "home", "emptyDir": {"sizeLimit": spec.home_size}},
     ]
     if spec.gpu > 0:
         # spec: "Direct Hardware Access" (NVENC); a CPU session has no GPU to reach
@@ -322,6 +326,89 @@ def ingress_route(session: SessionView, settings: Settings, owner: Manifest) -> 
         "kind": "IngressRoute",
         "metadata": _metadata(session, settings, owner),
         "spec": spec,
+    }
+
+
+# --- image pre-pull ------------------------------------------------------------------------
+
+PREPULL_TEMPLATE_LABEL = "vdi-control.io/prepull-template"
+PREPULL_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY},{COMPONENT_LABEL}=prepull"
+SPEC_HASH_ANNOTATION = "vdi-control.io/spec-hash"
+PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
+# What a pre-pull pod may use: next to nothing (it pulls, then sleeps in `pause`).
+PREPULL_RESOURCES = {
+    "requests": {"cpu": "1m", "memory": "8Mi"},
+    "limits": {"cpu": "50m", "memory": "32Mi"},
+}
+
+
+def prepull_name(template: str) -> str:
+    return f"vdi-prepull-{template}"
+
+
+def prepull_daemonset(template: str, spec: TemplateSpec, settings: Settings) -> Manifest:
+    """A DaemonSet whose pods pull the template's image on every node its sessions may land on
+    (the same node selector and tolerations), then sleep: an init container of the image that
+    exits at once, and `pause`. Annotated with a hash of its spec, so a changed image or
+    placement is seen and the DaemonSet replaced."""
+    labels = {
+        MANAGED_BY_LABEL: MANAGED_BY,
+        COMPONENT_LABEL: "prepull",
+        PREPULL_TEMPLATE_LABEL: template,
+    }
+    security = {
+        "runAsUser": UID,
+        "runAsGroup": GID,
+        "runAsNonRoot": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    pod_spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": 0,
+        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+        "initContainers": [
+            {
+                "name": "pull",
+                "image": spec.image,
+                "imagePullPolicy": "IfNotPresent",
+                "command": ["/bin/sh", "-c", "exit 0"],
+                "resources": PREPULL_RESOURCES,
+                "securityContext": security,
+            }
+        ],
+        "containers": [
+            {
+                "name": "pause",
+                "image": PAUSE_IMAGE,
+                "resources": PREPULL_RESOURCES,
+                "securityContext": security,
+            }
+        ],
+    }
+    if spec.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        pod_spec["tolerations"] = [_toleration(t.model_dump()) for t in spec.tolerations]
+    if settings.image_pull_secret:
+        pod_spec["imagePullSecrets"] = [{"name": settings.image_pull_secret}]
+    body: dict[str, Any] = {
+        "selector": {"matchLabels": labels},
+        "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "100%"}},
+        "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+    }
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": {
+            "name": prepull_name(template),
+            "namespace": settings.namespace,
+            "labels": labels,
+            "annotations": {SPEC_HASH_ANNOTATION: digest},
+        },
+        "spec": body,
     }
 
 

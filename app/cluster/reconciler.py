@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.cluster import manifests
 from app.cluster.kube import ClusterError, Kind, KubeCluster
+from app.cluster.pools import OnReady, PoolKeeper
 from app.config import Settings
 from app.models import VDISession
 from app.models._types import utcnow
@@ -44,6 +45,34 @@ PREVIOUS_POD_RECHECK_S = 10.0
 RELIST_CHUNK = 1000  # sessions read per query when a relist compares pods with the database
 SWEEP_LOCK = 0x76646973776565  # pg advisory lock: one replica sweeps orphans at a time
 SESSION_KINDS: tuple[Kind, ...] = ("Pod", "Secret", "Service", "IngressRoute")
+POD_EVENTS_SELECTOR = "involvedObject.kind=Pod"
+# The pod events that tell a user's wait (a spawn page's progress) or why it failed; others
+# (probe failures every few seconds, ...) would flood the log.
+POD_EVENT_REASONS = frozenset(
+    {
+        "Scheduled",
+        "FailedScheduling",
+        "Preempted",
+        "TriggeredScaleUp",
+        "NotTriggerScaleUp",
+        "FailedMount",
+        "FailedAttachVolume",
+        "SuccessfulAttachVolume",
+        "Pulling",
+        "Pulled",
+        "Failed",
+        "ErrImageNeverPull",
+        "InspectFailed",
+        "BackOff",
+        "Created",
+        "Started",
+        "FailedCreatePodSandBox",
+        "Killing",
+        "Evicted",
+        "OOMKilling",
+    }
+)
+EVENT_BATCH_WAIT_S = 0.05
 
 
 Apply = Callable[[AsyncSession, VDISession, datetime], Awaitable[datetime | None]]
@@ -72,19 +101,23 @@ async def create_session_objects(
     view: manifests.SessionView,
     credentials: manifests.SessionCredentials,
     settings: Settings,
-) -> None:
+) -> manifests.Manifest:
     """A session's objects (idempotent creates) in two rounds, each in parallel: only the Pod's
     uid, the others' owner, orders them. The pod waits for its claim and Secret as it would
-    for a slow volume."""
-    _claim, pod = await asyncio.gather(
-        cluster.create("PersistentVolumeClaim", manifests.home_claim(view, settings)),
-        cluster.create("Pod", manifests.pod(view, settings)),
-    )
-    await asyncio.gather(
+    for a slow volume. No home PVC for a template without `persistent_home`; no route for a
+    warm pool member (no user yet: the claim routes the user's host). The Pod, as created."""
+    first = [cluster.create("Pod", manifests.pod(view, settings))]
+    if view.spec.persistent_home:
+        first.append(cluster.create("PersistentVolumeClaim", manifests.home_claim(view, settings)))
+    pod, *_claim = await asyncio.gather(*first)
+    second = [
         cluster.create("Secret", manifests.secret(view, credentials, settings, pod)),
         cluster.create("Service", manifests.service(view, settings, pod)),
-        cluster.create("IngressRoute", manifests.ingress_route(view, settings, pod)),
-    )
+    ]
+    if view.user:
+        second.append(cluster.create("IngressRoute", manifests.ingress_route(view, settings, pod)))
+    await asyncio.gather(*second)
+    return pod
 
 
 def _backoff(attempts: int) -> timedelta:
@@ -99,6 +132,7 @@ class Reconciler:
         cluster: KubeCluster,
         *,
         wake: asyncio.Event | None = None,
+        on_ready: OnReady | None = None,
     ) -> None:
         self.settings = settings
         self.sessionmaker = sessionmaker
@@ -111,6 +145,10 @@ class Reconciler:
         self._observed: dict[str, tuple[bool, bool | None, str | None]] = {}
         self._gone_pods: dict[str, float] = {}  # pod name -> when its deletion was seen
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._pool_in_flight: set[asyncio.Task[None]] = set()
+        self.pools = PoolKeeper(settings, sessionmaker, cluster, wake=self.wake, on_ready=on_ready)
+        self._pod_events: list[manifests.Manifest] = []
+        self._pod_events_queued = asyncio.Event()
 
     # --- running ---------------------------------------------------------------------------
 
@@ -123,6 +161,11 @@ class Reconciler:
             asyncio.create_task(
                 self._loop("sweep", self._sweep_once, None), name="vdi-orphan-sweep"
             ),
+            asyncio.create_task(
+                self._loop("pools", self.pools.keep_once, self.pools.kick), name="vdi-pools"
+            ),
+            asyncio.create_task(self._watch_events(), name="vdi-event-watch"),
+            asyncio.create_task(self._forward_events(), name="vdi-event-forward"),
         ]
 
     async def stop(self) -> None:
@@ -162,6 +205,8 @@ class Reconciler:
             task = asyncio.create_task(self._process(claim))
             self._in_flight.add(task)
             task.add_done_callback(self._processed)
+            if claim.session.pool_member and claim.session.phase == Phase.provisioning:
+                self._pool_in_flight.add(task)
         if len(claims) == room:
             return 0.0  # there may be more due
         async with self.sessionmaker() as db:
@@ -173,6 +218,7 @@ class Reconciler:
 
     def _processed(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
+        self._pool_in_flight.discard(task)
         self.wake.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("reconciling a session failed", error=repr(task.exception()))
@@ -196,7 +242,15 @@ class Reconciler:
         claims = []
         async with self.sessionmaker() as db, db.begin():
             started = []
-            for session in await repository.claim_due(db, now=now, limit=limit):
+            due = await repository.claim_due(db, now=now, limit=limit)
+            # Warm pool members to provision only with the room users' sessions left, and at
+            # most pool_concurrency at once: pool work yields to user work.
+            pool_room = min(
+                limit - len(due), self.settings.pool_concurrency - len(self._pool_in_flight)
+            )
+            if pool_room > 0:
+                due += await repository.claim_pool_work(db, now=now, limit=pool_room)
+            for session in due:
                 token = uuid.uuid4()
                 session.claim_token = token
                 session.next_reconcile_at = now + lease
@@ -214,7 +268,11 @@ class Reconciler:
             await repository.add_events_of(db, started, now)
             # The phases are flushed (add_events_of): a user's two sessions claimed together see
             # each other as Provisioning.
-            provisioning = [c.session for c in claims if c.session.phase == Phase.provisioning]
+            provisioning = [
+                c.session
+                for c in claims
+                if c.session.phase == Phase.provisioning and not c.session.pool_member
+            ]
             holders = [p.value for p in lifecycle.POD_HOLDING_PHASES]
             earlier = await repository.earlier_sessions_of_users(db, provisioning, holders)
         return [dataclasses.replace(c, previous=earlier.get(c.session.id)) for c in claims]
@@ -274,6 +332,8 @@ class Reconciler:
                 await self._provision(claim)
             elif session.phase == Phase.terminating.value:
                 await self._terminate(claim)
+            elif session.phase == Phase.running.value and session.reason == "WarmClaimed":
+                await self._route_claimed(claim)
             else:
                 await self._finish(claim, _nothing)
         finally:
@@ -309,18 +369,32 @@ class Reconciler:
         )
         settings, cluster = self.settings, self.cluster
         try:
-            await create_session_objects(cluster, view, credentials, settings)
+            pod = await create_session_objects(cluster, view, credentials, settings)
         except ClusterError as error:
             await self._finish(claim, _retry_or_fail(error, "ProvisioningFailed"))
             return
 
         async def started(db: AsyncSession, row: VDISession, now: datetime) -> None:
             row.attempts = 0
+            row.pod_uid = pod["metadata"].get("uid")
             message = "Secret, PVC, Pod, Service and IngressRoute exist; waiting for the agent"
             await self._move(db, row, Phase.starting, "ObjectsCreated", message, now)
             return None
 
         await self._finish(claim, started)
+
+    async def _route_claimed(self, claim: Claim) -> None:
+        """A warm session its API replica did not route (it failed, or died) within the grace."""
+        try:
+            await self.pools.route_claimed(claim.session.id)
+        except ClusterError as error:
+            log.warning("routing a claimed warm session failed; will retry", error=str(error))
+
+            async def later(db: AsyncSession, row: VDISession, now: datetime) -> datetime:
+                row.attempts += 1
+                return now + _backoff(row.attempts)
+
+            await self._finish(claim, later)
 
     async def _terminate(self, claim: Claim) -> None:
         """Delete the session's objects once; the pod's DELETED watch event ends the session
@@ -478,6 +552,51 @@ class Reconciler:
                 )
                 reschedule(session, self.settings, now)
 
+    # --- the pods' Kubernetes events: progress in the session's log ---------------------------
+
+    async def _watch_events(self) -> None:
+        """Watch the namespace's pod events from now on (what happened while no replica watched
+        is not replayed: the session's phase and conditions already say where it is)."""
+        version = ""
+        while True:
+            try:
+                if not version:
+                    version = await self.cluster.latest_version("Event", POD_EVENTS_SELECTOR)
+                async for event in self.cluster.watch(
+                    "Event", version, field_selector=POD_EVENTS_SELECTOR
+                ):
+                    if event.type == "RESYNC":
+                        version = ""
+                        break
+                    metadata = event.object.get("metadata") or {}
+                    version = str(metadata.get("resourceVersion") or version)
+                    if event.type == "ADDED" and event.object.get("reason") in POD_EVENT_REASONS:
+                        self._pod_events.append(event.object)
+                        self._pod_events_queued.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.warning("event watch interrupted; watching again", error=str(error))
+                version = ""
+                await asyncio.sleep(1.0)
+
+    async def _forward_events(self) -> None:
+        """Write the queued pod events to their sessions' logs, a batch per transaction (a burst
+        of starts is thousands of events). Every replica forwards; each event is kept once."""
+        while True:
+            await self._pod_events_queued.wait()
+            await asyncio.sleep(EVENT_BATCH_WAIT_S)  # let a burst gather
+            self._pod_events_queued.clear()
+            batch, self._pod_events = self._pod_events, []
+            rows = [row for row in map(_pod_event_row, batch) if row is not None]
+            try:
+                async with self.sessionmaker() as db, db.begin():
+                    await repository.add_pod_events(db, rows, utcnow())
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("pod events not recorded", events=len(rows))
+
     # --- orphans ------------------------------------------------------------------------------
 
     async def sweep_orphans(self) -> int:
@@ -509,6 +628,30 @@ class Reconciler:
                         swept += 1
                         log.info("orphan deleted", kind=kind, name=name)
         return swept
+
+
+def _pod_event_row(
+    event: manifests.Manifest,
+) -> tuple[uuid.UUID, str, str, str, dict[str, object]] | None:
+    """A session event's values from a Kubernetes event about a session's pod, or None (not a
+    session pod's)."""
+    involved = event.get("involvedObject") or {}
+    name = str(involved.get("name") or "")
+    if involved.get("kind") != "Pod" or not name.startswith("vdi-"):
+        return None
+    try:
+        session_id = uuid.UUID(name.removeprefix("vdi-"))
+    except ValueError:
+        return None
+    uid = str((event.get("metadata") or {}).get("uid") or "")
+    source = event.get("source") or {}
+    data: dict[str, object] = {
+        "type": event.get("type") or "Normal",
+        "source": source.get("component") or event.get("reportingComponent") or "",
+        "count": event.get("count") or 1,
+        "at": event.get("lastTimestamp") or event.get("eventTime") or "",
+    }
+    return session_id, uid, str(event.get("reason")), str(event.get("message") or ""), data
 
 
 def _needs_write(

@@ -46,6 +46,13 @@ class VDISession(Base):
             postgresql_where=text("phase = 'Pending'"),
         ),
         Index(
+            "ix_sessions_pool_members",
+            "template_name",
+            "phase",
+            "created_at",
+            postgresql_where=text("pool_member"),
+        ),
+        Index(
             "ix_sessions_next_reconcile_at",
             "next_reconcile_at",
             postgresql_where=text("next_reconcile_at IS NOT NULL"),
@@ -68,6 +75,11 @@ class VDISession(Base):
     gpu: Mapped[int] = mapped_column(Integer)
     # Claimed from a template's warm pool (provisioned and checked before the user asked).
     warm: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # A warm pool's member assigned to no one yet (its user is ""): never listed, never counted
+    # against a user; a create for its template claims it (then false, and `warm` true).
+    pool_member: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # The pod's uid, the owner of the objects created later (a warm session's route).
+    pod_uid: Mapped[str | None] = mapped_column(String(64))
     # Fernet token of the session's basic-auth password and TURN credentials.
     secrets_encrypted: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, Integer, String, Text
+from sqlalchemy import Boolean, Integer, String, Text, false, true
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -35,5 +35,9 @@ class Template(Base):
     tolerations: Mapped[list[dict[str, Any]]] = mapped_column(JSONB)
     streamer: Mapped[str] = mapped_column(String(32), default="auto", server_default="auto")
     transport: Mapped[str] = mapped_column(String(16), default="webrtc", server_default="webrtc")
+    persistent_home: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    warm_pool: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    warm_max_age_s: Mapped[int] = mapped_column(Integer, default=3600, server_default="3600")
+    prepull: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)

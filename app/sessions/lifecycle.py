@@ -320,6 +320,13 @@ def deadline_passed(
     """The move a passed deadline calls for: (target phase, reason, message), or None."""
     phase = Phase(session.phase)
     if phase in (Phase.starting, Phase.running) and now >= session.expires_at:
+        if session.pool_member:
+            age = session.template_spec.get("warm_max_age_s")
+            return (
+                Phase.terminating,
+                "WarmPoolMemberExpired",
+                f"Unclaimed for warm_max_age_s ({age} s): replaced by a fresh member",
+            )
         return Phase.terminating, "MaxLifetimeReached", "The session reached its maximum lifetime"
     if phase in (Phase.provisioning, Phase.starting) and now >= _start_deadline(session):
         timeout = session.template_spec["start_timeout_s"]

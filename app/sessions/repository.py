@@ -23,6 +23,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import distinct_on, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.db import json_dumps
 from app.models import IdempotencyKey, SessionEvent, Template, VDISession
 
 EVENTS_CHANNEL = "vdi_session_events"
@@ -132,7 +133,7 @@ async def list_page(
     autocommitted statement on a plain asyncpg connection (prepared once per connection and
     filter combination), outside the ORM and any transaction: building the ORM's statement,
     its BEGIN and COMMIT were most of a listing's cost."""
-    conditions: list[str] = []
+    conditions: list[str] = ["NOT pool_member"]  # a warm pool's members belong to no one yet
     args: list[Any] = []
 
     def arg(value: Any) -> str:
@@ -147,7 +148,7 @@ async def list_page(
         conditions.append(f"template_name = {arg(template)}")
     if after is not None:
         conditions.append(f"(created_at, id) < ({arg(after[0])}, {arg(after[1])})")
-    where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
+    where = f"WHERE {' AND '.join(conditions)} "
     rows: list[asyncpg.Record] = await connection.fetch(
         f"SELECT {SHOWN_SQL} FROM sessions {where}"
         f"ORDER BY created_at DESC, id DESC LIMIT {arg(limit)}",
@@ -434,6 +435,7 @@ async def _claim_new(db: AsyncSession, now: datetime, limit: int) -> list[VDISes
             VDISession.template_name == Template.name,
             VDISession.phase == "Pending",
             VDISession.next_reconcile_at <= now,
+            VDISession.pool_member.is_(False),
         )
         .order_by(VDISession.next_reconcile_at)
         .limit(limit)
@@ -470,6 +472,99 @@ async def _claim_new(db: AsyncSession, now: datetime, limit: int) -> list[VDISes
     )
     rank = {session_id: index for index, session_id in enumerate(order)}
     return sorted((await db.execute(query)).scalars(), key=lambda s: rank[s.id])
+
+
+async def claim_pool_work(db: AsyncSession, *, now: datetime, limit: int) -> list[VDISession]:
+    """New warm pool members to provision, oldest first: claimed only with the room users'
+    sessions left (`claim_due` first)."""
+    query = (
+        select(VDISession)
+        .where(
+            VDISession.pool_member.is_(True),
+            VDISession.phase == "Pending",
+            VDISession.next_reconcile_at <= now,
+        )
+        .order_by(VDISession.created_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return list((await db.execute(query)).scalars())
+
+
+async def claim_warm_member(db: AsyncSession, template: str) -> VDISession | None:
+    """The oldest ready member of `template`'s warm pool, locked for this transaction; one
+    another transaction holds is skipped (SKIP LOCKED), so concurrent creates on any replica
+    each get their own, or none."""
+    query = (
+        select(VDISession)
+        .where(
+            VDISession.template_name == template,
+            VDISession.pool_member.is_(True),
+            VDISession.phase == "Running",
+        )
+        .order_by(VDISession.created_at)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    )
+    return (await db.execute(query)).scalar_one_or_none()
+
+
+async def pool_members(db: AsyncSession) -> list[VDISession]:
+    """Every live warm pool member (assigned to no one), oldest first."""
+    query = (
+        select(VDISession)
+        .where(VDISession.pool_member.is_(True), VDISession.phase != "Terminated")
+        .order_by(VDISession.created_at)
+    )
+    return list((await db.execute(query)).scalars())
+
+
+# Kubernetes events of session pods, appended once each (the unique source key: every replica
+# forwards them), to live sessions only, in the phase each is in; one NOTIFY per session.
+_ADD_POD_EVENTS = text(
+    """
+    WITH incoming AS (
+        SELECT * FROM unnest(
+            CAST(:ids AS uuid[]), CAST(:keys AS text[]), CAST(:reasons AS text[]),
+            CAST(:messages AS text[]), CAST(:data AS text[])
+        ) AS i(session_id, source_key, reason, message, data)
+    ), added AS (
+        INSERT INTO session_events
+            (session_id, type, phase, reason, message, data, created_at, source_key)
+        SELECT i.session_id, 'PodEvent', s.phase, i.reason, i.message, CAST(i.data AS jsonb), :now,
+            i.source_key
+        FROM incoming i JOIN sessions s ON s.id = i.session_id AND s.phase <> 'Terminated'
+        ON CONFLICT (session_id, source_key) WHERE source_key IS NOT NULL DO NOTHING
+        RETURNING session_id, phase
+    )
+    SELECT pg_notify(:channel, CAST(session_id AS text) || ' ' || phase)
+    FROM (SELECT DISTINCT session_id, phase FROM added) AS touched
+    """
+).bindparams(bindparam("now", type_=VDISession.__table__.c.created_at.type))
+
+
+async def add_pod_events(
+    db: AsyncSession,
+    events: Sequence[tuple[uuid.UUID, str, str, str, dict[str, Any]]],
+    now: datetime,
+) -> int:
+    """Append (session id, source key, reason, message, data) as `PodEvent`s; how many
+    sessions got new ones."""
+    if not events:
+        return 0
+    result = await db.execute(
+        _ADD_POD_EVENTS,
+        {
+            "ids": [e[0] for e in events],
+            "keys": [e[1] for e in events],
+            "reasons": [e[2][:64] for e in events],
+            "messages": [e[3] for e in events],
+            "data": [json_dumps(e[4]) for e in events],
+            "now": now,
+            "channel": EVENTS_CHANNEL,
+        },
+    )
+    return len(result.all())
 
 
 async def pod_facts(

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
+import structlog
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
@@ -46,6 +47,7 @@ from app.sessions.schemas import (
 from app.sessions.streams import StreamRegistry
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
+log = structlog.get_logger("vdi.sessions")
 
 EVENT_STREAM = "text/event-stream"
 # On a report's answer (REPORT_INTERVAL_HEADER): seconds until the agent's next report if
@@ -99,6 +101,9 @@ AgentOfSession = Annotated[uuid.UUID, Depends(_agent_of_session)]
     summary="Ask for a desktop session for a user",
     description=(
         "Stores the session in `Pending` and returns at once; the reconciler provisions it. "
+        "For a template with a warm pool and a member ready, the session is that member, "
+        "already checked: `Running` and `warm: true` (the user's route is created before the "
+        "answer; should that fail, the reconciler retries it and `reason` is `WarmClaimed`). "
         "Retry safely with the same `Idempotency-Key`: the first result is returned again."
     ),
     response_model=Session,
@@ -108,6 +113,7 @@ async def create_session(
     db: DbSession,
     principal: SessionsWrite,
     settings: AppSettings,
+    request: Request,
     idempotency_key: Annotated[
         str | None,
         Header(alias="Idempotency-Key", min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$"),
@@ -125,11 +131,20 @@ async def create_session(
                 "Idempotent-Replayed": "true",
             },
         )
-    return _json(
-        service.to_schema(result),
-        headers={"Location": f"/v1/sessions/{result.id}"},
-        status_code=status.HTTP_202_ACCEPTED,
-    )
+    headers = {"Location": f"/v1/sessions/{result.id}"}
+    route = request.app.state.route_warm_claim
+    if result.warm and route is not None:
+        # From a warm pool: committed, then the user's host routed to it (one cluster call),
+        # answered Running. Should the call fail, the reconciler routes it after a grace.
+        await db.commit()
+        try:
+            routed = await route(result.id)
+        except Exception as error:  # the claim stands; the reconciler retries the route
+            log.warning("routing a warm session failed", error=str(error))
+            routed = None
+        if routed is not None:
+            return Response(routed, status_code=202, media_type="application/json", headers=headers)
+    return _json(service.to_schema(result), headers=headers, status_code=202)
 
 
 @router.get(
@@ -336,7 +351,7 @@ async def report_session_health(
     state.metrics.health_reports.labels(outcome=outcome).inc()
     if outcome == "running":  # once a session: its time to desktop
         shown = Session.model_validate_json(session)
-        if shown.running_at is not None:
+        if shown.running_at is not None and shown.user:  # not a warm pool member's check
             state.metrics.session_start_seconds.labels(
                 template=shown.template, warm="true" if shown.warm else "false"
             ).observe((shown.running_at - shown.created_at).total_seconds())

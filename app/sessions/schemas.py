@@ -179,7 +179,11 @@ class TurnCredentials(BaseModel):
 class SessionEventOut(BaseModel):
     id: int
     session_id: uuid.UUID
-    type: Literal["PhaseChanged", "ConditionChanged"]
+    type: Literal["PhaseChanged", "ConditionChanged", "PodEvent", "Claimed"] = Field(
+        description="`PodEvent`: a Kubernetes event of the session's pod (Scheduled, Pulling, "
+        "Pulled, Started, FailedScheduling, BackOff, ...; `data` has its type and source); "
+        "`Claimed`: the session was taken from its template's warm pool"
+    )
     phase: Phase
     reason: str | None
     message: str | None

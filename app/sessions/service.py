@@ -43,6 +43,7 @@ from app.sessions.schemas import (
     dump_json,
     session_document,
 )
+from app.templates.schemas import TemplateSpec, pod_shape
 from app.templates.service import find_template, template_spec
 
 CURSOR_YEARS = (1970, 9998)
@@ -204,45 +205,16 @@ async def create_session(
         )
     spec = template_spec(template)
 
-    session_id = uuid.uuid4()
-    expires_at = now + timedelta(seconds=spec.max_lifetime_s)
-    # The pod's first TURN credential works through its start; the agent renews it after.
-    secrets = new_session_secrets(
-        settings.require_turn_secret(),
-        session_id,
-        now + timedelta(seconds=spec.start_timeout_s + settings.turn_credential_ttl_s),
-    )
-    session = VDISession(
-        id=session_id,
-        user=body.user,
-        template_name=template.name,
-        template_spec=spec.model_dump(mode="json"),
-        url=f"https://{body.user}.{settings.base_domain}/",
-        phase=Phase.pending.value,
-        reason="Created",
-        message="Accepted; waiting for the reconciler",
-        conditions=lifecycle.initial_conditions(spec.gpu, now),
-        gpu=spec.gpu,
-        secrets_encrypted=SecretBox(settings.require_secret_key()).seal(secrets),
-        created_at=now,
-        updated_at=now,
-        idle_deadline=now + timedelta(seconds=spec.idle_timeout_s),
-        expires_at=expires_at,
-        next_reconcile_at=now,
-        attempts=0,
-        force_delete=False,
-        warm=False,
-    )
-    created = lifecycle.EventDraft(
-        type="PhaseChanged",
-        phase=Phase.pending.value,
-        reason="Created",
-        message=f"Session for '{body.user}' from template '{template.name}'",
-        data={"from": None, "to": Phase.pending.value},
-    )
+    session: VDISession | None = None
+    if spec.warm_pool == 0:  # built (its secrets sealed) before the user's lock is taken
+        session, created = new_session_row(settings, template.name, spec, body.user, now)
     counted = [p.value for p in COUNTED_PHASES]
     await repository.lock_user(db, body.user)
-    if not await repository.insert_new_session(
+    if session is None:
+        session = await _claim_warm(db, settings, body.user, template.name, spec, now)
+        if session is None:  # none ready (or the user's earlier pod is not gone): cold
+            session, created = new_session_row(settings, template.name, spec, body.user, now)
+    if not session.warm and not await repository.insert_new_session(
         db, session, created, counted=counted, limit=settings.max_sessions_per_user
     ):
         active = await repository.active_sessions_of_user(db, body.user, counted)
@@ -270,6 +242,107 @@ async def create_session(
             body=to_schema(session).model_dump(mode="json"),
         )
     return session
+
+
+def new_session_row(
+    settings: Settings,
+    template: str,
+    spec: TemplateSpec,
+    user: str,
+    now: datetime,
+    *,
+    member: bool = False,
+) -> tuple[VDISession, lifecycle.EventDraft]:
+    """A new Pending session and its first event; `member`: a warm pool member of the template,
+    assigned to no one (no user, no URL; it lives until warm_max_age_s unless claimed)."""
+    session_id = uuid.uuid4()
+    lifetime_s = spec.warm_max_age_s if member else spec.max_lifetime_s
+    # The pod's first TURN credential works through its start; the agent renews it after.
+    secrets = new_session_secrets(
+        settings.require_turn_secret(),
+        session_id,
+        now + timedelta(seconds=spec.start_timeout_s + settings.turn_credential_ttl_s),
+    )
+    message = "Accepted; waiting for the reconciler"
+    if member:
+        message = f"A warm pool member of '{template}': provisioned and checked for no one yet"
+    session = VDISession(
+        id=session_id,
+        user=user,
+        template_name=template,
+        template_spec=spec.model_dump(mode="json"),
+        url=f"https://{user}.{settings.base_domain}/" if user else "",
+        phase=Phase.pending.value,
+        reason="Created",
+        message=message,
+        conditions=lifecycle.initial_conditions(spec.gpu, now),
+        gpu=spec.gpu,
+        secrets_encrypted=SecretBox(settings.require_secret_key()).seal(secrets),
+        created_at=now,
+        updated_at=now,
+        # a member is kept alive by no one: only its age ends it
+        idle_deadline=now + timedelta(seconds=lifetime_s if member else spec.idle_timeout_s),
+        expires_at=now + timedelta(seconds=lifetime_s),
+        next_reconcile_at=now,
+        attempts=0,
+        force_delete=False,
+        warm=False,
+        pool_member=member,
+    )
+    created = lifecycle.EventDraft(
+        type="PhaseChanged",
+        phase=Phase.pending.value,
+        reason="Created",
+        message=f"Warm pool member of template '{template}'"
+        if member
+        else f"Session for '{user}' from template '{template}'",
+        data={"from": None, "to": Phase.pending.value},
+    )
+    return session, created
+
+
+WARM_ROUTE_GRACE_S = 5.0  # the reconciler routes a claimed session if the API has not by then
+
+
+async def _claim_warm(
+    db: AsyncSession,
+    settings: Settings,
+    user: str,
+    template: str,
+    spec: TemplateSpec,
+    now: datetime,
+) -> VDISession | None:
+    """Give the user a ready member of the template's warm pool, under the user's lock; None
+    (a cold start, or the limit's 409 from the caller) when the user is at the limit, when an
+    earlier session of the user still holds a pod (its host name is routed to that pod until it
+    is gone: the cold path waits for it), or when no member is ready."""
+    holding = [p.value for p in lifecycle.POD_HOLDING_PHASES | {Phase.pending}]
+    if await repository.active_sessions_of_user(db, user, holding):
+        return None
+    member = await repository.claim_warm_member(db, template)
+    if member is None or pod_shape(member.template_spec) != pod_shape(spec.model_dump()):
+        return None  # none ready, or the oldest is of a replaced template (the keeper ends it)
+    host = f"{user}.{settings.base_domain}"
+    pooled_since, ready_since = member.created_at, member.running_at or member.created_at
+    member.user, member.url = user, f"https://{host}/"
+    member.pool_member, member.warm = False, True
+    member.created_at = member.updated_at = now
+    member.running_at = None  # Running for the user once the route exists
+    member.idle_deadline = now + timedelta(seconds=spec.idle_timeout_s)
+    member.expires_at = now + timedelta(seconds=spec.max_lifetime_s)
+    member.reason = "WarmClaimed"
+    member.message = f"Claimed from the warm pool of '{template}'; routing {host} to it"
+    member.next_reconcile_at = now + timedelta(seconds=WARM_ROUTE_GRACE_S)
+    event = lifecycle.EventDraft(
+        type="Claimed",
+        phase=member.phase,
+        reason="WarmClaimed",
+        message=f"Claimed for '{user}' from the warm pool of '{template}' (ready since "
+        f"{ready_since.isoformat()})",
+        data={"user": user, "pooled_since": pooled_since.isoformat()},
+    )
+    await repository.add_events(db, member, [event], now)
+    return member
 
 
 async def get_session(db: AsyncSession, session_id: uuid.UUID) -> VDISession:

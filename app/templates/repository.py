@@ -41,7 +41,9 @@ async def upsert(db: AsyncSession, name: str, values: dict[str, Any]) -> tuple[T
 
 async def count_live_sessions(db: AsyncSession, name: str) -> int:
     query = select(func.count()).where(
-        VDISession.template_name == name, VDISession.phase.not_in(LIVE_PHASES_EXCLUDED)
+        VDISession.template_name == name,
+        VDISession.phase.not_in(LIVE_PHASES_EXCLUDED),
+        VDISession.pool_member.is_(False),  # its warm pool's members end with it
     )
     return int((await db.execute(query)).scalar_one())
 
@@ -49,3 +51,17 @@ async def count_live_sessions(db: AsyncSession, name: str) -> int:
 async def delete(db: AsyncSession, template: Template) -> None:
     await db.delete(template)
     await db.flush()
+
+
+async def warm_available(db: AsyncSession, names: list[str]) -> dict[str, int]:
+    """Per template: its warm pool members ready to be claimed (Running, no user)."""
+    rows = await db.execute(
+        select(VDISession.template_name, func.count())
+        .where(
+            VDISession.template_name.in_(names),
+            VDISession.pool_member.is_(True),
+            VDISession.phase == "Running",
+        )
+        .group_by(VDISession.template_name)
+    )
+    return {name: int(count) for name, count in rows.all()}

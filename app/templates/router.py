@@ -41,16 +41,15 @@ async def put_template(
     template, created = await service.put_template(db, name, body)
     if created:
         response.status_code = status.HTTP_201_CREATED
-    return TemplateOut.model_validate(template)
+    [shown] = await service.shown(db, [template])
+    return shown
 
 
 @router.get(
     "", name="list_templates", responses=problem_responses(*AUTH_ERRORS), summary="List templates"
 )
 async def list_templates(db: DbSession, _: SessionsRead) -> TemplateList:
-    return TemplateList(
-        items=[TemplateOut.model_validate(t) for t in await service.list_templates(db)]
-    )
+    return TemplateList(items=await service.shown(db, await service.list_templates(db)))
 
 
 @router.get(
@@ -60,7 +59,8 @@ async def list_templates(db: DbSession, _: SessionsRead) -> TemplateList:
     summary="Get a template",
 )
 async def get_template(name: NamePath, db: DbSession, _: SessionsRead) -> TemplateOut:
-    return TemplateOut.model_validate(await service.get_template(db, name))
+    [shown] = await service.shown(db, [await service.get_template(db, name)])
+    return shown
 
 
 @router.delete(

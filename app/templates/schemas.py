@@ -76,6 +76,29 @@ class TemplateSpec(BaseModel):
         default="webrtc",
         description="`webrtc` (through TURN, always) or `websockets` (Selkies 2.x only; no TURN)",
     )
+    persistent_home: bool = Field(
+        default=True,
+        description="The user's home is a PVC (`home-<user>`) kept across sessions; false: an "
+        "emptyDir of `home_size`, gone with the session (required by a warm pool)",
+    )
+    warm_pool: int = Field(
+        default=0,
+        ge=0,
+        le=500,
+        description="Sessions kept provisioned and checked (GPU and encoder) for no one yet: a "
+        "create takes one and is Running at once. Needs `persistent_home: false`",
+    )
+    warm_max_age_s: int = Field(
+        default=3600,
+        ge=300,
+        le=7 * 86400,
+        description="A warm pool member older than this (unclaimed) is replaced",
+    )
+    prepull: bool = Field(
+        default=False,
+        description="Keep a DaemonSet `vdi-prepull-<template>` that pulls the image on every "
+        "node the sessions may use (the node selector and tolerations)",
+    )
 
     @model_validator(mode="after")
     def _idle_within_lifetime(self) -> Self:
@@ -99,6 +122,16 @@ class TemplateSpec(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _warm_pool_without_persistent_home(self) -> Self:
+        if self.warm_pool > 0 and self.persistent_home:
+            raise ValueError(
+                "warm_pool > 0 needs persistent_home: false: a warm session's pod runs before "
+                "its user is known, and a user's home PVC cannot be mounted into a running pod; "
+                "set persistent_home to false (an emptyDir home of home_size) or warm_pool to 0"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _websockets_only_on_selkies_2(self) -> Self:
         if self.transport == "websockets" and self.streamer != "selkies":
             raise ValueError(
@@ -112,9 +145,23 @@ class TemplateOut(TemplateSpec):
     model_config = ConfigDict(from_attributes=True)
 
     name: TemplateName
+    warm_available: int = Field(
+        default=0, description="Warm pool members ready to be claimed now (Running, no user)"
+    )
     created_at: datetime
     updated_at: datetime
 
 
 class TemplateList(BaseModel):
     items: list[TemplateOut]
+
+
+# Template fields that do not change a session's pod: a warm pool's members stay when only
+# these change.
+POOL_ONLY_FIELDS = frozenset({"warm_pool", "warm_max_age_s", "prepull"})
+
+
+def pod_shape(spec: dict[str, object]) -> dict[str, object]:
+    """What of a stored template spec makes a session's pod what it is (defaults filled in)."""
+    values = TemplateSpec.model_validate(spec).model_dump(mode="json")
+    return {k: v for k, v in values.items() if k not in POOL_ONLY_FIELDS}

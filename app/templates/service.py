@@ -7,7 +7,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.errors import Conflict, NotFound
 from app.models import Template
 from app.templates import repository
-from app.templates.schemas import TemplateSpec
+from app.templates.schemas import TemplateOut, TemplateSpec
 
 
 class TemplateNotFound(NotFound):
@@ -60,3 +60,14 @@ def template_spec(template: Template) -> TemplateSpec:
     return TemplateSpec.model_validate(
         {field: getattr(template, field) for field in TemplateSpec.model_fields}
     )
+
+
+async def shown(db: AsyncSession, templates: list[Template]) -> list[TemplateOut]:
+    """Templates as returned: with their warm pools' ready members."""
+    available = await repository.warm_available(db, [t.name for t in templates])
+    return [
+        TemplateOut.model_validate(t).model_copy(
+            update={"warm_available": available.get(t.name, 0)}
+        )
+        for t in templates
+    ]

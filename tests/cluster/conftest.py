@@ -43,6 +43,7 @@ def cluster_settings(settings: Settings) -> Settings:
             "reconcile_interval_s": 0.2,
             "reconcile_lease_s": 5,
             "orphan_sweep_interval_s": 3600.0,
+            "pool_interval_s": 0.2,
             "heartbeat_timeout_s": 60,
             "failed_grace_s": 3600,
             "namespace": "vdi",

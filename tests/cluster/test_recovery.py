@@ -202,7 +202,11 @@ async def _scenario(db: asyncpg.Connection, url: str, tmp_path: Path) -> None:
         assert at_kill_terminating < SESSIONS, "the termination kill came too late"
         phases = await db.fetch("SELECT phase, count(*) AS n FROM sessions GROUP BY phase")
         assert {row["phase"]: row["n"] for row in phases} == {"Terminated": SESSIONS}
-        left = [o["metadata"]["name"] for o in fake.live() if o["kind"] != "PersistentVolumeClaim"]
+        left = [
+            o["metadata"]["name"]
+            for o in fake.live()
+            if o["kind"] not in ("PersistentVolumeClaim", "Event")
+        ]
         assert left == [], "objects outlived their sessions"
         claims = [o["metadata"]["name"] for o in fake.live("persistentvolumeclaims")]
         assert len(claims) == SESSIONS, "a user's home was deleted with the session"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import collections
 import contextlib
 import contextvars
 import datetime
@@ -51,9 +52,21 @@ CORE = {
     "secrets": "Secret",
     "services": "Service",
     "persistentvolumeclaims": "PersistentVolumeClaim",
+    "events": "Event",
 }
+APPS = {"daemonsets": "DaemonSet"}
+KINDS = {**CORE, **APPS, "ingressroutes": "IngressRoute"}
 TRAEFIK_GROUPS = ("traefik.io", "traefik.containo.us")
 POD = kmock.resource("", "v1", "pods")
+EVENT = kmock.resource("", "v1", "events")
+DAEMONSET = kmock.resource("apps", "v1", "daemonsets")
+NODE_LABELS = {
+    "kubernetes.io/hostname": NODE_NAME,
+    "kubernetes.io/os": "linux",
+    "kubernetes.io/arch": "amd64",
+    "nvidia.com/gpu.present": "true",
+}
+EVENTS_KEPT = 50_000  # the oldest go first (a real API server expires them after an hour)
 METADATA_LIST = "as=PartialObjectMetadataList"  # in Accept: list metadata only (as kubectl can)
 Key = tuple[Any, str | None, str]  # (resource, namespace, name), kmock's object key
 RBAC_VERBS = {"FETCH": "get", "UPDATE": "patch"}  # kmock action -> RBAC verb (others: lowercased)
@@ -148,6 +161,12 @@ class FakeKubernetes(k8s.KubernetesEmulator):
     failing_images: tuple[str, ...] = ("does-not-exist",)
     crashing_images: tuple[str, ...] = ("crashes",)
     on_pod_running: Callable[[dict[str, Any]], Coroutine[Any, Any, None]] | None = None
+    # The node's image store: a pod whose image is there starts at once ("already present on
+    # machine"); any other pulls it for `image_pull_s` first. `keep_pulled_images=False` is a
+    # fleet of fresh nodes: every pod pulls (but a pre-pull DaemonSet still fills the store).
+    image_pull_s: float = 0.0
+    keep_pulled_images: bool = True
+    node_images: set[str] = attrs.field(factory=set)
 
     _resource_version: int = attrs.field(default=1, init=False)
     _random: random.Random = attrs.field(factory=random.Random, init=False)
@@ -166,11 +185,17 @@ class FakeKubernetes(k8s.KubernetesEmulator):
     _dependents: dict[str, set[Key]] = attrs.field(factory=dict, init=False)
     _kubelet_work: dict[Key, None] = attrs.field(factory=dict, init=False)
     _gpus_used: int = attrs.field(default=0, init=False)
+    _pulls: dict[str, float] = attrs.field(factory=dict, init=False)  # pod uid -> pulled at
+    _events: collections.deque[Key] = attrs.field(factory=collections.deque, init=False)
+    _new_events: list[dict[str, Any]] = attrs.field(factory=list, init=False)
+    _daemonset_work: dict[Key, float] = attrs.field(factory=dict, init=False)  # -> pulled at
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         for plural, kind in CORE.items():
             self.resources[f"v1/{plural}"] = kmock.ResourceInfo(kind=kind, namespaced=True)
+        for plural, kind in APPS.items():
+            self.resources[f"apps/v1/{plural}"] = kmock.ResourceInfo(kind=kind, namespaced=True)
         for group in TRAEFIK_GROUPS:
             self.resources[f"{group}/v1alpha1/ingressroutes"] = kmock.ResourceInfo(
                 kind="IngressRoute", namespaced=True
@@ -226,6 +251,8 @@ class FakeKubernetes(k8s.KubernetesEmulator):
             self._dependents.setdefault(owner.get("uid"), set()).add(key)
         if key[0] == POD:
             self._kubelet_work[key] = None
+        elif key[0] == DAEMONSET:
+            self._daemonset_work[key] = asyncio.get_running_loop().time() + self.image_pull_s
 
     def _forget(self, key: Key, raw: dict[str, Any]) -> None:
         """A deleted object leaves the indexes, and memory (kmock would keep its history)."""
@@ -243,6 +270,9 @@ class FakeKubernetes(k8s.KubernetesEmulator):
         if key[0] == POD:
             self._kubelet_work.pop(key, None)
             self._delete_after.pop(metadata.get("uid", ""), None)
+            self._pulls.pop(metadata.get("uid", ""), None)
+        elif key[0] == DAEMONSET:
+            self._daemonset_work.pop(key, None)
             if (raw.get("spec") or {}).get("nodeName"):
                 self._gpus_used -= _gpus(raw)
         if key in self.objects:
@@ -292,6 +322,9 @@ class FakeKubernetes(k8s.KubernetesEmulator):
             elif request.action in (enums.action.LIST, enums.action.WATCH):
                 try:
                     selectors.parse(request.params.get("labelSelector"))
+                    selectors.parse_fields(
+                        request.params.get("fieldSelector"), str(request.resource.plural)
+                    )
                 except ValueError as error:
                     raise k8s.KubernetesError(
                         status=400, reason="BadRequest", message=str(error)
@@ -365,8 +398,8 @@ class FakeKubernetes(k8s.KubernetesEmulator):
                 reason="BadRequest",
                 message="the namespace of the object does not match the namespace of the URL",
             )
-        if request.resource.plural in CORE:
-            if kind != CORE[request.resource.plural]:
+        if request.resource.plural in CORE or request.resource.plural in APPS:
+            if kind != KINDS[request.resource.plural]:
                 raise k8s.KubernetesError(
                     status=400, reason="BadRequest", message=f"kind {kind!r} does not match the URL"
                 )
@@ -408,21 +441,22 @@ class FakeKubernetes(k8s.KubernetesEmulator):
         """A list: label selector, `limit` and `continue` pages in name order (served from the
         live state, not from a snapshot as etcd does), and metadata only when the Accept header
         asks for a PartialObjectMetadataList."""
-        matches = selectors.parse(request.params.get("labelSelector"))
+        matches = _matcher(request)
         limit = int(request.params.get("limit") or 0)
         after = _decode_continue(request.params.get("continue"))
         items: list[dict[str, Any]] = []
         more = False
         async with self._lock:
             for raw in self._matching(request, after):
-                if not matches(raw.get("metadata", {}).get("labels") or {}):
+                if not matches(raw):
                     continue
                 if limit and len(items) == limit:
                     more = True
                     break
                 items.append(raw)
             version = str(self._resource_version)
-        kind = CORE.get(str(request.resource.plural if request.resource else ""), "IngressRoute")
+        kind = KINDS[str(request.resource.plural if request.resource else "")]
+        api_version = "apps/v1" if kind in APPS.values() else "v1"
         metadata: dict[str, Any] = {"resourceVersion": version}
         if more:
             last = items[-1]["metadata"]
@@ -439,7 +473,12 @@ class FakeKubernetes(k8s.KubernetesEmulator):
                     for i in items
                 ],
             }
-        return {"apiVersion": "v1", "kind": f"{kind}List", "metadata": metadata, "items": items}
+        return {
+            "apiVersion": api_version,
+            "kind": f"{kind}List",
+            "metadata": metadata,
+            "items": items,
+        }
 
     def _matching(
         self, request: rendering.Request, after: tuple[str | None, str] | None = None
@@ -483,7 +522,7 @@ class FakeKubernetes(k8s.KubernetesEmulator):
 
     async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[Any]:
         yield b""
-        matches = selectors.parse(request.params.get("labelSelector"))
+        matches = _matcher(request)
         timeout_s = float(request.params.get("timeoutSeconds") or 0) or None
         since = int(request.params.get("resourceVersion") or 0)
         assert request.resource is not None
@@ -492,8 +531,7 @@ class FakeKubernetes(k8s.KubernetesEmulator):
             initial = [
                 {"type": "ADDED", "object": raw}
                 for raw in self._matching(request)
-                if matches(raw.get("metadata", {}).get("labels") or {})
-                and int(raw["metadata"].get("resourceVersion", 0)) > since
+                if matches(raw) and int(raw["metadata"].get("resourceVersion", 0)) > since
             ]
         for event in initial:
             yield event
@@ -507,7 +545,7 @@ class FakeKubernetes(k8s.KubernetesEmulator):
                         and metadata.get("namespace") != request.namespace
                     ):
                         continue
-                    if matches(metadata.get("labels") or {}):
+                    if matches(raw):
                         yield event
 
     # --- deletion and garbage collection -------------------------------------------------
@@ -534,8 +572,13 @@ class FakeKubernetes(k8s.KubernetesEmulator):
                     asyncio.get_running_loop().time() + self.termination_delay_s
                 )
                 self._kubelet_work[key] = None
+                if obj.raw["spec"].get("nodeName"):
+                    self._record_event(obj.raw, "Killing", "Stopping container desktop")
             raw = obj.raw
+            events, self._new_events = self._new_events, []
         await self._buses[POD].put({"type": "MODIFIED", "object": raw})
+        for event in events:
+            await self._buses[EVENT].put({"type": "ADDED", "object": event})
         return aiohttp.web.json_response(raw)
 
     async def _collect_garbage(self, gone: list[str]) -> None:
@@ -569,6 +612,8 @@ class FakeKubernetes(k8s.KubernetesEmulator):
             await asyncio.sleep(self.kubelet_interval_s)
             async with self._lock:
                 changes = self._kubelet_step()
+                daemonsets = self._daemonset_step()
+                events, self._new_events = self._new_events, []
             gone = []
             for change, raw in changes:
                 await self._buses[POD].put({"type": change, "object": raw})
@@ -581,11 +626,108 @@ class FakeKubernetes(k8s.KubernetesEmulator):
                 ):
                     if _just_started(raw):
                         asyncio.create_task(self.on_pod_running(raw))
+            for raw in daemonsets:
+                await self._buses[DAEMONSET].put({"type": "MODIFIED", "object": raw})
+            for raw in events:
+                await self._buses[EVENT].put({"type": "ADDED", "object": raw})
             await self._collect_garbage(gone)
+
+    def _record_event(
+        self,
+        pod: dict[str, Any],
+        reason: str,
+        message: str,
+        *,
+        warning: bool = False,
+        component: str = "kubelet",
+    ) -> None:
+        """A core/v1 Event about `pod`, as the scheduler or the kubelet writes it (under the lock;
+        the kubelet's tick puts it on the watch bus)."""
+        metadata = pod["metadata"]
+        namespace, now = metadata["namespace"], _now()
+        name = f"{metadata['name']}.{uuid.uuid4().hex[:16]}"
+        source = {"component": component}
+        if component == "kubelet":
+            source["host"] = NODE_NAME
+        raw = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "uid": str(uuid.uuid4()),
+                "resourceVersion": self._next_version(),
+                "creationTimestamp": now,
+            },
+            "involvedObject": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "name": metadata["name"],
+                "namespace": namespace,
+                "uid": metadata["uid"],
+            },
+            "reason": reason,
+            "message": message,
+            "type": "Warning" if warning else "Normal",
+            "source": source,
+            "reportingComponent": component,
+            "reportingInstance": NODE_NAME if component == "kubelet" else "",
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        key: Key = (EVENT, namespace, name)
+        self.objects[key] = raw
+        self._remember(key)
+        self._events.append(key)
+        self._new_events.append(self.objects[key].raw)
+        while len(self._events) > EVENTS_KEPT:
+            old = self._events.popleft()
+            obj = self._live(old)
+            if obj is not None:
+                obj.delete()
+                self._forget(old, obj.last.raw)
+
+    def _daemonset_step(self) -> list[dict[str, Any]]:
+        """The DaemonSet controller and the pulls its pods do, on the one node: once the image
+        pull time has passed, the node has the images (if the node selector matches it)."""
+        now = asyncio.get_running_loop().time()
+        changed = []
+        for key, pulled_at in list(self._daemonset_work.items()):
+            if now < pulled_at:
+                continue
+            del self._daemonset_work[key]
+            obj = self._live(key)
+            if obj is None:
+                continue
+            template = (obj.raw.get("spec") or {}).get("template") or {}
+            spec = template.get("spec") or {}
+            selector = spec.get("nodeSelector") or {}
+            fits = all(NODE_LABELS.get(k) == v for k, v in selector.items())
+            if fits:
+                for container in [*spec.get("initContainers", []), *spec.get("containers", [])]:
+                    self.node_images.add(container["image"])
+            count = 1 if fits else 0
+            obj.patch(
+                {
+                    "metadata": {"resourceVersion": self._next_version()},
+                    "status": {
+                        "observedGeneration": 1,
+                        "desiredNumberScheduled": count,
+                        "currentNumberScheduled": count,
+                        "updatedNumberScheduled": count,
+                        "numberReady": count,
+                        "numberAvailable": count,
+                        "numberMisscheduled": 0,
+                    },
+                }
+            )
+            changed.append(obj.raw)
+        return changed
 
     def _kubelet_step(self) -> list[tuple[str, dict[str, Any]]]:
         """One tick over the pods with something left to do (a running pod has none until it is
-        deleted): schedule, start, crash, finish terminating."""
+        deleted): schedule, pull, start, crash, finish terminating."""
         changes: list[tuple[str, dict[str, Any]]] = []
         now = asyncio.get_running_loop().time()
         for key in list(self._kubelet_work):
@@ -601,7 +743,7 @@ class FakeKubernetes(k8s.KubernetesEmulator):
                     self._forget(key, raw)
                     changes.append(("DELETED", raw))
                 continue
-            status = self._pod_status(raw)
+            status = self._pod_status(raw, now)
             if status is None:
                 if (raw.get("status") or {}).get("phase") == "Running":
                     self._kubelet_work.pop(key, None)  # settled: running, or crashed for good
@@ -609,11 +751,43 @@ class FakeKubernetes(k8s.KubernetesEmulator):
             if status.pop("_scheduled", False):
                 self._gpus_used += _gpus(raw)
                 obj.patch({"spec": {"nodeName": NODE_NAME}})
+                self._record_event(
+                    raw,
+                    "Scheduled",
+                    f"Successfully assigned {metadata['namespace']}/{metadata['name']} "
+                    f"to {NODE_NAME}",
+                    component="default-scheduler",
+                )
             obj.patch({"status": status, "metadata": {"resourceVersion": self._next_version()}})
             changes.append(("MODIFIED", obj.raw))
         return changes
 
-    def _pod_status(self, raw: dict[str, Any]) -> dict[str, Any] | None:
+    def _pull(self, raw: dict[str, Any], image: str, now: float) -> bool:
+        """The image pull of a scheduled pod (its events on the way): whether it is done."""
+        uid = raw["metadata"]["uid"]
+        pulled_at = self._pulls.get(uid)
+        if pulled_at is None:
+            if image in self.node_images:
+                self._pulls[uid] = -1.0
+                self._record_event(
+                    raw, "Pulled", f'Container image "{image}" already present on machine'
+                )
+                return True
+            self._pulls[uid] = pulled_at = now + self.image_pull_s
+            self._record_event(raw, "Pulling", f'Pulling image "{image}"')
+        if pulled_at < 0:
+            return True
+        if now < pulled_at:
+            return False
+        self._pulls[uid] = -1.0
+        if self.keep_pulled_images:
+            self.node_images.add(image)
+        self._record_event(
+            raw, "Pulled", f'Successfully pulled image "{image}" in {self.image_pull_s:.3f}s'
+        )
+        return True
+
+    def _pod_status(self, raw: dict[str, Any], now: float) -> dict[str, Any] | None:
         """The next status of a pod, or None when it does not change."""
         spec, status = raw["spec"], raw.get("status", {})
         namespace = raw["metadata"]["namespace"]
@@ -628,26 +802,41 @@ class FakeKubernetes(k8s.KubernetesEmulator):
             else:
                 return {"_scheduled": True, "conditions": [_condition("PodScheduled", "True")]}
             wanted = [_condition("PodScheduled", "False", "Unschedulable", message)]
-            return (
-                None
-                if _same_conditions(status, wanted)
-                else {"phase": "Pending", "conditions": wanted}
+            if _same_conditions(status, wanted):
+                return None
+            self._record_event(
+                raw, "FailedScheduling", message, warning=True, component="default-scheduler"
             )
+            return {"phase": "Pending", "conditions": wanted}
         if status.get("phase") == "Running" and not _crashing(raw, self.crashing_images):
             return None
         image = spec["containers"][0]["image"]
         scheduled = _condition("PodScheduled", "True")
-        missing_secrets = [s for s in _secrets(raw) if not self._exists("secrets", namespace, s)]
-        if missing_secrets:
-            waiting = {
-                "reason": "CreateContainerConfigError",
-                "message": f'secret "{missing_secrets[0]}" not found',
-            }
-        elif any(bad in image for bad in self.failing_images):
+        current = (status.get("containerStatuses") or [{}])[0].get("state", {}).get("waiting", {})
+        if any(bad in image for bad in self.failing_images):
             waiting = {
                 "reason": "ErrImagePull",
                 "message": f'failed to pull and unpack image "{image}": not found',
             }
+            if current.get("reason") != waiting["reason"]:
+                self._record_event(raw, "Pulling", f'Pulling image "{image}"')
+                self._record_event(
+                    raw,
+                    "Failed",
+                    f'Failed to pull image "{image}": {waiting["message"]}',
+                    warning=True,
+                )
+        elif not self._pull(raw, image, now):
+            waiting = {"reason": "ContainerCreating", "message": ""}
+        elif missing_secrets := [
+            s for s in _secrets(raw) if not self._exists("secrets", namespace, s)
+        ]:
+            waiting = {
+                "reason": "CreateContainerConfigError",
+                "message": f'secret "{missing_secrets[0]}" not found',
+            }
+            if current.get("reason") != waiting["reason"]:
+                self._record_event(raw, "Failed", f"Error: {waiting['message']}", warning=True)
         elif any(bad in image for bad in self.crashing_images):
             restarts = int((status.get("containerStatuses") or [{}])[0].get("restartCount", 0)) + 1
             if restarts > 3:
@@ -656,12 +845,23 @@ class FakeKubernetes(k8s.KubernetesEmulator):
                 "reason": "CrashLoopBackOff",
                 "message": "back-off 10s restarting failed container=desktop",
             }
+            if restarts == 1:
+                self._record_event(raw, "Created", "Created container: desktop")
+                self._record_event(raw, "Started", "Started container desktop")
+            self._record_event(
+                raw,
+                "BackOff",
+                f"Back-off restarting failed container desktop in pod {raw['metadata']['name']}",
+                warning=True,
+            )
             return {
                 "phase": "Running",
                 "conditions": [scheduled, _condition("Ready", "False")],
                 "containerStatuses": [_container_status(image, waiting=waiting, restarts=restarts)],
             }
         else:
+            self._record_event(raw, "Created", "Created container: desktop")
+            self._record_event(raw, "Started", "Started container desktop")
             return {
                 "phase": "Running",
                 "podIP": "10.42.0." + str(1 + self._resource_version % 250),
@@ -669,7 +869,6 @@ class FakeKubernetes(k8s.KubernetesEmulator):
                 "conditions": [scheduled, _condition("Ready", "True")],
                 "containerStatuses": [_container_status(image, running=True)],
             }
-        current = (status.get("containerStatuses") or [{}])[0].get("state", {}).get("waiting", {})
         if current.get("reason") == waiting["reason"]:
             return None
         return {
@@ -677,6 +876,14 @@ class FakeKubernetes(k8s.KubernetesEmulator):
             "conditions": [scheduled],
             "containerStatuses": [_container_status(image, waiting=waiting)],
         }
+
+
+def _matcher(request: rendering.Request) -> Callable[[dict[str, Any]], bool]:
+    """A list's or watch's label and field selectors, as one predicate on an object."""
+    labels = selectors.parse(request.params.get("labelSelector"))
+    plural = str(request.resource.plural if request.resource else "")
+    fields = selectors.parse_fields(request.params.get("fieldSelector"), plural)
+    return lambda raw: labels(raw.get("metadata", {}).get("labels") or {}) and fields(raw)
 
 
 def _key(request: rendering.Request) -> Key:

@@ -1,0 +1,232 @@
+"""Warm pools and image pre-pull (DESIGN "Time to desktop").
+
+A template's warm pool is sessions of it with no user (`pool_member`): provisioned by the
+reconciler as any session, checked by the agent (Running: GPU and encoder passed), then waiting.
+A create takes the oldest ready one under the user's lock (`SKIP LOCKED`: never one member for
+two users, on any replica) and routes the user's host to it: one cluster call, here. This keeper
+holds each pool at its size: it adds members behind claims, replaces failed, expired (the
+lifecycle's deadline) and outdated ones (the template changed), and ends the surplus when the
+size shrinks. One replica at a time keeps the pools (an advisory lock). Members' provisioning
+yields to users' sessions: the reconciler claims users' work first and members only with the
+room left, at most `VDI_POOL_CONCURRENCY` at once.
+
+Pre-pull: a DaemonSet `vdi-prepull-<template>` per template with `prepull: true`, replaced when
+its spec (image, placement) changes, deleted when the template is gone or stops asking."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from datetime import datetime
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.cluster import manifests
+from app.cluster.kube import ClusterError, KubeCluster
+from app.config import Settings
+from app.models import VDISession
+from app.models._types import utcnow
+from app.sessions import lifecycle, repository
+from app.sessions.schemas import Phase
+from app.sessions.service import new_session_row, reschedule, to_schema
+from app.templates import repository as templates_repository
+from app.templates.schemas import TemplateSpec, pod_shape
+from app.templates.service import template_spec
+
+log = structlog.get_logger("vdi.pools")
+
+POOL_LOCK = 0x76646970_6F6F6C  # pg advisory lock: one replica keeps the pools at a time
+LIVE_MEMBER_PHASES = (Phase.pending, Phase.provisioning, Phase.starting, Phase.running)
+OnReady = Callable[[str, bool, float], None]  # template, warm, seconds from creation to Running
+
+
+class PoolKeeper:
+    def __init__(
+        self,
+        settings: Settings,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        cluster: KubeCluster,
+        *,
+        wake: asyncio.Event,
+        on_ready: OnReady | None = None,
+    ) -> None:
+        self.settings = settings
+        self.sessionmaker = sessionmaker
+        self.cluster = cluster
+        self.wake = wake  # the reconciler's: new members to provision
+        self.on_ready = on_ready
+        self.kick = asyncio.Event()  # a claim took a member: refill now
+        self._prepulls_made: dict[str, str] | None = None  # name -> spec hash, last pass
+        self._prepulls_checked_at = 0.0
+
+    # --- routing a claimed member to its user -------------------------------------------------
+
+    async def route_claimed(self, session_id: object) -> bytes | None:
+        """Create the claimed session's IngressRoute (the user's host, owned by its pod) and
+        record it Running for the user: the session as JSON, or None when it was not waiting
+        for its route (another replica did it). Cluster errors propagate; the reconciler tries
+        again when the claim's grace runs out."""
+        self.kick.set()
+        async with self.sessionmaker() as db:
+            session = await repository.get(db, session_id)  # type: ignore[arg-type]
+        if session is None or session.reason != "WarmClaimed":
+            return None
+        view = manifests.SessionView(
+            id=session.id,
+            user=session.user,
+            template=session.template_name,
+            spec=TemplateSpec.model_validate(session.template_spec),
+        )
+        owner = {"metadata": {"name": manifests.object_name(session.id), "uid": session.pod_uid}}
+        if session.pod_uid is None:  # provisioned before pod uids were kept
+            pod = await self.cluster.get("Pod", manifests.object_name(session.id))
+            if pod is None:
+                raise ClusterError(f"the pod of warm session {session.id} is gone")
+            owner = pod
+        await self.cluster.create(
+            "IngressRoute", manifests.ingress_route(view, self.settings, owner)
+        )
+        async with self.sessionmaker() as db, db.begin():
+            row = await repository.get(db, session.id, for_update=True)
+            if row is None or row.reason != "WarmClaimed" or row.phase != Phase.running.value:
+                return None
+            now = utcnow()
+            await self.mark_routed(db, row, now)
+            document = to_schema(row).model_dump_json().encode()
+        if self.on_ready is not None and row.running_at is not None:
+            seconds = (row.running_at - row.created_at).total_seconds()
+            self.on_ready(row.template_name, True, seconds)
+        return document
+
+    async def mark_routed(self, db: AsyncSession, row: VDISession, now: datetime) -> None:
+        host = manifests.session_host(row.user, self.settings)
+        row.reason = "WarmReady"
+        row.message = f"From the warm pool: checked before the claim; {host} routes to it"
+        row.running_at = row.updated_at = now
+        reschedule(row, self.settings, now)
+        event = lifecycle.EventDraft(
+            type="PhaseChanged",
+            phase=row.phase,
+            reason="WarmReady",
+            message=row.message,
+            data={"from": "Running", "to": "Running", "warm": True},
+        )
+        await repository.add_events(db, row, [event], now)
+
+    # --- keeping the pools ------------------------------------------------------------------
+
+    async def keep_once(self) -> float:
+        await self.keep_pools()
+        with contextlib.suppress(ClusterError):
+            await self.keep_prepulls(unless_unchanged=True)
+        self.kick.clear()
+        return self.settings.pool_interval_s
+
+    async def keep_pools(self) -> tuple[int, int]:
+        """One pass over every pool: (members added, members ended)."""
+        added = ended = 0
+        async with self.sessionmaker() as db, db.begin():
+            if not await repository.try_xact_lock(db, POOL_LOCK):
+                return 0, 0
+            now = utcnow()
+            templates = {t.name: template_spec(t) for t in await templates_repository.list_all(db)}
+            members: dict[str, list[VDISession]] = {}
+            for member in await repository.pool_members(db):
+                members.setdefault(member.template_name, []).append(member)
+            batch: list[tuple[VDISession, list[lifecycle.EventDraft]]] = []
+
+            def end(member: VDISession, reason: str, message: str) -> None:
+                nonlocal ended
+                event = lifecycle.transition(
+                    member, Phase.terminating, reason=reason, message=message, now=now
+                )
+                reschedule(member, self.settings, now)
+                batch.append((member, [event]))
+                ended += 1
+
+            for name in sorted(set(templates) | set(members)):
+                spec = templates.get(name)
+                live = []
+                for member in members.get(name, []):
+                    phase = Phase(member.phase)
+                    if phase is Phase.failed:  # never handed out; a fresh one replaces it
+                        end(member, "WarmPoolMemberFailed", f"Replaced: {member.reason}")
+                    elif spec is None:
+                        end(member, "TemplateDeleted", f"Template '{name}' was deleted")
+                    elif pod_shape(member.template_spec) != pod_shape(spec.model_dump()):
+                        end(member, "TemplateChanged", f"Template '{name}' changed: replaced")
+                    elif phase in LIVE_MEMBER_PHASES:
+                        live.append(member)
+                wanted = spec.warm_pool if spec is not None else 0
+                if len(live) > wanted:
+                    # Ready members stay longest (oldest first among the not-yet-ready goes).
+                    live.sort(key=lambda m: (m.phase == Phase.running.value, m.created_at))
+                    for member in live[: len(live) - wanted]:
+                        end(member, "WarmPoolShrunk", f"warm_pool of '{name}' is {wanted}")
+                for _ in range(wanted - len(live)):
+                    assert spec is not None
+                    member, created = new_session_row(
+                        self.settings, name, spec, "", now, member=True
+                    )
+                    db.add(member)
+                    batch.append((member, [created]))
+                    added += 1
+            await db.flush()
+            await repository.add_events_of(db, batch, now)
+        if added or ended:
+            log.info("warm pools kept", added=added, ended=ended)
+            self.wake.set()
+        return added, ended
+
+    async def keep_prepulls(self, *, unless_unchanged: bool = False) -> int:
+        """Create, replace and delete the pre-pull DaemonSets; how many changed.
+        `unless_unchanged`: nothing (not even a list call) when the templates ask for what the
+        last pass made and the orphan sweep's interval has not passed since."""
+        async with self.sessionmaker() as db:
+            templates = await templates_repository.list_all(db)
+        wanted = {
+            manifests.prepull_name(t.name): manifests.prepull_daemonset(
+                t.name, template_spec(t), self.settings
+            )
+            for t in templates
+            if t.prepull
+        }
+        hashes = {
+            n: b["metadata"]["annotations"][manifests.SPEC_HASH_ANNOTATION]
+            for n, b in wanted.items()
+        }
+        now = asyncio.get_running_loop().time()
+        if (
+            unless_unchanged
+            and hashes == self._prepulls_made
+            and now - self._prepulls_checked_at < self.settings.orphan_sweep_interval_s
+        ):
+            return 0
+        existing: dict[str, str] = {}
+        async for page in self.cluster.list_metadata("DaemonSet", manifests.PREPULL_SELECTOR):
+            for metadata in page:
+                annotations = metadata.get("annotations") or {}
+                existing[metadata.get("name", "")] = annotations.get(
+                    manifests.SPEC_HASH_ANNOTATION, ""
+                )
+        changed = 0
+        for name, digest in existing.items():
+            body = wanted.get(name)
+            if body is None or body["metadata"]["annotations"][manifests.SPEC_HASH_ANNOTATION] != (
+                digest
+            ):
+                await self.cluster.delete("DaemonSet", name)
+                log.info("pre-pull DaemonSet deleted", name=name, replaced=body is not None)
+                changed += 1
+                if body is None:
+                    continue
+                await self.cluster.create("DaemonSet", body)
+        for name, body in wanted.items():
+            if name not in existing:
+                await self.cluster.create("DaemonSet", body)
+                log.info("pre-pull DaemonSet created", name=name)
+                changed += 1
+        self._prepulls_made, self._prepulls_checked_at = hashes, now  # all applied
+        return changed
