@@ -520,20 +520,22 @@ async def pool_members(db: AsyncSession) -> list[VDISession]:
 
 
 # Kubernetes events of session pods, appended once each (the unique source key: every replica
-# forwards them), to live sessions only, in the phase each is in; one NOTIFY per session.
+# forwards them), in the order they came, to live sessions only, in the phase each is in; one
+# NOTIFY per session.
 _ADD_POD_EVENTS = text(
     """
     WITH incoming AS (
         SELECT * FROM unnest(
             CAST(:ids AS uuid[]), CAST(:keys AS text[]), CAST(:reasons AS text[]),
             CAST(:messages AS text[]), CAST(:data AS text[])
-        ) AS i(session_id, source_key, reason, message, data)
+        ) WITH ORDINALITY AS i(session_id, source_key, reason, message, data, n)
     ), added AS (
         INSERT INTO session_events
             (session_id, type, phase, reason, message, data, created_at, source_key)
         SELECT i.session_id, 'PodEvent', s.phase, i.reason, i.message, CAST(i.data AS jsonb), :now,
             i.source_key
         FROM incoming i JOIN sessions s ON s.id = i.session_id AND s.phase <> 'Terminated'
+        ORDER BY i.n
         ON CONFLICT (session_id, source_key) WHERE source_key IS NOT NULL DO NOTHING
         RETURNING session_id, phase
     )

@@ -1,0 +1,331 @@
+"""Warm pools, image pre-pull and the pods' progress events, through the real API, reconciler and
+client against the fake cluster (DESIGN "Time to desktop")."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy.engine import make_url
+
+from app.cluster.fake import FakeKubernetes
+from app.cluster.kube import KubeCluster
+from app.config import Settings
+from app.main import create_app
+from tests.cluster.conftest import eventually, name_of, phase_is
+from tests.conftest import ADMIN, bearer, client_for, running
+from tests.servers import serve
+
+Fake = tuple[FakeKubernetes, KubeCluster]
+POOLED = {
+    "image": "registry.test/vdi/session:1",
+    "persistent_home": False,
+    "warm_pool": 2,
+    "home_size": "5Gi",
+}
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    connection = await asyncpg.connect(
+        make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    )
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
+async def report_ready_pods(
+    api: httpx.AsyncClient, emulator: FakeKubernetes, *, checks: list[dict[str, Any]] | None = None
+) -> None:
+    """Be the agent of every running pod whose Secret exists: report its checks passed."""
+    for pod in list(emulator.live("pods")):
+        if (pod.get("status") or {}).get("phase") != "Running":
+            continue
+        name = pod["metadata"]["name"]
+        secret = emulator.find("secrets", "vdi", name)
+        if secret is None:
+            continue
+        token = base64.b64decode(secret["data"]["VDI_AGENT_TOKEN"]).decode()
+        session_id = name.removeprefix("vdi-")
+        report = {
+            "checks": checks or [{"name": "gpu", "ok": True}, {"name": "encoder", "ok": True}],
+            "encoder": "nvh264enc",
+        }
+        await api.post(f"/v1/sessions/{session_id}/health", json=report, headers=bearer(token))
+
+
+async def members(db: asyncpg.Connection, template: str = "pooled") -> list[asyncpg.Record]:
+    return await db.fetch(
+        "SELECT id, phase, reason FROM sessions WHERE pool_member AND template_name = $1 "
+        "AND phase NOT IN ('Terminating', 'Terminated') ORDER BY created_at",
+        template,
+    )
+
+
+async def warm_available(api: httpx.AsyncClient, template: str = "pooled") -> int:
+    return int((await api.get(f"/v1/templates/{template}", headers=ADMIN)).json()["warm_available"])
+
+
+async def fill(
+    api: httpx.AsyncClient, emulator: FakeKubernetes, wanted: int, template: str = "pooled"
+) -> None:
+    async def ready() -> bool:
+        await report_ready_pods(api, emulator)
+        return await warm_available(api, template) == wanted
+
+    await eventually(ready)
+
+
+async def create(api: httpx.AsyncClient, user: str, template: str = "pooled") -> httpx.Response:
+    return await api.post("/v1/sessions", json={"user": user, "template": template}, headers=ADMIN)
+
+
+async def test_a_pool_with_a_persistent_home_is_refused(api: httpx.AsyncClient) -> None:
+    body = {"image": "registry.test/vdi/session:1", "warm_pool": 2}
+    response = await api.put("/v1/templates/pooled", json=body, headers=ADMIN)
+    assert response.status_code == 422
+    assert "persistent_home" in response.text
+    assert "running pod" in response.text
+    assert (await api.get("/v1/templates/pooled", headers=ADMIN)).status_code == 404
+
+
+async def test_members_wait_checked_then_a_create_gets_one_running_and_the_pool_refills(
+    api: httpx.AsyncClient, fake: Fake, db: asyncpg.Connection
+) -> None:
+    emulator, _cluster = fake
+    assert (await api.put("/v1/templates/pooled", json=POOLED, headers=ADMIN)).status_code == 201
+    await fill(api, emulator, 2)
+    pooled = await members(db)
+    assert [m["phase"] for m in pooled] == ["Running", "Running"]
+    # Members belong to no one: no list shows them, no home PVC, no route.
+    assert (await api.get("/v1/sessions", headers=ADMIN)).json()["items"] == []
+    assert list(emulator.live("persistentvolumeclaims")) == []
+    assert list(emulator.live("ingressroutes")) == []
+    pod = emulator.find("pods", "vdi", name_of(str(pooled[0]["id"])))
+    assert pod is not None
+    [home] = [v for v in pod["spec"]["volumes"] if v["name"] == "home"]
+    assert home == {"name": "home", "emptyDir": {"sizeLimit": "5Gi"}}
+
+    response = await create(api, "alice")
+    assert response.status_code == 202
+    session = response.json()
+    assert session["id"] == str(pooled[0]["id"])  # the oldest member
+    assert (session["phase"], session["warm"], session["reason"]) == ("Running", True, "WarmReady")
+    assert session["user"] == "alice"
+    assert session["url"].startswith("https://alice.")
+    assert session["running_at"] >= session["created_at"]
+    route = emulator.find("ingressroutes", "vdi", name_of(session["id"]))
+    assert route is not None
+    assert "alice." in route["spec"]["routes"][0]["match"]
+    assert route["metadata"]["ownerReferences"][0]["uid"] == pod["metadata"]["uid"]
+    listed = (await api.get("/v1/sessions", headers=ADMIN)).json()["items"]
+    assert [s["id"] for s in listed] == [session["id"]]
+    events = (await api.get(f"/v1/sessions/{session['id']}/events", headers=ADMIN)).json()
+    kinds = [e["type"] for e in events["items"]]
+    assert "Claimed" in kinds
+    assert "PodEvent" in kinds
+    # The pool refills behind the claim.
+    await fill(api, emulator, 2)
+    assert session["id"] not in {str(m["id"]) for m in await members(db)}
+    metrics = (await api.get("/metrics")).text
+    assert 'vdi_session_start_seconds_count{template="pooled",warm="true"} 1.0' in metrics
+    assert 'template="pooled",warm="false"' not in metrics  # members' own starts not counted
+
+
+async def test_shrinking_ends_the_surplus_and_age_out_replaces(
+    api: httpx.AsyncClient, fake: Fake, db: asyncpg.Connection
+) -> None:
+    emulator, _cluster = fake
+    assert (await api.put("/v1/templates/pooled", json=POOLED, headers=ADMIN)).is_success
+    await fill(api, emulator, 2)
+    smaller = {**POOLED, "warm_pool": 1}
+    assert (await api.put("/v1/templates/pooled", json=smaller, headers=ADMIN)).is_success
+    await eventually(lambda: _count(db, "WarmPoolShrunk", 1))
+    await fill(api, emulator, 1)
+    [kept] = await members(db)
+    # Past its age: the reconciler ends it and the keeper adds a fresh one.
+    await db.execute(
+        "UPDATE sessions SET expires_at = now(), idle_deadline = now(), "
+        "next_reconcile_at = now() WHERE id = $1",
+        kept["id"],
+    )
+    await eventually(lambda: _count(db, "WarmPoolMemberExpired", 1))
+    await fill(api, emulator, 1)
+    [fresh] = await members(db)
+    assert fresh["id"] != kept["id"]
+    # Zero: no members left, and a create is a cold start.
+    assert (
+        await api.put("/v1/templates/pooled", json={**POOLED, "warm_pool": 0}, headers=ADMIN)
+    ).is_success
+    await eventually(lambda: _none_left(db))
+    cold = (await create(api, "bob")).json()
+    assert (cold["phase"], cold["warm"]) == ("Pending", False)
+
+
+async def _count(db: asyncpg.Connection, reason: str, wanted: int) -> bool:
+    found = await db.fetchval(
+        "SELECT count(*) FROM session_events WHERE reason = $1 AND type = 'PhaseChanged'", reason
+    )
+    return bool(found == wanted)
+
+
+async def _none_left(db: asyncpg.Connection) -> bool:
+    return not await members(db)
+
+
+async def test_a_member_that_fails_its_checks_is_replaced_never_handed_out(
+    api: httpx.AsyncClient, fake: Fake, db: asyncpg.Connection
+) -> None:
+    emulator, _cluster = fake
+    one = {**POOLED, "warm_pool": 1}
+    assert (await api.put("/v1/templates/pooled", json=one, headers=ADMIN)).is_success
+    await eventually(_running_pods(emulator, 1))
+    failing = [{"name": "gpu", "ok": False, "code": "GPU_INIT_ERROR", "detail": "broken"}]
+    await report_ready_pods(api, emulator, checks=failing)
+    [failed] = await db.fetch("SELECT id, phase FROM sessions WHERE pool_member")
+    assert failed["phase"] == "Failed"
+    # Not handed out: a create while it is the only member is a cold start.
+    cold = (await create(api, "carol")).json()
+    assert (cold["warm"], cold["phase"]) == (False, "Pending")
+    await eventually(lambda: _count(db, "WarmPoolMemberFailed", 1))
+    await fill(api, emulator, 1)
+    [fresh] = await members(db)
+    assert fresh["id"] != failed["id"]
+
+
+def _running_pods(emulator: FakeKubernetes, wanted: int) -> Any:
+    async def check() -> bool:
+        pods = [p for p in emulator.live("pods") if p["status"].get("phase") == "Running"]
+        secrets = list(emulator.live("secrets"))
+        return len(pods) == wanted and len(secrets) == wanted
+
+    return check
+
+
+@pytest.fixture
+async def second_replica(
+    cluster_app: FastAPI, cluster_settings: Settings, database_url: str, fake: Fake
+) -> AsyncIterator[httpx.AsyncClient]:
+    application = create_app(cluster_settings, database_url, cluster=fake[1])
+    async with running(application), client_for(application) as http:
+        yield http
+
+
+async def test_concurrent_claims_on_two_replicas_hand_out_each_member_once(
+    api: httpx.AsyncClient,
+    second_replica: httpx.AsyncClient,
+    fake: Fake,
+    db: asyncpg.Connection,
+) -> None:
+    emulator, _cluster = fake
+    four = {**POOLED, "warm_pool": 4}
+    assert (await api.put("/v1/templates/pooled", json=four, headers=ADMIN)).is_success
+    await fill(api, emulator, 4)
+    users = [f"u{i}" for i in range(6)]
+    # Six users at once, alternating replicas, and one user twice (once on each replica).
+    calls = [create(api if i % 2 else second_replica, user) for i, user in enumerate(users)]
+    calls += [create(api, "twice"), create(second_replica, "twice")]
+    answers = await asyncio.gather(*calls)
+    created = [r.json() for r in answers if r.status_code == 202]
+    refused = [r for r in answers if r.status_code != 202]
+    assert [r.status_code for r in refused] == [409]  # "twice" got exactly one
+    warm = [s for s in created if s["warm"]]
+    assert len(warm) == 4, "every ready member handed out once"
+    assert len({s["id"] for s in created}) == len(created) == 7
+    assert sorted(s["user"] for s in created) == sorted([*users, "twice"])
+    assert all(s["phase"] == "Running" for s in warm), warm
+    owners = await db.fetch(
+        'SELECT "user", count(*) AS n FROM sessions WHERE NOT pool_member GROUP BY 1'
+    )
+    assert all(row["n"] == 1 for row in owners)
+
+
+async def test_prepull_daemonset_follows_its_template(
+    cluster_app: FastAPI, api: httpx.AsyncClient, fake: Fake
+) -> None:
+    emulator, _cluster = fake
+    pools = cluster_app.state.reconciler.pools
+    template = {
+        "image": "registry.test/vdi/session:1",
+        "prepull": True,
+        "node_selector": {"nvidia.com/gpu.present": "true"},
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    }
+    assert (await api.put("/v1/templates/pulled", json=template, headers=ADMIN)).is_success
+    await pools.keep_prepulls()
+    first = emulator.find("daemonsets", "vdi", "vdi-prepull-pulled")
+    assert first is not None
+    pod = first["spec"]["template"]["spec"]
+    assert pod["initContainers"][0]["image"] == "registry.test/vdi/session:1"
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert pod["containers"][0]["resources"]["requests"] == {"cpu": "1m", "memory": "8Mi"}
+    assert "nvidia.com/gpu" not in json.dumps(pod["containers"][0]["resources"])
+    # The fake's DaemonSet pulls the image onto the node: a session then starts without pulling.
+    await eventually(lambda: _has_image(emulator, "registry.test/vdi/session:1"))
+    # A new image: replaced; other fields of the template (bitrate) leave it alone.
+    template["image"] = "registry.test/vdi/session:2"
+    assert (await api.put("/v1/templates/pulled", json=template, headers=ADMIN)).is_success
+    assert await pools.keep_prepulls() == 1
+    second = emulator.find("daemonsets", "vdi", "vdi-prepull-pulled")
+    assert second is not None
+    assert second["metadata"]["uid"] != first["metadata"]["uid"]
+    template["bitrate_kbps"] = 4000
+    assert (await api.put("/v1/templates/pulled", json=template, headers=ADMIN)).is_success
+    assert await pools.keep_prepulls() == 0
+    # Turned off: deleted. On again, then the template deleted: deleted (swept).
+    template["prepull"] = False
+    assert (await api.put("/v1/templates/pulled", json=template, headers=ADMIN)).is_success
+    assert await pools.keep_prepulls() == 1
+    assert emulator.find("daemonsets", "vdi", "vdi-prepull-pulled") is None
+    template["prepull"] = True
+    assert (await api.put("/v1/templates/pulled", json=template, headers=ADMIN)).is_success
+    await pools.keep_prepulls()
+    assert (await api.delete("/v1/templates/pulled", headers=ADMIN)).status_code == 204
+    await pools.keep_prepulls()
+    assert emulator.find("daemonsets", "vdi", "vdi-prepull-pulled") is None
+
+
+async def _has_image(emulator: FakeKubernetes, image: str) -> bool:
+    return image in emulator.node_images
+
+
+@pytest.mark.parametrize("fake_options", [{"image_pull_s": 0.4}])
+async def test_progress_events_stream_over_sse_once_each(
+    cluster_app: FastAPI, api: httpx.AsyncClient, second_replica: httpx.AsyncClient, fake: Fake
+) -> None:
+    """The pod's events reach the session's SSE stream in order, once each although two
+    replicas forward them."""
+    body = {"image": "registry.test/vdi/session:7"}
+    assert (await api.put("/v1/templates/plain", json=body, headers=ADMIN)).is_success
+    wanted = ["Scheduled", "Pulling", "Pulled", "Created", "Started"]
+    seen: list[dict[str, Any]] = []
+    async with serve(cluster_app) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+        session = (await create(http, "dana", "plain")).json()
+        headers = {**ADMIN, "Accept": "text/event-stream"}
+        url_events = f"/v1/sessions/{session['id']}/events"
+        async with asyncio.timeout(20), http.stream("GET", url_events, headers=headers) as stream:
+            async for line in stream.aiter_lines():
+                if line.startswith("data:"):
+                    event = json.loads(line.removeprefix("data:"))
+                    if event["type"] == "PodEvent":
+                        seen.append(event)
+                        if event["reason"] == "Started":
+                            break
+    assert [e["reason"] for e in seen] == wanted
+    assert seen[1]["message"] == 'Pulling image "registry.test/vdi/session:7"'
+    assert "in 0.400s" in seen[2]["message"]
+    assert seen[0]["data"]["source"] == "default-scheduler"
+    await eventually(phase_is(api, session["id"], "Starting"))
+    await asyncio.sleep(0.3)  # the other replica's forwarding, had it duplicated anything
+    items = (await api.get(f"/v1/sessions/{session['id']}/events", headers=ADMIN)).json()["items"]
+    assert [e["reason"] for e in items if e["type"] == "PodEvent"] == wanted
