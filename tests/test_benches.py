@@ -22,6 +22,11 @@ REPO = Path(__file__).resolve().parents[1]
             ["sessions/s", "calls floor/s"],
         ),
         ("bench.encode", ["--seconds", "1"], ["x264 + rtp", "floor"]),
+        (
+            "bench.start",
+            ["--sessions", "5", "--pull-s", "0.3", "--agent-s", "0.1"],
+            ["cold, at once", "5/5 warm", "floor: cold, at once", "(target <= 2x)"],
+        ),
         ("bench.soak", ["--portals", "2", "--seconds", "4"], ["lost 0, duplicated 0"]),
         (
             "bench.streams",
@@ -29,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
             ["30 streams opened", "{'200': 30}; one more: 429", "list sessions"],
         ),
     ],
-    ids=["api", "provision", "encode", "soak", "streams"],
+    ids=["api", "provision", "encode", "start", "soak", "streams"],
 )
 def test_bench_runs_and_prints_its_figures(
     module: str, args: list[str], expected: list[str]
