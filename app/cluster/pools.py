@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
-from datetime import datetime
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -63,57 +63,54 @@ class PoolKeeper:
 
     # --- routing a claimed member to its user -------------------------------------------------
 
-    async def route_claimed(self, session_id: object) -> bytes | None:
-        """Create the claimed session's IngressRoute (the user's host, owned by its pod) and
-        record it Running for the user: the session as JSON, or None when it was not waiting
-        for its route (another replica did it). Cluster errors propagate; the reconciler tries
-        again when the claim's grace runs out."""
-        self.kick.set()
-        async with self.sessionmaker() as db:
-            session = await repository.get(db, session_id)  # type: ignore[arg-type]
-        if session is None or session.reason != "WarmClaimed":
+    async def route_claimed(
+        self, claimed: VDISession
+    ) -> tuple[bytes, Callable[[], Awaitable[None]]] | None:
+        """Create the claimed session's IngressRoute (the user's host, owned by its pod): then
+        it is Running for its user. Returns the session as JSON as it is from now on, and the
+        write that records it (one statement; the caller runs it after answering); None when
+        it was no longer waiting for its route. Cluster errors propagate: the reconciler tries
+        again when the claim's grace runs out (as it does if the record is never written)."""
+        if claimed.reason != "WarmClaimed":
             return None
         view = manifests.SessionView(
-            id=session.id,
-            user=session.user,
-            template=session.template_name,
-            spec=TemplateSpec.model_validate(session.template_spec),
+            id=claimed.id,
+            user=claimed.user,
+            template=claimed.template_name,
+            spec=TemplateSpec.model_validate(claimed.template_spec),
         )
-        owner = {"metadata": {"name": manifests.object_name(session.id), "uid": session.pod_uid}}
-        if session.pod_uid is None:  # provisioned before pod uids were kept
-            pod = await self.cluster.get("Pod", manifests.object_name(session.id))
+        owner = {"metadata": {"name": manifests.object_name(claimed.id), "uid": claimed.pod_uid}}
+        if claimed.pod_uid is None:  # provisioned before pod uids were kept
+            pod = await self.cluster.get("Pod", manifests.object_name(claimed.id))
             if pod is None:
-                raise ClusterError(f"the pod of warm session {session.id} is gone")
+                raise ClusterError(f"the pod of warm session {claimed.id} is gone")
             owner = pod
         await self.cluster.create(
             "IngressRoute", manifests.ingress_route(view, self.settings, owner)
         )
-        async with self.sessionmaker() as db, db.begin():
-            row = await repository.get(db, session.id, for_update=True)
-            if row is None or row.reason != "WarmClaimed" or row.phase != Phase.running.value:
-                return None
-            now = utcnow()
-            await self.mark_routed(db, row, now)
-            document = to_schema(row).model_dump_json().encode()
-        if self.on_ready is not None and row.running_at is not None:
-            seconds = (row.running_at - row.created_at).total_seconds()
-            self.on_ready(row.template_name, True, seconds)
-        return document
-
-    async def mark_routed(self, db: AsyncSession, row: VDISession, now: datetime) -> None:
-        host = manifests.session_host(row.user, self.settings)
-        row.reason = "WarmReady"
-        row.message = f"From the warm pool: checked before the claim; {host} routes to it"
-        row.running_at = row.updated_at = now
-        reschedule(row, self.settings, now)
-        event = lifecycle.EventDraft(
-            type="PhaseChanged",
-            phase=row.phase,
-            reason="WarmReady",
-            message=row.message,
-            data={"from": "Running", "to": "Running", "warm": True},
+        now = utcnow()
+        host = manifests.session_host(claimed.user, self.settings)
+        reason = "WarmReady"
+        message = f"From the warm pool: checked before the claim; {host} routes to it"
+        shown = to_schema(claimed).model_copy(
+            update={"reason": reason, "message": message, "running_at": now, "updated_at": now}
         )
-        await repository.add_events(db, row, [event], now)
+
+        async def record() -> None:
+            async with self.sessionmaker() as db, db.begin():
+                row = await repository.mark_routed(
+                    db,
+                    claimed.id,
+                    reason=reason,
+                    message=message,
+                    now=now,
+                    heartbeat=timedelta(seconds=self.settings.heartbeat_timeout_s),
+                )
+            self.kick.set()  # refill behind the claim
+            if row is not None and self.on_ready is not None:
+                self.on_ready(row.template_name, True, (now - row.created_at).total_seconds())
+
+        return shown.model_dump_json().encode(), record
 
     # --- keeping the pools ------------------------------------------------------------------
 

@@ -209,8 +209,9 @@ class Reconciler:
                 self._pool_in_flight.add(task)
         if len(claims) == room:
             return 0.0  # there may be more due
+        pool_full = len(self._pool_in_flight) >= self.settings.pool_concurrency
         async with self.sessionmaker() as db:
-            due = await repository.next_due(db)
+            due = await repository.next_due(db, new_pool_members=not pool_full)
         interval = self.settings.reconcile_interval_s
         if due is None:
             return interval
@@ -386,7 +387,9 @@ class Reconciler:
     async def _route_claimed(self, claim: Claim) -> None:
         """A warm session its API replica did not route (it failed, or died) within the grace."""
         try:
-            await self.pools.route_claimed(claim.session.id)
+            routed = await self.pools.route_claimed(claim.session)
+            if routed is not None:
+                await routed[1]()
         except ClusterError as error:
             log.warning("routing a claimed warm session failed; will retry", error=str(error))
 

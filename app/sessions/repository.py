@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
 from sqlalchemy import (
     ARRAY,
     Integer,
+    Interval,
     String,
     bindparam,
     delete,
@@ -519,6 +520,60 @@ async def pool_members(db: AsyncSession) -> list[VDISession]:
     return list((await db.execute(query)).scalars())
 
 
+# A claimed warm session whose route now exists: Running for its user from now, with its event
+# and NOTIFY, in one statement; nothing when it is no longer waiting for its route.
+_MARK_ROUTED = text(
+    """
+    WITH routed AS (
+        UPDATE sessions SET reason = :reason, message = :message, running_at = :now,
+            updated_at = :now,
+            next_reconcile_at = LEAST(idle_deadline, expires_at,
+                COALESCE(last_report_at, CAST(:now AS timestamptz)) + :heartbeat)
+        WHERE id = :id AND phase = 'Running' AND reason = 'WarmClaimed'
+        RETURNING *
+    ), event AS (
+        INSERT INTO session_events (session_id, type, phase, reason, message, data, created_at)
+        SELECT id, 'PhaseChanged', phase, :reason, :message, CAST(:data AS jsonb), :now
+        FROM routed
+    ), notified AS (
+        SELECT pg_notify(:channel, CAST(id AS text) || ' ' || phase) FROM routed
+    )
+    SELECT routed.* FROM routed, notified
+    """
+).bindparams(
+    bindparam("now", type_=VDISession.__table__.c.created_at.type),
+    bindparam("heartbeat", type_=Interval()),
+)
+
+
+async def mark_routed(
+    db: AsyncSession,
+    session_id: uuid.UUID,
+    *,
+    reason: str,
+    message: str,
+    now: datetime,
+    heartbeat: timedelta,
+) -> VDISession | None:
+    """Record a claimed warm session routed (see _MARK_ROUTED); the session after it, or None."""
+    statement = (
+        select(VDISession).from_statement(_MARK_ROUTED).execution_options(populate_existing=True)
+    )
+    result = await db.execute(
+        statement,
+        {
+            "id": session_id,
+            "reason": reason,
+            "message": message,
+            "now": now,
+            "heartbeat": heartbeat,
+            "data": json_dumps({"from": "Running", "to": "Running", "warm": True}),
+            "channel": EVENTS_CHANNEL,
+        },
+    )
+    return result.scalar_one_or_none()
+
+
 # Kubernetes events of session pods, appended once each (the unique source key: every replica
 # forwards them), in the order they came, to live sessions only, in the phase each is in; one
 # NOTIFY per session.
@@ -618,8 +673,13 @@ async def live_session_ids(db: AsyncSession) -> set[uuid.UUID]:
     return set((await db.execute(query)).scalars())
 
 
-async def next_due(db: AsyncSession) -> datetime | None:
+async def next_due(db: AsyncSession, *, new_pool_members: bool = True) -> datetime | None:
+    """The earliest due time in the queue; without new warm pool members when
+    `new_pool_members` is false (the pool's share is in use: a finishing member wakes the
+    reconciler, no poll needed)."""
     query = select(func.min(VDISession.next_reconcile_at))
+    if not new_pool_members:
+        query = query.where(~(VDISession.pool_member & (VDISession.phase == "Pending")))
     return (await db.execute(query)).scalar_one_or_none()
 
 

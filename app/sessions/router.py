@@ -135,15 +135,23 @@ async def create_session(
     route = request.app.state.route_warm_claim
     if result.warm and route is not None:
         # From a warm pool: committed, then the user's host routed to it (one cluster call),
-        # answered Running. Should the call fail, the reconciler routes it after a grace.
+        # answered Running; its Running record is written right after the answer is sent.
+        # Should the call fail, the reconciler routes it after a grace.
         await db.commit()
         try:
-            routed = await route(result.id)
+            routed = await route(result)
         except Exception as error:  # the claim stands; the reconciler retries the route
             log.warning("routing a warm session failed", error=str(error))
             routed = None
         if routed is not None:
-            return Response(routed, status_code=202, media_type="application/json", headers=headers)
+            document, record = routed
+            return Response(
+                document,
+                status_code=202,
+                media_type="application/json",
+                headers=headers,
+                background=BackgroundTask(record),
+            )
     return _json(service.to_schema(result), headers=headers, status_code=202)
 
 

@@ -178,3 +178,38 @@ async def test_bad_label_selector_is_400() -> None:
             f"{url}/api/v1/namespaces/vdi/pods", params={"labelSelector": "a in (b"}
         )
     assert response.status_code == 400
+
+
+async def test_field_selectors_select_events_and_unknown_fields_are_400() -> None:
+    """The kubelet's events about a pod, selected by field as the reconciler asks for them; a
+    field the API server cannot select on is a 400, as there."""
+    async with (
+        start_fake_cluster(image_pull_s=0.1) as (fake, url),
+        httpx.AsyncClient(base_url=url) as http,
+    ):
+        cluster = KubeCluster.for_host(url, "vdi", "traefik.io/v1alpha1")
+        try:
+            await cluster.create("Pod", manifests.pod(view("eve", persistent_home=False), SETTINGS))
+            events = "/api/v1/namespaces/vdi/events"
+
+            async def reasons() -> list[str]:
+                body = (
+                    await http.get(events, params={"fieldSelector": "involvedObject.kind=Pod"})
+                ).json()
+                ordered = sorted(body["items"], key=lambda e: int(e["metadata"]["resourceVersion"]))
+                return [e["reason"] for e in ordered]  # (a list is in name order)
+
+            await eventually(lambda: _has(reasons, "Pulled"))
+            assert (await reasons())[:3] == ["Scheduled", "Pulling", "Pulled"]
+            none = await http.get(events, params={"fieldSelector": "involvedObject.kind=Node"})
+            assert none.json()["items"] == []
+            bad = await http.get(events, params={"fieldSelector": "spec.secret=x"})
+            assert bad.status_code == 400
+            assert "field label not supported" in bad.text
+            assert "registry.test/vdi:1" in fake.node_images
+        finally:
+            cluster.close()
+
+
+async def _has(reasons: Any, reason: str) -> bool:
+    return reason in await reasons()

@@ -305,7 +305,8 @@ async def test_progress_events_stream_over_sse_once_each(
 ) -> None:
     """The pod's events reach the session's SSE stream in order, once each although two
     replicas forward them."""
-    body = {"image": "registry.test/vdi/session:7"}
+    # (no home PVC: a pod created beside its PVC may first be FailedScheduling for it)
+    body = {"image": "registry.test/vdi/session:7", "persistent_home": False}
     assert (await api.put("/v1/templates/plain", json=body, headers=ADMIN)).is_success
     wanted = ["Scheduled", "Pulling", "Pulled", "Created", "Started"]
     seen: list[dict[str, Any]] = []
