@@ -16,9 +16,10 @@ from fastapi import FastAPI
 from sqlalchemy.engine import make_url
 
 from app.cluster.fake import FakeKubernetes
-from app.cluster.kube import KubeCluster
+from app.cluster.kube import ClusterError, KubeCluster
 from app.config import Settings
 from app.main import create_app
+from app.sessions import service as sessions_service
 from tests.cluster.conftest import eventually, name_of, phase_is
 from tests.conftest import ADMIN, bearer, client_for, running
 from tests.servers import serve
@@ -330,3 +331,38 @@ async def test_progress_events_stream_over_sse_once_each(
     await asyncio.sleep(0.3)  # the other replica's forwarding, had it duplicated anything
     items = (await api.get(f"/v1/sessions/{session['id']}/events", headers=ADMIN)).json()["items"]
     assert [e["reason"] for e in items if e["type"] == "PodEvent"] == wanted
+
+
+async def test_a_claim_whose_route_failed_is_routed_by_the_reconciler(
+    cluster_app: FastAPI,
+    api: httpx.AsyncClient,
+    fake: Fake,
+    db: asyncpg.Connection,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    emulator, _cluster = fake
+    one = {**POOLED, "warm_pool": 1}
+    assert (await api.put("/v1/templates/pooled", json=one, headers=ADMIN)).is_success
+    await fill(api, emulator, 1)
+
+    async def unreachable(_session: Any) -> Any:
+        raise ClusterError("connection refused", temporary=True)
+
+    monkeypatch.setattr(sessions_service, "WARM_ROUTE_GRACE_S", 0.5)
+    monkeypatch.setattr(cluster_app.state, "route_warm_claim", unreachable)
+    claimed = (await create(api, "erin")).json()
+    assert (claimed["warm"], claimed["phase"], claimed["reason"]) == (
+        True,
+        "Running",
+        "WarmClaimed",
+    )
+    assert claimed["running_at"] is None
+    assert emulator.find("ingressroutes", "vdi", name_of(claimed["id"])) is None
+    routed = await eventually(lambda: _reason_is(api, claimed["id"], "WarmReady"))
+    assert routed["running_at"] is not None
+    assert emulator.find("ingressroutes", "vdi", name_of(claimed["id"])) is not None
+
+
+async def _reason_is(api: httpx.AsyncClient, session_id: str, reason: str) -> Any:
+    body = (await api.get(f"/v1/sessions/{session_id}", headers=ADMIN)).json()
+    return body if body["reason"] == reason else None
