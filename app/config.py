@@ -132,7 +132,11 @@ class Settings(BaseSettings):
     )
     idempotency_ttl_s: int = Field(default=86400, ge=60)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_json: bool = True
+    log_json: bool | None = Field(
+        default=None,
+        description="JSON log lines; unset: JSON unless stderr is a terminal (then readable "
+        "lines for a person)",
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
 

