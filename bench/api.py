@@ -18,7 +18,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -30,12 +29,11 @@ import asyncpg
 import httpx
 from sqlalchemy.engine import make_url
 
-from app import migrate
-from app.embedded import EmbeddedPostgres, ensure_database
 from app.security import SecretBox, SessionSecrets, agent_token
 from app.sessions.schemas import HealthReport
 from app.sessions.service import report_digest
 from app.templates.schemas import TemplateSpec
+from bench.database import bench_database
 
 SECRET_KEY = "bench-secret-key-" + "k" * 32
 TURN_SECRET = "bench-turn-secret-" + "t" * 32
@@ -242,68 +240,62 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     args = parser.parse_args()
 
-    server = EmbeddedPostgres(
-        Path(tempfile.mkdtemp(prefix="vdi-bench-")) / "pg", delete_on_stop=True
-    )
     processes: list[subprocess.Popen[bytes]] = []
-    try:
-        asyncio.run(ensure_database(server.url(), "vdi_bench"))
-        url = server.url("vdi_bench")
-        migrate.upgrade(url)
-        ids = asyncio.run(seed(url))
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("VDI_")},
-            "VDI_DATABASE_URL": url,
-            "VDI_SECRET_KEY": SECRET_KEY,
-            "VDI_TURN_SECRET": TURN_SECRET,
-            "VDI_BOOTSTRAP_TOKEN": ADMIN_TOKEN,
-            "VDI_MAX_SESSIONS_PER_USER": "1",
-            "VDI_LOG_LEVEL": "WARNING",
-            # The API alone: no reconciler provisioning the created sessions (or expiring the
-            # seeded ones) in the same process, which is what this bench measured before the
-            # reconciler existed and what bench.provision measures on its own.
-            "VDI_RECONCILER": "false",
-        }
-        service_port, floor_port = free_port(), free_port()
-        processes.append(
-            start(
-                [
-                    sys.executable,
-                    "-c",
-                    "from app.cli import main; main()",
-                    "serve",
-                    "--port",
-                    str(service_port),
-                ],
-                env,
+    with bench_database() as url:
+        try:
+            ids = asyncio.run(seed(url))
+            env = {
+                **{k: v for k, v in os.environ.items() if not k.startswith("VDI_")},
+                "VDI_DATABASE_URL": url,
+                "VDI_SECRET_KEY": SECRET_KEY,
+                "VDI_TURN_SECRET": TURN_SECRET,
+                "VDI_BOOTSTRAP_TOKEN": ADMIN_TOKEN,
+                "VDI_MAX_SESSIONS_PER_USER": "1",
+                "VDI_LOG_LEVEL": "WARNING",
+                # The API alone: no reconciler provisioning the created sessions (or expiring the
+                # seeded ones) in the same process, which is what this bench measured before the
+                # reconciler existed and what bench.provision measures on its own.
+                "VDI_RECONCILER": "false",
+            }
+            service_port, floor_port = free_port(), free_port()
+            processes.append(
+                start(
+                    [
+                        sys.executable,
+                        "-c",
+                        "from app.cli import main; main()",
+                        "serve",
+                        "--port",
+                        str(service_port),
+                    ],
+                    env,
+                )
             )
-        )
-        processes.append(
-            start(
-                [
-                    sys.executable,
-                    "-m",
-                    "uvicorn",
-                    "bench.floor_app:app",
-                    "--port",
-                    str(floor_port),
-                    "--log-level",
-                    "warning",
-                    "--no-access-log",
-                ],
-                env,
+            processes.append(
+                start(
+                    [
+                        sys.executable,
+                        "-m",
+                        "uvicorn",
+                        "bench.floor_app:app",
+                        "--port",
+                        str(floor_port),
+                        "--log-level",
+                        "warning",
+                        "--no-access-log",
+                    ],
+                    env,
+                )
             )
-        )
-        service, floor = f"http://127.0.0.1:{service_port}", f"http://127.0.0.1:{floor_port}"
-        wait_ready(f"{service}/readyz", processes[0])
-        wait_ready(f"{floor}/floor", processes[1])
-        asyncio.run(run(service, floor, ids, args.requests, args.rounds, args.concurrency))
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                os.kill(process.pid, signal.SIGTERM)
-                process.wait(timeout=30)
-        server.stop()
+            service, floor = f"http://127.0.0.1:{service_port}", f"http://127.0.0.1:{floor_port}"
+            wait_ready(f"{service}/readyz", processes[0])
+            wait_ready(f"{floor}/floor", processes[1])
+            asyncio.run(run(service, floor, ids, args.requests, args.rounds, args.concurrency))
+        finally:
+            for process in processes:
+                if process.poll() is None:
+                    os.kill(process.pid, signal.SIGTERM)
+                    process.wait(timeout=30)
 
 
 if __name__ == "__main__":

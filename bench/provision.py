@@ -17,24 +17,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import tempfile
 import time
 import uuid
-from pathlib import Path
 
 import asyncpg
 import httpx
 from sqlalchemy.engine import make_url
 
-from app import migrate
 from app.cluster import manifests
 from app.cluster.kube import CALL_THREADS, KubeCluster
 from app.cluster.reconciler import Reconciler, create_session_objects
 from app.config import Settings
-from app.embedded import EmbeddedPostgres, ensure_database
 from app.main import create_app
 from app.observability import configure_logging
 from app.templates.schemas import TemplateSpec
+from bench.database import bench_database
 from bench.soak import processes, start_fake_api
 
 # Dependent round trips per session: PVC and Pod together, then Secret, Service and
@@ -132,13 +129,7 @@ def main() -> None:
     parser.add_argument("--latencies-ms", type=float, nargs="+", default=[0.0, 20.0])
     args = parser.parse_args()
     configure_logging("WARNING", json=False)
-    server = EmbeddedPostgres(
-        Path(tempfile.mkdtemp(prefix="vdi-bench-")) / "pg", delete_on_stop=True
-    )
-    try:
-        asyncio.run(ensure_database(server.url(), "vdi_bench"))
-        url = server.url("vdi_bench")
-        migrate.upgrade(url)
+    with bench_database() as url:
         concurrency = min(Settings().reconcile_concurrency, CALL_THREADS)
         print(
             f"\n{args.sessions} stored sessions taken to Starting by one reconciler "
@@ -162,8 +153,6 @@ def main() -> None:
                 f"{latency:10.0f}ms {rate:11.1f} {floor} {ratio} {calls_floor:14.1f} "
                 f"{rate / calls_floor:6.2f}x"
             )
-    finally:
-        server.stop()
 
 
 if __name__ == "__main__":

@@ -21,12 +21,10 @@ import argparse
 import asyncio
 import socket
 import statistics
-import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -35,14 +33,13 @@ import uvicorn
 from fastapi import FastAPI
 from sqlalchemy.engine import make_url
 
-from app import migrate
 from app.cluster.fake import start_fake_cluster
 from app.cluster.kube import KubeCluster
 from app.cluster.simulated import StandInAgent
 from app.config import Settings
-from app.embedded import EmbeddedPostgres, ensure_database
 from app.main import create_app
 from app.observability import configure_logging
+from bench.database import bench_database
 
 ADMIN = "vdi_bench-admin-" + "a" * 32
 IMAGE = "registry.example/vdi/session:1"
@@ -320,16 +317,8 @@ def main() -> None:
     parser.add_argument("--agent-s", type=float, default=2.0)
     args = parser.parse_args()
     configure_logging("WARNING", json=False)
-    server = EmbeddedPostgres(
-        Path(tempfile.mkdtemp(prefix="vdi-bench-")) / "pg", delete_on_stop=True
-    )
-    try:
-        asyncio.run(ensure_database(server.url(), "vdi_bench"))
-        url = server.url("vdi_bench")
-        migrate.upgrade(url)
+    with bench_database() as url:
         asyncio.run(run(args, url))
-    finally:
-        server.stop()
 
 
 if __name__ == "__main__":

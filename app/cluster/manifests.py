@@ -272,15 +272,23 @@ def pod(session: SessionView, settings: Settings) -> Manifest:
         "containers": [container],
         "volumes": volumes,
     }
-    if spec.node_selector:
-        pod_spec["nodeSelector"] = dict(spec.node_selector)
-    if spec.tolerations:
-        pod_spec["tolerations"] = [_toleration(t.model_dump()) for t in spec.tolerations]
-    if settings.image_pull_secret:
-        pod_spec["imagePullSecrets"] = [{"name": settings.image_pull_secret}]
+    pod_spec.update(_placement(spec, settings))
     metadata = _metadata(session, settings, None)
     metadata["annotations"] = {"vdi-control.io/template": session.template}
     return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec}
+
+
+def _placement(spec: TemplateSpec, settings: Settings) -> dict[str, Any]:
+    """Where a template's pods may run and how they pull its image: the session pods' and the
+    pre-pull DaemonSet's alike."""
+    placement: dict[str, Any] = {}
+    if spec.node_selector:
+        placement["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        placement["tolerations"] = [_toleration(t.model_dump()) for t in spec.tolerations]
+    if settings.image_pull_secret:
+        placement["imagePullSecrets"] = [{"name": settings.image_pull_secret}]
+    return placement
 
 
 def _toleration(value: dict[str, Any]) -> dict[str, Any]:
@@ -387,12 +395,7 @@ def prepull_daemonset(template: str, spec: TemplateSpec, settings: Settings) -> 
             }
         ],
     }
-    if spec.node_selector:
-        pod_spec["nodeSelector"] = dict(spec.node_selector)
-    if spec.tolerations:
-        pod_spec["tolerations"] = [_toleration(t.model_dump()) for t in spec.tolerations]
-    if settings.image_pull_secret:
-        pod_spec["imagePullSecrets"] = [{"name": settings.image_pull_secret}]
+    pod_spec.update(_placement(spec, settings))
     body: dict[str, Any] = {
         "selector": {"matchLabels": labels},
         "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "100%"}},
