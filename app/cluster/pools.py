@@ -118,7 +118,6 @@ class PoolKeeper:
         await self.keep_pools()
         with contextlib.suppress(ClusterError):
             await self.keep_prepulls(unless_unchanged=True)
-        self.kick.clear()
         return self.settings.pool_interval_s
 
     async def keep_pools(self) -> tuple[int, int]:
@@ -145,6 +144,7 @@ class PoolKeeper:
 
             for name in sorted(set(templates) | set(members)):
                 spec = templates.get(name)
+                shape = pod_shape(spec.model_dump()) if spec is not None else None
                 live = []
                 for member in members.get(name, []):
                     phase = Phase(member.phase)
@@ -152,7 +152,7 @@ class PoolKeeper:
                         end(member, "WarmPoolMemberFailed", f"Replaced: {member.reason}")
                     elif spec is None:
                         end(member, "TemplateDeleted", f"Template '{name}' was deleted")
-                    elif pod_shape(member.template_spec) != pod_shape(spec.model_dump()):
+                    elif pod_shape(member.template_spec) != shape:
                         end(member, "TemplateChanged", f"Template '{name}' changed: replaced")
                     elif phase in LIVE_MEMBER_PHASES:
                         live.append(member)
