@@ -25,9 +25,15 @@ from agent.policy import Change, CpuThrottle, LatencyAdapter
 from agent.streamers import STREAMER_FAILED, StreamConfig, Streamer, UnsafeConfiguration
 from agent.streamers.selkies_gstreamer import SelkiesGStreamer
 from agent.supervisor import Outcome, Supervisor
-from agent.turn import RTC_CONFIG_ENV, TurnRenewal
+from agent.turn import RTC_CONFIG_ENV, NoRelay, TurnRenewal
 
 log = structlog.get_logger("vdi.agent")
+
+# Set by the local runtime (VDI_CLUSTER=local) on a host where nvidia-smi does not work: a
+# session that asked for a GPU runs as a CPU session and says so (SoftwareFallback), where a
+# session pod without its GPU fails (GPU_INIT_ERROR).
+NO_GPU_ENV = "VDI_NO_GPU"
+NO_GPU_ON_HOST = "NoGpuOnHost"
 
 MONITOR_S = 2.0
 
@@ -85,10 +91,14 @@ def check_report(
     """Checks 1-2 and the encoder choice for the streamer's line, as a health report (what
     `vdi-agent check` prints). Without a streamer: the spec's line (Selkies-GStreamer)."""
     streamer = streamer or SelkiesGStreamer(["selkies-gstreamer"], "unknown")
-    gpu = checks.check_gpu(agent.gpus)
-    choice = streamer.choose_encoder(
-        gpu, gpus_requested=agent.gpus, fallback_allowed=agent.fallback_allowed
-    )
+    no_gpu = agent.env.get(NO_GPU_ENV, "")
+    if agent.gpus > 0 and no_gpu:
+        gpu, choice = _no_gpu_on_host(agent, streamer, no_gpu)
+    else:
+        gpu = checks.check_gpu(agent.gpus)
+        choice = streamer.choose_encoder(
+            gpu, gpus_requested=agent.gpus, fallback_allowed=agent.fallback_allowed
+        )
     report: dict[str, Any] = {
         "checks": [gpu.report(), choice.check.report()],
         "encoder": choice.encoder,
@@ -97,6 +107,8 @@ def check_report(
         "bitrate_kbps": agent.bitrate_kbps,
         "streamer": streamer.label,
     }
+    if agent.env.get("VDI_TURN") == "none":
+        report["turn"] = False
     if choice.encoder and streamer.line == "selkies-gstreamer":
         pipeline = build(
             choice.encoder,
@@ -113,6 +125,25 @@ def check_report(
         for what in streamer.not_applied(config):
             report["checks"][1]["detail"] += f"; not applied: {what}"
     return report, choice
+
+
+def _no_gpu_on_host(
+    agent: AgentEnv, streamer: Streamer, why: str
+) -> tuple[checks.Check, checks.EncoderChoice]:
+    """A local desktop on a host without a usable GPU: the CPU session's encoder, as a
+    fallback (refused where the template forbids it)."""
+    gpu = checks.Check("gpu", None, NO_GPU_ON_HOST, why)
+    cpu = streamer.choose_encoder(
+        checks.check_gpu(0), gpus_requested=0, fallback_allowed=agent.fallback_allowed
+    )
+    if cpu.encoder is None or not agent.fallback_allowed:
+        detail = f"{why}; the template forbids the software fallback"
+        check = checks.Check("encoder", False, checks.ENCODER_UNAVAILABLE, detail)
+        return gpu, checks.EncoderChoice(None, False, check)
+    detail = f"{why}; using {cpu.encoder}"
+    return gpu, checks.EncoderChoice(
+        cpu.encoder, True, checks.Check("encoder", True, "SoftwareFallback", detail)
+    )
 
 
 def measure_pipeline_latency(choice: checks.EncoderChoice) -> float | None:
@@ -149,6 +180,7 @@ class Agent:
         self.changes: list[Change] = []
         self.pipeline_latency_ms: float | None = None
         self.turn: TurnRenewal | None = None
+        self.no_relay: NoRelay | None = None
         self.turn_passwords: collections.deque[str] = collections.deque(maxlen=8)
 
     def wire_report(self) -> dict[str, Any]:
@@ -179,7 +211,10 @@ class Agent:
         except UnsafeConfiguration as error:
             await self._streamer_failed(str(error))
             await asyncio.Event().wait()
-        if self.config.transport == "webrtc":
+        if self.config.transport == "webrtc" and not self.config.turn:
+            self.no_relay = NoRelay()
+            env[RTC_CONFIG_ENV] = str(self.no_relay.path)
+        elif self.config.transport == "webrtc":
             self.turn = TurnRenewal(
                 self.agent.callback_url,
                 self.agent.session_id,
@@ -217,6 +252,8 @@ class Agent:
             await self.supervisor.stop()
             if self.turn is not None:
                 self.turn.close()
+            if self.no_relay is not None:
+                self.no_relay.close()
             supervised.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await supervised

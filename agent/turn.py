@@ -138,3 +138,25 @@ class TurnRenewal:
 
     def close(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class NoRelay:
+    """A local desktop without a TURN host (VDI_TURN=none): an RTC configuration that lists no
+    ICE server at all, so Selkies offers only its host candidates (this machine's addresses,
+    all a viewer on it needs) instead of its defaults, public STUN servers."""
+
+    def __init__(self) -> None:
+        self.directory = Path(tempfile.mkdtemp(prefix="vdi-rtc-"))  # 0700
+        self.path = self.directory / "rtc.json"
+        rtc = {
+            "lifetimeDuration": "86400s",
+            "blockStatus": "NOT_BLOCKED",
+            "iceTransportPolicy": "all",
+            "iceServers": [],
+        }
+        descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as out:
+            json.dump(rtc, out)
+
+    def close(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)

@@ -78,11 +78,18 @@ def cmd_serve(args: argparse.Namespace) -> None:
     settings = _settings()
     configure_logging(settings.log_level, json=settings.log_json)
     host, port = args.host or settings.host, args.port or settings.port
-    if settings.reconciler and "callback_url" not in settings.model_fields_set:
-        from app.cluster.kube import detect_cluster
+    if settings.reconciler:
+        from app.cluster.kube import ClusterError
+        from app.cluster.simulated import choose_cluster
 
-        if detect_cluster(settings.cluster) == "simulated":
-            # the stand-in agent calls back into this very process
+        try:
+            mode, _missing = choose_cluster(settings)
+        except ClusterError as error:
+            _fail(str(error))
+        # `auto` resolved once, here: the API and the reconciler see the same cluster
+        settings = settings.model_copy(update={"cluster": mode})
+        if mode in ("local", "simulated") and "callback_url" not in settings.model_fields_set:
+            # the agents (stand-in or local) call back into this very process
             local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
             settings = settings.model_copy(update={"callback_url": f"http://{local}:{port}"})
     # uvicorn re-raises SIGTERM once it has shut down; make that an exception, so the embedded

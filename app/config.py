@@ -29,7 +29,24 @@ class Settings(BaseSettings):
         default=None,
         description="Upgrade the schema at start-up. Default: true for the embedded database.",
     )
-    cluster: Literal["auto", "kubernetes", "simulated"] = "auto"
+    cluster: Literal["auto", "kubernetes", "local", "simulated"] = Field(
+        default="auto",
+        description="`kubernetes` (in-cluster config or a kubeconfig), `local` (each session's "
+        "pod run as processes on this machine: Xvfb, vdi-agent, Selkies 2.x), `simulated` (a "
+        "fake cluster with a stand-in agent); `auto`: a cluster when configured, else local "
+        "when Xvfb and Selkies are installed, else simulated",
+    )
+    local_address: str = Field(
+        default="127.0.0.1",
+        pattern=r"^[A-Za-z0-9]([-A-Za-z0-9.:]*[A-Za-z0-9])?$",
+        description="Local desktops: the address their Selkies listens on and their `url` "
+        "names (loopback by default; this machine's LAN address or name to serve others)",
+    )
+    local_selkies: str | None = Field(
+        default=None,
+        description="Local desktops: the `selkies` command (Selkies 2.x); default the one "
+        "beside this Python (`pip install 'vdi-control[desktop]'`), else on PATH",
+    )
     namespace: str = Field(default="vdi", pattern=DNS_LABEL_PATTERN, max_length=63)
     base_domain: str = Field(
         default="vdi.example.com",
@@ -170,6 +187,12 @@ class Settings(BaseSettings):
             if host.endswith("." + self.base_domain):
                 names.add(host[: -len(self.base_domain) - 1].split(".")[-1])
         return frozenset(names)
+
+    @property
+    def turn_enabled(self) -> bool:
+        """Sessions relay through TURN: always on Kubernetes; local desktops only when a TURN
+        host is set (on this machine's own addresses a viewer needs no relay)."""
+        return self.cluster != "local" or self.turn_host is not None
 
     @property
     def effective_turn_host(self) -> str:

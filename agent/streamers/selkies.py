@@ -21,7 +21,7 @@ import structlog
 
 from agent import checks, metrics
 from agent.metrics import StreamStats
-from agent.streamers import PORT, StreamConfig, Streamer, _beside, _version
+from agent.streamers import StreamConfig, Streamer, _beside, _version
 
 log = structlog.get_logger("vdi.agent.selkies")
 
@@ -42,9 +42,8 @@ class Selkies(Streamer):
     line = "selkies"
     config_error_codes = frozenset({2, 78})  # argparse usage; EX_CONFIG (e.g. no password)
 
-    def __init__(self, command: list[str], version: str, *, host: str = "127.0.0.1") -> None:
+    def __init__(self, command: list[str], version: str) -> None:
         super().__init__(command, version)
-        self.base_url = f"http://{host}:{PORT}"
         self.python = _beside(command[0], "python3")
 
     @classmethod
@@ -131,7 +130,7 @@ class Selkies(Streamer):
         config.require_safe()
         env = dict(base)
         # 2.x refuses --addr together with SELKIES_PUBLIC; the 1.x names mean nothing here.
-        for name in ("SELKIES_ADDR", "SELKIES_METRICS_HTTP_PORT"):
+        for name in ("SELKIES_ADDR", "SELKIES_PUBLIC", "SELKIES_METRICS_HTTP_PORT"):
             env.pop(name, None)
         keyframe_interval_s = config.gop_size / max(1, config.framerate)
         env.update(
@@ -146,8 +145,7 @@ class Selkies(Streamer):
                 "SELKIES_ENABLE_BASIC_AUTH": "true",
                 "SELKIES_BASIC_AUTH_USER": config.user,
                 "SELKIES_BASIC_AUTH_PASSWORD": config.password,
-                "SELKIES_PUBLIC": "true",
-                "SELKIES_PORT": str(PORT),
+                "SELKIES_PORT": str(config.port),
                 "SELKIES_MODE": config.transport,
                 # The page may not switch transports: WebRTC is the TURN-always path.
                 "SELKIES_ENABLE_DUAL_MODE": "false",
@@ -155,7 +153,13 @@ class Selkies(Streamer):
                 "SELKIES_ENABLE_WEBRTC_STATISTICS": "true",
             }
         )
-        if config.transport == "webrtc":
+        # The pod's Selkies listens on every interface (the Service reaches it); a local
+        # desktop's only on the address the operator chose (loopback by default).
+        if config.listen_addr:
+            env["SELKIES_ADDR"] = config.listen_addr
+        else:
+            env["SELKIES_PUBLIC"] = "true"
+        if config.transport == "webrtc" and config.turn:
             env.update(
                 {
                     "SELKIES_TURN_HOST": config.turn_host,
@@ -178,7 +182,7 @@ class Selkies(Streamer):
 
     async def healthy(self, http: httpx.AsyncClient, config: StreamConfig) -> bool:
         try:
-            response = await http.get(f"{self.base_url}/api/health")
+            response = await http.get(f"{config.local_url}/api/health")
         except httpx.HTTPError:
             return False
         return response.status_code == 200
@@ -186,7 +190,7 @@ class Selkies(Streamer):
     async def stats(self, http: httpx.AsyncClient, config: StreamConfig) -> StreamStats | None:
         try:
             response = await http.get(
-                f"{self.base_url}/api/metrics", auth=(config.user, config.password)
+                f"{config.local_url}/api/metrics", auth=(config.user, config.password)
             )
         except httpx.HTTPError:
             return None

@@ -12,7 +12,7 @@ import httpx
 
 from agent import checks, metrics
 from agent.metrics import StreamStats
-from agent.streamers import PORT, StreamConfig, Streamer, _beside, _version
+from agent.streamers import StreamConfig, Streamer, _beside, _version
 
 METRICS_PORT = 9081
 DISTRIBUTION = "selkies-gstreamer"
@@ -60,26 +60,31 @@ class SelkiesGStreamer(Streamer):
                 "SELKIES_ENABLE_BASIC_AUTH": "true",
                 "SELKIES_BASIC_AUTH_USER": config.user,
                 "SELKIES_BASIC_AUTH_PASSWORD": config.password,
-                "SELKIES_ADDR": "0.0.0.0",
-                "SELKIES_PORT": str(PORT),
-                "SELKIES_TURN_HOST": config.turn_host,
-                "SELKIES_TURN_PORT": config.turn_port,
-                "SELKIES_TURN_PROTOCOL": "udp",
-                "SELKIES_TURN_USERNAME": config.turn_username,
-                "SELKIES_TURN_PASSWORD": config.turn_password,
-                "SELKIES_STUN_HOST": config.stun_host,
-                "SELKIES_STUN_PORT": config.stun_port,
+                "SELKIES_ADDR": config.listen_addr or "0.0.0.0",
+                "SELKIES_PORT": str(config.port),
                 "SELKIES_ENABLE_METRICS_HTTP": "true",
                 "SELKIES_METRICS_HTTP_PORT": str(METRICS_PORT),
                 "SELKIES_ENABLE_WEBRTC_STATISTICS": "true",
             }
         )
+        if config.turn:
+            env.update(
+                {
+                    "SELKIES_TURN_HOST": config.turn_host,
+                    "SELKIES_TURN_PORT": config.turn_port,
+                    "SELKIES_TURN_PROTOCOL": "udp",
+                    "SELKIES_TURN_USERNAME": config.turn_username,
+                    "SELKIES_TURN_PASSWORD": config.turn_password,
+                    "SELKIES_STUN_HOST": config.stun_host,
+                    "SELKIES_STUN_PORT": config.stun_port,
+                }
+            )
         return env
 
     async def healthy(self, http: httpx.AsyncClient, config: StreamConfig) -> bool:
         try:
             _, writer = await asyncio.wait_for(
-                asyncio.open_connection(self.health_host, PORT), timeout=2
+                asyncio.open_connection(self.health_host, config.port), timeout=2
             )
         except (OSError, TimeoutError):
             return False

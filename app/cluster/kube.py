@@ -342,10 +342,16 @@ class KubeCluster:
             stopper.stop()
 
 
-def detect_cluster(mode: str) -> Literal["kubernetes", "simulated"]:
-    """Where the cluster is: `kubernetes` needs in-cluster config or a kubeconfig."""
+def detect_cluster(
+    mode: str, *, local_ready: bool = False
+) -> Literal["kubernetes", "local", "simulated"]:
+    """Where the cluster is: `kubernetes` needs in-cluster config or a kubeconfig; `auto`
+    without one runs local desktops when this machine can (`local_ready`), else the
+    simulation."""
     if mode == "simulated":
         return "simulated"
+    if mode == "local":
+        return "local"
     with contextlib.suppress(config.ConfigException):
         config.load_incluster_config()
         return "kubernetes"
@@ -362,7 +368,7 @@ def detect_cluster(mode: str) -> Literal["kubernetes", "simulated"]:
             "kubeconfig (KUBECONFIG or ~/.kube/config)",
             temporary=False,
         )
-    return "simulated"
+    return "local" if local_ready else "simulated"
 
 
 def real_cluster(namespace: str, ingress_api_version: str) -> KubeCluster:

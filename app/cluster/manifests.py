@@ -417,6 +417,9 @@ def prepull_daemonset(template: str, spec: TemplateSpec, settings: Settings) -> 
 
 # --- reading pods back -------------------------------------------------------------------
 
+# Set on a pod by the local runtime (VDI_CLUSTER=local) when it admits it: where its desktop
+# will be served (http://<VDI_LOCAL_ADDRESS>:<port>/), the session's `url`.
+LOCAL_URL = "vdi-control.io/local-url"
 IMAGE_PULL_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
 CRASH_REASONS = ("CrashLoopBackOff",)
 

@@ -313,6 +313,21 @@ class Reconciler:
         if target is Phase.terminated and await repository.wake_waiting_for(db, session.user, now):
             self.wake.set()  # the user's next session was waiting for this pod to be gone
 
+    async def end_sessions_of_a_previous_run(self, reason: str, message: str) -> int:
+        """An in-process cluster starts empty: the sessions a previous run had pods for (their
+        processes went with it) end (Terminating with `reason`, then Terminated at once: no pod
+        holds the user's home, so the user may start a new one right away)."""
+        phases = [p.value for p in (Phase.provisioning, Phase.starting, Phase.running)]
+        async with self.sessionmaker() as db, db.begin():
+            now = utcnow()
+            sessions = await repository.sessions_in_phases(db, phases)
+            for session in sessions:
+                await self._move(db, session, Phase.terminating, reason, message, now)
+                session.next_reconcile_at = now
+        if sessions:
+            self.wake.set()
+        return len(sessions)
+
     # --- one session --------------------------------------------------------------------------
 
     async def _process(self, claim: Claim) -> None:
@@ -378,6 +393,10 @@ class Reconciler:
         async def started(db: AsyncSession, row: VDISession, now: datetime) -> None:
             row.attempts = 0
             row.pod_uid = pod["metadata"].get("uid")
+            # A local desktop's pod names the address its runtime chose for it.
+            local_url = (pod["metadata"].get("annotations") or {}).get(manifests.LOCAL_URL)
+            if local_url:
+                row.url = local_url
             message = "Secret, PVC, Pod, Service and IngressRoute exist; waiting for the agent"
             await self._move(db, row, Phase.starting, "ObjectsCreated", message, now)
             return None

@@ -1,5 +1,6 @@
-"""The simulated cluster: the fake Kubernetes API in process, plus a stand-in agent that reports
-health for every pod that starts, so a portal developer gets the whole lifecycle on a laptop."""
+"""The in-process clusters: the fake Kubernetes API with a stand-in agent that reports health for
+every pod that starts (simulated: the whole lifecycle on a laptop, nothing real started), or with
+local desktops behind its kubelet (local: real desktops, see app.cluster.local)."""
 
 from __future__ import annotations
 
@@ -15,10 +16,15 @@ import structlog
 
 from app.cluster import manifests
 from app.cluster.fake import FakeKubernetes, start_fake_cluster
-from app.cluster.kube import KubeCluster
+from app.cluster.kube import ClusterError, KubeCluster, detect_cluster
+from app.cluster.local import LocalDesktops, find_tools, missing_tools
 from app.config import Settings
 
 log = structlog.get_logger("vdi.simulated")
+
+# Local desktops share this machine's GPUs (passed through, not counted out): the scheduler
+# does not stop at a number of them.
+LOCAL_GPU_CAPACITY = 1_000_000
 
 
 class StandInAgent:
@@ -108,3 +114,37 @@ async def simulated_cluster(
         finally:
             await agent.stop()
             cluster.close()
+
+
+@asynccontextmanager
+async def local_cluster(
+    settings: Settings,
+) -> AsyncIterator[tuple[KubeCluster, FakeKubernetes, LocalDesktops]]:
+    """The fake API whose kubelet runs each session pod as local processes (app.cluster.local):
+    real desktops on this machine, no cluster."""
+    tools = await asyncio.to_thread(find_tools, settings)
+    desktops = LocalDesktops(settings, tools)
+    async with start_fake_cluster(
+        on_pod_running=desktops.pod_running,
+        on_pod_admitted=desktops.admitted,
+        on_pod_terminating=desktops.pod_terminating,
+        gpu_capacity=LOCAL_GPU_CAPACITY,
+        termination_delay_s=0.05,
+    ) as (fake, url):
+        desktops.fake = fake
+        await desktops.start()
+        cluster = KubeCluster.for_host(url, settings.namespace, settings.ingress_api_version)
+        try:
+            yield cluster, fake, desktops
+        finally:
+            await desktops.close()
+            cluster.close()
+
+
+def choose_cluster(settings: Settings) -> tuple[str, list[str]]:
+    """The cluster VDI_CLUSTER means on this machine, and what local desktops lack here (said
+    when the simulation runs instead). VDI_CLUSTER=local without them is an error."""
+    missing = missing_tools(settings) if settings.cluster in ("auto", "local") else []
+    if settings.cluster == "local" and missing:
+        raise ClusterError("VDI_CLUSTER=local needs " + "; ".join(missing), temporary=False)
+    return detect_cluster(settings.cluster, local_ready=not missing), missing

@@ -46,6 +46,7 @@ COUNTED_PHASES = ACTIVE_PHASES | {Phase.failed}
 GPU_INIT_ERROR = "GPU_INIT_ERROR"
 ENCODER_UNAVAILABLE = "ENCODER_UNAVAILABLE"
 SOFTWARE_FALLBACK = "SoftwareFallback"
+NO_GPU_ON_HOST = "NoGpuOnHost"  # the agent's gpu check on a local desktop without a GPU
 # The streamer exited with a configuration error, kept crashing, or never answered its health
 # check: the desktop cannot be reached, whatever the checks said.
 STREAMER_FAILED = "STREAMER_FAILED"
@@ -229,7 +230,13 @@ def _ready(session: VDISession, checks: dict[CheckName, HealthCheck]) -> bool:
     if session.gpu == 0:
         return True
     gpu = checks.get(CheckName.gpu)
-    return gpu is not None and gpu.ok is True
+    return gpu is not None and (gpu.ok is True or _no_gpu_on_host(gpu))
+
+
+def _no_gpu_on_host(gpu: HealthCheck | None) -> bool:
+    """A local desktop on a host without a usable GPU runs as a CPU session (its encoder check
+    says SoftwareFallback); a session pod without its GPU fails instead."""
+    return gpu is not None and gpu.ok is None and gpu.code == NO_GPU_ON_HOST
 
 
 def apply_health_report(
@@ -270,7 +277,17 @@ def apply_health_report(
         encoder = report.encoder or "an encoder"
         message = f"GPU and encoder ready ({encoder})"
         if report.fallback:
-            message = f"Running on the software fallback ({encoder}): NVENC is unusable"
+            why = (
+                "no GPU on this host"
+                if _no_gpu_on_host(checks.get(CheckName.gpu))
+                else ("NVENC is unusable")
+            )
+            message = f"Running on the software fallback ({encoder}): {why}"
+        if report.turn is False:
+            message += (
+                "; streaming without TURN (a local desktop, reached on this machine's own "
+                "addresses; set VDI_TURN_HOST to relay for viewers elsewhere)"
+            )
         events.append(
             transition(session, Phase.running, reason="AgentReady", message=message, now=now)
         )

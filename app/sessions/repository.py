@@ -668,6 +668,17 @@ async def try_xact_lock(db: AsyncSession, key: int) -> bool:
     return bool(result.scalar_one())
 
 
+async def sessions_in_phases(db: AsyncSession, phases: Iterable[str]) -> list[VDISession]:
+    """Every session in `phases`, locked (few: the start-up of an in-process cluster)."""
+    query = (
+        select(VDISession)
+        .where(VDISession.phase.in_(list(phases)))
+        .order_by(VDISession.created_at)
+        .with_for_update()
+    )
+    return list((await db.execute(query)).scalars())
+
+
 async def live_session_ids(db: AsyncSession) -> set[uuid.UUID]:
     query = select(VDISession.id).where(VDISession.phase != "Terminated")
     return set((await db.execute(query)).scalars())

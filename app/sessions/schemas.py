@@ -235,3 +235,9 @@ class HealthReport(BaseModel):
         examples=["selkies 2.1.0", "selkies-gstreamer 1.6.2"],
         description="The Selkies line and version the agent runs",
     )
+    turn: bool | None = Field(
+        default=None,
+        description="False: the streamer offers no TURN relay (a local desktop without "
+        "VDI_TURN_HOST, reached on this machine's own addresses); sessions on Kubernetes "
+        "always relay",
+    )

@@ -271,7 +271,10 @@ def new_session_row(
         user=user,
         template_name=template,
         template_spec=spec.model_dump(mode="json"),
-        url=f"https://{user}.{settings.base_domain}/" if user else "",
+        # A local desktop's address is known once its port is chosen (at Starting).
+        url=f"https://{user}.{settings.base_domain}/"
+        if user and settings.cluster != "local"
+        else "",
         phase=Phase.pending.value,
         reason="Created",
         message=message,
@@ -324,7 +327,8 @@ async def _claim_warm(
         return None  # none ready, or the oldest is of a replaced template (the keeper ends it)
     host = f"{user}.{settings.base_domain}"
     pooled_since, ready_since = member.created_at, member.running_at or member.created_at
-    member.user, member.url = user, f"https://{host}/"
+    # A local desktop's member already has its own address; a pod's is the user's host.
+    member.user, member.url = user, member.url or f"https://{host}/"
     member.pool_member, member.warm = False, True
     member.created_at = member.updated_at = now
     member.running_at = None  # Running for the user once the route exists
@@ -449,6 +453,8 @@ async def keepalive(db: AsyncSession, settings: Settings, session_id: uuid.UUID)
 
 
 def ice_servers(settings: Settings, turn_username: str, turn_password: str) -> list[IceServer]:
+    if not settings.turn_enabled:
+        return []  # a local desktop without VDI_TURN_HOST: host candidates only
     host, port = settings.effective_turn_host, settings.turn_port
     return [
         IceServer(urls=[f"stun:{host}:{port}"]),

@@ -18,6 +18,7 @@ import contextvars
 import datetime
 import functools
 import json
+import math
 import random
 import re
 import uuid
@@ -161,6 +162,10 @@ class FakeKubernetes(k8s.KubernetesEmulator):
     failing_images: tuple[str, ...] = ("does-not-exist",)
     crashing_images: tuple[str, ...] = ("crashes",)
     on_pod_running: Callable[[dict[str, Any]], Coroutine[Any, Any, None]] | None = None
+    # A container runtime behind the kubelet (app.cluster.local): told of each pod admitted
+    # (it may annotate it), and of each pod being deleted, which stays until that returns.
+    on_pod_admitted: Callable[[dict[str, Any]], None] | None = None
+    on_pod_terminating: Callable[[dict[str, Any]], Coroutine[Any, Any, None]] | None = None
     # The node's image store: a pod whose image is there starts at once ("already present on
     # machine"); any other pulls it for `image_pull_s` first. `keep_pulled_images=False` is a
     # fleet of fresh nodes: every pod pulls (but a pre-pull DaemonSet still fills the store).
@@ -189,6 +194,7 @@ class FakeKubernetes(k8s.KubernetesEmulator):
     _events: collections.deque[Key] = attrs.field(factory=collections.deque, init=False)
     _new_events: list[dict[str, Any]] = attrs.field(factory=list, init=False)
     _daemonset_work: dict[Key, float] = attrs.field(factory=dict, init=False)  # -> pulled at
+    _runtime_tasks: set[asyncio.Task[None]] = attrs.field(factory=set, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -436,6 +442,8 @@ class FakeKubernetes(k8s.KubernetesEmulator):
         )
         if kind == "Pod":
             data["status"] = {"phase": "Pending", "qosClass": "Guaranteed"}
+            if self.on_pod_admitted is not None:
+                self.on_pod_admitted(data)
 
     async def _serve_list(self, request: rendering.Request) -> Any:
         """A list: label selector, `limit` and `continue` pages in name order (served from the
@@ -571,6 +579,11 @@ class FakeKubernetes(k8s.KubernetesEmulator):
                 self._delete_after[uid] = (
                     asyncio.get_running_loop().time() + self.termination_delay_s
                 )
+                if self.on_pod_terminating is not None:
+                    self._delete_after[uid] = math.inf  # until its processes are stopped
+                    task = asyncio.create_task(self._stop_containers(obj.raw))
+                    self._runtime_tasks.add(task)
+                    task.add_done_callback(self._runtime_tasks.discard)
                 self._kubelet_work[key] = None
                 if obj.raw["spec"].get("nodeName"):
                     self._record_event(obj.raw, "Killing", "Stopping container desktop")
@@ -580,6 +593,64 @@ class FakeKubernetes(k8s.KubernetesEmulator):
         for event in events:
             await self._buses[EVENT].put({"type": "ADDED", "object": event})
         return aiohttp.web.json_response(raw)
+
+    async def _stop_containers(self, raw: dict[str, Any]) -> None:
+        """The runtime stops the pod's processes; then the kubelet may delete it."""
+        assert self.on_pod_terminating is not None
+        uid = raw["metadata"]["uid"]
+        try:
+            await self.on_pod_terminating(raw)
+        finally:
+            if uid in self._delete_after:
+                self._delete_after[uid] = 0.0
+
+    async def container_exited(
+        self, namespace: str, name: str, exit_code: int | None, message: str
+    ) -> None:
+        """The runtime says the pod's container died: as a kubelet about to restart it, the
+        pod says CrashLoopBackOff (with the exit code and why) and is not ready."""
+        async with self._lock:
+            key: Key = (POD, namespace, name)
+            obj = self._live(key)
+            if obj is None or obj.raw["metadata"].get("deletionTimestamp"):
+                return
+            raw = obj.raw
+            image = raw["spec"]["containers"][0]["image"]
+            previous = (raw.get("status", {}).get("containerStatuses") or [{}])[0]
+            restarts = int(previous.get("restartCount", 0)) + 1
+            waiting = {"reason": "CrashLoopBackOff", "message": message}
+            container = _container_status(image, waiting=waiting, restarts=restarts)
+            container["lastState"] = {
+                "terminated": {
+                    "exitCode": -1 if exit_code is None else exit_code,
+                    "reason": "Error",
+                    "message": message,
+                    "finishedAt": _now(),
+                }
+            }
+            obj.patch(
+                {
+                    "metadata": {"resourceVersion": self._next_version()},
+                    "status": {
+                        "conditions": [
+                            _condition("PodScheduled", "True"),
+                            _condition("Ready", "False"),
+                        ],
+                        "containerStatuses": [container],
+                    },
+                }
+            )
+            self._record_event(
+                raw,
+                "BackOff",
+                f"Back-off restarting failed container desktop in pod {name}",
+                warning=True,
+            )
+            raw = obj.raw
+            events, self._new_events = self._new_events, []
+        await self._buses[POD].put({"type": "MODIFIED", "object": raw})
+        for event in events:
+            await self._buses[EVENT].put({"type": "ADDED", "object": event})
 
     async def _collect_garbage(self, gone: list[str]) -> None:
         """Delete the dependents of the objects with uids `gone` whose owners are all gone
