@@ -1,0 +1,332 @@
+"""Local desktops (VDI_CLUSTER=local) as an operator gets them: `vdi-control serve` in a process of
+its own, sessions created through the API, each one real processes on this machine (Xvfb, the
+real vdi-agent, the real Selkies 2.x from `pip install -e '.[desktop]'`), opened in a real headless
+Chromium with the credentials GET .../connection hands out. Processes are found by the marker
+every process of a session carries in its environment, and stopped by their PIDs.
+
+The tests run in order on one server: two users at once, a killed Selkies, a crashed display, a
+delete, and a restart of the server itself. The browser's view of the first desktop is saved to
+.artifacts/local-desktop.png (the README's screenshot is one of these).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from app.cluster.local import RUNTIME_MARKER, SESSION_MARKER
+from bench.selkies_session import READ_STATS, chromium
+from tests.conftest import TEST_SECRET_KEY, TEST_TURN_SECRET
+from tests.test_cli import free_port
+from tests.tools import REPO, VENV_BIN, tool
+
+SCREENSHOT = REPO / ".artifacts" / "local-desktop.png"
+ADMIN = "vdi_" + "local-desktops-admin-token-0123456789"
+HEADERS = {"Authorization": f"Bearer {ADMIN}"}
+SERVE = [sys.executable, "-c", "from app.cli import main; main()", "serve"]
+
+
+@dataclass
+class Server:
+    base: str
+    data_dir: Path
+    log: Path
+    process: subprocess.Popen[bytes]
+    database_url: str = ""
+
+    @property
+    def desktops(self) -> str:
+        return str((self.data_dir / "desktops").resolve())
+
+    def get(self, path: str) -> Any:
+        response = httpx.get(self.base + path, headers=HEADERS, timeout=10)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def wait(self, session_id: str, phases: set[str], timeout_s: float = 120) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            session: dict[str, Any] = self.get(f"/v1/sessions/{session_id}")
+            if session["phase"] in phases:
+                return session
+            assert self.process.poll() is None, self.log.read_text()[-4000:]
+            time.sleep(0.25)
+        raise AssertionError(f"session {session_id} not in {phases}: {session}")
+
+    def create(self, user: str) -> str:
+        response = httpx.post(
+            self.base + "/v1/sessions",
+            json={"user": user, "template": "desktop"},
+            headers=HEADERS,
+            timeout=10,
+        )
+        assert response.status_code == 202, response.text
+        return str(response.json()["id"])
+
+    def events(self, session_id: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self.get(f"/v1/sessions/{session_id}/events")["items"]
+        return items
+
+    def processes(self, session_id: str | None = None) -> list[psutil.Process]:
+        """This server's desktop processes (of one session, or of any)."""
+        found = []
+        for process in psutil.process_iter(["environ"]):
+            environ = process.info.get("environ") or {}
+            if environ.get(RUNTIME_MARKER) != self.desktops:
+                continue
+            if session_id is None or environ.get(SESSION_MARKER) == session_id:
+                found.append(process)
+        return found
+
+
+def _environment(data_dir: Path, database_url: str) -> dict[str, str]:
+    """A newcomer's shell: the system directories only; the runtime finds Selkies beside this
+    Python, Xvfb in the system directories."""
+    return {
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": os.environ.get("HOME", "/root"),
+        "LANG": "C.UTF-8",
+        "VDI_CLUSTER": "local",
+        "VDI_DATA_DIR": str(data_dir),
+        "VDI_DATABASE_URL": database_url,
+        "VDI_SECRET_KEY": TEST_SECRET_KEY,
+        "VDI_TURN_SECRET": TEST_TURN_SECRET,
+        "VDI_BOOTSTRAP_TOKEN": ADMIN,
+        "VDI_LOG_JSON": "true",
+        "VDI_ORPHAN_SWEEP_INTERVAL_S": "2",
+        "VDI_AUTO_MIGRATE": "true",
+    }
+
+
+@contextmanager
+def _serving(env: dict[str, str], port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [*SERVE, "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, log.read_text()[-4000:]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "serve did not become ready"
+            time.sleep(0.2)
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+async def local_database(make_database: Callable[[str], Awaitable[str]]) -> str:
+    return await make_database("vdi_local_desktops")
+
+
+@pytest.fixture(scope="module")
+def server(local_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    tool("Xvfb")
+    if not (VENV_BIN / "selkies").exists():
+        pytest.fail(f"no Selkies 2.x beside {sys.executable}: pip install -e '.[desktop]'")
+    directory = tmp_path_factory.mktemp("local-desktops")
+    env = _environment(directory / "data", local_database)
+    port = free_port()
+    log = directory / "serve.log"
+    with _serving(env, port, log) as process:
+        base = f"http://127.0.0.1:{port}"
+        served = Server(base, directory / "data", log, process, local_database)
+        put = httpx.put(
+            f"{served.base}/v1/templates/desktop",
+            json={"image": "local", "gpu": 1, "idle_timeout_s": 600},
+            headers=HEADERS,
+        )
+        assert put.status_code in (200, 201), put.text
+        yield served
+        if served.process is not process and served.process.poll() is None:
+            served.process.send_signal(signal.SIGTERM)  # the restart test's second run
+            served.process.wait(timeout=60)
+    # however the tests ended, the servers took every desktop process with them
+    assert served.processes() == []
+
+
+def _decoded_in_chromium(connection: dict[str, Any], screenshot: Path | None) -> dict[str, Any]:
+    with chromium(connection["username"], connection["password"], relay_only=False) as driver:
+        driver.get(connection["url"])
+        deadline = time.monotonic() + 60
+        stats: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            stats = driver.execute_async_script(READ_STATS)
+            if (stats.get("frames_decoded") or 0) >= 30:
+                break
+            time.sleep(0.5)
+        if screenshot is not None:
+            screenshot.parent.mkdir(exist_ok=True)
+            driver.save_screenshot(str(screenshot))
+        return stats
+
+
+@pytest.fixture(scope="module")
+def sessions() -> dict[str, str]:
+    return {}
+
+
+def test_a_session_is_a_real_desktop_that_chromium_decodes(
+    server: Server, sessions: dict[str, str]
+) -> None:
+    sessions["alice"] = server.create("alice")
+    running = server.wait(sessions["alice"], {"Running", "Failed"})
+    assert running["phase"] == "Running", running
+    assert running["url"].startswith("http://127.0.0.1:")
+    assert running["streamer"].startswith("selkies 2.")
+    # no TURN host is configured: loopback needs none, and the session says so
+    assert "without TURN" in running["message"]
+    conditions = {c["type"]: c for c in running["conditions"]}
+    if subprocess.run(["sh", "-c", "command -v nvidia-smi"], check=False).returncode != 0:
+        # a GPU template on a host without one: a CPU session, said as a fallback
+        assert conditions["GPUAvailable"]["reason"] == "NoGpuOnHost"
+        assert conditions["EncoderReady"]["reason"] == "SoftwareFallback"
+        assert running["encoder"] == "h264enc/x264"
+    connection = server.get(f"/v1/sessions/{sessions['alice']}/connection")
+    assert connection["url"] == running["url"]
+    assert connection["ice_servers"] == []
+    assert httpx.get(connection["url"], timeout=10).status_code == 401  # basic auth, always
+
+    SCREENSHOT.unlink(missing_ok=True)
+    stats = _decoded_in_chromium(connection, SCREENSHOT)
+    assert stats["frames_decoded"] >= 30, stats
+    assert (stats["pair"]["local"], stats["pair"]["remote"]) == ("host", "host")
+    assert SCREENSHOT.stat().st_size > 5000
+    names = {p.name() for p in server.processes(sessions["alice"])}
+    assert {"Xvfb", "selkies"} <= names, names
+
+
+def test_two_users_at_once_each_on_their_own_desktop(
+    server: Server, sessions: dict[str, str]
+) -> None:
+    sessions["bob"] = server.create("bob")
+    bob = server.wait(sessions["bob"], {"Running", "Failed"})
+    assert bob["phase"] == "Running", bob
+    alice = server.get(f"/v1/sessions/{sessions['alice']}")
+    assert alice["phase"] == "Running"
+    assert bob["url"] != alice["url"]
+    alice_connection = server.get(f"/v1/sessions/{sessions['alice']}/connection")
+    bob_connection = server.get(f"/v1/sessions/{sessions['bob']}/connection")
+    # one user's password opens only that user's desktop
+    refused = httpx.get(bob["url"], auth=("user", alice_connection["password"]), timeout=10)
+    assert refused.status_code == 401
+    stats = _decoded_in_chromium(bob_connection, None)
+    assert stats["frames_decoded"] >= 30, stats
+    # each home is the user's own directory under the data dir
+    homes = {p.info["environ"]["HOME"] for p in server.processes()}
+    assert homes == {
+        str(server.data_dir.resolve() / "desktops" / "homes" / user) for user in ("alice", "bob")
+    }
+
+
+def test_a_killed_selkies_is_restarted_and_the_restart_reported(
+    server: Server, sessions: dict[str, str]
+) -> None:
+    session_id = sessions["alice"]
+    (selkies,) = [p for p in server.processes(session_id) if p.name() == "selkies"]
+    selkies.kill()
+    deadline = time.monotonic() + 60
+    while not any(e["reason"] == "StreamerRestarted" for e in server.events(session_id)):
+        assert time.monotonic() < deadline, "no StreamerRestarted event"
+        time.sleep(0.5)
+    while not [p for p in server.processes(session_id) if p.name() == "selkies"]:
+        assert time.monotonic() < deadline, "Selkies not back"
+        time.sleep(0.5)
+    assert server.get(f"/v1/sessions/{session_id}")["phase"] == "Running"
+
+
+def test_a_crashed_display_fails_the_session_as_a_crashed_container(
+    server: Server, sessions: dict[str, str]
+) -> None:
+    session_id = sessions["bob"]
+    (xvfb,) = [p for p in server.processes(session_id) if p.name() == "Xvfb"]
+    xvfb.kill()
+    failed = server.wait(session_id, {"Failed"}, timeout_s=60)
+    assert failed["reason"] == "CrashLoopBackOff"
+    assert "Xvfb" in failed["message"]
+    assert "SIGKILL" in failed["message"]
+    # the rest of the session's processes went with it
+    assert server.processes(session_id) == []
+
+
+def test_delete_leaves_no_process_and_keeps_the_users_home(
+    server: Server, sessions: dict[str, str]
+) -> None:
+    home = server.data_dir / "desktops" / "homes" / "alice"
+    (home / "notes.txt").write_text("kept")
+    for user in ("alice", "bob"):
+        deleted = httpx.delete(
+            f"{server.base}/v1/sessions/{sessions[user]}", headers=HEADERS, timeout=10
+        )
+        assert deleted.status_code == 202
+    for user in ("alice", "bob"):
+        assert server.wait(sessions[user], {"Terminated"}, timeout_s=60)["phase"] == "Terminated"
+        assert server.processes(sessions[user]) == []
+    assert (home / "notes.txt").read_text() == "kept"
+    assert not (server.data_dir / "desktops" / "sessions" / sessions["alice"]).exists()
+
+
+def test_the_sweep_stops_processes_of_no_session(server: Server) -> None:
+    """A process marked as this runtime's with a session it does not run (as a previous run's
+    would be) is stopped by the sweep (every 2 s here)."""
+    env = {
+        "PATH": "/usr/bin:/bin",
+        RUNTIME_MARKER: server.desktops,
+        SESSION_MARKER: "00000000-0000-0000-0000-000000000000",
+    }
+    stray = subprocess.Popen(["sleep", "300"], env=env)
+    try:
+        assert stray.wait(timeout=30) == -signal.SIGTERM
+    finally:
+        if stray.poll() is None:
+            stray.kill()
+            stray.wait()
+
+
+def test_a_restarted_server_ends_the_sessions_of_its_previous_run(
+    server: Server, sessions: dict[str, str]
+) -> None:
+    """Killed outright (SIGKILL: no shutdown at all), the server takes its desktops with it
+    (they die with their parent); the next run ends their sessions cleanly, at once, so the
+    user can start again."""
+    sessions["carol"] = server.create("carol")
+    assert server.wait(sessions["carol"], {"Running", "Failed"})["phase"] == "Running"
+    assert server.processes(sessions["carol"])
+    server.process.kill()
+    server.process.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while server.processes():
+        assert time.monotonic() < deadline, [p.cmdline() for p in server.processes()]
+        time.sleep(0.25)
+    port = int(server.base.rsplit(":", 1)[1])
+    env = _environment(server.data_dir, server.database_url)
+    with _serving(env, port, server.log) as again:
+        server.process = again
+        ended = server.wait(sessions["carol"], {"Terminated"}, timeout_s=60)
+        reasons = [e["reason"] for e in server.events(sessions["carol"])]
+        assert "ControlPlaneRestarted" in reasons
+        assert ended["phase"] == "Terminated"
+        # and carol gets a desktop again right away
+        sessions["carol-again"] = server.create("carol")
+        again_running = server.wait(sessions["carol-again"], {"Running", "Failed"})
+        assert again_running["phase"] == "Running", again_running
