@@ -361,8 +361,8 @@ class Agent:
     def _latency_ms(self, stats: metrics.StreamStats) -> float | None:
         """The best figure we have: the viewer's RTT + jitter buffer (Selkies) plus our
         pipeline's capture-to-payload latency (measured at start)."""
-        if stats.rtt_latency_ms is None:
-            return None
+        if stats.rtt_latency_ms is None or not stats.viewer_connected:
+            return None  # Selkies' gauge reads 0 before any viewer, and stays when one leaves
         return stats.rtt_latency_ms + (self.pipeline_latency_ms or 0.0)
 
     def _observe(self, now: float, cpu_percent: float, stats: metrics.StreamStats | None) -> bool:

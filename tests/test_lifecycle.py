@@ -145,6 +145,41 @@ def test_software_fallback_runs_when_the_template_allows_it() -> None:
     assert "software fallback" in (session.message or "")
 
 
+def test_a_local_desktop_without_a_gpu_runs_as_a_fallback_and_says_it_has_no_turn() -> None:
+    """The local runtime on a host without a GPU: the agent's gpu check is NoGpuOnHost (not a
+    failure), the encoder the software fallback; without a TURN host the session says so."""
+    session = make(Phase.starting, gpu=1)
+    lifecycle.apply_health_report(
+        session,
+        report(
+            ("gpu", None, "NoGpuOnHost"),
+            ("encoder", True, "SoftwareFallback"),
+            encoder="h264enc/x264",
+            fallback=True,
+            turn=False,
+        ),
+        fallback_allowed=True,
+        now=NOW,
+    )
+    assert session.phase == "Running"
+    assert condition(session, "GPUAvailable")["reason"] == "NoGpuOnHost"
+    message = session.message or ""
+    assert "no GPU on this host" in message
+    assert "without TURN" in message
+
+
+def test_an_unknown_gpu_check_on_a_gpu_session_is_not_ready() -> None:
+    """Only the local runtime's NoGpuOnHost lets a GPU session run without a GPU."""
+    session = make(Phase.starting, gpu=1)
+    lifecycle.apply_health_report(
+        session,
+        report(("gpu", None, None), ("encoder", True, "SoftwareFallback"), fallback=True),
+        fallback_allowed=True,
+        now=NOW,
+    )
+    assert session.phase == "Starting"
+
+
 def test_software_fallback_fails_when_the_template_forbids_it() -> None:
     session = make(Phase.starting)
     lifecycle.apply_health_report(

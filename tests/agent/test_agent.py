@@ -4,6 +4,7 @@ stand-in process, the commands, and one monitoring round."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import subprocess
@@ -25,7 +26,7 @@ from agent.runner import Agent, AgentEnv, check_report
 from agent.streamers import StreamConfig, Streamer, UnsafeConfiguration
 from agent.streamers.selkies import Selkies
 from agent.streamers.selkies_gstreamer import SelkiesGStreamer
-from agent.turn import TurnRenewal
+from agent.turn import NoRelay, TurnRenewal
 from app.security import agent_token
 from tests.conftest import ADMIN, TEST_SECRET_KEY
 from tests.servers import serve
@@ -203,6 +204,9 @@ def test_monitoring_round_reports_stream_latency_and_throttle() -> None:
     quiet = StreamStats(None, None, None, None)
     assert agent._observe(0.0, 10.0, quiet)  # the stream check appears (Unknown)
     assert {c["name"]: c["ok"] for c in agent.report["checks"]}["stream"] is None
+    # Selkies 2.x's latency gauge reads 0 before any viewer: no latency figure from it
+    agent._observe(0.5, 10.0, StreamStats(None, None, None, 0.0))
+    assert "latency" not in {c["name"] for c in agent.report["checks"]}
     viewer = StreamStats(1500, 3.0, 59.0, 180.0)
     assert agent._observe(1.0, 10.0, viewer)
     checks = {c["name"]: c for c in agent.report["checks"]}
@@ -444,3 +448,70 @@ async def test_turn_credentials_are_renewed_into_selkies_file_until_the_session_
     finally:
         renewal.close()
     assert not path.parent.exists()
+
+
+def test_a_local_desktops_selkies_listens_on_its_own_port_and_address_without_turn() -> None:
+    """VDI_CLUSTER=local: Selkies on the port and address the runtime chose (not every
+    interface), and with VDI_TURN=none no TURN setting at all (its defaults name a public
+    relay: the RTC file with no ICE server overrides them)."""
+    config = StreamConfig.from_env(
+        {
+            "SELKIES_BASIC_AUTH_PASSWORD": "s3cret-pw",
+            "SELKIES_PORT": "41591",
+            "VDI_LISTEN_ADDR": "127.0.0.1",
+            "VDI_TURN": "none",
+        },
+        encoder="h264enc/x264",
+        fallback=False,
+        framerate=60,
+        bitrate=8000,
+    )
+    assert (config.turn, config.port, config.local_url) == (False, 41591, "http://127.0.0.1:41591")
+    env = Selkies(["selkies"], "2.1.0").environment(config, {"SELKIES_PUBLIC": "true"})
+    assert (env["SELKIES_ADDR"], env["SELKIES_PORT"]) == ("127.0.0.1", "41591")
+    assert "SELKIES_PUBLIC" not in env  # with SELKIES_ADDR it refuses to start
+    assert not [name for name in env if name.startswith(("SELKIES_TURN", "SELKIES_STUN"))]
+    # in a pod (no VDI_TURN), a missing relay is still refused
+    with pytest.raises(UnsafeConfiguration, match="public relay"):
+        Selkies(["selkies"], "2.1.0").environment(
+            dataclasses.replace(config, turn=True, turn_host=""), {}
+        )
+
+
+def test_the_no_relay_file_lists_no_ice_server() -> None:
+    no_relay = NoRelay()
+    try:
+        assert json.loads(no_relay.path.read_text())["iceServers"] == []
+        assert no_relay.path.stat().st_mode & 0o077 == 0  # Selkies 2.x refuses a shared one
+    finally:
+        no_relay.close()
+    assert not no_relay.directory.exists()
+
+
+@pytest.mark.parametrize(("fallback", "encoder"), [("true", "h264enc/x264"), ("false", None)])
+def test_a_gpu_template_on_a_host_without_a_gpu_is_a_cpu_session_where_allowed(
+    fallback: str, encoder: str | None
+) -> None:
+    """The local runtime's VDI_NO_GPU: the GPU check says why (NoGpuOnHost, not a failure),
+    the encoder is the CPU session's as a fallback, or none where the template forbids it."""
+    env = agent_env(
+        str(uuid.uuid4()),
+        "http://127.0.0.1:1",
+        gpus=1,
+        VDI_NO_GPU="no GPU on this host (nvidia-smi not found)",
+        VDI_ENCODER_FALLBACK=fallback,
+        VDI_TURN="none",
+    )
+    report, choice = check_report(env, Selkies(["selkies"], "2.1.0"))
+    gpu, encoder_check = report["checks"]
+    assert (gpu["ok"], gpu["code"]) == (None, "NoGpuOnHost")
+    assert choice.encoder == encoder
+    if encoder:
+        assert (encoder_check["ok"], encoder_check["code"], choice.fallback) == (
+            True,
+            "SoftwareFallback",
+            True,
+        )
+    else:
+        assert (encoder_check["ok"], encoder_check["code"]) == (False, "ENCODER_UNAVAILABLE")
+    assert report["turn"] is False
