@@ -60,8 +60,10 @@ async def readyz(request: Request) -> Health:
             raise ServiceUnavailable(
                 "The Kubernetes API does not answer", retry_after_s=5
             ) from None
-        simulated = request.app.state.cluster_mode == "simulated"
-        checks["cluster"] = "simulated (in-process fake, nothing real runs)" if simulated else "ok"
+        checks["cluster"] = {
+            "simulated": "simulated (in-process fake, nothing real runs)",
+            "local": "local (in-process fake API; each session is processes on this machine)",
+        }.get(request.app.state.cluster_mode, "ok")
     return Health(status="ok", checks=checks)
 
 

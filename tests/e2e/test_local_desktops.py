@@ -150,6 +150,8 @@ def server(local_database: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     log = directory / "serve.log"
     with _serving(env, port, log) as process:
         base = f"http://127.0.0.1:{port}"
+        ready = httpx.get(f"{base}/readyz", timeout=10).json()
+        assert ready["checks"]["cluster"].startswith("local")  # and it says so
         served = Server(base, directory / "data", log, process, local_database)
         put = httpx.put(
             f"{served.base}/v1/templates/desktop",
