@@ -92,6 +92,8 @@ class PoolKeeper:
         host = manifests.session_host(claimed.user, self.settings)
         reason = "WarmReady"
         message = f"From the warm pool: checked before the claim; {host} routes to it"
+        if self.settings.cluster == "local":  # no router: the desktop's own address
+            message = f"From the warm pool: checked before the claim; its desktop is {claimed.url}"
         shown = to_schema(claimed).model_copy(
             update={"reason": reason, "message": message, "running_at": now, "updated_at": now}
         )

@@ -65,15 +65,16 @@ class Server:
             time.sleep(0.25)
         raise AssertionError(f"session {session_id} not in {phases}: {session}")
 
-    def create(self, user: str) -> str:
+    def create(self, user: str, template: str = "desktop") -> dict[str, Any]:
         response = httpx.post(
             self.base + "/v1/sessions",
-            json={"user": user, "template": "desktop"},
+            json={"user": user, "template": template},
             headers=HEADERS,
             timeout=10,
         )
         assert response.status_code == 202, response.text
-        return str(response.json()["id"])
+        created: dict[str, Any] = response.json()
+        return created
 
     def events(self, session_id: str) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = self.get(f"/v1/sessions/{session_id}/events")["items"]
@@ -191,7 +192,7 @@ def sessions() -> dict[str, str]:
 def test_a_session_is_a_real_desktop_that_chromium_decodes(
     server: Server, sessions: dict[str, str]
 ) -> None:
-    sessions["alice"] = server.create("alice")
+    sessions["alice"] = server.create("alice")["id"]
     running = server.wait(sessions["alice"], {"Running", "Failed"})
     assert running["phase"] == "Running", running
     assert running["url"].startswith("http://127.0.0.1:")
@@ -221,7 +222,7 @@ def test_a_session_is_a_real_desktop_that_chromium_decodes(
 def test_two_users_at_once_each_on_their_own_desktop(
     server: Server, sessions: dict[str, str]
 ) -> None:
-    sessions["bob"] = server.create("bob")
+    sessions["bob"] = server.create("bob")["id"]
     bob = server.wait(sessions["bob"], {"Running", "Failed"})
     assert bob["phase"] == "Running", bob
     alice = server.get(f"/v1/sessions/{sessions['alice']}")
@@ -305,13 +306,43 @@ def test_the_sweep_stops_processes_of_no_session(server: Server) -> None:
             stray.wait()
 
 
+def test_a_warm_pool_of_local_desktops_hands_one_out_at_once(server: Server) -> None:
+    """A member is a checked local desktop for no one; a create claims it and answers Running
+    with the member's own address, which opens with the credentials the user is given."""
+    template = {"image": "local", "gpu": 0, "warm_pool": 1, "persistent_home": False}
+    put = httpx.put(f"{server.base}/v1/templates/pool", json=template, headers=HEADERS)
+    assert put.status_code == 201, put.text
+    deadline = time.monotonic() + 90
+    while server.get("/v1/templates/pool")["warm_available"] < 1:
+        assert time.monotonic() < deadline, "no warm member"
+        time.sleep(0.5)
+    claimed = server.create("erin", "pool")
+    assert (claimed["phase"], claimed["warm"]) == ("Running", True)
+    assert claimed["url"].startswith("http://127.0.0.1:")
+    assert f"its desktop is {claimed['url']}" in claimed["message"]
+    connection = server.get(f"/v1/sessions/{claimed['id']}/connection")
+    page = httpx.get(
+        connection["url"], auth=(connection["username"], connection["password"]), timeout=10
+    )
+    assert page.status_code == 200
+    # its home goes with it (no persistent home in a pool)
+    (erin,) = {p.info["environ"]["HOME"] for p in server.processes(claimed["id"])}
+    assert "/homes/" not in erin
+    template["warm_pool"] = 0
+    assert httpx.put(f"{server.base}/v1/templates/pool", json=template, headers=HEADERS).is_success
+    deleted = httpx.delete(f"{server.base}/v1/sessions/{claimed['id']}", headers=HEADERS)
+    assert deleted.status_code == 202
+    assert server.wait(claimed["id"], {"Terminated"}, timeout_s=60)["phase"] == "Terminated"
+    assert server.processes(claimed["id"]) == []
+
+
 def test_a_restarted_server_ends_the_sessions_of_its_previous_run(
     server: Server, sessions: dict[str, str]
 ) -> None:
     """Killed outright (SIGKILL: no shutdown at all), the server takes its desktops with it
     (they die with their parent); the next run ends their sessions cleanly, at once, so the
     user can start again."""
-    sessions["carol"] = server.create("carol")
+    sessions["carol"] = server.create("carol")["id"]
     assert server.wait(sessions["carol"], {"Running", "Failed"})["phase"] == "Running"
     assert server.processes(sessions["carol"])
     server.process.kill()
@@ -329,6 +360,6 @@ def test_a_restarted_server_ends_the_sessions_of_its_previous_run(
         assert "ControlPlaneRestarted" in reasons
         assert ended["phase"] == "Terminated"
         # and carol gets a desktop again right away
-        sessions["carol-again"] = server.create("carol")
+        sessions["carol-again"] = server.create("carol")["id"]
         again_running = server.wait(sessions["carol-again"], {"Running", "Failed"})
         assert again_running["phase"] == "Running", again_running
