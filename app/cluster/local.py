@@ -525,6 +525,8 @@ class LocalDesktops:
                 await self._kill(desktop)
                 self._forget(desktop)
                 stopped += 1
+        for uid in [u for u in self._ports if u not in live_uids and u not in self._starts]:
+            del self._ports[uid]  # reserved for a create the API refused (an idempotent retry)
         orphans = await asyncio.to_thread(self._marked, None)
         await _terminate(orphans)
         for process in orphans:
