@@ -92,6 +92,9 @@ async def _start_cluster_side(
     mode = "given"
     if cluster is None:
         mode, missing = choose_cluster(settings)
+        if settings.cluster != mode:  # `auto` resolved: the API sees the cluster it runs on
+            settings = settings.model_copy(update={"cluster": mode})
+            app.state.settings = settings
         if mode == "local":
             log.warning(
                 "LOCAL DESKTOPS: no kubeconfig or in-cluster config (or VDI_CLUSTER=local); each "
