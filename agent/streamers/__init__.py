@@ -90,6 +90,18 @@ class StreamConfig:
             listen_addr=env.get("VDI_LISTEN_ADDR", ""),
         )
 
+    def turn_settings(self, stun_host: str) -> dict[str, str]:
+        """The relay's settings, named alike in both lines (each decides its STUN host)."""
+        return {
+            "SELKIES_TURN_HOST": self.turn_host,
+            "SELKIES_TURN_PORT": self.turn_port,
+            "SELKIES_TURN_PROTOCOL": "udp",
+            "SELKIES_TURN_USERNAME": self.turn_username,
+            "SELKIES_TURN_PASSWORD": self.turn_password,
+            "SELKIES_STUN_HOST": stun_host,
+            "SELKIES_STUN_PORT": self.stun_port,
+        }
+
     @property
     def secrets(self) -> tuple[str, ...]:
         """Values that must never reach a log line, a report or an error."""

@@ -160,17 +160,7 @@ class Selkies(Streamer):
         else:
             env["SELKIES_PUBLIC"] = "true"
         if config.transport == "webrtc" and config.turn:
-            env.update(
-                {
-                    "SELKIES_TURN_HOST": config.turn_host,
-                    "SELKIES_TURN_PORT": config.turn_port,
-                    "SELKIES_TURN_PROTOCOL": "udp",
-                    "SELKIES_TURN_USERNAME": config.turn_username,
-                    "SELKIES_TURN_PASSWORD": config.turn_password,
-                    "SELKIES_STUN_HOST": config.stun_host or config.turn_host,
-                    "SELKIES_STUN_PORT": config.stun_port,
-                }
-            )
+            env.update(config.turn_settings(config.stun_host or config.turn_host))
         return env
 
     def not_applied(self, config: StreamConfig) -> list[str]:

@@ -28,7 +28,6 @@ import asyncio
 import base64
 import contextlib
 import ctypes
-import json
 import os
 import shutil
 import signal
@@ -404,7 +403,6 @@ class LocalDesktops:
                 stderr=subprocess.STDOUT,
                 cwd=home,
             )
-        self._write_state(desktop)
         desktop.monitor = asyncio.create_task(self._monitor(pod, desktop))
         log.info(
             "local desktop started",
@@ -414,17 +412,6 @@ class LocalDesktops:
             pgid=desktop.pgid,
             agent_log=str(log_path),
         )
-
-    def _write_state(self, desktop: Desktop) -> None:
-        state = {
-            "session_id": desktop.session_id,
-            "pod": desktop.name,
-            "pgid": desktop.pgid,
-            "display": desktop.display,
-            "port": desktop.port,
-            "pids": {what: p.pid for what, p in desktop.processes.items()},
-        }
-        (desktop.directory / "desktop.json").write_text(json.dumps(state, indent=2))
 
     # --- crashes ------------------------------------------------------------------------------
 
@@ -563,10 +550,6 @@ class LocalDesktops:
         await asyncio.gather(*(self._kill(d) for d in desktops))
         for desktop in desktops:
             self._forget(desktop)
-
-    def session_processes(self, session_id: str) -> list[psutil.Process]:
-        """Every process of a session, found by its marker (for tests and operators)."""
-        return self._marked({session_id})
 
 
 def _processes_with_env() -> Iterator[psutil.Process]:
