@@ -58,6 +58,7 @@ from agent.streamers.selkies_gstreamer import METRICS_PORT, SelkiesGStreamer
 from app.cluster.fake import FakeKubernetes, start_fake_cluster, write_kubeconfig
 from app.cluster.manifests import SESSION_ID_LABEL
 from app.security import turn_credentials
+from bench import browser_viewer
 from bench.api import free_port, wait_ready
 from bench.webrtc_receiver import Receiver, browser_like_aiortc, ice_servers
 
@@ -601,10 +602,78 @@ async def stream(
             sender_stats = await sender.stop()
             await viewer.close()
     summary = result.summary()
+    summary["latencies_ms"] = [round(value, 2) for value in result.latencies_ms]
+    summary["viewer"] = "aiortc"
     summary["viewer_candidate_types"] = result.local_candidate_types
     summary["sender_offered"] = [c.split()[7] for c in offer["candidates"] if "typ" in c]
     summary["sender_pair"] = sender_candidate_types(sender_stats)
     summary["frames_sent"] = (sender_stats or {}).get("stamped")
+    return summary
+
+
+async def stream_to_chromium(
+    pipeline: str,
+    env: dict[str, str],
+    connection: dict[str, Any],
+    *,
+    seconds: float,
+    relay_only: bool = True,
+    metrics: SelkiesMetrics | None = None,
+    display: str | None = None,
+    warmup_s: float = 1.0,
+) -> dict[str, Any]:
+    """The same sender, and headless Chromium as the viewer (bench/browser_viewer.py): its own
+    WebRTC stack answers, decodes and presents the stream in a <video>; each presented
+    picture's capture time is read back in the page. Figures for `seconds` after a warm-up."""
+    stun, turn = selkies_ice_uris(env)
+    sender = await Sender.start(pipeline, stun, turn, relay_only, display)
+    clock = browser_viewer.ClockServer(PEER_IP)
+    sender_stats: dict[str, Any] | None = None
+    try:
+        with browser_viewer.chromium(relay_only=relay_only, measure=True) as driver:
+            await asyncio.to_thread(driver.get, f"{clock.url}/viewer")
+            offer = await asyncio.wait_for(sender.offer, 30)
+            answer = await asyncio.to_thread(
+                driver.execute_async_script,
+                browser_viewer.ANSWER,
+                offer["offer"],
+                offer["candidates"],
+                connection["ice_servers"],
+                relay_only,
+            )
+            if "error" in answer:
+                raise RuntimeError(f"Chromium refused the offer: {answer['error']}")
+            candidates = [
+                line.removeprefix("a=")
+                for line in answer["sdp"].splitlines()
+                if line.startswith("a=candidate:")
+            ]
+            await sender.send({"answer": answer["sdp"], "candidates": candidates})
+            await browser_viewer.wait_decoding(driver)
+
+            async def publish(stats: dict[str, Any], recent: dict[str, Any]) -> None:
+                assert metrics is not None
+                metrics.publish(
+                    stats.get("frames_decoded") or 0,
+                    stats.get("jitter_s") or 0.0,
+                    stats.get("fps") or 0.0,
+                    recent["p50_ms"] or 0.0,
+                )
+
+            summary = await browser_viewer.measure(
+                driver,
+                clock,
+                seconds,
+                warmup_s=warmup_s,
+                on_sample=publish if metrics is not None else None,
+            )
+    finally:
+        sender_stats = await sender.stop()
+        clock.stop()
+    summary["sender_offered"] = [c.split()[7] for c in offer["candidates"] if "typ" in c]
+    summary["sender_pair"] = sender_candidate_types(sender_stats)
+    summary["frames_sent"] = (sender_stats or {}).get("stamped")
+    summary["viewer"] = "chromium"
     return summary
 
 
@@ -709,31 +778,28 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         modes = [("relay", True, True)]
                         if args.floor:
                             modes.append(("direct", False, True))
-                        if args.aiortc_jitter_buffer and index == 0:
+                        if args.aiortc_jitter_buffer and index == 0 and args.viewer == "aiortc":
                             modes.append(("relay, aiortc jitter buffer", True, False))
                         for mode, relay_only, marker in modes:
-                            async with contextlib.AsyncExitStack() as stack:
-                                display = None
-                                if args.source == "xvfb":
-                                    display = await stack.enter_async_context(
-                                        screen(
-                                            width,
-                                            height,
-                                            args.framerate,
-                                            args.pattern,
-                                            args.motion,
-                                        )
-                                    )
-                                figures = await stream(
+                            publish = metrics if index == 0 and mode == "relay" else None
+                            connections = [
+                                await one_connection(
+                                    args,
                                     pipeline,
                                     env,
                                     connection,
-                                    seconds=args.seconds,
+                                    (width, height),
                                     relay_only=relay_only,
                                     marker_release=marker,
-                                    metrics=metrics if index == 0 and mode == "relay" else None,
-                                    display=display,
+                                    metrics=publish,
                                 )
+                                for _ in range(args.repeat)
+                            ]
+                            figures = (
+                                browser_viewer.pool(connections)
+                                if len(connections) > 1
+                                else connections[0]
+                            )
                             figures.update(mode=mode, target=f"{width}x{height}")
                             report["runs"].append(figures)
                             if index == 0 and mode == "relay":
@@ -746,6 +812,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         await watcher
                     metrics_server.shutdown()
 
+                report["choice"] = {"encoder": choice.encoder, "fallback": choice.fallback}
+                if not args.credential_checks:
+                    return report
                 # Negative: a wrong password and an expired (correctly signed) credential.
                 good = ice_servers(connection)
                 turn_url = [u for s in good for u in s.urls if u.startswith("turn:")]
@@ -775,8 +844,48 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     "wrong_password": await connection_attempt(small, env, wrong),
                     "expired_credential": await connection_attempt(small, env, expired),
                 }
-                report["choice"] = {"encoder": choice.encoder, "fallback": choice.fallback}
     return report
+
+
+async def one_connection(
+    args: argparse.Namespace,
+    pipeline: str,
+    env: dict[str, str],
+    connection: dict[str, Any],
+    size: tuple[int, int],
+    *,
+    relay_only: bool,
+    marker_release: bool,
+    metrics: SelkiesMetrics | None,
+) -> dict[str, Any]:
+    """One sender and one viewer (a new screen and painter from the screen): new capture and
+    display phases each time."""
+    async with contextlib.AsyncExitStack() as stack:
+        display = None
+        if args.source == "xvfb":
+            display = await stack.enter_async_context(
+                screen(*size, args.paint_fps or args.framerate - 1, args.pattern, args.motion)
+            )
+        if args.viewer == "chromium":
+            return await stream_to_chromium(
+                pipeline,
+                env,
+                connection,
+                seconds=args.seconds,
+                relay_only=relay_only,
+                metrics=metrics,
+                display=display,
+            )
+        return await stream(
+            pipeline,
+            env,
+            connection,
+            seconds=args.seconds,
+            relay_only=relay_only,
+            marker_release=marker_release,
+            metrics=metrics,
+            display=display,
+        )
 
 
 def _conditions(session: dict[str, Any]) -> dict[str, str]:
@@ -816,8 +925,9 @@ def print_table(report: dict[str, Any]) -> None:
         )
     streaming = report.get("session_while_streaming", {})
     print(f"\nsession while streaming: {streaming.get('phase')} {streaming.get('conditions')}")
-    print(f"relay candidates gathered with: {report['relay_with']}")
-    print(f"viewer connection with bad credentials: {report['viewer_connection_with']}")
+    if "relay_with" in report:
+        print(f"relay candidates gathered with: {report['relay_with']}")
+        print(f"viewer connection with bad credentials: {report['viewer_connection_with']}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -833,11 +943,37 @@ def main(argv: list[str] | None = None) -> int:
         help="test: a live test source stamped after capture; xvfb: the agent's own ximagesrc "
         "capturing an Xvfb screen that a painter draws stamped pictures on",
     )
+    parser.add_argument(
+        "--paint-fps",
+        type=int,
+        help="--source xvfb: the rate the painter draws stamped pictures at (default: the "
+        "frame rate less one, so that the moment of a change sweeps through the capture and "
+        "display ticks instead of keeping one phase for the whole run)",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="connections per row, their pictures pooled (each has its own capture and "
+        "display phase)",
+    )
     parser.add_argument("--pattern", default="ball", help="videotestsrc pattern (content)")
     parser.add_argument(
         "--motion", type=int, default=0, help="scroll the whole picture N pixels per frame"
     )
     parser.add_argument("--no-floor", dest="floor", action="store_false", help="skip direct")
+    parser.add_argument(
+        "--viewer",
+        choices=("aiortc", "chromium"),
+        default="aiortc",
+        help="aiortc: latency read at decode; chromium: headless Chromium, read at presentation",
+    )
+    parser.add_argument(
+        "--no-credential-checks",
+        dest="credential_checks",
+        action="store_false",
+        help="skip the wrong-password and expired-credential checks",
+    )
     parser.add_argument(
         "--aiortc-jitter-buffer",
         action="store_true",

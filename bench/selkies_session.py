@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import json
 import os
@@ -32,6 +31,7 @@ import httpx
 import psutil
 
 from app.cluster.fake import start_fake_cluster
+from bench.browser_viewer import READ_STATS, chromium, chromium_processes
 from bench.glass_to_glass import (
     REPO,
     ControlPlane,
@@ -46,8 +46,6 @@ from bench.glass_to_glass import (
 
 IN_NETNS = "VDI_G2G_IN_NETNS"
 SELKIES_VENV = REPO / ".venv-selkies"
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 SESSION_PORT = 8080
 # The session pod: its own network namespace, as on a node. The relay refuses the pod network as
 # a peer (as the chart's coturn refuses the cluster's ranges), so a browser reaches Selkies only
@@ -56,55 +54,6 @@ POD_NETNS = "vdipod"
 POD_GATEWAY_IP = "10.213.1.1"
 POD_IP = "10.213.1.2"
 POD_NETWORK = "10.213.1.0-10.213.1.255"
-
-# Before any page script: every RTCPeerConnection relay only (as a user behind a strict NAT) and
-# kept where the harness can read its getStats. RECORD_PEERS only keeps them (a local desktop,
-# host candidates only).
-FORCE_RELAY = """
-(() => {
-  const Original = window.RTCPeerConnection;
-  window.__vdiPeers = [];
-  window.RTCPeerConnection = function (config, ...rest) {
-    const pc = new Original(Object.assign({}, config || {}, {iceTransportPolicy: "relay"}),
-                            ...rest);
-    window.__vdiPeers.push(pc);
-    return pc;
-  };
-  window.RTCPeerConnection.prototype = Original.prototype;
-  Object.setPrototypeOf(window.RTCPeerConnection, Original);
-})();
-"""
-RECORD_PEERS = FORCE_RELAY.replace('{iceTransportPolicy: "relay"}', "{}")
-# The spec's Check 3, read where the spec says: the browser's own statistics.
-READ_STATS = """
-const done = arguments[arguments.length - 1];
-const peers = window.__vdiPeers || [];
-if (!peers.length) { done({peers: 0}); return; }
-const pc = peers[peers.length - 1];
-pc.getStats().then((stats) => {
-  const out = {peers: peers.length, state: pc.connectionState, local_types: [], remote_types: []};
-  const byId = {};
-  stats.forEach((r) => { byId[r.id] = r; });
-  stats.forEach((r) => {
-    if (r.type === "inbound-rtp" && r.kind === "video") {
-      Object.assign(out, {frames_decoded: r.framesDecoded, jitter_s: r.jitter,
-        fps: r.framesPerSecond, frames_dropped: r.framesDropped, packets_lost: r.packetsLost,
-        width: r.frameWidth, height: r.frameHeight});
-    }
-    if (r.type === "local-candidate") out.local_types.push(r.candidateType);
-    if (r.type === "remote-candidate") out.remote_types.push(r.candidateType);
-    if (r.type === "transport" && r.selectedCandidatePairId) {
-      const pair = byId[r.selectedCandidatePairId];
-      if (pair) {
-        out.pair = {local: (byId[pair.localCandidateId] || {}).candidateType,
-                    remote: (byId[pair.remoteCandidateId] || {}).candidateType,
-                    rtt_s: pair.currentRoundTripTime};
-      }
-    }
-  });
-  done(out);
-}).catch((e) => done({error: String(e)}));
-"""
 
 
 def set_up_pod_network() -> None:
@@ -133,45 +82,6 @@ def selkies_processes() -> list[psutil.Process]:
         if str(SELKIES_VENV) in cmdline:
             found.append(process)
     return found
-
-
-@contextlib.contextmanager
-def chromium(user: str, password: str, *, relay_only: bool = True) -> Iterator[Any]:
-    """Headless Chromium (Debian's) through chromedriver, basic auth on every request the page
-    makes (CDP headers: `user:pass@` in the URL breaks Selkies 2.1.0's fetches); its peer
-    connections relay only unless `relay_only` is false."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in (
-        "--headless=new",
-        "--no-sandbox",  # root in a private namespace
-        "--disable-gpu",
-        "--autoplay-policy=no-user-gesture-required",
-        "--window-size=1280,800",
-    ):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
-    try:
-        token = base64.b64encode(f"{user}:{password}".encode()).decode()
-        driver.execute_cdp_cmd("Network.enable", {})
-        driver.execute_cdp_cmd(
-            "Network.setExtraHTTPHeaders", {"headers": {"Authorization": f"Basic {token}"}}
-        )
-        driver.execute_cdp_cmd(
-            "Page.addScriptToEvaluateOnNewDocument",
-            {"source": FORCE_RELAY if relay_only else RECORD_PEERS},
-        )
-        yield driver
-    finally:
-        driver.quit()
-
-
-def chromium_processes(driver: Any) -> list[psutil.Process]:
-    service = psutil.Process(driver.service.process.pid)
-    return [service, *service.children(recursive=True)]
 
 
 def cpu_seconds(processes: list[psutil.Process]) -> float:

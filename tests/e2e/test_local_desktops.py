@@ -27,7 +27,7 @@ import psutil
 import pytest
 
 from app.cluster.local import RUNTIME_MARKER, SESSION_MARKER
-from bench.selkies_session import READ_STATS, chromium
+from bench.browser_viewer import READ_STATS, chromium
 from tests.conftest import TEST_SECRET_KEY, TEST_TURN_SECRET
 from tests.test_cli import free_port
 from tests.tools import REPO, VENV_BIN, tool
