@@ -429,54 +429,59 @@ def take(driver: Any, into: dict[str, Any]) -> None:
 
 
 def latency_figures(taken: dict[str, Any], offset_ms: float) -> dict[str, Any]:
-    """From the page's frame records: per picture (its first showing only: a picture captured
-    twice is one change) capture -> presented (requestVideoFrameCallback's presentationTime,
-    the frame handed to the compositor), capture -> expected on screen (expectedDisplayTime),
-    and capture -> last packet received (receiveTime): the network and sender part."""
+    """From the page's frame records, per picture (its first showing only: a picture captured
+    twice is one change), on one clock:
+    - capture -> shown (`p50_ms` ...): the page's rendering frame that shows the picture
+      (requestVideoFrameCallback's `now`, the frame's start on Chromium's frame clock);
+    - capture -> handed to the compositor (`presentationTime`): the same instant for a
+      smoothed stream; earlier by up to a frame when the sender asks for no playout delay
+      (Chromium's low-latency renderer then passes each picture on as soon as it is decoded,
+      and it waits for the next frame there);
+    - capture -> last packet received (`receiveTime`): the sender's and the network's part;
+    - Chromium's expectedDisplayTime, kept for reference (headless has no display: it is an
+      estimate, and on the low-latency path it moved by a frame from one browser to the next).
+    """
     seen: set[tuple[int, int]] = set()
-    rows = []
+    shown, presented, received, expected, reads = [], [], [], [], []
+    first = last = None
     repeated = 0
-    for stamp_us, sequence, presented, expected, received, _cb, _pf, read, w, h in taken["frames"]:
+    size = None
+    for stamp_us, sequence, present, display, receive, now, _pf, read, w, h in taken["frames"]:
         if (stamp_us, sequence) in seen:
             repeated += 1
             continue
         seen.add((stamp_us, sequence))
         captured = stamp_us / 1000 - offset_ms  # on the page's clock
-        rows.append(
-            (
-                presented - captured,
-                expected - captured,
-                None if received is None else received - captured,
-                read,
-                presented,
-                w,
-                h,
-            )
-        )
-    presented_ms = [r[0] for r in rows]
-    expected_ms = [r[1] for r in rows]
-    received_ms = [r[2] for r in rows if r[2] is not None]
-    span_s = (rows[-1][4] - rows[0][4]) / 1000 if len(rows) > 1 else 0.0
+        shown.append(now - captured)
+        presented.append(present - captured)
+        expected.append(display - captured)
+        if receive is not None:
+            received.append(receive - captured)
+        reads.append(read)
+        first = now if first is None else first
+        last, size = now, f"{w}x{h}"
+    span_s = (last - first) / 1000 if first is not None and last is not None else 0.0
     return {
-        "frames_measured": len(rows),
+        "frames_measured": len(shown),
         "frames_repeated": repeated,
         "frames_unreadable": taken.get("unreadable", 0),
         "frames_presented": taken.get("callbacks", 0),
         "canvas_reads": taken.get("canvas_reads", 0),
         "read_errors": taken.get("errors", []),
-        "fps": round((len(rows) - 1) / span_s, 1) if span_s > 0 else 0.0,
-        "p50_ms": percentile(presented_ms, 50),
-        "p95_ms": percentile(presented_ms, 95),
-        "p99_ms": percentile(presented_ms, 99),
-        "display_p50_ms": percentile(expected_ms, 50),
-        "display_p95_ms": percentile(expected_ms, 95),
-        "received_p50_ms": percentile(received_ms, 50),
-        "received_p95_ms": percentile(received_ms, 95),
-        "read_ms_median": round(statistics.median(r[3] for r in rows), 2) if rows else None,
-        "resolution": f"{rows[-1][5]}x{rows[-1][6]}" if rows else None,
-        "latencies_ms": [round(v, 2) for v in presented_ms],
-        "display_latencies_ms": [round(v, 2) for v in expected_ms],
-        "received_latencies_ms": [round(v, 2) for v in received_ms],
+        "fps": round((len(shown) - 1) / span_s, 1) if span_s > 0 else 0.0,
+        "p50_ms": percentile(shown, 50),
+        "p95_ms": percentile(shown, 95),
+        "p99_ms": percentile(shown, 99),
+        "presented_p50_ms": percentile(presented, 50),
+        "presented_p95_ms": percentile(presented, 95),
+        "received_p50_ms": percentile(received, 50),
+        "received_p95_ms": percentile(received, 95),
+        "display_p50_ms": percentile(expected, 50),
+        "read_ms_median": round(statistics.median(reads), 2) if reads else None,
+        "resolution": size,
+        "latencies_ms": [round(v, 2) for v in shown],
+        "presented_latencies_ms": [round(v, 2) for v in presented],
+        "received_latencies_ms": [round(v, 2) for v in received],
     }
 
 
@@ -537,7 +542,7 @@ def pool(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Several connections of one row as one: every picture's figures pooled (each connection
     has its own capture and display phase), the rest from the last; p50 per connection kept."""
     pooled = dict(runs[-1])
-    for key in ("latencies_ms", "display_latencies_ms", "received_latencies_ms"):
+    for key in ("latencies_ms", "presented_latencies_ms", "received_latencies_ms"):
         pooled[key] = [value for run in runs for value in run.get(key, [])]
     pooled.update(
         {
@@ -551,12 +556,11 @@ def pool(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "p99_ms": percentile(pooled["latencies_ms"], 99),
         }
     )
-    if pooled["display_latencies_ms"]:
-        pooled["display_p50_ms"] = percentile(pooled["display_latencies_ms"], 50)
-        pooled["display_p95_ms"] = percentile(pooled["display_latencies_ms"], 95)
-    if pooled["received_latencies_ms"]:
-        pooled["received_p50_ms"] = percentile(pooled["received_latencies_ms"], 50)
-        pooled["received_p95_ms"] = percentile(pooled["received_latencies_ms"], 95)
+    for name in ("presented", "received"):
+        values = pooled[f"{name}_latencies_ms"]
+        if values:
+            pooled[f"{name}_p50_ms"] = percentile(values, 50)
+            pooled[f"{name}_p95_ms"] = percentile(values, 95)
     for key in ("jitter_ms", "jitter_buffer_ms", "decode_ms", "processing_ms"):
         values = [run[key] for run in runs if run.get(key) is not None]
         if values:

@@ -31,8 +31,10 @@ import httpx
 import psutil
 
 from app.cluster.fake import start_fake_cluster
+from bench import browser_viewer
 from bench.browser_viewer import READ_STATS, chromium, chromium_processes
 from bench.glass_to_glass import (
+    PEER_IP,
     REPO,
     ControlPlane,
     _stop,
@@ -321,6 +323,157 @@ async def session_checks(
     ]
 
 
+# -- glass to glass through Selkies' own page -----------------------------------------------
+
+
+async def latency(args: argparse.Namespace) -> dict[str, Any]:
+    """Glass to glass through real Selkies 2.x: per resolution, an Xvfb screen of that size on
+    which the painter draws stamped pictures over the whole screen, `vdi-agent run`
+    supervising Selkies on it (the template's resolution locked, so the page cannot resize the
+    screen), and Chromium opening Selkies' own page, relay only and then direct, `--repeat`
+    times each (a new browser, so a new display phase). The measurement attaches to the
+    <video> element Selkies' page itself shows the stream in."""
+    report: dict[str, Any] = {"runs": []}
+    turn_secret = "turn-" + os.urandom(24).hex()
+    with tempfile.TemporaryDirectory(prefix="vdi-selkies-g2g-") as tmp:
+        workdir = Path(tmp)
+        with coturn(workdir, turn_secret, denied_peers=(POD_NETWORK,)):
+            async with (
+                start_fake_cluster() as (fake, fake_url),
+                control_plane(workdir, fake_url, turn_secret, POD_GATEWAY_IP) as plane,
+            ):
+                session_id, env = await start_session(
+                    plane,
+                    fake,
+                    "selkies-cpu",
+                    {
+                        "image": "vdi/session-selkies:bench",
+                        "gpu": 0,
+                        "streamer": "selkies",
+                        "framerate": args.framerate,
+                    },
+                )
+                home = workdir / "home"
+                home.mkdir()
+                clock = browser_viewer.ClockServer(PEER_IP)
+                try:
+                    for text in args.resolutions:
+                        width, _, height = text.partition("x")
+                        size = (int(width), int(height))
+                        await selkies_rows(
+                            args, plane, session_id, env, home, workdir, clock, size, report
+                        )
+                finally:
+                    clock.stop()
+    return report
+
+
+async def selkies_rows(
+    args: argparse.Namespace,
+    plane: ControlPlane,
+    session_id: str,
+    env: dict[str, str],
+    home: Path,
+    workdir: Path,
+    clock: browser_viewer.ClockServer,
+    size: tuple[int, int],
+    report: dict[str, Any],
+) -> None:
+    width, height = size
+    paint_fps = args.paint_fps or args.framerate - 1
+    async with screen(width, height, paint_fps, "ball", 0) as display:
+        agent_env = {
+            **env,
+            "DISPLAY": display,
+            "HOME": str(home),
+            "PATH": f"{Path(sys.executable).parent}:/usr/sbin:/usr/bin:/sbin:/bin",
+            "VDI_SELKIES_COMMAND": str(SELKIES_VENV / "bin" / "selkies"),
+            "SELKIES_AUDIO_ENABLED": "false",  # no PulseAudio here
+            "SELKIES_MANUAL_WIDTH": str(width),
+            "SELKIES_MANUAL_HEIGHT": str(height),
+        }
+        log = workdir / f"agent-{width}x{height}.log"
+        with agent(agent_env, log):
+            try:
+                url = f"http://{POD_IP}:{SESSION_PORT}/"
+
+                async def selkies_up() -> bool:
+                    async with httpx.AsyncClient(timeout=2) as http:
+                        with contextlib.suppress(httpx.HTTPError):
+                            return (await http.get(f"{url}api/health")).status_code == 200
+                    return False
+
+                await wait_for("Selkies answering", selkies_up, 60)
+                connection = await plane.request("GET", f"/v1/sessions/{session_id}/connection")
+                user, password = connection["username"], connection["password"]
+                for mode, relay_only in (("relay", True), ("direct", False)):
+                    connections = []
+                    for _ in range(args.repeat):
+                        figures = await selkies_connection(
+                            args, url, user, password, relay_only, size, clock
+                        )
+                        connections.append(figures)
+                    pooled = (
+                        browser_viewer.pool(connections) if len(connections) > 1 else connections[0]
+                    )
+                    pooled.update(mode=mode, target=f"{width}x{height}", streamer="selkies 2.x")
+                    report["runs"].append(pooled)
+                report.setdefault("session", (await plane.session(session_id))["streamer"])
+            except Exception:
+                report["agent_log"] = log.read_text()[-6000:]
+                raise
+
+
+FIND_VIDEO = """
+const video = window.__vdiMeasure.find();
+if (!video) return null;
+window.__vdiMeasure.attach(video);
+return {id: video.id, width: video.videoWidth, height: video.videoHeight,
+        shown: video.getBoundingClientRect().width > 100};
+"""
+
+
+async def selkies_connection(
+    args: argparse.Namespace,
+    url: str,
+    user: str,
+    password: str,
+    relay_only: bool,
+    size: tuple[int, int],
+    clock: browser_viewer.ClockServer,
+) -> dict[str, Any]:
+    """One Chromium on Selkies' page: decoding, the measurement on the page's own <video>."""
+    with chromium(user, password, relay_only=relay_only, measure=True, window=size) as driver:
+        await asyncio.to_thread(driver.get, url)
+        await browser_viewer.wait_decoding(driver, 60)
+
+        async def video_found() -> dict[str, Any] | None:
+            found: dict[str, Any] | None = await asyncio.to_thread(
+                driver.execute_script, FIND_VIDEO
+            )
+            return found
+
+        element = await wait_for("the page's <video> showing the stream", video_found, 20)
+        figures = await browser_viewer.measure(driver, clock, args.seconds)
+        figures["element"] = element
+        return figures
+
+
+def print_latency_table(report: dict[str, Any]) -> None:
+    print(f"streamer: {report.get('session')}")
+    print(
+        "| stream | path | fps | p50 ms | p95 ms | p99 ms | received p50 ms | jitter ms "
+        "| ICE pair |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for run_ in report["runs"]:
+        print(
+            f"| {run_['target']} | {run_['mode']} | {run_['fps']} | {run_['p50_ms']} "
+            f"| {run_['p95_ms']} | {run_['p99_ms']} | {run_['received_p50_ms']} "
+            f"| {run_['jitter_ms']} | {run_['local_candidate']}/{run_['remote_candidate']} |"
+        )
+
+
 def print_table(report: dict[str, Any]) -> None:
     browser = report["browser"]
     print(f"session: {report['session_running']}")
@@ -353,6 +506,17 @@ def main(argv: list[str] | None = None) -> int:
         default=5.0,
         help="seconds a browser with the wrong password is given to get video",
     )
+    parser.add_argument(
+        "--latency",
+        action="store_true",
+        help="measure glass to glass through Selkies' own page instead of the session checks",
+    )
+    parser.add_argument("--resolutions", nargs="+", default=["1280x720", "1920x1080"])
+    parser.add_argument("--framerate", type=int, default=60)
+    parser.add_argument(
+        "--paint-fps", type=int, help="the painter's rate (default: the frame rate less one)"
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="--latency: browsers per row")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if not (SELKIES_VENV / "bin" / "selkies").exists():
@@ -361,9 +525,11 @@ def main(argv: list[str] | None = None) -> int:
         reexec_in_private_network(argv, module="bench.selkies_session")
     set_up_network()
     set_up_pod_network()
-    report = asyncio.run(run(args))
+    report = asyncio.run(latency(args) if args.latency else run(args))
     if args.json:
         print(json.dumps(report))
+    elif args.latency:
+        print_latency_table(report)
     else:
         print_table(report)
     return 0

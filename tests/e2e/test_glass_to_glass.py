@@ -1,8 +1,9 @@
 """The streaming data path end to end, on the benchmark's own harness (bench/glass_to_glass.py):
 coturn, the control plane, the agent's checks and its pipeline exactly as in the pod (ximagesrc
-on an Xvfb screen, x264enc) into webrtcbin, and a relay-only aiortc viewer, in a private network
-namespace. Needs root, coturn and Debian's
-GStreamer with python3-gi and python3-gi-cairo (.ci/run installs them)."""
+on an Xvfb screen, x264enc) into webrtcbin, and a relay-only viewer, in a private network
+namespace: aiortc, and headless Chromium (its own WebRTC stack, decoder and compositor; the
+capture time read back from each picture it shows). Needs root, coturn, Debian's GStreamer with
+python3-gi and python3-gi-cairo, chromium and chromium-driver (.ci/run installs them)."""
 
 from __future__ import annotations
 
@@ -70,3 +71,53 @@ def test_a_wrong_password_or_an_expired_credential_gets_no_relay_and_no_connecti
         assert attempt["connection"] != "connected"
         assert attempt["ice"] not in ("connected", "completed")
         assert attempt["frames_decoded"] == 0
+
+
+@pytest.fixture(scope="module")
+def chromium_report() -> dict[str, Any]:
+    return bench_report(
+        "bench.glass_to_glass",
+        *("--source", "xvfb", "--viewer", "chromium", "--resolutions", "1280x720"),
+        *("--seconds", "3", "--no-floor", "--no-credential-checks", "--json"),
+    )
+
+
+def test_chromium_decodes_through_the_relay_and_reads_each_pictures_capture_time(
+    chromium_report: dict[str, Any],
+) -> None:
+    (run,) = chromium_report["runs"]
+    assert run["viewer"] == "chromium"
+    assert run["frames_decoded"] > 0  # the browser's own getStats
+    assert run["frames_measured"] > 0  # capture times read back from presented pictures
+    assert run["resolution"] == "1280x720"
+    # Every picture read from the decoder's own planes (VideoFrame.copyTo), none undecodable.
+    assert (run["canvas_reads"], run["read_errors"]) == (0, [])
+    assert run["packets_lost"] == 0
+    assert run["jitter_ms"] is not None
+    assert run["jitter_ms"] < 20  # the spec's Check 3, from the browser
+    assert len(run["latencies_ms"]) == run["frames_measured"]
+    assert 0 < run["p50_ms"] <= run["p95_ms"] <= run["p99_ms"]
+    # One clock: a picture's last packet arrives after its capture and before it is shown.
+    assert 0 < run["received_p50_ms"] <= run["p50_ms"]
+    assert run["decode_ms"] > 0  # getStats' totalDecodeTime per decoded frame
+    assert run["jitter_buffer_ms"] is not None
+
+
+def test_chromium_and_the_sender_use_relay_candidates_only(
+    chromium_report: dict[str, Any],
+) -> None:
+    (run,) = chromium_report["runs"]
+    assert (run["local_candidate"], run["remote_candidate"]) == ("relay", "relay")
+    assert run["viewer_candidate_types"] == ["relay"]
+    assert set(run["sender_offered"]) == {"relay"}
+    assert run["sender_pair"] == {"local": "relay", "remote": "relay"}
+
+
+def test_the_browsers_figures_make_the_session_stream_healthy(
+    chromium_report: dict[str, Any],
+) -> None:
+    during = chromium_report["session_while_streaming"]
+    assert during["phase"] == "Running"
+    assert during["conditions"]["StreamHealthy"] == "True"
+    assert during["conditions"]["LatencyWithinSLO"] in ("True", "False")
+    assert "framesDecoded=" in during["messages"]["StreamHealthy"]
