@@ -23,7 +23,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -171,8 +172,35 @@ def conditions(session: dict[str, Any]) -> dict[str, dict[str, str]]:
     }
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
-    report: dict[str, Any] = {}
+@dataclass
+class Pod:
+    """A Selkies session as the harness runs it: its control plane, its id, the agent's pod
+    environment and a work directory (logs, the user's home)."""
+
+    plane: ControlPlane
+    session_id: str
+    env: dict[str, str]
+    workdir: Path
+    home: Path
+
+    def agent_environment(self, display: str, **extra: str) -> dict[str, str]:
+        """The pod's environment plus what the session image provides: the display, the home,
+        the Selkies 2.x install, no audio (no PulseAudio here)."""
+        return {
+            **self.env,
+            "DISPLAY": display,
+            "HOME": str(self.home),
+            "PATH": f"{Path(sys.executable).parent}:/usr/sbin:/usr/bin:/sbin:/bin",
+            "VDI_SELKIES_COMMAND": str(SELKIES_VENV / "bin" / "selkies"),
+            "SELKIES_AUDIO_ENABLED": "false",
+            **extra,
+        }
+
+
+@contextlib.asynccontextmanager
+async def selkies_pod(template: dict[str, Any]) -> AsyncIterator[Pod]:
+    """coturn (refusing the pod network as a peer), the control plane on the fake cluster, and
+    alice's session of a Selkies CPU template with its pod."""
     turn_secret = "turn-" + os.urandom(24).hex()
     with tempfile.TemporaryDirectory(prefix="vdi-selkies-") as tmp:
         workdir = Path(tmp)
@@ -185,34 +213,38 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     plane,
                     fake,
                     "selkies-cpu",
-                    {"image": "vdi/session-selkies:bench", "gpu": 0, "streamer": "selkies"},
+                    {
+                        "image": "vdi/session-selkies:bench",
+                        "gpu": 0,
+                        "streamer": "selkies",
+                        **template,
+                    },
                 )
                 home = workdir / "home"
                 home.mkdir()
-                # A moving picture in a window keeps frames flowing on an idle desktop.
-                async with screen(1280, 720, 30, "ball", 0, window=(480, 270)) as display:
-                    env.update(
-                        {
-                            "DISPLAY": display,
-                            "HOME": str(home),
-                            "PATH": f"{Path(sys.executable).parent}:/usr/sbin:/usr/bin:/sbin:/bin",
-                            "VDI_SELKIES_COMMAND": str(SELKIES_VENV / "bin" / "selkies"),
-                            "SELKIES_AUDIO_ENABLED": "false",  # no PulseAudio here
-                        }
+                yield Pod(plane, session_id, env, workdir, home)
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    report: dict[str, Any] = {}
+    async with selkies_pod({}) as pod:
+        # A moving picture in a window keeps frames flowing on an idle desktop.
+        async with screen(1280, 720, 30, "ball", 0, window=(480, 270)) as display:
+            env = pod.agent_environment(display)
+            log = pod.workdir / "agent.log"
+            with desktop(display, pod.home), agent(env, log) as agent_process:
+                try:
+                    await session_checks(
+                        args,
+                        pod.plane,
+                        pod.session_id,
+                        agent_process,
+                        report,
+                        env["SELKIES_TURN_USERNAME"],
                     )
-                    with desktop(display, home), agent(env, workdir / "agent.log") as agent_process:
-                        try:
-                            await session_checks(
-                                args,
-                                plane,
-                                session_id,
-                                agent_process,
-                                report,
-                                env["SELKIES_TURN_USERNAME"],
-                            )
-                        except Exception:
-                            report["agent_log"] = (workdir / "agent.log").read_text()[-6000:]
-                            raise
+                except Exception:
+                    report["agent_log"] = log.read_text()[-6000:]
+                    raise
     return report
 
 
@@ -334,47 +366,20 @@ async def latency(args: argparse.Namespace) -> dict[str, Any]:
     times each (a new browser, so a new display phase). The measurement attaches to the
     <video> element Selkies' page itself shows the stream in."""
     report: dict[str, Any] = {"runs": []}
-    turn_secret = "turn-" + os.urandom(24).hex()
-    with tempfile.TemporaryDirectory(prefix="vdi-selkies-g2g-") as tmp:
-        workdir = Path(tmp)
-        with coturn(workdir, turn_secret, denied_peers=(POD_NETWORK,)):
-            async with (
-                start_fake_cluster() as (fake, fake_url),
-                control_plane(workdir, fake_url, turn_secret, POD_GATEWAY_IP) as plane,
-            ):
-                session_id, env = await start_session(
-                    plane,
-                    fake,
-                    "selkies-cpu",
-                    {
-                        "image": "vdi/session-selkies:bench",
-                        "gpu": 0,
-                        "streamer": "selkies",
-                        "framerate": args.framerate,
-                    },
-                )
-                home = workdir / "home"
-                home.mkdir()
-                clock = browser_viewer.ClockServer(PEER_IP)
-                try:
-                    for text in args.resolutions:
-                        width, _, height = text.partition("x")
-                        size = (int(width), int(height))
-                        await selkies_rows(
-                            args, plane, session_id, env, home, workdir, clock, size, report
-                        )
-                finally:
-                    clock.stop()
+    async with selkies_pod({"framerate": args.framerate}) as pod:
+        clock = browser_viewer.ClockServer(PEER_IP)
+        try:
+            for text in args.resolutions:
+                width, _, height = text.partition("x")
+                await selkies_rows(args, pod, clock, (int(width), int(height)), report)
+        finally:
+            clock.stop()
     return report
 
 
 async def selkies_rows(
     args: argparse.Namespace,
-    plane: ControlPlane,
-    session_id: str,
-    env: dict[str, str],
-    home: Path,
-    workdir: Path,
+    pod: Pod,
     clock: browser_viewer.ClockServer,
     size: tuple[int, int],
     report: dict[str, Any],
@@ -382,17 +387,10 @@ async def selkies_rows(
     width, height = size
     paint_fps = args.paint_fps or args.framerate - 1
     async with screen(width, height, paint_fps, "ball", 0) as display:
-        agent_env = {
-            **env,
-            "DISPLAY": display,
-            "HOME": str(home),
-            "PATH": f"{Path(sys.executable).parent}:/usr/sbin:/usr/bin:/sbin:/bin",
-            "VDI_SELKIES_COMMAND": str(SELKIES_VENV / "bin" / "selkies"),
-            "SELKIES_AUDIO_ENABLED": "false",  # no PulseAudio here
-            "SELKIES_MANUAL_WIDTH": str(width),
-            "SELKIES_MANUAL_HEIGHT": str(height),
-        }
-        log = workdir / f"agent-{width}x{height}.log"
+        agent_env = pod.agent_environment(
+            display, SELKIES_MANUAL_WIDTH=str(width), SELKIES_MANUAL_HEIGHT=str(height)
+        )
+        log = pod.workdir / f"agent-{width}x{height}.log"
         with agent(agent_env, log):
             try:
                 url = f"http://{POD_IP}:{SESSION_PORT}/"
@@ -404,7 +402,9 @@ async def selkies_rows(
                     return False
 
                 await wait_for("Selkies answering", selkies_up, 60)
-                connection = await plane.request("GET", f"/v1/sessions/{session_id}/connection")
+                connection = await pod.plane.request(
+                    "GET", f"/v1/sessions/{pod.session_id}/connection"
+                )
                 user, password = connection["username"], connection["password"]
                 for mode, relay_only in (("relay", True), ("direct", False)):
                     connections = []
@@ -418,7 +418,8 @@ async def selkies_rows(
                     )
                     pooled.update(mode=mode, target=f"{width}x{height}", streamer="selkies 2.x")
                     report["runs"].append(pooled)
-                report.setdefault("session", (await plane.session(session_id))["streamer"])
+                session = await pod.plane.session(pod.session_id)
+                report.setdefault("session", session["streamer"])
             except Exception:
                 report["agent_log"] = log.read_text()[-6000:]
                 raise

@@ -445,7 +445,9 @@ async def test_a_listing_survives_its_pooled_connection_being_closed_under_it(
         backends = {await connection.fetchval("SELECT pg_backend_pid()")}
     async with app.state.engine.connect() as killer:  # as a restart would
         for pid in backends:
-            await killer.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            # With a timeout it returns once the backend has exited (without one it only
+            # signals it, and the next query could race the backend's own exit).
+            await killer.execute(text("SELECT pg_terminate_backend(:pid, 5000)"), {"pid": pid})
     again = await client.get("/v1/sessions", headers=ADMIN)
     assert again.status_code == 200, again.text
     assert again.json() == first.json()
