@@ -22,14 +22,11 @@ import asyncio
 import socket
 import statistics
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 import httpx
-import uvicorn
 from fastapi import FastAPI
 from sqlalchemy.engine import make_url
 
@@ -40,6 +37,7 @@ from app.config import Settings
 from app.main import create_app
 from app.observability import configure_logging
 from bench.database import bench_database
+from tests.servers import serve_on
 
 ADMIN = "vdi_bench-admin-" + "a" * 32
 IMAGE = "registry.example/vdi/session:1"
@@ -48,23 +46,6 @@ IMAGE = "registry.example/vdi/session:1"
 def _p(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-@asynccontextmanager
-async def serve(app: FastAPI, sock: socket.socket) -> AsyncIterator[None]:
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="on"))
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.01)
-        yield
-    finally:
-        server.should_exit = True
-        await task
-        sock.close()
 
 
 class Bench:
@@ -172,7 +153,7 @@ async def run(args: argparse.Namespace, url: str) -> None:
         agent = StandInAgent(fake, "vdi", heartbeat_s=60)
         cluster = KubeCluster.for_host(fake_url, "vdi", settings.ingress_api_version)
         app = create_app(settings, url, cluster=cluster)
-        async with serve(app, sock):
+        async with serve_on(app, sock):
             split = instrument(app, cluster)
             headers = {"Authorization": f"Bearer {ADMIN}"}
             async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60) as http:

@@ -23,6 +23,16 @@ async def serve(app: FastAPI, port: int = 0) -> AsyncIterator[str]:
     # An app already started by a fixture keeps its own lifespan: running it twice would
     # replace (and leak) its engine and event hub.
     lifespan = "off" if hasattr(app.state, "sessionmaker") else "on"
+    async with serve_on(app, sock, lifespan=lifespan):
+        yield f"http://127.0.0.1:{port}"
+
+
+@asynccontextmanager
+async def serve_on(
+    app: FastAPI, sock: socket.socket, *, lifespan: str = "on"
+) -> AsyncIterator[None]:
+    """uvicorn serving `app` on a socket bound by the caller, until the block ends; the socket
+    is closed after."""
     config = uvicorn.Config(app, log_config=None, lifespan=lifespan, timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
@@ -32,7 +42,7 @@ async def serve(app: FastAPI, port: int = 0) -> AsyncIterator[str]:
             if task.done():
                 task.result()
             await asyncio.sleep(0.01)
-        yield f"http://127.0.0.1:{port}"
+        yield
     finally:
         server.should_exit = True
         await task
