@@ -202,6 +202,18 @@ def _env(session: SessionView, settings: Settings) -> list[dict[str, Any]]:
     return env
 
 
+def _non_root_container() -> dict[str, Any]:
+    """A container's securityContext: UID/GID 1000, no privilege escalation, no capability
+    (a new dict per manifest)."""
+    return {
+        "runAsUser": UID,
+        "runAsGroup": GID,
+        "runAsNonRoot": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
 def _resources(spec: TemplateSpec) -> dict[str, dict[str, str]]:
     # Requests equal limits (spec: "Resource Parity"); quantities are strings for the client.
     amounts: dict[str, str] = {}
@@ -248,14 +260,7 @@ def pod(session: SessionView, settings: Settings) -> Manifest:
         "readinessProbe": {**probe, "periodSeconds": 5, "failureThreshold": 3},
         "livenessProbe": {**probe, "initialDelaySeconds": 60, "periodSeconds": 20},
         # spec: "Security Protocol" (non-root, UID 1000)
-        "securityContext": {
-            "runAsUser": UID,
-            "runAsGroup": GID,
-            "runAsNonRoot": True,
-            "allowPrivilegeEscalation": False,
-            "privileged": False,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": {**_non_root_container(), "privileged": False},
     }
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Always",
@@ -364,13 +369,7 @@ def prepull_daemonset(template: str, spec: TemplateSpec, settings: Settings) -> 
         COMPONENT_LABEL: "prepull",
         PREPULL_TEMPLATE_LABEL: template,
     }
-    security = {
-        "runAsUser": UID,
-        "runAsGroup": GID,
-        "runAsNonRoot": True,
-        "allowPrivilegeEscalation": False,
-        "capabilities": {"drop": ["ALL"]},
-    }
+    security = _non_root_container()
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
