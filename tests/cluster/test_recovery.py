@@ -205,7 +205,7 @@ async def _scenario(db: asyncpg.Connection, url: str, tmp_path: Path) -> None:
         left = [
             o["metadata"]["name"]
             for o in fake.live()
-            if o["kind"] not in ("PersistentVolumeClaim", "Event")
+            if o["kind"] not in ("PersistentVolumeClaim", "Event", "Node")
         ]
         assert left == [], "objects outlived their sessions"
         claims = [o["metadata"]["name"] for o in fake.live("persistentvolumeclaims")]

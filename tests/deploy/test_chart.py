@@ -13,7 +13,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from app.cluster.fake.server import _ingress_route_schema
+from app.cluster.fake.resources import crd_schema
 from tests.tools import tool
 
 REPO = Path(__file__).resolve().parents[2]
@@ -86,7 +86,7 @@ def test_every_rendered_object_validates(name: str) -> None:
     } <= kinds
     for manifest in objects:
         if manifest["kind"] == "IngressRoute":
-            jsonschema.validate(manifest, _ingress_route_schema())
+            jsonschema.validate(manifest, crd_schema("ingressroutes"))
         else:
             kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
 

@@ -17,6 +17,7 @@ import contextlib
 import contextvars
 import datetime
 import functools
+import hashlib
 import json
 import math
 import random
@@ -33,14 +34,14 @@ import attrs
 import jsonschema
 import kmock
 import yaml
-from kmock._internal import enums, k8s, k8s_dicts, rendering
+from kmock._internal import aiobus, enums, k8s, k8s_dicts, rendering
 from sortedcontainers import SortedDict
 
 from app import k8s_rules
-from app.cluster.fake import selectors
+from app.cluster.fake import openapi, resources, selectors, tables
+from app.cluster.fake.resources import Kind
 
 K8S_VERSION = "1.33"
-CRD_DIR = Path(__file__).parent / "crds"
 NAME_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 NODE_NAME = "fake-gpu-node-1"
 UNSCHEDULABLE_GPU = (
@@ -48,19 +49,15 @@ UNSCHEDULABLE_GPU = (
     "available: 1 No preemption victims found for incoming pod."
 )
 
-CORE = {
-    "pods": "Pod",
-    "secrets": "Secret",
-    "services": "Service",
-    "persistentvolumeclaims": "PersistentVolumeClaim",
-    "events": "Event",
-}
-APPS = {"daemonsets": "DaemonSet"}
-KINDS = {**CORE, **APPS, "ingressroutes": "IngressRoute"}
-TRAEFIK_GROUPS = ("traefik.io", "traefik.containo.us")
 POD = kmock.resource("", "v1", "pods")
 EVENT = kmock.resource("", "v1", "events")
 DAEMONSET = kmock.resource("apps", "v1", "daemonsets")
+SERVICE = kmock.resource("", "v1", "services")
+NODE = kmock.resource("", "v1", "nodes")
+ENDPOINTSLICE = kmock.resource("discovery.k8s.io", "v1", "endpointslices")
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+SLICE_MANAGER = "endpointslice-controller.k8s.io"
+NODE_IP = "10.0.0.10"
 NODE_LABELS = {
     "kubernetes.io/hostname": NODE_NAME,
     "kubernetes.io/os": "linux",
@@ -131,20 +128,84 @@ def _semantic_problems(kind: str, data: dict[str, Any]) -> list[tuple[str, str]]
     return problems
 
 
+def _validator(kind: Kind) -> Any:
+    """The schema admission checks a kind against: the official one for Kubernetes' own kinds,
+    the CRD's for Traefik's (those we ship); None where there is none."""
+    if kind.schema == "core":
+        return _core_validator(kind.kind, kind.api_version)
+    schema = resources.crd_schema(kind.plural)
+    return None if schema is None else _crd_validator(kind.plural)
+
+
 @functools.cache
-def _ingress_route_schema() -> dict[str, Any]:
-    crd = yaml.safe_load((CRD_DIR / "traefik.io_ingressroutes.yaml").read_text())
-    [version] = [v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1"]
-    return dict(version["schema"]["openAPIV3Schema"])
+def _crd_validator(plural: str) -> Any:
+    schema = resources.crd_schema(plural)
+    assert schema is not None
+    return jsonschema.validators.validator_for(schema)(schema)
 
 
-def _invalid(kind: str, name: str, detail: str) -> k8s.KubernetesError:
+def _invalid(kind: str, name: str, problems: list[tuple[str, str]]) -> k8s.KubernetesError:
+    """422 Invalid as the API server writes it: the message, and one cause per field."""
+    detail = "; ".join(f"{field}: {message}" if field else message for field, message in problems)
     return k8s.KubernetesError(
         status=422,
         reason="Invalid",
         message=f'{kind} "{name}" is invalid: {detail}',
-        details={"name": name, "kind": kind.lower()},
+        details={
+            "name": name,
+            "group": "",
+            "kind": kind,
+            "causes": [
+                {"reason": "FieldValueInvalid", "message": message, "field": field}
+                for field, message in problems
+            ],
+        },
     )
+
+
+def _not_found(kind: Kind, name: str) -> k8s.KubernetesError:
+    return k8s.KubernetesError(
+        status=404,
+        reason="NotFound",
+        message=f'{kind.plural}{"." + kind.group if kind.group else ""} "{name}" not found',
+        details={"name": name, "group": kind.group, "kind": kind.plural},
+    )
+
+
+def _check_selectors(request: rendering.Request) -> None:
+    """400 for a label or field selector the API server would refuse."""
+    try:
+        selectors.parse(request.params.get("labelSelector"))
+        selectors.parse_fields(
+            request.params.get("fieldSelector"),
+            str(request.resource.plural if request.resource else ""),
+        )
+    except ValueError as error:
+        raise k8s.KubernetesError(status=400, reason="BadRequest", message=str(error)) from None
+
+
+class _HookedBus(aiobus.Bus[Any]):
+    """A watch bus that shows every change to a hook before its watchers see it."""
+
+    def __init__(self, hook: Callable[[Any, dict[str, Any]], None], resource: Any) -> None:
+        super().__init__()
+        self._hook = hook
+        self._resource = resource
+
+    async def put(self, *items: Any) -> None:
+        for item in items:
+            self._hook(self._resource, item)
+        await super().put(*items)
+
+
+class _HookedBuses(dict[Any, _HookedBus]):
+    def __init__(self, hook: Callable[[Any, dict[str, Any]], None]) -> None:
+        super().__init__()
+        self._hook = hook
+
+    def __missing__(self, resource: Any) -> _HookedBus:
+        bus = self[resource] = _HookedBus(self._hook, resource)
+        return bus
 
 
 # The request a task serves (FakeKubernetes.__iter__).
@@ -195,19 +256,38 @@ class FakeKubernetes(k8s.KubernetesEmulator):
     _new_events: list[dict[str, Any]] = attrs.field(factory=list, init=False)
     _daemonset_work: dict[Key, float] = attrs.field(factory=dict, init=False)  # -> pulled at
     _runtime_tasks: set[asyncio.Task[None]] = attrs.field(factory=set, init=False)
+    # The address the kubelet gives a pod that starts (an end-to-end test gives its network
+    # namespace's); None or unset: the next of the pod network's, 10.42.0.0/16.
+    pod_ip: Callable[[dict[str, Any]], str | None] | None = None
+    _ips_given: int = attrs.field(default=0, init=False)
+    _cluster_ips_given: int = attrs.field(default=0, init=False)
+    # The EndpointSlice controller's indexes: pods by (namespace, label, value); services by
+    # (namespace, selector label, value); the services each pod was an endpoint of; the
+    # services whose slice is to be brought up to date (the kubelet's tick does it).
+    _pods_by_label: dict[tuple[str, str, str], set[str]] = attrs.field(factory=dict, init=False)
+    _pod_labels: dict[tuple[str, str], dict[str, str]] = attrs.field(factory=dict, init=False)
+    _services_by_label: dict[tuple[str, str, str], set[str]] = attrs.field(factory=dict, init=False)
+    _service_selectors: dict[tuple[str, str], dict[str, str]] = attrs.field(
+        factory=dict, init=False
+    )
+    _endpoint_work: dict[tuple[str, str], None] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
-        for plural, kind in CORE.items():
-            self.resources[f"v1/{plural}"] = kmock.ResourceInfo(kind=kind, namespaced=True)
-        for plural, kind in APPS.items():
-            self.resources[f"apps/v1/{plural}"] = kmock.ResourceInfo(kind=kind, namespaced=True)
-        for group in TRAEFIK_GROUPS:
-            self.resources[f"{group}/v1alpha1/ingressroutes"] = kmock.ResourceInfo(
-                kind="IngressRoute", namespaced=True
+        for kind in resources.KINDS:
+            self.resources[f"{kind.api_version}/{kind.plural}"] = kmock.ResourceInfo(
+                kind=kind.kind,
+                namespaced=kind.namespaced,
+                singular=kind.singular_name,
+                verbs=set(resources.VERBS),
+                shortnames=set(kind.short_names),
+                categories=set(kind.categories),
             )
+        # Every change of every kind passes the hook (the EndpointSlice controller's informer).
+        self._buses = _HookedBuses(self._observe)  # type: ignore[assignment]
         if self.faults.seed is not None:
             self._random.seed(self.faults.seed)
+        self._add_node()
 
     async def __aenter__(self) -> FakeKubernetes:
         await super().__aenter__()
@@ -235,6 +315,227 @@ class FakeKubernetes(k8s.KubernetesEmulator):
                 obj = names.get(name)
                 return None if obj is None else obj.raw
         return None
+
+    # --- the node, and the EndpointSlice controller -------------------------------------
+
+    def _add_node(self) -> None:
+        """The one simulated node, as its kubelet registers it: its labels (which node
+        selectors are matched against), its GPU capacity, Ready."""
+        capacity = {
+            "cpu": "64",
+            "memory": "503Gi",
+            "pods": "110",
+            "ephemeral-storage": "1Ti",
+            "nvidia.com/gpu": str(self.gpu_capacity),
+        }
+        raw = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": NODE_NAME,
+                "uid": str(uuid.uuid4()),
+                "resourceVersion": self._next_version(),
+                "creationTimestamp": _now(),
+                "labels": dict(NODE_LABELS),
+            },
+            "spec": {"podCIDR": "10.42.0.0/16", "podCIDRs": ["10.42.0.0/16"]},
+            "status": {
+                "capacity": capacity,
+                "allocatable": dict(capacity),
+                "conditions": [
+                    {
+                        **_condition("Ready", "True", "KubeletReady"),
+                        "message": "kubelet is posting ready status",
+                        "lastHeartbeatTime": _now(),
+                    }
+                ],
+                "addresses": [
+                    {"type": "InternalIP", "address": NODE_IP},
+                    {"type": "Hostname", "address": NODE_NAME},
+                ],
+                "nodeInfo": {
+                    "machineID": uuid.uuid4().hex,
+                    "systemUUID": str(uuid.uuid4()),
+                    "bootID": str(uuid.uuid4()),
+                    "kernelVersion": "6.1.0",
+                    "osImage": "Debian GNU/Linux 12 (bookworm)",
+                    "containerRuntimeVersion": "containerd://2.0.0",
+                    "kubeletVersion": f"v{K8S_VERSION}.0",
+                    "kubeProxyVersion": "",
+                    "operatingSystem": "linux",
+                    "architecture": "amd64",
+                },
+            },
+        }
+        key: Key = (NODE, None, NODE_NAME)
+        self.objects[key] = raw
+        self._remember(key)
+
+    def _pod_address(self, raw: dict[str, Any]) -> str:
+        if self.pod_ip is not None and (address := self.pod_ip(raw)):
+            return address
+        self._ips_given += 1
+        number = self._ips_given
+        return f"10.42.{number // 250 % 250}.{1 + number % 250}"
+
+    def _observe(self, resource: Any, event: dict[str, Any]) -> None:
+        """Every change on its way to the watchers: pods and services mark the services whose
+        EndpointSlice may change (the controller's informers, on the indexes: a change costs
+        the same with 10 services or 10,000)."""
+        if resource == POD:
+            self._observe_pod(event)
+        elif resource == SERVICE:
+            self._observe_service(event)
+
+    def _observe_pod(self, event: dict[str, Any]) -> None:
+        metadata = event["object"]["metadata"]
+        namespace, name = metadata.get("namespace") or "", metadata["name"]
+        old = self._pod_labels.pop((namespace, name), {})
+        new = {} if event["type"] == "DELETED" else dict(metadata.get("labels") or {})
+        for label, value in old.items():
+            names = self._pods_by_label.get((namespace, label, value))
+            if names is not None:
+                names.discard(name)
+                if not names:
+                    del self._pods_by_label[(namespace, label, value)]
+        for label, value in new.items():
+            self._pods_by_label.setdefault((namespace, label, value), set()).add(name)
+        if new:
+            self._pod_labels[(namespace, name)] = new
+        for label, value in {**old, **new}.items():
+            for service in self._services_by_label.get((namespace, label, value), ()):
+                self._endpoint_work[(namespace, service)] = None
+        for label, value in old.items():
+            for service in self._services_by_label.get((namespace, label, value), ()):
+                self._endpoint_work[(namespace, service)] = None
+
+    def _observe_service(self, event: dict[str, Any]) -> None:
+        raw = event["object"]
+        namespace, name = raw["metadata"].get("namespace") or "", raw["metadata"]["name"]
+        for label, value in self._service_selectors.pop((namespace, name), {}).items():
+            services = self._services_by_label.get((namespace, label, value))
+            if services is not None:
+                services.discard(name)
+                if not services:
+                    del self._services_by_label[(namespace, label, value)]
+        if event["type"] == "DELETED":
+            self._endpoint_work.pop((namespace, name), None)
+            return  # its slice goes with it (owner reference)
+        selector = dict((raw.get("spec") or {}).get("selector") or {})
+        if selector:
+            self._service_selectors[(namespace, name)] = selector
+            for label, value in selector.items():
+                self._services_by_label.setdefault((namespace, label, value), set()).add(name)
+            self._endpoint_work[(namespace, name)] = None
+
+    def _endpoint_step(self) -> list[tuple[str, dict[str, Any]]]:
+        """The EndpointSlice controller: for each service marked, one slice (IPv4) of the pods
+        its selector matches that have an address, with their readiness, owned by the
+        service; written only when it changed."""
+        changes: list[tuple[str, dict[str, Any]]] = []
+        for namespace, name in list(self._endpoint_work):
+            del self._endpoint_work[(namespace, name)]
+            service = self._live((SERVICE, namespace, name))
+            selector = self._service_selectors.get((namespace, name))
+            if service is None or not selector:
+                continue
+            wanted = self._endpoints(namespace, selector)
+            ports = [
+                {
+                    "name": port.get("name", ""),
+                    "port": port.get("targetPort", port.get("port")),
+                    "protocol": port.get("protocol", "TCP"),
+                }
+                for port in service.raw["spec"].get("ports") or []
+                if isinstance(port.get("targetPort", port.get("port")), int)
+            ]
+            uid = service.raw["metadata"]["uid"]
+            slice_name = f"{name}-{hashlib.sha256(uid.encode()).hexdigest()[:5]}"
+            key: Key = (ENDPOINTSLICE, namespace, slice_name)
+            existing = self._live(key)
+            if existing is not None:
+                if existing.raw.get("endpoints") == wanted and existing.raw.get("ports") == ports:
+                    continue
+                existing.patch(
+                    {
+                        "metadata": {"resourceVersion": self._next_version()},
+                        "endpoints": wanted,
+                        "ports": ports,
+                    }
+                )
+                changes.append(("MODIFIED", existing.raw))
+                continue
+            self.objects[key] = {
+                "apiVersion": "discovery.k8s.io/v1",
+                "kind": "EndpointSlice",
+                "metadata": {
+                    "name": slice_name,
+                    "namespace": namespace,
+                    "uid": str(uuid.uuid4()),
+                    "resourceVersion": self._next_version(),
+                    "creationTimestamp": _now(),
+                    "generation": 1,
+                    "generateName": f"{name}-",
+                    "labels": {
+                        SERVICE_NAME_LABEL: name,
+                        "endpointslice.kubernetes.io/managed-by": SLICE_MANAGER,
+                    },
+                    "ownerReferences": [
+                        {
+                            "apiVersion": "v1",
+                            "kind": "Service",
+                            "name": name,
+                            "uid": uid,
+                            "controller": True,
+                            "blockOwnerDeletion": True,
+                        }
+                    ],
+                },
+                "addressType": "IPv4",
+                "endpoints": wanted,
+                "ports": ports,
+            }
+            self._remember(key)
+            changes.append(("ADDED", self.objects[key].raw))
+        return changes
+
+    def _endpoints(self, namespace: str, selector: dict[str, str]) -> list[dict[str, Any]]:
+        names: set[str] | None = None
+        for label, value in selector.items():
+            found = self._pods_by_label.get((namespace, label, value), set())
+            names = set(found) if names is None else names & found
+        endpoints = []
+        for pod_name in sorted(names or ()):
+            pod = self._live((POD, namespace, pod_name))
+            if pod is None:
+                continue
+            raw = pod.raw
+            status = raw.get("status") or {}
+            if not status.get("podIP") or status.get("phase") in ("Succeeded", "Failed"):
+                continue
+            ready = any(
+                c.get("type") == "Ready" and c.get("status") == "True"
+                for c in status.get("conditions") or []
+            )
+            terminating = bool(raw["metadata"].get("deletionTimestamp"))
+            endpoint: dict[str, Any] = {
+                "addresses": [status["podIP"]],
+                "conditions": {
+                    "ready": ready and not terminating,
+                    "serving": ready,
+                    "terminating": terminating,
+                },
+                "targetRef": {
+                    "kind": "Pod",
+                    "namespace": namespace,
+                    "name": pod_name,
+                    "uid": raw["metadata"]["uid"],
+                },
+            }
+            if raw["spec"].get("nodeName"):
+                endpoint["nodeName"] = raw["spec"]["nodeName"]
+            endpoints.append(endpoint)
+        return endpoints
 
     # --- the indexes -----------------------------------------------------------------------
 
@@ -284,6 +585,74 @@ class FakeKubernetes(k8s.KubernetesEmulator):
         if key in self.objects:
             del self.objects[key]
 
+    # --- discovery and the OpenAPI documents --------------------------------------------
+
+    async def _serve_version(self, request: rendering.Request) -> Any:
+        assert request.resource is not None
+        document = resources.resource_list(
+            str(request.resource.group or ""), str(request.resource.version or "")
+        )
+        if document is None:
+            raise k8s.KubernetesError(
+                status=404,
+                reason="NotFound",
+                message="the server could not find the requested resource",
+                details={},
+            )
+        return document
+
+    async def _serve_group(self, request: rendering.Request) -> Any:
+        assert request.resource is not None
+        document = resources.group(str(request.resource.group or ""))
+        if document is None:
+            raise k8s.KubernetesError(
+                status=404,
+                reason="NotFound",
+                message="the server could not find the requested resource",
+                details={},
+            )
+        return document
+
+    async def _serve_apis(self, request: rendering.Request) -> Any:
+        return resources.group_list()
+
+    async def _serve_server_version(self, request: rendering.Request) -> Any:
+        major, minor = K8S_VERSION.split(".")
+        return {
+            "major": major,
+            "minor": minor,
+            "gitVersion": f"v{K8S_VERSION}.0-vdi-fake",
+            "gitCommit": "",
+            "gitTreeState": "clean",
+            "buildDate": "2026-01-01T00:00:00Z",
+            "goVersion": "",
+            "compiler": "fake",
+            "platform": "linux/amd64",
+        }
+
+    def _serve_openapi(self, request: rendering.Request) -> aiohttp.web.Response:
+        """`/openapi/v3` and its group versions (JSON); `/openapi/v2` is protobuf only for
+        client-go, which the fake does not speak: 404, as a server without it answers."""
+        path = request.url.path.rstrip("/")
+        if path == "/openapi/v3":
+            return aiohttp.web.json_response(openapi.root())
+        document = openapi.group_version(path.removeprefix("/openapi/v3/"))
+        if not path.startswith("/openapi/v3/") or document is None:
+            return aiohttp.web.json_response(
+                {
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "metadata": {},
+                    "status": "Failure",
+                    "message": "the server could not find the requested resource",
+                    "reason": "NotFound",
+                    "details": {},
+                    "code": 404,
+                },
+                status=404,
+            )
+        return aiohttp.web.Response(body=document, content_type="application/json")
+
     # --- the request path ----------------------------------------------------------------
 
     def _next_version(self) -> str:
@@ -314,27 +683,39 @@ class FakeKubernetes(k8s.KubernetesEmulator):
 
     async def _serve(self, request: rendering.Request) -> Any:
         hold_s = 0.0
-        if request.resource is not None:
+        if request.url.path.startswith("/openapi/"):
+            return self._serve_openapi(request)
+        if request.resource is not None and request.resource.plural is not None:
+            kind = self._kind(request)
             self.api_calls += 1
             if request.action is not None:
                 # what RBAC calls the verb; the chart's Role is checked against this log
                 verb = RBAC_VERBS.get(request.action.name, request.action.name.lower())
                 self.verbs.add((str(request.resource.group), str(request.resource.plural), verb))
             hold_s = await self._inject(request)
+            if request.name is not None and request.action in (
+                enums.action.FETCH,
+                enums.action.UPDATE,
+                enums.action.DELETE,
+            ):
+                if self._live(_key(request)) is None:
+                    raise _not_found(kind, request.name)
             if request.action == enums.action.CREATE:
-                self._admit(request)
+                self._admit(request, kind)
+                if self._live(_key(request)) is not None:
+                    raise k8s.KubernetesError(
+                        status=409,
+                        reason="AlreadyExists",
+                        message=f'{kind.plural} "{_key(request)[2]}" already exists',
+                        details={"name": _key(request)[2], "kind": kind.plural},
+                    )
+            elif request.action == enums.action.WATCH:
+                _check_selectors(request)
+                return await self._watch(request, kind, hold_s)
             elif request.action == enums.action.UPDATE and isinstance(request.data, dict):
                 request.data.setdefault("metadata", {})["resourceVersion"] = self._next_version()
-            elif request.action in (enums.action.LIST, enums.action.WATCH):
-                try:
-                    selectors.parse(request.params.get("labelSelector"))
-                    selectors.parse_fields(
-                        request.params.get("fieldSelector"), str(request.resource.plural)
-                    )
-                except ValueError as error:
-                    raise k8s.KubernetesError(
-                        status=400, reason="BadRequest", message=str(error)
-                    ) from None
+            elif request.action == enums.action.LIST:
+                _check_selectors(request)
             elif (
                 request.action == enums.action.DELETE
                 and request.resource == POD
@@ -381,21 +762,38 @@ class FakeKubernetes(k8s.KubernetesEmulator):
             status=500, reason="InternalError", message="injected: etcd hiccup"
         )
 
-    def _admit(self, request: rendering.Request) -> None:
+    def _kind(self, request: rendering.Request) -> Kind:
+        """The kind a request addresses; 404 for one this server does not serve."""
+        assert request.resource is not None
+        kind = resources.find(
+            request.resource.group, request.resource.version, request.resource.plural
+        )
+        if kind is None:
+            raise k8s.KubernetesError(
+                status=404,
+                reason="NotFound",
+                message="the server could not find the requested resource",
+                details={},
+            )
+        return kind
+
+    def _admit(self, request: rendering.Request, kind: Kind) -> None:
         data = request.data
         if not isinstance(data, dict):
             raise k8s.KubernetesError(
                 status=400, reason="BadRequest", message="the body is not a JSON object"
             )
-        assert request.resource is not None
         metadata = data.setdefault("metadata", {})
-        kind = data.get("kind", "")
         name = metadata.get("name", "")
         if not isinstance(name, str) or not NAME_PATTERN.match(name):
             raise _invalid(
-                kind, str(name), "metadata.name: Invalid value: a lowercase RFC 1123 subdomain"
+                kind.kind,
+                str(name),
+                [("metadata.name", "Invalid value: a lowercase RFC 1123 subdomain")],
             )
-        if (
+        if not kind.namespaced:
+            metadata.pop("namespace", None)
+        elif (
             request.namespace
             and metadata.setdefault("namespace", request.namespace) != request.namespace
         ):
@@ -404,31 +802,27 @@ class FakeKubernetes(k8s.KubernetesEmulator):
                 reason="BadRequest",
                 message="the namespace of the object does not match the namespace of the URL",
             )
-        if request.resource.plural in CORE or request.resource.plural in APPS:
-            if kind != KINDS[request.resource.plural]:
-                raise k8s.KubernetesError(
-                    status=400, reason="BadRequest", message=f"kind {kind!r} does not match the URL"
-                )
-            try:
-                if self.validate:
-                    _core_validator(kind, str(data.get("apiVersion"))).validate(data)
-            except jsonschema.ValidationError as error:
-                path = ".".join(str(p) for p in error.path)
-                raise _invalid(kind, name, f"{path}: {error.message}") from None
-        elif request.resource.plural == "ingressroutes":
-            try:
-                if self.validate:
-                    jsonschema.validate(data, _ingress_route_schema())
-            except jsonschema.ValidationError as error:
-                path = ".".join(str(p) for p in error.path)
-                raise _invalid(kind, name, f"{path}: {error.message}") from None
-        else:
-            raise k8s.KubernetesResourceNotFoundError()
+        if data.get("kind") != kind.kind or data.get("apiVersion") != kind.api_version:
+            raise k8s.KubernetesError(
+                status=400,
+                reason="BadRequest",
+                message=f"{data.get('apiVersion')}/{data.get('kind')} does not match the URL "
+                f"({kind.api_version}/{kind.kind})",
+            )
         if self.validate:
-            problems = _semantic_problems(kind, data)
+            validator = _validator(kind)
+            if validator is not None:
+                errors = sorted(validator.iter_errors(data), key=lambda e: list(e.path))
+                if errors:
+                    raise _invalid(
+                        kind.kind,
+                        name,
+                        [(".".join(str(p) for p in e.path), e.message) for e in errors[:10]],
+                    )
+            problems = _semantic_problems(kind.kind, data)
             if problems:
-                raise _invalid(kind, name, "; ".join(f"{f}: {m}" for f, m in problems))
-        if kind == "Secret" and "stringData" in data:
+                raise _invalid(kind.kind, name, problems)
+        if kind.kind == "Secret" and "stringData" in data:
             encoded = {
                 k: base64.b64encode(str(v).encode()).decode()
                 for k, v in data.pop("stringData").items()
@@ -440,10 +834,32 @@ class FakeKubernetes(k8s.KubernetesEmulator):
             creationTimestamp=_now(),
             generation=1,
         )
-        if kind == "Pod":
+        if kind.kind == "Pod":
             data["status"] = {"phase": "Pending", "qosClass": "Guaranteed"}
             if self.on_pod_admitted is not None:
                 self.on_pod_admitted(data)
+        elif kind.kind == "Service":
+            self._default_service(data)
+
+    def _default_service(self, data: dict[str, Any]) -> None:
+        """What the API server fills in a Service: its type, a cluster IP from the service
+        range (10.96.0.0/12), each port's protocol and target port."""
+        spec = data.setdefault("spec", {})
+        spec.setdefault("type", "ClusterIP")
+        spec.setdefault("sessionAffinity", "None")
+        if spec.get("clusterIP") != "None" and spec["type"] != "ExternalName":
+            if not spec.get("clusterIP"):
+                self._cluster_ips_given += 1
+                number = self._cluster_ips_given
+                spec["clusterIP"] = f"10.96.{number // 250 % 250}.{1 + number % 250}"
+            spec["clusterIPs"] = [spec["clusterIP"]]
+            spec.setdefault("ipFamilies", ["IPv4"])
+            spec.setdefault("ipFamilyPolicy", "SingleStack")
+            spec.setdefault("internalTrafficPolicy", "Cluster")
+        for port in spec.get("ports") or []:
+            port.setdefault("protocol", "TCP")
+            port.setdefault("targetPort", port.get("port"))
+        data["status"] = {"loadBalancer": {}}
 
     async def _serve_list(self, request: rendering.Request) -> Any:
         """A list: label selector, `limit` and `continue` pages in name order (served from the
@@ -463,13 +879,15 @@ class FakeKubernetes(k8s.KubernetesEmulator):
                     break
                 items.append(raw)
             version = str(self._resource_version)
-        kind = KINDS[str(request.resource.plural if request.resource else "")]
-        api_version = "apps/v1" if kind in APPS.values() else "v1"
+        kind = self._kind(request)
         metadata: dict[str, Any] = {"resourceVersion": version}
         if more:
             last = items[-1]["metadata"]
             metadata["continue"] = _encode_continue(last.get("namespace"), last["name"])
-        accept = next((v for k, v in request.headers.items() if k.lower() == "accept"), "")
+        accept = _accept(request)
+        if tables.wants_table(accept):
+            include = request.params.get("includeObject") or "Metadata"
+            return tables.table(kind.plural, items, metadata, include_object=include)
         if METADATA_LIST in accept.replace(" ", ""):
             meta = "meta.k8s.io/v1"
             return {
@@ -482,8 +900,8 @@ class FakeKubernetes(k8s.KubernetesEmulator):
                 ],
             }
         return {
-            "apiVersion": api_version,
-            "kind": f"{kind}List",
+            "apiVersion": kind.api_version,
+            "kind": f"{kind.kind}List",
             "metadata": metadata,
             "items": items,
         }
@@ -514,9 +932,14 @@ class FakeKubernetes(k8s.KubernetesEmulator):
 
     # kmock's own lookups scan every object; these use the index.
     async def _serve_fetch(self, request: rendering.Request) -> Any:
+        kind = self._kind(request)
         obj = self._live(_key(request))
         if obj is None:
-            raise k8s.KubernetesObjectNotFoundError()
+            raise _not_found(kind, str(request.name))
+        if tables.wants_table(_accept(request)):
+            include = request.params.get("includeObject") or "Metadata"
+            metadata = {"resourceVersion": obj.raw["metadata"].get("resourceVersion", "")}
+            return tables.table(kind.plural, [obj.raw], metadata, include_object=include)
         return obj.raw
 
     async def _serve_create(self, request: rendering.Request) -> Any:
@@ -528,33 +951,85 @@ class FakeKubernetes(k8s.KubernetesEmulator):
     async def _serve_delete(self, request: rendering.Request) -> Any:
         return self.objects[_key(request)].last.raw
 
-    async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[Any]:
-        yield b""
+    async def _watch(
+        self, request: rendering.Request, kind: Kind, hold_s: float
+    ) -> aiohttp.web.StreamResponse:
+        """A watch, as newline-delimited JSON (`application/json`, as client-go requires):
+        ADDED for the objects changed since `resourceVersion` (all of them without one), then
+        every change. With `sendInitialEvents=true` (watch-list, as client-go's informers ask)
+        the initial events end with a BOOKMARK annotated `k8s.io/initial-events-end`. Tables
+        (kubectl get -w) when the Accept header asks for them."""
         matches = _matcher(request)
-        timeout_s = float(request.params.get("timeoutSeconds") or 0) or None
-        since = int(request.params.get("resourceVersion") or 0)
+        params = request.params
+        timeout_s = float(params.get("timeoutSeconds") or 0) or None
+        since_text = str(params.get("resourceVersion") or "")
+        since = int(since_text) if since_text.isdigit() else 0
+        watch_list = params.get("sendInitialEvents") == "true"
+        as_table = tables.wants_table(_accept(request))
+        include = params.get("includeObject") or "Metadata"
         assert request.resource is not None
+        assert request._raw_request is not None
         bus = self._buses[request.resource]
-        async with self._lock:
-            initial = [
-                {"type": "ADDED", "object": raw}
-                for raw in self._matching(request)
-                if matches(raw) and int(raw["metadata"].get("resourceVersion", 0)) > since
-            ]
-        for event in initial:
-            yield event
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout_s):
-                async for event in bus:
-                    raw = event.get("object", {})
-                    metadata = raw.get("metadata", {})
-                    if (
-                        request.namespace is not None
-                        and metadata.get("namespace") != request.namespace
-                    ):
-                        continue
-                    if matches(raw):
-                        yield event
+        mark = await bus.mark()  # before the snapshot: no change falls between the two
+
+        def render(kind_of_event: str, raw: dict[str, Any]) -> bytes:
+            obj = raw
+            if as_table:
+                meta = {"resourceVersion": raw["metadata"].get("resourceVersion", "")}
+                obj = tables.table(kind.plural, [raw], meta, include_object=include)
+            return json.dumps({"type": kind_of_event, "object": obj}).encode() + b"\n"
+
+        response = aiohttp.web.StreamResponse(
+            status=200, headers={"Content-Type": "application/json"}
+        )
+        try:
+            async with self._lock:
+                initial = [
+                    raw
+                    for raw in self._matching(request)
+                    if matches(raw)
+                    and (watch_list or int(raw["metadata"].get("resourceVersion", 0)) > since)
+                ]
+                snapshot = self._resource_version
+            if hold_s:
+                await asyncio.sleep(hold_s)
+            await response.prepare(request._raw_request)
+            for raw in initial:
+                await response.write(render("ADDED", raw))
+            if watch_list:
+                bookmark = {
+                    "kind": kind.kind,
+                    "apiVersion": kind.api_version,
+                    "metadata": {
+                        "resourceVersion": str(snapshot),
+                        "annotations": {"k8s.io/initial-events-end": "true"},
+                    },
+                }
+                await response.write(
+                    json.dumps({"type": "BOOKMARK", "object": bookmark}).encode() + b"\n"
+                )
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout_s):
+                    async for event in bus.stream(since=mark):
+                        raw = event.get("object", {})
+                        metadata = raw.get("metadata", {})
+                        if (
+                            request.namespace is not None
+                            and metadata.get("namespace") != request.namespace
+                        ):
+                            continue
+                        if event["type"] != "DELETED" and (
+                            int(metadata.get("resourceVersion") or 0) <= snapshot
+                        ):
+                            continue  # the snapshot has it already
+                        if matches(raw):
+                            await response.write(render(event["type"], raw))
+            await response.write_eof()
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            pass  # the watcher went away
+        finally:
+            await bus.unmark(mark)
+        return response
 
     # --- deletion and garbage collection -------------------------------------------------
 
@@ -685,6 +1160,7 @@ class FakeKubernetes(k8s.KubernetesEmulator):
                 changes = self._kubelet_step()
                 daemonsets = self._daemonset_step()
                 events, self._new_events = self._new_events, []
+                slices = self._endpoint_step()
             gone = []
             for change, raw in changes:
                 await self._buses[POD].put({"type": change, "object": raw})
@@ -701,6 +1177,8 @@ class FakeKubernetes(k8s.KubernetesEmulator):
                 await self._buses[DAEMONSET].put({"type": "MODIFIED", "object": raw})
             for raw in events:
                 await self._buses[EVENT].put({"type": "ADDED", "object": raw})
+            for change, raw in slices:
+                await self._buses[ENDPOINTSLICE].put({"type": change, "object": raw})
             await self._collect_garbage(gone)
 
     def _record_event(
@@ -935,7 +1413,10 @@ class FakeKubernetes(k8s.KubernetesEmulator):
             self._record_event(raw, "Started", "Started container desktop")
             return {
                 "phase": "Running",
-                "podIP": "10.42.0." + str(1 + self._resource_version % 250),
+                "podIP": (address := self._pod_address(raw)),
+                "podIPs": [{"ip": address}],
+                "hostIP": NODE_IP,
+                "hostIPs": [{"ip": NODE_IP}],
                 "startTime": _now(),
                 "conditions": [scheduled, _condition("Ready", "True")],
                 "containerStatuses": [_container_status(image, running=True)],
@@ -947,6 +1428,10 @@ class FakeKubernetes(k8s.KubernetesEmulator):
             "conditions": [scheduled],
             "containerStatuses": [_container_status(image, waiting=waiting)],
         }
+
+
+def _accept(request: rendering.Request) -> str:
+    return next((v for k, v in request.headers.items() if k.lower() == "accept"), "")
 
 
 def _matcher(request: rendering.Request) -> Callable[[dict[str, Any]], bool]:
