@@ -102,21 +102,22 @@ async def create_session_objects(
     credentials: manifests.SessionCredentials,
     settings: Settings,
 ) -> manifests.Manifest:
-    """A session's objects (idempotent creates) in two rounds, each in parallel: only the Pod's
-    uid, the others' owner, orders them. The pod waits for its claim and Secret as it would
-    for a slow volume. No home PVC for a template without `persistent_home`; no route for a
-    warm pool member (no user yet: the claim routes the user's host). The Pod, as created."""
+    """A session's objects (idempotent creates) in rounds, each in parallel: the Pod's uid, the
+    others' owner, orders them, and the route comes once its Service exists (a real Traefik
+    logs an error for a route whose Service it has not seen). The pod waits for its claim and
+    Secret as it would for a slow volume. No home PVC for a template without
+    `persistent_home`; no route for a warm pool member (no user yet: the claim routes the
+    user's host). The Pod, as created."""
     first = [cluster.create("Pod", manifests.pod(view, settings))]
     if view.spec.persistent_home:
         first.append(cluster.create("PersistentVolumeClaim", manifests.home_claim(view, settings)))
     pod, *_claim = await asyncio.gather(*first)
-    second = [
+    await asyncio.gather(
         cluster.create("Secret", manifests.secret(view, credentials, settings, pod)),
         cluster.create("Service", manifests.service(view, settings, pod)),
-    ]
+    )
     if view.user:
-        second.append(cluster.create("IngressRoute", manifests.ingress_route(view, settings, pod)))
-    await asyncio.gather(*second)
+        await cluster.create("IngressRoute", manifests.ingress_route(view, settings, pod))
     return pod
 
 
@@ -426,9 +427,12 @@ class Reconciler:
         existed = False
         try:
             if name not in self._gone_pods:  # else woken by the pod's DELETED event: all done
+                # The route first: the user's host stops routing before its Service and pod
+                # go (a real Traefik logs errors for a route whose Service is gone).
+                await self.cluster.delete("IngressRoute", name)
                 existed = await self.cluster.delete("Pod", name)
                 await asyncio.gather(
-                    *(self.cluster.delete(kind, name) for kind in SESSION_KINDS[1:])
+                    *(self.cluster.delete(kind, name) for kind in ("Secret", "Service"))
                 )
         except ClusterError as error:
             if session.force_delete:
