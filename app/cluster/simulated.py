@@ -15,7 +15,7 @@ import httpx
 import structlog
 
 from app.cluster import manifests
-from app.cluster.fake import FakeKubernetes, start_fake_cluster
+from app.cluster.fake import FakeKubernetes, start_fake_cluster, write_kubeconfig
 from app.cluster.kube import ClusterError, KubeCluster, detect_cluster
 from app.cluster.local import LocalDesktops, find_tools, missing_tools
 from app.config import Settings
@@ -89,6 +89,25 @@ class StandInAgent:
                 await asyncio.sleep(self.heartbeat_s)
 
 
+def announce_api(settings: Settings, url: str) -> None:
+    """Say where the in-process Kubernetes API is, so an operator can look at it with kubectl:
+    a kubeconfig in the data dir (owner-only) and a log line naming it."""
+    path = settings.data_dir / "kubeconfig"
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)
+        path.touch(mode=0o600)
+        write_kubeconfig(path, url, settings.namespace)
+    except OSError as error:
+        log.warning("cannot write the simulated cluster's kubeconfig", error=str(error))
+        return
+    log.info(
+        "simulated cluster API: kubectl --kubeconfig " + str(path) + " get pods",
+        api=url,
+        kubeconfig=str(path),
+    )
+
+
 @asynccontextmanager
 async def simulated_cluster(
     settings: Settings,
@@ -108,6 +127,7 @@ async def simulated_cluster(
         agent = StandInAgent(
             fake, settings.namespace, heartbeat_s=max(1.0, settings.heartbeat_timeout_s / 3)
         )
+        announce_api(settings, url)
         cluster = KubeCluster.for_host(url, settings.namespace, settings.ingress_api_version)
         try:
             yield cluster, fake
@@ -133,6 +153,7 @@ async def local_cluster(
     ) as (fake, url):
         desktops.fake = fake
         await desktops.start()
+        announce_api(settings, url)
         cluster = KubeCluster.for_host(url, settings.namespace, settings.ingress_api_version)
         try:
             yield cluster, fake, desktops

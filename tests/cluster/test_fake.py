@@ -42,9 +42,22 @@ async def test_invalid_objects_get_422_invalid_like_a_real_server(
     host = cluster.api_client.configuration.host
     async with httpx.AsyncClient() as http:
         response = await http.post(f"{host}/api/v1/namespaces/vdi/pods", json=good)
-        assert response.status_code == 422
-        assert response.json()["reason"] == "Invalid"
-        assert "imagePullPolice" in response.json()["message"]
+        assert response.status_code == 400  # as a real server in fieldValidation=Strict
+        assert response.json()["reason"] == "BadRequest"
+        assert 'unknown field "spec.containers[0].imagePullPolice"' in response.json()["message"]
+        # Ignore (kubectl --validate=false) drops the field, as a real server does
+        ignored = await http.post(
+            f"{host}/api/v1/namespaces/vdi/pods?fieldValidation=Ignore", json=good
+        )
+        assert ignored.status_code == 201, ignored.text
+        assert "imagePullPolice" not in ignored.json()["spec"]["containers"][0]
+        wrong_type = manifests.pod(view(), SETTINGS)
+        wrong_type["spec"]["containers"][0]["image"] = 5
+        invalid = await http.post(f"{host}/api/v1/namespaces/vdi/pods", json=wrong_type)
+        assert invalid.status_code == 422
+        assert invalid.json()["reason"] == "Invalid"
+        [cause] = invalid.json()["details"]["causes"]
+        assert cause["field"] == "spec.containers[0].image"
         route = manifests.ingress_route(view(), SETTINGS, {"metadata": {"name": "p", "uid": "u"}})
         route["spec"]["routes"][0]["kind"] = "Sometimes"
         bad_route = await http.post(

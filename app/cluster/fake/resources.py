@@ -126,8 +126,9 @@ def _group(name: str) -> dict[str, Any]:
 
 
 def group_list() -> dict[str, Any]:
-    """`/apis`: every group but the core one."""
-    names = sorted({k.group for k in KINDS if k.group})
+    """`/apis`: every group but the core one, in KINDS' order (kubectl resolves a plural
+    served by two groups, `ingressroutes`, to the first: traefik.io)."""
+    names = list(dict.fromkeys(k.group for k in KINDS if k.group))
     return {"kind": "APIGroupList", "apiVersion": "v1", "groups": [_group(n) for n in names]}
 
 

@@ -22,6 +22,7 @@ import json
 import math
 import random
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager
@@ -144,6 +145,45 @@ def _crd_validator(plural: str) -> Any:
     return jsonschema.validators.validator_for(schema)(schema)
 
 
+def _field_path(path: Any) -> str:
+    """`spec.containers[0].image`, as the API server writes a field."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return text.lstrip(".")
+
+
+def _unknown_fields(kind: Kind, validator: Any, data: dict[str, Any], mode: str) -> list[Any]:
+    """Unknown fields, as `fieldValidation` says: Strict (kubectl's default, and the fake's
+    when unset, where a real server warns: a typo in our own manifests must not pass) answers
+    400 with each field; Warn and Ignore drop them, as a real server does. The other schema
+    errors, for a 422."""
+    errors = list(validator.iter_errors(data))
+    unknown = [
+        (error, key)
+        for error in errors
+        if error.validator == "additionalProperties" and isinstance(error.instance, dict)
+        for key in list(error.instance)
+        if key not in (error.schema.get("properties") or {})
+    ]
+    if not unknown:
+        return sorted(errors, key=lambda e: [str(p) for p in e.path])
+    if mode in ("Warn", "Ignore"):
+        for error, key in unknown:
+            error.instance.pop(key, None)
+        return sorted(validator.iter_errors(data), key=lambda e: [str(p) for p in e.path])
+    fields = ", ".join(
+        f'unknown field "{_field_path([*error.path, key])}"' for error, key in unknown
+    )
+    raise k8s.KubernetesError(
+        status=400,
+        reason="BadRequest",
+        message=f'{kind.kind} in version "{kind.version}" cannot be handled as a {kind.kind}: '
+        f"strict decoding error: {fields}",
+        details={},
+    )
+
+
 def _invalid(kind: str, name: str, problems: list[tuple[str, str]]) -> k8s.KubernetesError:
     """422 Invalid as the API server writes it: the message, and one cause per field."""
     detail = "; ".join(f"{field}: {message}" if field else message for field, message in problems)
@@ -256,6 +296,7 @@ class FakeKubernetes(k8s.KubernetesEmulator):
     _new_events: list[dict[str, Any]] = attrs.field(factory=list, init=False)
     _daemonset_work: dict[Key, float] = attrs.field(factory=dict, init=False)  # -> pulled at
     _runtime_tasks: set[asyncio.Task[None]] = attrs.field(factory=set, init=False)
+    _event_clock: int = attrs.field(default=0, init=False)
     # The address the kubelet gives a pod that starts (an end-to-end test gives its network
     # namespace's); None or unset: the next of the pod network's, 10.42.0.0/16.
     pod_ip: Callable[[dict[str, Any]], str | None] | None = None
@@ -727,6 +768,8 @@ class FakeKubernetes(k8s.KubernetesEmulator):
         response = await super()._handle(request)
         if request.action == enums.action.CREATE and isinstance(request.data, dict):
             self._remember(_key(request))
+            if response.status == 200 and not response.prepared:
+                response.set_status(201)  # Created, as the API server answers a create
         elif request.action == enums.action.DELETE and request.name is not None:
             key = _key(request)
             if key in self.objects and self.objects[key].deleted:
@@ -812,12 +855,14 @@ class FakeKubernetes(k8s.KubernetesEmulator):
         if self.validate:
             validator = _validator(kind)
             if validator is not None:
-                errors = sorted(validator.iter_errors(data), key=lambda e: list(e.path))
+                errors = _unknown_fields(
+                    kind, validator, data, request.params.get("fieldValidation") or "Strict"
+                )
                 if errors:
                     raise _invalid(
                         kind.kind,
                         name,
-                        [(".".join(str(p) for p in e.path), e.message) for e in errors[:10]],
+                        [(_field_path(e.path), e.message) for e in errors[:10]],
                     )
             problems = _semantic_problems(kind.kind, data)
             if problems:
@@ -835,7 +880,13 @@ class FakeKubernetes(k8s.KubernetesEmulator):
             generation=1,
         )
         if kind.kind == "Pod":
-            data["status"] = {"phase": "Pending", "qosClass": "Guaranteed"}
+            for container in [
+                *data["spec"].get("initContainers", []),
+                *data["spec"].get("containers", []),
+            ]:
+                for port in container.get("ports") or []:
+                    port.setdefault("protocol", "TCP")
+            data["status"] = {"phase": "Pending", "qosClass": _qos_class(data)}
             if self.on_pod_admitted is not None:
                 self.on_pod_admitted(data)
         elif kind.kind == "Service":
@@ -1194,7 +1245,10 @@ class FakeKubernetes(k8s.KubernetesEmulator):
         the kubelet's tick puts it on the watch bus)."""
         metadata = pod["metadata"]
         namespace, now = metadata["namespace"], _now()
-        name = f"{metadata['name']}.{uuid.uuid4().hex[:16]}"
+        # named as the API server's recorder names it, `<object>.<UnixNano in hex>`: in the
+        # order they happened (kubectl describe sorts them; equal timestamps keep this order)
+        self._event_clock = max(self._event_clock + 1, time.time_ns())
+        name = f"{metadata['name']}.{self._event_clock:x}"
         source = {"component": component}
         if component == "kubelet":
             source["host"] = NODE_NAME
@@ -1477,6 +1531,26 @@ def _just_started(raw: dict[str, Any]) -> bool:
 
 def _crashing(raw: dict[str, Any], crashing: tuple[str, ...]) -> bool:
     return any(bad in raw["spec"]["containers"][0]["image"] for bad in crashing)
+
+
+def _qos_class(raw: dict[str, Any]) -> str:
+    """The pod's QoS class, from its containers' CPU and memory requests and limits."""
+    containers = raw["spec"].get("containers") or []
+    wanted = ("cpu", "memory")
+    resources_of = [c.get("resources") or {} for c in containers]
+    if not any(
+        name in (r.get(part) or {})
+        for r in resources_of
+        for part in ("requests", "limits")
+        for name in wanted
+    ):
+        return "BestEffort"
+    for r in resources_of:
+        limits, requests = r.get("limits") or {}, r.get("requests") or {}
+        for name in wanted:
+            if name not in limits or str(requests.get(name, limits[name])) != str(limits[name]):
+                return "Burstable"
+    return "Guaranteed"
 
 
 def _gpus(raw: dict[str, Any]) -> int:
