@@ -331,11 +331,12 @@ def chromium(
     relay_only: bool = True,
     measure: bool = False,
     window: tuple[int, int] = (1280, 800),
+    arguments: tuple[str, ...] = (),
 ) -> Iterator[Any]:
     """Headless Chromium (Debian's) through chromedriver. With `user`, basic auth on every
     request the page makes (CDP headers: `user:pass@` in the URL breaks Selkies 2.1.0's
     fetches). Peer connections relay only unless `relay_only` is false; `measure` installs the
-    glass-to-glass measurement before any page script."""
+    glass-to-glass measurement before any page script; `arguments` are added to Chromium's."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -347,6 +348,7 @@ def chromium(
         "--disable-gpu",
         "--autoplay-policy=no-user-gesture-required",
         f"--window-size={window[0]},{window[1]}",
+        *arguments,
     ):
         options.add_argument(argument)
     driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))

@@ -218,10 +218,15 @@ class ControlPlane:
 
 @contextlib.asynccontextmanager
 async def control_plane(
-    workdir: Path, fake_url: str, turn_secret: str, pod_side_ip: str | None = None
+    workdir: Path,
+    fake_url: str,
+    turn_secret: str,
+    pod_side_ip: str | None = None,
+    settings: dict[str, str] | None = None,
 ) -> AsyncIterator[ControlPlane]:
     """`vdi-control serve` on the fake cluster. With `pod_side_ip` it also listens there and
-    gives pods that address as their callback (agents in their own network namespace)."""
+    gives pods that address as their callback (agents in their own network namespace);
+    `settings` are more VDI_* variables."""
     port = free_port()
     callback_ip = pod_side_ip or "127.0.0.1"
     kubeconfig = write_kubeconfig(workdir / "kubeconfig", fake_url, NAMESPACE)
@@ -242,6 +247,7 @@ async def control_plane(
         "VDI_CALLBACK_URL": f"http://{callback_ip}:{port}",
         "VDI_RECONCILE_INTERVAL_S": "0.2",
         "VDI_LOG_LEVEL": "WARNING",
+        **(settings or {}),
     }
     env.pop("VDI_DATABASE_URL", None)
     log = workdir / "control-plane.log"

@@ -30,11 +30,15 @@ from typing import Any
 
 import httpx
 import psutil
+from aiohttp import web
 
-from app.cluster.fake import start_fake_cluster
+from app.cluster.fake import FakeKubernetes, start_fake_cluster
+from app.cluster.manifests import USER_LABEL, object_name
 from bench import browser_viewer
+from bench import traefik as proxying
 from bench.browser_viewer import READ_STATS, chromium, chromium_processes
 from bench.glass_to_glass import (
+    NAMESPACE,
     PEER_IP,
     REPO,
     ControlPlane,
@@ -57,6 +61,10 @@ POD_NETNS = "vdipod"
 POD_GATEWAY_IP = "10.213.1.1"
 POD_IP = "10.213.1.2"
 POD_NETWORK = "10.213.1.0-10.213.1.255"
+DOMAIN = "vdi.test"
+# bob's "pod": a small web server on a loopback address that says whose it is (no desktop):
+# Traefik must send bob's host there and alice's to her desktop, never the other way round.
+BOB_POD_IP = "127.0.0.5"
 
 
 def set_up_pod_network() -> None:
@@ -175,13 +183,35 @@ def conditions(session: dict[str, Any]) -> dict[str, dict[str, str]]:
 @dataclass
 class Pod:
     """A Selkies session as the harness runs it: its control plane, its id, the agent's pod
-    environment and a work directory (logs, the user's home)."""
+    environment and a work directory (logs, the user's home); routed, the Traefik in front of
+    it and the test CA its certificate comes from."""
 
     plane: ControlPlane
     session_id: str
     env: dict[str, str]
     workdir: Path
     home: Path
+    fake: FakeKubernetes
+    proxy: proxying.Traefik | None = None
+    certificates: proxying.Certificates | None = None
+
+    @property
+    def url(self) -> str:
+        """Where a browser opens the desktop: through Traefik (https, alice's host), or the
+        pod's own address."""
+        if self.proxy is None:
+            return f"http://{POD_IP}:{SESSION_PORT}/"
+        return f"https://alice.{DOMAIN}:{self.proxy.https_port}/"
+
+    def browser_arguments(self) -> tuple[str, ...]:
+        """Chromium resolves the session hosts to Traefik's address and accepts the test
+        certificate by its public key only (not every certificate error)."""
+        if self.proxy is None or self.certificates is None:
+            return ()
+        return (
+            f"--host-resolver-rules=MAP *.{DOMAIN} {self.proxy.host}",
+            f"--ignore-certificate-errors-spki-list={self.certificates.spki_sha256}",
+        )
 
     def agent_environment(self, display: str, **extra: str) -> dict[str, str]:
         """The pod's environment plus what the session image provides: the display, the home,
@@ -197,18 +227,45 @@ class Pod:
         }
 
 
+def pod_address(raw: dict[str, Any]) -> str | None:
+    """The kubelet's address for a pod: alice's is her network namespace's."""
+    user = (raw["metadata"].get("labels") or {}).get(USER_LABEL)
+    return {"alice": POD_IP, "bob": BOB_POD_IP}.get(str(user))
+
+
 @contextlib.asynccontextmanager
-async def selkies_pod(template: dict[str, Any]) -> AsyncIterator[Pod]:
+async def selkies_pod(template: dict[str, Any], *, routed: bool = False) -> AsyncIterator[Pod]:
     """coturn (refusing the pod network as a peer), the control plane on the fake cluster, and
-    alice's session of a Selkies CPU template with its pod."""
+    alice's session of a Selkies CPU template with its pod. Routed: a real Traefik in front,
+    TLS with a test CA's wildcard certificate for the session domain in the Secret the
+    IngressRoutes name."""
     turn_secret = "turn-" + os.urandom(24).hex()
     with tempfile.TemporaryDirectory(prefix="vdi-selkies-") as tmp:
         workdir = Path(tmp)
+        settings = {"VDI_BASE_DOMAIN": DOMAIN, "VDI_TLS_SECRET_NAME": proxying.TLS_SECRET}
+        certificates = proxying.make_certificates(DOMAIN) if routed else None
         with coturn(workdir, turn_secret, denied_peers=(POD_NETWORK,)):
             async with (
-                start_fake_cluster() as (fake, fake_url),
-                control_plane(workdir, fake_url, turn_secret, POD_GATEWAY_IP) as plane,
+                start_fake_cluster(pod_ip=pod_address) as (fake, fake_url),
+                control_plane(workdir, fake_url, turn_secret, POD_GATEWAY_IP, settings) as plane,
+                contextlib.AsyncExitStack() as stack,
             ):
+                proxy = None
+                if certificates is not None:
+                    async with httpx.AsyncClient(base_url=fake_url) as http:
+                        secret = proxying.tls_secret(certificates, NAMESPACE)
+                        created = await http.post(
+                            f"/api/v1/namespaces/{NAMESPACE}/secrets", json=secret
+                        )
+                        created.raise_for_status()
+                        store = await http.post(
+                            f"/apis/traefik.io/v1alpha1/namespaces/{NAMESPACE}/tlsstores",
+                            json=proxying.default_tls_store(NAMESPACE),
+                        )
+                        store.raise_for_status()
+                    proxy = await stack.enter_async_context(
+                        proxying.traefik(workdir, fake_url, NAMESPACE)
+                    )
                 session_id, env = await start_session(
                     plane,
                     fake,
@@ -222,12 +279,12 @@ async def selkies_pod(template: dict[str, Any]) -> AsyncIterator[Pod]:
                 )
                 home = workdir / "home"
                 home.mkdir()
-                yield Pod(plane, session_id, env, workdir, home)
+                yield Pod(plane, session_id, env, workdir, home, fake, proxy, certificates)
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {}
-    async with selkies_pod({}) as pod:
+    async with selkies_pod({}, routed=True) as pod:
         # A moving picture in a window keeps frames flowing on an idle desktop.
         async with screen(1280, 720, 30, "ball", 0, window=(480, 270)) as display:
             env = pod.agent_environment(display)
@@ -235,49 +292,115 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             with desktop(display, pod.home), agent(env, log) as agent_process:
                 try:
                     await session_checks(
-                        args,
-                        pod.plane,
-                        pod.session_id,
-                        agent_process,
-                        report,
-                        env["SELKIES_TURN_USERNAME"],
+                        args, pod, agent_process, report, env["SELKIES_TURN_USERNAME"]
                     )
                 except Exception:
                     report["agent_log"] = log.read_text()[-6000:]
                     raise
+        await routing_checks(pod, report)
     return report
+
+
+async def through_traefik(pod: Pod, host: str, path: str = "/", **kwargs: Any) -> httpx.Response:
+    """A request as a browser makes it: https to Traefik for `host`, checked against the CA."""
+    assert pod.proxy is not None
+    assert pod.certificates is not None
+    return await proxying.get(pod.proxy, host, path, ca_pem=pod.certificates.ca_pem, **kwargs)
+
+
+async def routing_checks(pod: Pod, report: dict[str, Any]) -> None:
+    """What Traefik did with our objects: alice's router (read back from its API), an unknown
+    host, bob's host reaching only bob's pod, the router gone after DELETE, its errors."""
+    assert pod.proxy is not None
+    proxy = pod.proxy
+    alice, bob = f"alice.{DOMAIN}", f"bob.{DOMAIN}"
+    routing: dict[str, Any] = report.setdefault("traefik", {})
+    routing["router"] = await proxy.router_for(alice)
+    routing["unknown_host_status"] = (await through_traefik(pod, f"mallory.{DOMAIN}")).status_code
+
+    async def bob_pod(request: web.Request) -> web.Response:
+        return web.Response(text="bob-pod")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", bob_pod)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, BOB_POD_IP, SESSION_PORT).start()
+    try:
+        created = await pod.plane.request(
+            "POST", "/v1/sessions", json={"user": "bob", "template": "selkies-cpu"}
+        )
+        await proxying.wait_router(proxy, bob)
+
+        async def bob_answers() -> httpx.Response | None:
+            response = await through_traefik(pod, bob)
+            return response if response.status_code == 200 else None
+
+        await wait_for("bob's host answering", bob_answers, 20)
+        routing["bob_host_bodies"] = sorted(
+            {(await through_traefik(pod, bob)).text for _ in range(5)}
+        )
+        routing["alice_host_after_bob"] = (await through_traefik(pod, alice)).status_code
+        await pod.plane.request("DELETE", f"/v1/sessions/{created['id']}")
+    finally:
+        await runner.cleanup()
+
+    started = time.monotonic()
+    await pod.plane.request("DELETE", f"/v1/sessions/{pod.session_id}")
+    await proxying.wait_router(proxy, alice, present=False, timeout_s=15)
+    routing["router_gone_after_delete_s"] = round(time.monotonic() - started, 2)
+
+    async def gone() -> httpx.Response | None:
+        response = await through_traefik(pod, alice)
+        return response if response.status_code == 404 else None
+
+    routing["after_delete_status"] = (await wait_for("404 after DELETE", gone, 15)).status_code
+    routing["route_object_left"] = pod.fake.find(
+        "ingressroutes", NAMESPACE, object_name(pod.session_id)
+    )
+    routing["errors"] = proxy.errors()
 
 
 async def session_checks(
     args: argparse.Namespace,
-    plane: ControlPlane,
-    session_id: str,
+    pod: Pod,
     agent_process: subprocess.Popen[bytes],
     report: dict[str, Any],
     pod_turn_username: str,
 ) -> None:
+    plane, session_id = pod.plane, pod.session_id
     running = await plane.wait_phase(session_id, {"Running", "Failed"}, 120)
     report["session_running"] = {
         k: running[k] for k in ("phase", "reason", "encoder", "streamer", "message")
     }
     connection = await plane.request("GET", f"/v1/sessions/{session_id}/connection")
-    url = f"http://{POD_IP}:{SESSION_PORT}/"  # the pod's address: the route is Traefik's
     user, password = connection["username"], connection["password"]
-    async with httpx.AsyncClient(timeout=10) as http:
-        # What Selkies negotiates with: the agent's renewed credential (its RTC config file),
-        # not the pod Secret's.
-        served = (await http.get(f"{url}api/turn", auth=(user, password))).json()
-        turn_users = [s["username"] for s in served["iceServers"] if "username" in s]
-        report["selkies_turn"] = {
-            "usernames": turn_users,
-            "pod_secret_username": pod_turn_username,
-            "now": time.time(),
-        }
-        wrong = await http.get(url, auth=(user, "not-the-password"))
-        report["wrong_password_status"] = wrong.status_code
-        report["no_password_status"] = (await http.get(url)).status_code
+    alice = f"alice.{DOMAIN}"
+    assert pod.proxy is not None
+    await proxying.wait_router(pod.proxy, alice)
 
-    with chromium(user, password) as driver:
+    async def page_routed() -> httpx.Response | None:
+        response = await through_traefik(pod, alice, "/api/health")
+        return response if response.status_code == 200 else None
+
+    await wait_for("Selkies answering through Traefik", page_routed, 60)
+    # What Selkies negotiates with: the agent's renewed credential (its RTC config file), not
+    # the pod Secret's.
+    served = (await through_traefik(pod, alice, "/api/turn", auth=(user, password))).json()
+    turn_users = [s["username"] for s in served["iceServers"] if "username" in s]
+    report["selkies_turn"] = {
+        "usernames": turn_users,
+        "pod_secret_username": pod_turn_username,
+        "now": time.time(),
+    }
+    wrong = await through_traefik(pod, alice, auth=(user, "not-the-password"))
+    report["wrong_password_status"] = wrong.status_code
+    report["no_password_status"] = (await through_traefik(pod, alice)).status_code
+    url = pod.url
+    report["browser_url"] = url
+    arguments = pod.browser_arguments()
+
+    with chromium(user, password, arguments=arguments) as driver:
         await asyncio.to_thread(driver.get, url)
 
         async def decoding() -> dict[str, Any] | None:
@@ -319,7 +442,7 @@ async def session_checks(
             await asyncio.to_thread(driver.save_screenshot, str(args.screenshot))
 
     # A browser with the wrong password gets the 401 page and no video.
-    with chromium(user, "not-the-password") as driver:
+    with chromium(user, "not-the-password", arguments=arguments) as driver:
         await asyncio.to_thread(driver.get, url)
         await asyncio.sleep(args.wrong_password_wait)
         stats = await asyncio.to_thread(driver.execute_async_script, READ_STATS)
@@ -477,7 +600,15 @@ def print_latency_table(report: dict[str, Any]) -> None:
 
 def print_table(report: dict[str, Any]) -> None:
     browser = report["browser"]
+    routing = report["traefik"]
     print(f"session: {report['session_running']}")
+    print(
+        f"through Traefik: {report['browser_url']}; router {routing['router']['name']} "
+        f"({routing['router']['status']}); unknown host {routing['unknown_host_status']}; "
+        f"bob's host {routing['bob_host_bodies']}; router gone "
+        f"{routing['router_gone_after_delete_s']} s after DELETE, then "
+        f"{routing['after_delete_status']}; Traefik errors: {len(routing['errors'])}"
+    )
     print(
         f"Chromium: {browser['fps_median']} fps (median), jitter max "
         f"{browser['jitter_ms_max']:.1f} ms, framesDecoded {browser['frames_decoded']}, "

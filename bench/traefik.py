@@ -126,6 +126,18 @@ def tls_secret(
     }
 
 
+def default_tls_store(namespace: str, secret: str = TLS_SECRET) -> dict[str, Any]:
+    """Traefik's default TLS store with the wildcard certificate: a host with no route (an
+    unknown user, a deleted session) still gets the platform's certificate and a clean 404,
+    not Traefik's self-signed one."""
+    return {
+        "apiVersion": "traefik.io/v1alpha1",
+        "kind": "TLSStore",
+        "metadata": {"name": "default", "namespace": namespace},
+        "spec": {"defaultCertificate": {"secretName": secret}},
+    }
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
@@ -309,6 +321,7 @@ __all__ = [
     "TLS_SECRET",
     "Certificates",
     "Traefik",
+    "default_tls_store",
     "get",
     "make_certificates",
     "tls_secret",

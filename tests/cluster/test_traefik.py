@@ -100,6 +100,12 @@ async def test_traefik_routes_each_users_host_to_that_users_pod_only(
     certificates = proxying.make_certificates(DOMAIN)
     await cluster.create("Secret", proxying.tls_secret(certificates, "vdi"))
     host_url = cluster.api_client.configuration.host
+    async with httpx.AsyncClient(base_url=host_url) as http:
+        store = await http.post(
+            "/apis/traefik.io/v1alpha1/namespaces/vdi/tlsstores",
+            json=proxying.default_tls_store("vdi"),
+        )
+        assert store.status_code == 201, store.text
     async with proxying.traefik(tmp_path, host_url, "vdi") as proxy:
         alice = await new_session("alice")
         bob = await new_session("bob", template="bob-desktop")
@@ -144,6 +150,11 @@ async def test_traefik_routes_each_users_host_to_that_users_pod_only(
             assert loop.time() - started < 10
             await answered(proxy, f"alice.{DOMAIN}", certificates.ca_pem, status=404)
             assert (await proxying.get(proxy, f"bob.{DOMAIN}")).text == "bob-pod /"
+            await api.delete(f"/v1/sessions/{bob['id']}", headers=ADMIN)
+            await proxying.wait_router(proxy, f"bob.{DOMAIN}", present=False, timeout_s=10)
+            # no route left: the default store's certificate (the CA checks it), and 404
+            unrouted = await proxying.get(proxy, f"bob.{DOMAIN}", ca_pem=certificates.ca_pem)
+            assert unrouted.status_code == 404
     errors = proxy.errors()
     assert errors == [], [(e.get("message"), e.get("error")) for e in errors]
     # How Traefik's client-go spoke to the fake: watch-list informers, with its bearer token.

@@ -1,7 +1,10 @@
 """A real session end to end (bench/selkies_session.py): the control plane creates it, `vdi-agent
 run` supervises the real Selkies 2.x (installed by agent/install-selkies.sh, as the image does),
-a real coturn relays, and a real headless Chromium decodes the desktop from Selkies' own page
-with the credentials the API hands out. Needs root, coturn, Xvfb, chromium and chromium-driver,
+a real Traefik v3 routes `https://alice.vdi.test:<port>/` to the pod's address from its
+EndpointSlice (the page and the signaling WebSocket; Chromium resolves the host to Traefik and
+accepts the test CA's certificate by its public key), a real coturn relays the media, and a
+real headless Chromium decodes the desktop from Selkies' own page with the credentials the API
+hands out. Needs root, coturn, Xvfb, chromium and chromium-driver,
 and .venv-selkies (.ci/run installs them all). The browser's view is saved to
 .artifacts/selkies-session.png."""
 
@@ -78,3 +81,31 @@ def test_a_killed_selkies_is_restarted_and_reported(report: dict[str, Any]) -> N
 def test_stopping_the_agent_leaves_no_selkies_process(report: dict[str, Any]) -> None:
     assert report["agent_exit_code"] == 128 + 15
     assert report["selkies_left_after_agent_stopped"] == []
+
+
+def test_the_page_and_signaling_come_through_traefik_with_the_sessions_certificate(
+    report: dict[str, Any],
+) -> None:
+    assert report["browser_url"].startswith("https://alice.vdi.test:")
+    router = report["traefik"]["router"]
+    assert router["status"] == "enabled", router
+    assert router["entryPoints"] == ["websecure"]
+    assert "Host(`alice.vdi.test`)" in router["rule"]
+
+
+def test_traefik_routes_only_known_hosts_and_each_to_its_own_pod(report: dict[str, Any]) -> None:
+    routing = report["traefik"]
+    assert routing["unknown_host_status"] == 404
+    assert routing["bob_host_bodies"] == ["bob-pod"]  # bob's host: bob's pod, every time
+    assert routing["alice_host_after_bob"] == 401  # alice's: her Selkies (asks for her password)
+
+
+def test_after_delete_the_route_is_gone_and_the_host_404(report: dict[str, Any]) -> None:
+    routing = report["traefik"]
+    assert routing["router_gone_after_delete_s"] < 10
+    assert routing["after_delete_status"] == 404
+    assert routing["route_object_left"] is None
+
+
+def test_traefik_logged_no_error_about_our_objects(report: dict[str, Any]) -> None:
+    assert report["traefik"]["errors"] == []
