@@ -340,7 +340,8 @@ async def routing_checks(pod: Pod, report: dict[str, Any]) -> None:
         routing["bob_host_bodies"] = sorted(
             {(await through_traefik(pod, bob)).text for _ in range(5)}
         )
-        routing["alice_host_after_bob"] = (await through_traefik(pod, alice)).status_code
+        answer = await through_traefik(pod, alice)
+        routing["alice_host_after_bob"] = {"status": answer.status_code, "body": answer.text}
         await pod.plane.request("DELETE", f"/v1/sessions/{created['id']}")
     finally:
         await runner.cleanup()
