@@ -1,6 +1,7 @@
 # The control-plane image: `vdi-control serve`, non-root, no build tools in the final stage.
-ARG PYTHON_VERSION=3.11
-FROM python:${PYTHON_VERSION}-slim AS build
+# PYTHON_IMAGE: both stages' base (images/build.sh passes a local Debian one, built offline).
+ARG PYTHON_IMAGE=python:3.11-slim
+FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY app ./app
@@ -8,7 +9,7 @@ COPY agent ./agent
 COPY migrations ./migrations
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
-FROM python:${PYTHON_VERSION}-slim
+FROM ${PYTHON_IMAGE}
 ARG VERSION=0.1.0
 LABEL org.opencontainers.image.title="vdi-control" \
       org.opencontainers.image.description="Control plane for GPU remote-desktop sessions on Kubernetes" \

@@ -215,7 +215,13 @@ def test_bad_values_are_rejected_by_the_schema(values: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize(
-    "dockerfile", ["Dockerfile", "agent/Dockerfile", "agent/Dockerfile.selkies"]
+    "dockerfile",
+    [
+        "Dockerfile",
+        "agent/Dockerfile",
+        "agent/Dockerfile.selkies",
+        "images/python-base.Containerfile",
+    ],
 )
 def test_hadolint_passes(dockerfile: str) -> None:
     result = subprocess.run(
