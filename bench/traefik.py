@@ -176,12 +176,16 @@ class Traefik:
             if str(line.get("level", "")).lower() in ("error", "fatal", "panic")
         ]
 
-    async def routers(self) -> list[dict[str, Any]]:
+    async def _api(self, path: str) -> list[dict[str, Any]]:
         async with httpx.AsyncClient(timeout=5) as http:
-            response = await http.get(f"{self.api_url}/api/http/routers")
+            response = await http.get(f"{self.api_url}/api/{path}")
             response.raise_for_status()
-            routers: list[dict[str, Any]] = response.json()
-            return routers
+            found: list[dict[str, Any]] = response.json()
+            return found
+
+    async def routers(self) -> list[dict[str, Any]]:
+        """Traefik's HTTP routers, as its API says (name, rule, status, service, tls)."""
+        return await self._api("http/routers")
 
     async def router_for(self, host: str) -> dict[str, Any] | None:
         for router in await self.routers():
@@ -190,11 +194,8 @@ class Traefik:
         return None
 
     async def services(self) -> list[dict[str, Any]]:
-        async with httpx.AsyncClient(timeout=5) as http:
-            response = await http.get(f"{self.api_url}/api/http/services")
-            response.raise_for_status()
-            services: list[dict[str, Any]] = response.json()
-            return services
+        """Traefik's HTTP services, with their load balancers' server URLs."""
+        return await self._api("http/services")
 
 
 @contextlib.asynccontextmanager

@@ -203,6 +203,16 @@ def _invalid(kind: str, name: str, problems: list[tuple[str, str]]) -> k8s.Kuber
     )
 
 
+def _no_such_resource() -> k8s.KubernetesError:
+    """404 for a path the server does not serve (a kind, a group version)."""
+    return k8s.KubernetesError(
+        status=404,
+        reason="NotFound",
+        message="the server could not find the requested resource",
+        details={},
+    )
+
+
 def _not_found(kind: Kind, name: str) -> k8s.KubernetesError:
     return k8s.KubernetesError(
         status=404,
@@ -634,24 +644,14 @@ class FakeKubernetes(k8s.KubernetesEmulator):
             str(request.resource.group or ""), str(request.resource.version or "")
         )
         if document is None:
-            raise k8s.KubernetesError(
-                status=404,
-                reason="NotFound",
-                message="the server could not find the requested resource",
-                details={},
-            )
+            raise _no_such_resource()
         return document
 
     async def _serve_group(self, request: rendering.Request) -> Any:
         assert request.resource is not None
         document = resources.group(str(request.resource.group or ""))
         if document is None:
-            raise k8s.KubernetesError(
-                status=404,
-                reason="NotFound",
-                message="the server could not find the requested resource",
-                details={},
-            )
+            raise _no_such_resource()
         return document
 
     async def _serve_apis(self, request: rendering.Request) -> Any:
@@ -812,12 +812,7 @@ class FakeKubernetes(k8s.KubernetesEmulator):
             request.resource.group, request.resource.version, request.resource.plural
         )
         if kind is None:
-            raise k8s.KubernetesError(
-                status=404,
-                reason="NotFound",
-                message="the server could not find the requested resource",
-                details={},
-            )
+            raise _no_such_resource()
         return kind
 
     def _admit(self, request: rendering.Request, kind: Kind) -> None:
