@@ -96,9 +96,23 @@ class KubeCluster:
         self._executor = ThreadPoolExecutor(max_workers=CALL_THREADS, thread_name_prefix="vdi-kube")
 
     @classmethod
-    def for_host(cls, host: str, namespace: str, ingress_api_version: str) -> KubeCluster:
+    def for_host(
+        cls,
+        host: str,
+        namespace: str,
+        ingress_api_version: str,
+        token: str | None = None,
+        ca_file: str | None = None,
+    ) -> KubeCluster:
+        """A client of the API at `host` (the in-process fake: with its bearer token and the
+        file of its CA)."""
         configuration = client.Configuration(host=host)
         configuration.connection_pool_maxsize = POOL_CONNECTIONS
+        if ca_file is not None:
+            configuration.ssl_ca_cert = ca_file
+        if token is not None:
+            configuration.api_key = {"authorization": token}
+            configuration.api_key_prefix = {"authorization": "Bearer"}
         return cls(client.ApiClient(configuration), namespace, ingress_api_version)
 
     def close(self) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -89,22 +90,23 @@ class StandInAgent:
                 await asyncio.sleep(self.heartbeat_s)
 
 
-def announce_api(settings: Settings, url: str) -> None:
-    """Say where the in-process Kubernetes API is, so an operator can look at it with kubectl:
-    a kubeconfig in the data dir (owner-only) and a log line naming it."""
+def in_process_client(settings: Settings, fake: FakeKubernetes, url: str) -> KubeCluster:
+    """The server's client of its in-process API (HTTPS, its token, its CA in the data dir),
+    and a kubeconfig for kubectl beside it (owner-only), which the start-up line names."""
+    assert fake.token is not None
+    assert fake.ca_pem is not None
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    ca_file = settings.data_dir / "kube-ca.crt"
+    ca_file.write_bytes(fake.ca_pem)
     path = settings.data_dir / "kubeconfig"
-    try:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        path.unlink(missing_ok=True)
-        path.touch(mode=0o600)
-        write_kubeconfig(path, url, settings.namespace)
-    except OSError as error:
-        log.warning("cannot write the simulated cluster's kubeconfig", error=str(error))
-        return
+    write_kubeconfig(path, url, settings.namespace, fake.token, fake.ca_pem)
     log.info(
         "simulated cluster API: kubectl --kubeconfig " + str(path) + " get pods",
         api=url,
         kubeconfig=str(path),
+    )
+    return KubeCluster.for_host(
+        url, settings.namespace, settings.ingress_api_version, fake.token, str(ca_file)
     )
 
 
@@ -119,16 +121,14 @@ async def simulated_cluster(
             await agent.pod_running(pod)
 
     async with start_fake_cluster(
-        on_pod_running=pod_running, gpu_capacity=settings.simulated_gpus
-    ) as (
-        fake,
-        url,
-    ):
+        on_pod_running=pod_running,
+        gpu_capacity=settings.simulated_gpus,
+        token=secrets.token_urlsafe(32),
+    ) as (fake, url):
         agent = StandInAgent(
             fake, settings.namespace, heartbeat_s=max(1.0, settings.heartbeat_timeout_s / 3)
         )
-        announce_api(settings, url)
-        cluster = KubeCluster.for_host(url, settings.namespace, settings.ingress_api_version)
+        cluster = in_process_client(settings, fake, url)
         try:
             yield cluster, fake
         finally:
@@ -141,10 +141,12 @@ async def local_cluster(
     settings: Settings,
 ) -> AsyncIterator[tuple[KubeCluster, FakeKubernetes, LocalDesktops]]:
     """The fake API whose kubelet runs each session pod as local processes (app.cluster.local):
-    real desktops on this machine, no cluster."""
+    real desktops on this machine, no cluster. Only the server holds the API's token: another
+    local account (loopback reaches every one) reads no Secret and has no pod run."""
     tools = await asyncio.to_thread(find_tools, settings)
     desktops = LocalDesktops(settings, tools)
     async with start_fake_cluster(
+        token=secrets.token_urlsafe(32),
         on_pod_running=desktops.pod_running,
         on_pod_admitted=desktops.admitted,
         on_pod_terminating=desktops.pod_terminating,
@@ -153,8 +155,7 @@ async def local_cluster(
     ) as (fake, url):
         desktops.fake = fake
         await desktops.start()
-        announce_api(settings, url)
-        cluster = KubeCluster.for_host(url, settings.namespace, settings.ingress_api_version)
+        cluster = in_process_client(settings, fake, url)
         try:
             yield cluster, fake, desktops
         finally:

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 import stat
 from pathlib import Path
 
+import httpx
 import pytest
 
 from app.cluster.fake import FakeKubernetes, write_kubeconfig
@@ -203,10 +205,29 @@ async def test_the_simulated_cluster_writes_a_kubeconfig_for_kubectl(
     settings: Settings, tmp_path: Path
 ) -> None:
     settings = settings.model_copy(update={"data_dir": tmp_path / "data"})
-    async with simulated_cluster(settings):
+    async with simulated_cluster(settings) as (cluster, emulator):
         path = settings.data_dir / "kubeconfig"
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
         kubectl = Kubectl(path, tmp_path)
         assert "No resources found in vdi namespace" in await kubectl("get", "pods")
         nodes = rows(await kubectl("get", "nodes"))
         assert nodes[0]["STATUS"] == "Ready"
+        # The in-process API asks every caller for the server's token: another local account
+        # (which reaches loopback too) reads no Secret and runs no pod.
+        host = cluster.api_client.configuration.host
+        assert host.startswith("https://127.0.0.1:")  # as a real API server: TLS, a token
+        assert emulator.ca_pem is not None
+        trust = ssl.create_default_context(cadata=emulator.ca_pem.decode())
+        async with httpx.AsyncClient(base_url=host, verify=trust) as http:
+            for method, path_ in (
+                ("GET", "/api/v1/namespaces/vdi/secrets"),
+                ("POST", "/api/v1/namespaces/vdi/pods"),
+                ("GET", "/api/v1"),
+                ("GET", "/openapi/v3"),
+            ):
+                refused = await http.request(method, path_, json={})
+                assert refused.status_code == 401, (method, path_, refused.text)
+            wrong = await http.get(
+                "/api/v1/namespaces/vdi/secrets", headers={"Authorization": "Bearer guess"}
+            )
+            assert wrong.status_code == 401

@@ -18,10 +18,13 @@ import contextvars
 import datetime
 import functools
 import hashlib
+import hmac
 import json
 import math
 import random
 import re
+import ssl
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
@@ -39,7 +42,7 @@ from kmock._internal import aiobus, enums, k8s, k8s_dicts, rendering
 from sortedcontainers import SortedDict
 
 from app import k8s_rules
-from app.cluster.fake import openapi, resources, selectors, tables
+from app.cluster.fake import openapi, resources, selectors, tables, tls
 from app.cluster.fake.resources import Kind
 
 K8S_VERSION = "1.33"
@@ -310,6 +313,10 @@ class FakeKubernetes(k8s.KubernetesEmulator):
     # The address the kubelet gives a pod that starts (an end-to-end test gives its network
     # namespace's); None or unset: the next of the pod network's, 10.42.0.0/16.
     pod_ip: Callable[[dict[str, Any]], str | None] | None = None
+    # A bearer token every request must carry (401 otherwise), as a real API server asks of
+    # its clients; None: open (tests on loopback).
+    token: str | None = attrs.field(default=None, repr=False)
+    ca_pem: bytes | None = attrs.field(default=None, init=False)  # its CA, when it has TLS
     _ips_given: int = attrs.field(default=0, init=False)
     _cluster_ips_given: int = attrs.field(default=0, init=False)
     # The EndpointSlice controller's indexes: pods by (namespace, label, value); services by
@@ -636,6 +643,25 @@ class FakeKubernetes(k8s.KubernetesEmulator):
         if key in self.objects:
             del self.objects[key]
 
+    async def _render_error(self, exc: Exception) -> aiohttp.web.StreamResponse:
+        """A Status as the API server writes it; no traceback for its own refusals (kmock adds
+        one where `details` is empty)."""
+        if isinstance(exc, k8s.KubernetesError):
+            return aiohttp.web.json_response(
+                {
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "metadata": {},
+                    "status": "Failure",
+                    "message": exc.message or "",
+                    "reason": exc.reason or "",
+                    "details": exc.details or {},
+                    "code": exc.status,
+                },
+                status=exc.status or 500,
+            )
+        return await super()._render_error(exc)
+
     # --- discovery and the OpenAPI documents --------------------------------------------
 
     async def _serve_version(self, request: rendering.Request) -> Any:
@@ -723,6 +749,14 @@ class FakeKubernetes(k8s.KubernetesEmulator):
             _CURRENT_REQUEST.reset(token)
 
     async def _serve(self, request: rendering.Request) -> Any:
+        if self.token is not None:
+            given = next(
+                (v for k, v in request.headers.items() if k.lower() == "authorization"), ""
+            )
+            if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
+                raise k8s.KubernetesError(
+                    status=401, reason="Unauthorized", message="Unauthorized", details={}
+                )
         hold_s = 0.0
         if request.url.path.startswith("/openapi/"):
             return self._serve_openapi(request)
@@ -1608,18 +1642,38 @@ def _container_status(
     }
 
 
-def write_kubeconfig(path: Path, server: str, namespace: str | None = None) -> Path:
-    """A kubeconfig that points the real client (or `vdi-control serve`) at a fake API."""
+def write_kubeconfig(
+    path: Path,
+    server: str,
+    namespace: str | None = None,
+    token: str | None = None,
+    ca_pem: bytes | None = None,
+) -> Path:
+    """A kubeconfig that points the real client (or `vdi-control serve`, or kubectl) at a fake
+    API; owner-only when it carries a token."""
     context: dict[str, str] = {"cluster": "fake", "user": "fake"}
     if namespace:
         context["namespace"] = namespace
+    if token is not None:
+        path.unlink(missing_ok=True)
+        path.touch(mode=0o600)
     path.write_text(
         yaml.safe_dump(
             {
                 "apiVersion": "v1",
                 "kind": "Config",
-                "clusters": [{"name": "fake", "cluster": {"server": server}}],
-                "users": [{"name": "fake", "user": {}}],
+                "clusters": [
+                    {
+                        "name": "fake",
+                        "cluster": {"server": server}
+                        | (
+                            {"certificate-authority-data": base64.b64encode(ca_pem).decode()}
+                            if ca_pem
+                            else {}
+                        ),
+                    }
+                ],
+                "users": [{"name": "fake", "user": {"token": token} if token else {}}],
                 "contexts": [{"name": "fake", "context": context}],
                 "current-context": "fake",
             }
@@ -1630,10 +1684,35 @@ def write_kubeconfig(path: Path, server: str, namespace: str | None = None) -> P
 
 @asynccontextmanager
 async def start_fake_cluster(**options: Any) -> AsyncIterator[tuple[FakeKubernetes, str]]:
-    """A FakeKubernetes served on a loopback port: (fake, base URL for the kubernetes client)."""
+    """A FakeKubernetes served on a loopback port: (fake, base URL for the kubernetes client).
+    With a `token`, as a real API server: HTTPS (a CA made for it, `fake.ca_pem`) and the
+    bearer token asked of every request (clients do not send tokens over plain HTTP)."""
     fake = FakeKubernetes(**options)
-    async with fake, kmock.Server(fake) as server:
-        yield fake, str(server.url).rstrip("/")
+    if fake.token is None:
+        async with fake, kmock.Server(fake) as server:
+            yield fake, str(server.url).rstrip("/")
+        return
+    certificates = tls.make_certificates(
+        "vdi-control in-process API", dns_names=("localhost",), ip_addresses=("127.0.0.1",)
+    )
+    fake.ca_pem = certificates.ca_pem
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    with tempfile.TemporaryDirectory(prefix="vdi-fake-tls-") as tmp:  # 0700, gone after load
+        cert, key = Path(tmp) / "tls.crt", Path(tmp) / "tls.key"
+        cert.write_bytes(certificates.cert_pem)
+        key.write_bytes(certificates.key_pem)
+        context.load_cert_chain(cert, key)
+    async with fake:
+        # open watches are cut at shutdown, not waited for (aiohttp's default: 60 s)
+        runner = aiohttp.web.ServerRunner(aiohttp.web.Server(fake), shutdown_timeout=1.0)
+        await runner.setup()
+        site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+        await site.start()
+        try:
+            port = runner.addresses[0][1]
+            yield fake, f"https://127.0.0.1:{port}"
+        finally:
+            await runner.cleanup()
 
 
 __all__ = ["FakeKubernetes", "FaultPlan", "start_fake_cluster", "write_kubeconfig"]
