@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import signal
 import sys
@@ -39,6 +40,42 @@ def database(settings: Settings) -> Iterator[str]:
     finally:
         server.stop()
         log.info("embedded postgres stopped")
+
+
+@contextmanager
+def data_dir_lock(settings: Settings, command: str) -> Iterator[None]:
+    """One server per data dir: an exclusive lock on `<data dir>/serve.lock`, held while the
+    command runs (the kernel drops it when the process dies, however it dies). A second
+    `serve` (or a `migrate` beside a running server) stops with an error naming the holder,
+    instead of joining its embedded Postgres and ending its sessions as a previous run's."""
+    import fcntl
+    import os
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    path = settings.data_dir / "serve.lock"
+    handle = path.open("a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            _fail(
+                f"the data dir {settings.data_dir} is in use by vdi-control ({holder}): one "
+                "server per data dir. Stop that one, or give this one its own VDI_DATA_DIR."
+            )
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}, {command}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
+def _uses_data_dir(settings: Settings) -> bool:
+    """The embedded database, or an in-process cluster (its desktops, its kubeconfig)."""
+    return settings.database_url is None or settings.cluster in ("local", "simulated")
 
 
 def ensure_schema(settings: Settings, url: str) -> None:
@@ -95,7 +132,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
     # uvicorn re-raises SIGTERM once it has shut down; make that an exception, so the embedded
     # database below is stopped instead of the process dying on the default handler.
     signal.signal(signal.SIGTERM, _exit_on_signal)
-    with database(settings) as url:
+    with contextlib.ExitStack() as stack:
+        if _uses_data_dir(settings):
+            stack.enter_context(data_dir_lock(settings, "serve"))
+        url = stack.enter_context(database(settings))
         ensure_schema(settings, url)
         uvicorn.run(
             create_app(settings, url),
@@ -112,7 +152,10 @@ def cmd_migrate(_args: argparse.Namespace) -> None:
 
     settings = _settings()
     configure_logging(settings.log_level, json=settings.log_json)
-    with database(settings) as url:
+    with contextlib.ExitStack() as stack:
+        if settings.database_url is None:  # the embedded one: not beside a running server
+            stack.enter_context(data_dir_lock(settings, "migrate"))
+        url = stack.enter_context(database(settings))
         upgrade(url)
         current, _head = schema_status(url)
         print(f"schema at {current}")

@@ -192,3 +192,43 @@ def test_serve_on_the_embedded_database_starts_and_stops_it(tmp_path: Path) -> N
     assert all(_gone(proc) for proc in postgres), "the embedded postgres is still running"
     assert (data_dir / "secret_key").exists()
     assert (data_dir / "postgres" / "PG_VERSION").exists()
+
+
+def test_a_second_server_on_the_same_data_dir_is_refused_and_the_first_keeps_its_sessions(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "data"
+    port = free_port()
+    token = "vdi_" + "y" * 40
+    env = environment(
+        VDI_DATA_DIR=str(data_dir), VDI_BOOTSTRAP_TOKEN=token, VDI_CLUSTER="simulated"
+    )
+    admin = {"Authorization": f"Bearer {token}"}
+    base = f"http://127.0.0.1:{port}"
+    with serving(env, port) as first:
+        wait_ready(port, first)
+        httpx.put(f"{base}/v1/templates/cpu", json={"image": "i", "gpu": 0}, headers=admin)
+        session = httpx.post(
+            f"{base}/v1/sessions", json={"user": "dev", "template": "cpu"}, headers=admin
+        ).json()
+        second = subprocess.run(
+            [*VDI, "serve", "--port", str(free_port())],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode == 2
+        assert f"in use by vdi-control (pid {first.pid}, serve)" in second.stderr
+        assert "one server per data dir" in second.stderr
+        migrating = subprocess.run(
+            [*VDI, "migrate"], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert migrating.returncode == 2, migrating.stderr
+        # the first server still serves, and its session was not ended as a previous run's
+        assert wait_ready(port, first).status_code == 200
+        events = httpx.get(f"{base}/v1/sessions/{session['id']}/events", headers=admin).json()
+        assert "ControlPlaneRestarted" not in [e["reason"] for e in events["items"]]
+        assert httpx.get(f"{base}/v1/sessions/{session['id']}", headers=admin).json()[
+            "phase"
+        ] not in ("Terminating", "Terminated")
