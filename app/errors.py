@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any, ClassVar
 
 import asyncpg
@@ -180,6 +181,10 @@ def _database_unavailable(request: Request) -> JSONResponse:
 # admin/crash shutdown and "the database system is starting up" (57P01-57P03), too many
 # connections (53300). asyncpg raises the last ones as plain errors, not OperationalError.
 AWAY_SQLSTATES = {"57P01", "57P02", "57P03", "53300"}
+# The database is there but cannot take writes: disk full (53100), out of memory (53200). Also
+# a 503: retry later; /readyz says not ready for a while after one (app/ops/router.py).
+FULL_SQLSTATES = {"53100", "53200"}
+DATABASE_FULL_READY_S = 30.0  # how long /readyz says not ready after the database said full
 
 
 def database_away(exc: DBAPIError) -> bool:
@@ -192,8 +197,27 @@ def database_away(exc: DBAPIError) -> bool:
 
 
 def _away_sqlstate(sqlstate: object) -> bool:
-    """Shutting down, starting up, out of connections, or a connection exception (08xxx)."""
-    return isinstance(sqlstate, str) and (sqlstate in AWAY_SQLSTATES or sqlstate.startswith("08"))
+    """Shutting down, starting up, out of connections, out of disk or memory, or a connection
+    exception (08xxx)."""
+    return isinstance(sqlstate, str) and (
+        sqlstate in AWAY_SQLSTATES or sqlstate in FULL_SQLSTATES or sqlstate.startswith("08")
+    )
+
+
+def _sqlstate(exc: BaseException) -> object:
+    orig = getattr(exc, "orig", None) or exc
+    return getattr(orig, "sqlstate", None) or getattr(
+        getattr(orig, "__cause__", None), "sqlstate", None
+    )
+
+
+def _note_full(request: Request, exc: BaseException) -> None:
+    """A database out of disk (or memory): remembered, so that /readyz says not ready."""
+    if _sqlstate(exc) in FULL_SQLSTATES:
+        request.app.state.database_full_at = time.monotonic()
+        log.error(
+            "the database is out of space (or memory): writes refused", sqlstate=_sqlstate(exc)
+        )
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -229,6 +253,7 @@ def install_error_handlers(app: FastAPI) -> None:
         # Anything else (a constraint we did not expect, bad SQL) stays a 500.
         if not database_away(exc):
             raise exc
+        _note_full(request, exc)
         log.warning("database unavailable", error=type(exc.orig).__name__ if exc.orig else None)
         return _database_unavailable(request)
 
@@ -238,6 +263,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _postgres_error(request: Request, exc: asyncpg.PostgresError) -> JSONResponse:
         if not _away_sqlstate(getattr(exc, "sqlstate", None)):
             raise exc
+        _note_full(request, exc)
         log.warning("database unavailable", error=type(exc).__name__)
         return _database_unavailable(request)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import structlog
 from fastapi import APIRouter, Request, Response
@@ -10,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from sqlalchemy import text
 
-from app.errors import ServiceUnavailable, problem_responses
+from app.errors import DATABASE_FULL_READY_S, ServiceUnavailable, problem_responses
 from app.sessions.schemas import Phase
 from app.sessions.service import phase_counts
 
@@ -44,6 +45,11 @@ async def readyz(request: Request) -> Health:
     except Exception as error:
         log.warning("not ready: database", error=type(error).__name__)
         raise ServiceUnavailable("The database does not answer", retry_after_s=5) from None
+    full_at = getattr(request.app.state, "database_full_at", None)
+    if full_at is not None and time.monotonic() - full_at < DATABASE_FULL_READY_S:
+        raise ServiceUnavailable(
+            "The database refused a write for lack of disk space (or memory)", retry_after_s=10
+        )
     checks = {"database": "ok"}
     reconciler = getattr(request.app.state, "reconciler", None)
     if reconciler is not None and not reconciler.watch_connected.is_set():

@@ -410,3 +410,26 @@ async def test_the_heartbeat_pool_meeting_the_database_away_is_a_503_not_a_500(
     assert answered.status_code == 503
     assert answered.headers["retry-after"]
     assert answered.headers["content-type"] == "application/problem+json"
+
+
+async def test_a_full_database_disk_is_a_503_and_readyz_says_not_ready(
+    client: httpx.AsyncClient,
+    make_session: MakeSession,
+    set_phase: SetPhase,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SQLSTATE 53100 (No space left on device): retry later, not a 500, and not ready."""
+    session = await make_session()
+    await set_phase(session["id"], "Provisioning", "Starting")
+    assert (await client.get("/readyz")).status_code == 200
+
+    async def disk_full(*_args: Any) -> None:
+        raise asyncpg.DiskFullError("could not extend file: No space left on device")
+
+    monkeypatch.setattr(service, "heartbeat", disk_full)
+    answered = await report(client, session["id"], READY)
+    assert answered.status_code == 503
+    assert answered.headers["retry-after"]
+    ready = await client.get("/readyz")
+    assert ready.status_code == 503
+    assert "disk space" in ready.json()["detail"]
