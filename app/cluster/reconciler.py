@@ -73,6 +73,11 @@ POD_EVENT_REASONS = frozenset(
     }
 )
 EVENT_BATCH_WAIT_S = 0.05
+# Whose events are forwarded into a session's log: the scheduler's and the kubelets' only (any
+# principal that may create Events in the namespace could write others).
+TRUSTED_EVENT_SOURCES = frozenset({"default-scheduler", "kubelet"})
+# An event may come before this replica has seen its pod: it waits this long for the pod's uid.
+EVENT_UID_WAIT_S = 10.0
 
 
 Apply = Callable[[AsyncSession, VDISession, datetime], Awaitable[datetime | None]]
@@ -148,7 +153,8 @@ class Reconciler:
         self._in_flight: set[asyncio.Task[None]] = set()
         self._pool_in_flight: set[asyncio.Task[None]] = set()
         self.pools = PoolKeeper(settings, sessionmaker, cluster, wake=self.wake, on_ready=on_ready)
-        self._pod_events: list[manifests.Manifest] = []
+        self._pod_events: list[tuple[float, manifests.Manifest]] = []  # (queued at, event)
+        self._pod_uids: dict[str, str] = {}  # session pod name -> uid, from the pod watch
         self._pod_events_queued = asyncio.Event()
 
     # --- running ---------------------------------------------------------------------------
@@ -489,11 +495,14 @@ class Reconciler:
         already record. Sessions are read in chunks without locks; the few that differ go
         through the locking path."""
         self._observed.clear()
+        # the uids come again with the list; those of pods seen deleted are kept a while
+        self._pod_uids = {n: u for n, u in self._pod_uids.items() if n in self._gone_pods}
         seen = []
         for pod in pods:
             observation = manifests.observe_pod(pod)
             if observation.session_id is not None:
                 seen.append((pod.get("metadata", {}).get("name", ""), observation))
+                self._remember_uid(pod)
         for start in range(0, len(seen), RELIST_CHUNK):
             chunk = seen[start : start + RELIST_CHUNK]
             async with self.sessionmaker() as db:
@@ -514,6 +523,7 @@ class Reconciler:
         if seen.session_id is None:
             return
         name = pod.get("metadata", {}).get("name", "")
+        self._remember_uid(pod)  # kept after its deletion: its last events come after
         if deleted:
             self._gone_pods[name] = asyncio.get_running_loop().time()
         facts = (deleted, seen.scheduled, seen.failure_reason)
@@ -525,10 +535,16 @@ class Reconciler:
         else:
             self._observed[name] = facts  # after the write: a failed write is tried again
 
+    def _remember_uid(self, pod: manifests.Manifest) -> None:
+        metadata = pod.get("metadata") or {}
+        if metadata.get("name") and metadata.get("uid"):
+            self._pod_uids[str(metadata["name"])] = str(metadata["uid"])
+
     def _prune_gone_pods(self) -> None:
         horizon = asyncio.get_running_loop().time() - GONE_PODS_KEPT_S
         for name in [n for n, at in self._gone_pods.items() if at < horizon]:
             del self._gone_pods[name]
+            self._pod_uids.pop(name, None)
 
     async def _apply_observation(self, seen: manifests.PodObservation, *, deleted: bool) -> None:
         assert seen.session_id is not None
@@ -597,7 +613,8 @@ class Reconciler:
                     metadata = event.object.get("metadata") or {}
                     version = str(metadata.get("resourceVersion") or version)
                     if event.type == "ADDED" and event.object.get("reason") in POD_EVENT_REASONS:
-                        self._pod_events.append(event.object)
+                        queued_at = asyncio.get_running_loop().time()
+                        self._pod_events.append((queued_at, event.object))
                         self._pod_events_queued.set()
             except asyncio.CancelledError:
                 raise
@@ -614,7 +631,19 @@ class Reconciler:
             await asyncio.sleep(EVENT_BATCH_WAIT_S)  # let a burst gather
             self._pod_events_queued.clear()
             batch, self._pod_events = self._pod_events, []
-            rows = [row for row in map(_pod_event_row, batch) if row is not None]
+            rows, waiting = [], []
+            now = asyncio.get_running_loop().time()
+            for queued_at, event in batch:
+                verdict = self._event_is_the_pods(event)
+                if verdict and (row := _pod_event_row(event)) is not None:
+                    rows.append(row)
+                elif verdict is None and now - queued_at < EVENT_UID_WAIT_S:
+                    waiting.append((queued_at, event))  # its pod not seen yet here
+            if waiting:
+                self._pod_events.extend(waiting)
+                self._pod_events_queued.set()
+            if not rows:
+                continue
             try:
                 async with self.sessionmaker() as db, db.begin():
                     await repository.add_pod_events(db, rows, utcnow())
@@ -622,6 +651,18 @@ class Reconciler:
                 raise
             except Exception:
                 log.exception("pod events not recorded", events=len(rows))
+
+    def _event_is_the_pods(self, event: manifests.Manifest) -> bool | None:
+        """Whether an event is the scheduler's or a kubelet's about the session pod itself (its
+        uid, not only its name); None while this replica has not seen that pod yet."""
+        source = (event.get("source") or {}).get("component") or event.get("reportingComponent")
+        if source not in TRUSTED_EVENT_SOURCES:
+            return False
+        involved = event.get("involvedObject") or {}
+        known = self._pod_uids.get(str(involved.get("name") or ""))
+        if known is None:
+            return None
+        return bool(involved.get("uid")) and involved.get("uid") == known
 
     # --- orphans ------------------------------------------------------------------------------
 

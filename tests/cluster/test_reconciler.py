@@ -437,3 +437,60 @@ async def test_readyz_waits_for_the_pod_watch(cluster_app: FastAPI, api: httpx.A
 
 async def _ready(api: httpx.AsyncClient) -> bool:
     return (await api.get("/readyz")).status_code == 200
+
+
+async def test_only_the_schedulers_and_kubelets_events_about_the_pod_itself_are_forwarded(
+    cluster_app: FastAPI, api: httpx.AsyncClient, fake: Fake, new_session: NewSession
+) -> None:
+    """Anyone who may create Events in the namespace could write into a session's log: only
+    events whose involved object is the session pod (its uid) and whose source is the
+    scheduler or a kubelet are kept."""
+    emulator, cluster = fake
+    session = await new_session("erin")
+    name = name_of(session["id"])
+
+    async def pod_uid() -> str | None:
+        pod = emulator.find("pods", "vdi", name)
+        return None if pod is None else str(pod["metadata"]["uid"])
+
+    uid = await eventually(pod_uid)
+
+    async def forwarded() -> list[str]:
+        listed = await api.get(f"/v1/sessions/{session['id']}/events", headers=ADMIN)
+        return [e["message"] for e in listed.json()["items"] if e["type"] == "PodEvent"]
+
+    await eventually(lambda: _has(forwarded, "Started container desktop"))
+
+    def event(suffix: str, involved_uid: str, component: str) -> dict[str, Any]:
+        return {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{name}.forged{suffix}", "namespace": "vdi"},
+            "involvedObject": {
+                "kind": "Pod",
+                "name": name,
+                "namespace": "vdi",
+                "uid": involved_uid,
+            },
+            "reason": "Pulled",
+            "message": f"message {suffix}",
+            "type": "Normal",
+            "source": {"component": component},
+            "count": 1,
+        }
+
+    for suffix, involved_uid, component in (
+        ("a", str(uuid.uuid4()), "kubelet"),  # another pod of that name (or none)
+        ("b", uid, "mallory"),  # not the scheduler's nor a kubelet's
+        ("c", uid, "kubelet"),  # the pod's own kubelet
+    ):
+        await cluster.create("Event", event(suffix, involved_uid, component))
+    await eventually(lambda: _has(forwarded, "message c"))
+    await asyncio.sleep(0.3)  # had the others been forwarded, they would be by now
+    messages = await forwarded()
+    assert "message a" not in messages
+    assert "message b" not in messages
+
+
+async def _has(listing: Callable[[], Awaitable[list[str]]], wanted: str) -> bool:
+    return wanted in await listing()
