@@ -37,6 +37,17 @@ def json_depth(body: bytes) -> int:
     return deepest
 
 
+# UTF-16 and UTF-32 byte order marks (UTF-32 LE starts as UTF-16 LE's); a UTF-8 one may be
+# ignored (RFC 8259) and is: the bytes after it are scanned as they are parsed.
+BYTE_ORDER_MARKS = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")
+
+
+def _not_utf8_json(body: bytes) -> bool:
+    """UTF-16 or UTF-32: NUL bytes (never in UTF-8 JSON, where a NUL must be escaped) or their
+    byte order mark."""
+    return b"\x00" in body or body.startswith(BYTE_ORDER_MARKS)
+
+
 def unstorable(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
     """(dotted field path, the bad character named) for each string that cannot be stored."""
     if isinstance(value, str):
@@ -91,6 +102,19 @@ class TextGuardMiddleware:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
+        if _not_utf8_json(body):
+            # json.loads would detect UTF-16 or UTF-32 by itself (and decode a \u0000 this
+            # guard did not see); JSON between systems is UTF-8 (RFC 8259 section 8.1).
+            response = problem_response(
+                None,
+                status=415,
+                slug="unsupported-encoding",
+                title="Unsupported media type",
+                detail="The JSON body must be UTF-8 (RFC 8259); it has NUL bytes or a "
+                "UTF-16/UTF-32 byte order mark",
+            )
+            await response(scope, receive, send)
+            return
         # Most bodies (a heartbeat) need neither scan: fewer brackets than the depth limit
         # cannot nest deeper, and in JSON text a NUL or a lone surrogate can only be written
         # as a \u escape.

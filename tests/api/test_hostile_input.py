@@ -145,3 +145,30 @@ async def test_user_names_that_are_not_dns_labels_are_refused(
     assert error["field"] == "user"
     assert any(hint in error["message"] for hint in ("DNS label", "at least", "at most 63"))
     assert await _stored(client) == stored
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-32", "utf-32-be"])
+async def test_a_json_body_not_in_utf8_is_a_415_and_stores_nothing(
+    client: httpx.AsyncClient, stored: tuple[Any, Any, Any], encoding: str
+) -> None:
+    """json.loads reads UTF-16/32 by itself, so a \\u0000 or deep nesting in them would pass a
+    guard that scans the bytes as UTF-8: such bodies are refused before any parser."""
+    text = '{"name": "nul\\u0000in utf-16", "scopes": ["sessions:read"]}'
+    response = await client.post(
+        "/v1/tokens",
+        content=text.encode(encoding),
+        headers={**ADMIN, "Content-Type": "application/json"},
+    )
+    assert response.status_code == 415
+    assert response.headers["content-type"] == PROBLEM
+    assert "UTF-8" in response.json()["detail"]
+    deep = ("[" * 40 + "]" * 40).encode(encoding)
+    assert (
+        await client.put(
+            "/v1/templates/deep",
+            content=deep,
+            headers={**ADMIN, "Content-Type": "application/json"},
+        )
+    ).status_code == 415
+    sessions, templates, tokens = await _stored(client)
+    assert (sessions, templates, tokens) == stored
