@@ -9,7 +9,8 @@ CGNAT and a public-range address. Prints, as JSON, which peers coturn refused (4
 permission) and which received the datagram; also what a TCP allocation (RFC 6062) and an
 expired credential get.
 
-    .venv/bin/python -m bench.turn_peers --args-json '["-n", "--use-auth-secret", ...]'
+    .venv/bin/python -m bench.turn_peers --args-json '["-c", "/run/coturn/turnserver.conf", ...]' \
+        --secret-command-json '["sh", "-c", "..."]'
 """
 
 from __future__ import annotations
@@ -66,10 +67,24 @@ def set_up_network() -> None:
         subprocess.run(command.split(), check=True, capture_output=True)
 
 
+CONFIG_DIR = "/run/coturn"  # the chart's memory volume for coturn's config file
+
+
+def write_secret_file(command: list[str], secret: str, workdir: Path) -> None:
+    """The chart's init container: its command, with the secret in its environment, writing
+    into `workdir` instead of the pod's /run/coturn volume."""
+    script = [part.replace(CONFIG_DIR, str(workdir)) for part in command]
+    subprocess.run(script, env={"PATH": "/usr/bin:/bin", "VDI_TURN_SECRET": secret}, check=True)
+
+
 def coturn_command(chart_args: list[str], secret: str, workdir: Path) -> list[str]:
-    """The chart's arguments as the kubelet expands them ($(VAR) from the container's env)."""
+    """The chart's arguments as the kubelet expands them ($(VAR) from the container's env),
+    its config file in `workdir`."""
     expanded = [
-        a.replace("$(VDI_TURN_SECRET)", secret).replace("$(POD_IP)", POD_IP) for a in chart_args
+        a.replace("$(VDI_TURN_SECRET)", secret)
+        .replace("$(POD_IP)", POD_IP)
+        .replace(CONFIG_DIR, str(workdir))
+        for a in chart_args
     ]
     return [
         "turnserver",
@@ -196,13 +211,14 @@ async def probe(port: int, secret: str) -> dict[str, Any]:
     return report
 
 
-def run(chart_args: list[str]) -> dict[str, Any]:
+def run(chart_args: list[str], secret_command: list[str]) -> dict[str, Any]:
     secret = "turn-" + os.urandom(24).hex()
     port = next(
         (int(a.split("=", 1)[1]) for a in chart_args if a.startswith("--listening-port=")), 3478
     )
     with tempfile.TemporaryDirectory(prefix="vdi-turn-peers-") as tmp:
         workdir = Path(tmp)
+        write_secret_file(secret_command, secret, workdir)
         command = coturn_command(chart_args, secret, workdir)
         log = workdir / "coturn.log"
         with log.open("wb") as out:
@@ -215,7 +231,8 @@ def run(chart_args: list[str]) -> dict[str, Any]:
             report = asyncio.run(probe(port, secret))
         finally:
             _stop(process)
-        report["coturn_arguments"] = [a for a in command if secret not in a]
+        report["coturn_arguments"] = command
+        report["secret_in_arguments"] = any(secret in a for a in command)
         return report
 
 
@@ -223,11 +240,16 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--args-json", required=True, help="coturn's arguments, a JSON list")
+    parser.add_argument(
+        "--secret-command-json",
+        required=True,
+        help="the init container's command that writes the secret file, a JSON list",
+    )
     args = parser.parse_args(argv)
     if os.environ.get(IN_NETNS) != "1":
         reexec_in_private_network(argv, module="bench.turn_peers")
     set_up_network()
-    print(json.dumps(run(json.loads(args.args_json))))
+    print(json.dumps(run(json.loads(args.args_json), json.loads(args.secret_command_json))))
     return 0
 
 

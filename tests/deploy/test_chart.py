@@ -141,12 +141,22 @@ def test_coturn_uses_the_shared_secret_with_use_auth_secret() -> None:
     [coturn] = [
         d for d in by_kind(objects, "Deployment") if d["metadata"]["name"].endswith("coturn")
     ]
-    [container] = coturn["spec"]["template"]["spec"]["containers"]
+    pod = coturn["spec"]["template"]["spec"]
+    [container] = pod["containers"]
     assert "--use-auth-secret" in container["args"]
-    assert "--static-auth-secret=$(VDI_TURN_SECRET)" in container["args"]
+    # The secret never in coturn's argv (readable by every user on the node): a config file
+    # that an init container writes from the Secret on a memory volume.
+    assert not any("secret" in arg and "=" in arg for arg in container["args"]), container["args"]
+    assert container["args"][:2] == ["-c", "/run/coturn/turnserver.conf"]
     env = {e["name"]: e["valueFrom"] for e in container["env"]}
-    assert env["VDI_TURN_SECRET"]["secretKeyRef"]["key"] == "VDI_TURN_SECRET"
+    assert "VDI_TURN_SECRET" not in env
     assert env["POD_IP"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    [init] = pod["initContainers"]
+    init_env = {e["name"]: e["valueFrom"] for e in init["env"]}
+    assert init_env["VDI_TURN_SECRET"]["secretKeyRef"]["key"] == "VDI_TURN_SECRET"
+    assert "$VDI_TURN_SECRET" in init["command"][-1]  # the name in the script, not the value
+    [volume] = pod["volumes"]
+    assert volume["emptyDir"]["medium"] == "Memory"
     [service] = [s for s in by_kind(objects, "Service") if s["metadata"]["name"].endswith("coturn")]
     assert service["spec"]["ports"][0] == {
         "name": "turn-udp",
@@ -156,12 +166,23 @@ def test_coturn_uses_the_shared_secret_with_use_auth_secret() -> None:
     }
 
 
-def coturn_args(values: dict[str, Any]) -> list[str]:
+def coturn_pod(values: dict[str, Any]) -> dict[str, Any]:
     [coturn] = [
         d for d in by_kind(render(values), "Deployment") if d["metadata"]["name"].endswith("coturn")
     ]
-    args: list[str] = coturn["spec"]["template"]["spec"]["containers"][0]["args"]
+    pod: dict[str, Any] = coturn["spec"]["template"]["spec"]
+    return pod
+
+
+def coturn_args(values: dict[str, Any]) -> list[str]:
+    args: list[str] = coturn_pod(values)["containers"][0]["args"]
     return args
+
+
+def coturn_secret_command(values: dict[str, Any]) -> list[str]:
+    """The init container's command that writes coturn's secret file."""
+    command: list[str] = coturn_pod(values)["initContainers"][0]["command"]
+    return command
 
 
 def test_coturn_refuses_private_and_cluster_peers_and_tcp_relaying_by_default() -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.deploy.test_chart import coturn_args
+from tests.deploy.test_chart import coturn_args, coturn_secret_command
 from tests.tools import bench_report, tool
 
 
@@ -18,7 +18,12 @@ def relay() -> dict[str, Any]:
     for name in ("turnserver", "unshare", "ip"):
         tool(name)
     return bench_report(
-        "bench.turn_peers", "--args-json", json.dumps(coturn_args({})), timeout_s=120
+        "bench.turn_peers",
+        "--args-json",
+        json.dumps(coturn_args({})),
+        "--secret-command-json",
+        json.dumps(coturn_secret_command({})),
+        timeout_s=120,
     )
 
 
@@ -59,3 +64,11 @@ def test_relay_to_relay_still_works(relay: dict[str, Any]) -> None:
 def test_no_tcp_relay_and_no_expired_credential(relay: dict[str, Any]) -> None:
     assert relay["tcp_allocation"] == "refused 442"  # Unsupported Transport Protocol
     assert relay["expired_credential"] == "refused 401"
+
+
+def test_the_shared_secret_reaches_coturn_by_a_file_not_its_arguments(
+    relay: dict[str, Any],
+) -> None:
+    # the relay works (above) with the secret only in the file the init container wrote
+    assert relay["secret_in_arguments"] is False
+    assert relay["peers"]["public"]["permission"] == "granted"
