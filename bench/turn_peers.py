@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -229,6 +230,12 @@ def run(chart_args: list[str], secret_command: list[str]) -> dict[str, Any]:
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"coturn did not start: {log.read_text()[-2000:]}")
             report = asyncio.run(probe(port, secret))
+            # what the chart's probes connect to: coturn's TCP listener on its port
+            try:
+                socket.create_connection((POD_IP, port), timeout=2).close()
+                report["tcp_listening"] = True
+            except OSError:
+                report["tcp_listening"] = False
         finally:
             _stop(process)
         report["coturn_arguments"] = command

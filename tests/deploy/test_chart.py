@@ -249,3 +249,19 @@ def test_hadolint_passes(dockerfile: str) -> None:
         [tool("hadolint"), str(REPO / dockerfile)], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_coturn_has_probes_and_the_migration_job_has_resources() -> None:
+    pod = coturn_pod({})
+    [container] = pod["containers"]
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["tcpSocket"]["port"] == "turn-tcp", container
+    ports = {p["name"]: (p["containerPort"], p["protocol"]) for p in container["ports"]}
+    assert ports["turn-tcp"] == (3478, "TCP")
+    # a ResourceQuota refuses a pod without requests and limits
+    [job] = by_kind(render({}), "Job")
+    [migrate] = job["spec"]["template"]["spec"]["containers"]
+    assert set(migrate["resources"]) == {"requests", "limits"}
+    assert {"cpu", "memory"} <= set(migrate["resources"]["limits"])
+    for init in pod["initContainers"]:
+        assert set(init["resources"]) == {"requests", "limits"}

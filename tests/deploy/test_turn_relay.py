@@ -72,3 +72,7 @@ def test_the_shared_secret_reaches_coturn_by_a_file_not_its_arguments(
     # the relay works (above) with the secret only in the file the init container wrote
     assert relay["secret_in_arguments"] is False
     assert relay["peers"]["public"]["permission"] == "granted"
+
+
+def test_coturn_listens_on_tcp_where_the_charts_probes_connect(relay: dict[str, Any]) -> None:
+    assert relay["tcp_listening"] is True
