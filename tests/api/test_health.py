@@ -391,6 +391,21 @@ async def test_the_heartbeat_lane_answers_as_the_route_does(
     assert 'route="/v1/sessions/{session_id}/health"' in metrics  # labelled as the route
 
 
+async def report_meeting(
+    client: httpx.AsyncClient,
+    session_id: str,
+    monkeypatch: pytest.MonkeyPatch,
+    error: asyncpg.PostgresError,
+) -> httpx.Response:
+    """A ready report whose heartbeat statement meets `error` from the database."""
+
+    async def failing(*_args: Any) -> None:
+        raise error
+
+    monkeypatch.setattr(service, "heartbeat", failing)
+    return await report(client, session_id, READY)
+
+
 async def test_the_heartbeat_pool_meeting_the_database_away_is_a_503_not_a_500(
     client: httpx.AsyncClient,
     make_session: MakeSession,
@@ -401,12 +416,8 @@ async def test_the_heartbeat_pool_meeting_the_database_away_is_a_503_not_a_500(
     Postgres starting up is still 'retry later', as for every other request."""
     session = await make_session()
     await set_phase(session["id"], "Provisioning", "Starting")
-
-    async def starting_up(*_args: Any) -> None:
-        raise asyncpg.CannotConnectNowError("the database system is starting up")
-
-    monkeypatch.setattr(service, "heartbeat", starting_up)
-    answered = await report(client, session["id"], READY)
+    error = asyncpg.CannotConnectNowError("the database system is starting up")
+    answered = await report_meeting(client, session["id"], monkeypatch, error)
     assert answered.status_code == 503
     assert answered.headers["retry-after"]
     assert answered.headers["content-type"] == "application/problem+json"
@@ -422,12 +433,8 @@ async def test_a_full_database_disk_is_a_503_and_readyz_says_not_ready(
     session = await make_session()
     await set_phase(session["id"], "Provisioning", "Starting")
     assert (await client.get("/readyz")).status_code == 200
-
-    async def disk_full(*_args: Any) -> None:
-        raise asyncpg.DiskFullError("could not extend file: No space left on device")
-
-    monkeypatch.setattr(service, "heartbeat", disk_full)
-    answered = await report(client, session["id"], READY)
+    error = asyncpg.DiskFullError("could not extend file: No space left on device")
+    answered = await report_meeting(client, session["id"], monkeypatch, error)
     assert answered.status_code == 503
     assert answered.headers["retry-after"]
     ready = await client.get("/readyz")
