@@ -13,9 +13,8 @@ import re
 from typing import Any
 
 from app.cluster.fake import resources
-from app.cluster.fake.resources import Kind
+from app.cluster.fake.resources import K8S_VERSION, Kind
 
-K8S_VERSION = "1.33"
 _REF = re.compile(r'"#/\$defs/([^"]+)"')
 
 

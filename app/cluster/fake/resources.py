@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 CRD_DIR = Path(__file__).parent / "crds"
+K8S_VERSION = "1.33"  # the Kubernetes version the fake answers as (schemas, /version)
 
 # What the fake answers for every kind: a real server also has update (PUT) and
 # deletecollection; kubectl and client-go use neither for these kinds.

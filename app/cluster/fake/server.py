@@ -43,9 +43,8 @@ from sortedcontainers import SortedDict
 
 from app import k8s_rules
 from app.cluster.fake import openapi, resources, selectors, tables, tls
-from app.cluster.fake.resources import Kind
+from app.cluster.fake.resources import K8S_VERSION, Kind
 
-K8S_VERSION = "1.33"
 NAME_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 NODE_NAME = "fake-gpu-node-1"
 UNSCHEDULABLE_GPU = (
@@ -137,15 +136,13 @@ def _validator(kind: Kind) -> Any:
     the CRD's for Traefik's (those we ship); None where there is none."""
     if kind.schema == "core":
         return _core_validator(kind.kind, kind.api_version)
-    schema = resources.crd_schema(kind.plural)
-    return None if schema is None else _crd_validator(kind.plural)
+    return _crd_validator(kind.plural)
 
 
 @functools.cache
 def _crd_validator(plural: str) -> Any:
     schema = resources.crd_schema(plural)
-    assert schema is not None
-    return jsonschema.validators.validator_for(schema)(schema)
+    return None if schema is None else jsonschema.validators.validator_for(schema)(schema)
 
 
 def _field_path(path: Any) -> str:
@@ -460,10 +457,7 @@ class FakeKubernetes(k8s.KubernetesEmulator):
             self._pods_by_label.setdefault((namespace, label, value), set()).add(name)
         if new:
             self._pod_labels[(namespace, name)] = new
-        for label, value in {**old, **new}.items():
-            for service in self._services_by_label.get((namespace, label, value), ()):
-                self._endpoint_work[(namespace, service)] = None
-        for label, value in old.items():
+        for label, value in set(old.items()) | set(new.items()):  # those it left and joined
             for service in self._services_by_label.get((namespace, label, value), ()):
                 self._endpoint_work[(namespace, service)] = None
 
@@ -705,19 +699,7 @@ class FakeKubernetes(k8s.KubernetesEmulator):
             return aiohttp.web.json_response(openapi.root())
         document = openapi.group_version(path.removeprefix("/openapi/v3/"))
         if not path.startswith("/openapi/v3/") or document is None:
-            return aiohttp.web.json_response(
-                {
-                    "kind": "Status",
-                    "apiVersion": "v1",
-                    "metadata": {},
-                    "status": "Failure",
-                    "message": "the server could not find the requested resource",
-                    "reason": "NotFound",
-                    "details": {},
-                    "code": 404,
-                },
-                status=404,
-            )
+            raise _no_such_resource()
         return aiohttp.web.Response(body=document, content_type="application/json")
 
     # --- the request path ----------------------------------------------------------------
@@ -750,9 +732,7 @@ class FakeKubernetes(k8s.KubernetesEmulator):
 
     async def _serve(self, request: rendering.Request) -> Any:
         if self.token is not None:
-            given = next(
-                (v for k, v in request.headers.items() if k.lower() == "authorization"), ""
-            )
+            given = _header(request, "authorization")
             if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
                 raise k8s.KubernetesError(
                     status=401, reason="Unauthorized", message="Unauthorized", details={}
@@ -1513,8 +1493,13 @@ class FakeKubernetes(k8s.KubernetesEmulator):
         }
 
 
+def _header(request: rendering.Request, name: str) -> str:
+    """A request header by its lower-case name, or ''."""
+    return next((v for k, v in request.headers.items() if k.lower() == name), "")
+
+
 def _accept(request: rendering.Request) -> str:
-    return next((v for k, v in request.headers.items() if k.lower() == "accept"), "")
+    return _header(request, "accept")
 
 
 def _matcher(request: rendering.Request) -> Callable[[dict[str, Any]], bool]:
