@@ -392,6 +392,13 @@ async def test_a_relist_writes_only_what_differs_from_the_database(
     sessions = [await new_session(f"rel{i}") for i in range(4)]
     for session in sessions:
         await eventually(lambda s=session: _scheduled(api, s["id"]))
+
+    async def settled() -> bool:  # no pod event still on its way to the watch
+        pods = list(emulator.live("pods"))
+        return len(pods) == 4 and all(p["status"].get("phase") == "Running" for p in pods)
+
+    await eventually(settled)
+    await asyncio.sleep(0.5)  # the watch has folded the last of them in
     reconciler = cluster_app.state.reconciler
     written: list[str] = []
     real = reconciler._apply_observation
