@@ -109,6 +109,7 @@ def _exit_on_signal(signum: int, _frame: object) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
+    from app.httpserver import uvicorn_options
     from app.main import create_app
     from app.observability import configure_logging
 
@@ -143,6 +144,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
             port=port,
             log_config=None,
             proxy_headers=True,
+            **uvicorn_options(),
         )
 
 

@@ -10,6 +10,8 @@ from contextlib import asynccontextmanager
 import uvicorn
 from fastapi import FastAPI
 
+from app.httpserver import uvicorn_options
+
 
 @asynccontextmanager
 async def serve(app: FastAPI, port: int = 0) -> AsyncIterator[str]:
@@ -33,7 +35,9 @@ async def serve_on(
 ) -> AsyncIterator[None]:
     """uvicorn serving `app` on a socket bound by the caller, until the block ends; the socket
     is closed after."""
-    config = uvicorn.Config(app, log_config=None, lifespan=lifespan, timeout_graceful_shutdown=5)
+    config = uvicorn.Config(
+        app, log_config=None, lifespan=lifespan, timeout_graceful_shutdown=5, **uvicorn_options()
+    )
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve(sockets=[sock]))
