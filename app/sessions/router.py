@@ -272,8 +272,8 @@ async def list_session_events(
     limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=64)] = None,
 ) -> SessionEventList:
-    events = await service.list_events(db, session_id, after=after, limit=limit)
     if EVENT_STREAM not in request.headers.get("accept", ""):
+        events = await service.list_events(db, session_id, after=after, limit=limit)
         return SessionEventList(
             items=[SessionEventOut.model_validate(e, from_attributes=True) for e in events]
         )
@@ -288,8 +288,15 @@ async def list_session_events(
             )
         after = max(after, int(last_event_id))
 
+    # The bound first: a stream over it is a 429 that does no database work (the token came
+    # from the cache), so a flood of opens cannot queue for the pool ahead of other callers.
     streams: StreamRegistry = request.app.state.streams
-    opened = streams.open(principal.token_id)  # 429 past the per-token or per-replica bound
+    opened = streams.open(principal.token_id)
+    try:
+        await service.get_session(db, session_id)  # 404 for an unknown session
+    except BaseException:
+        streams.release(opened)
+        raise
 
     async def stream() -> AsyncIterator[dict[str, str]]:
         try:

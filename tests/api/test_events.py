@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy
 from fastapi import FastAPI
 
 from app.config import Settings
@@ -161,6 +162,11 @@ async def test_streams_are_bounded_hold_no_connection_and_end_when_their_token_i
         )
         events_url = f"{url}/v1/sessions/{sid}/events"
         accept = {"Accept": "text/event-stream"}
+        # an unknown session's stream is a 404 and gives its slot back
+        unknown = f"{url}/v1/sessions/{uuid.uuid4()}/events"
+        for _ in range(3):
+            assert (await http.get(unknown, headers={**portal, **accept})).status_code == 404
+        assert bounded.state.streams.open_count == 0
         async with contextlib.AsyncExitStack() as stack:
             streams = []
             for headers in (portal, portal, ADMIN):
@@ -174,6 +180,25 @@ async def test_streams_are_bounded_hold_no_connection_and_end_when_their_token_i
 
             # Waiting streams hold no database connection.
             assert bounded.state.engine.sync_engine.pool.checkedout() == 0
+
+            # Over the bound: a 429 that runs no SQL (finding 27.22: opens used to read the
+            # log first, so a flood of them queued on the pool ahead of everyone else).
+            statements: list[str] = []
+
+            def count(*args: object) -> None:
+                statements.append(str(args[2]))
+
+            engine = bounded.state.engine.sync_engine
+            sqlalchemy.event.listen(engine, "before_cursor_execute", count)
+            try:
+                refused = [
+                    (await http.get(events_url, headers={**portal, **accept})).status_code
+                    for _ in range(20)
+                ]
+            finally:
+                sqlalchemy.event.remove(engine, "before_cursor_execute", count)
+            assert refused == [429] * 20
+            assert statements == []
 
             third = await http.get(events_url, headers={**portal, **accept})
             assert third.status_code == 429  # the token's bound
