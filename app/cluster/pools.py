@@ -134,15 +134,7 @@ class PoolKeeper:
             for member in await repository.pool_members(db):
                 members.setdefault(member.template_name, []).append(member)
             batch: list[tuple[VDISession, list[lifecycle.EventDraft]]] = []
-
-            def end(member: VDISession, reason: str, message: str) -> None:
-                nonlocal ended
-                event = lifecycle.transition(
-                    member, Phase.terminating, reason=reason, message=message, now=now
-                )
-                reschedule(member, self.settings, now)
-                batch.append((member, [event]))
-                ended += 1
+            ending: list[tuple[VDISession, str, str]] = []  # (member, reason, message)
 
             for name in sorted(set(templates) | set(members)):
                 spec = templates.get(name)
@@ -151,11 +143,15 @@ class PoolKeeper:
                 for member in members.get(name, []):
                     phase = Phase(member.phase)
                     if phase is Phase.failed:  # never handed out; a fresh one replaces it
-                        end(member, "WarmPoolMemberFailed", f"Replaced: {member.reason}")
+                        ending.append(
+                            (member, "WarmPoolMemberFailed", f"Replaced: {member.reason}")
+                        )
                     elif spec is None:
-                        end(member, "TemplateDeleted", f"Template '{name}' was deleted")
+                        ending.append((member, "TemplateDeleted", f"Template '{name}' was deleted"))
                     elif pod_shape(member.template_spec) != shape:
-                        end(member, "TemplateChanged", f"Template '{name}' changed: replaced")
+                        ending.append(
+                            (member, "TemplateChanged", f"Template '{name}' changed: replaced")
+                        )
                     elif phase in LIVE_MEMBER_PHASES:
                         live.append(member)
                 wanted = spec.warm_pool if spec is not None else 0
@@ -163,7 +159,9 @@ class PoolKeeper:
                     # Ready members stay longest (oldest first among the not-yet-ready goes).
                     live.sort(key=lambda m: (m.phase == Phase.running.value, m.created_at))
                     for member in live[: len(live) - wanted]:
-                        end(member, "WarmPoolShrunk", f"warm_pool of '{name}' is {wanted}")
+                        ending.append(
+                            (member, "WarmPoolShrunk", f"warm_pool of '{name}' is {wanted}")
+                        )
                 for _ in range(wanted - len(live)):
                     assert spec is not None
                     member, created = new_session_row(
@@ -172,6 +170,19 @@ class PoolKeeper:
                     db.add(member)
                     batch.append((member, [created]))
                     added += 1
+            # The members were read with no lock, and a create may have claimed one since:
+            # end only those still members, locked now (a claim in flight skips them too).
+            still = await repository.lock_members(db, [m.id for m, _r, _m in ending])
+            for member, reason, message in ending:
+                if member.id in still and lifecycle.can_transition(
+                    Phase(member.phase), Phase.terminating
+                ):
+                    event = lifecycle.transition(
+                        member, Phase.terminating, reason=reason, message=message, now=now
+                    )
+                    reschedule(member, self.settings, now)
+                    batch.append((member, [event]))
+                    ended += 1
             await db.flush()
             await repository.add_events_of(db, batch, now)
         if added or ended:

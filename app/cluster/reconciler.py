@@ -294,6 +294,8 @@ class Reconciler:
             session = await repository.get(db, claim.session.id, for_update=True)
             if session is None or session.phase != claim.session.phase:
                 return
+            if claim.session.pool_member and not session.pool_member:
+                return  # handed to a user since: what was worked out for a member is moot
             now = utcnow()
             if session.claim_token == claim.token:
                 session.claim_token = None

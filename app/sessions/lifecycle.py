@@ -323,9 +323,13 @@ def next_check(session: VDISession, deadlines: Deadlines, now: datetime) -> date
     if phase is Phase.starting:
         return min(_start_deadline(session), session.expires_at)
     if phase is Phase.running:
-        return min(
+        due = min(
             session.idle_deadline, session.expires_at, _heartbeat_deadline(session, deadlines)
         )
+        if session.reason == "WarmClaimed" and session.running_at is None:
+            # claimed from a warm pool, its route not made yet: the reconciler's retry stays
+            due = min(due, session.next_reconcile_at or now)
+        return due
     if phase is Phase.failed:
         return (session.ended_at or now) + timedelta(seconds=deadlines.failed_grace_s)
     return None

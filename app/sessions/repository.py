@@ -384,7 +384,10 @@ async def record_idempotent_result(
 # outside any transaction and outside the ORM (which was most of a heartbeat's CPU).
 TOUCH_UNCHANGED = (
     "UPDATE sessions SET last_report_at = $3, "
-    "next_reconcile_at = LEAST(idle_deadline, expires_at, $4) "
+    # a claimed warm session waiting for its route keeps its retry (lifecycle.next_check)
+    "next_reconcile_at = CASE WHEN reason = 'WarmClaimed' AND running_at IS NULL "
+    "THEN LEAST(next_reconcile_at, idle_deadline, expires_at, $4) "
+    "ELSE LEAST(idle_deadline, expires_at, $4) END "
     "WHERE id = $1 AND phase = 'Running' AND report_digest = $2 "
     "RETURNING " + SHOWN_SQL
 )
@@ -518,6 +521,23 @@ async def pool_members(db: AsyncSession) -> list[VDISession]:
         .order_by(VDISession.created_at)
     )
     return list((await db.execute(query)).scalars())
+
+
+async def lock_members(db: AsyncSession, ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    """Of `ids`, those still warm pool members, locked for this transaction and re-read (their
+    columns in the session refreshed). One a create is claiming right now (locked) or has
+    claimed (no longer a member) is left out: a claim that committed is final, and the keeper
+    must not end a user's session as a member."""
+    if not ids:
+        return set()
+    query = (
+        select(VDISession)
+        .where(VDISession.id.in_(ids), VDISession.pool_member.is_(True))
+        .order_by(VDISession.id)
+        .with_for_update(skip_locked=True)
+        .execution_options(populate_existing=True)
+    )
+    return {row.id for row in (await db.execute(query)).scalars()}
 
 
 # A claimed warm session whose route now exists: Running for its user from now, with its event

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,9 +18,12 @@ from sqlalchemy.engine import make_url
 
 from app.cluster.fake import FakeKubernetes
 from app.cluster.kube import ClusterError, KubeCluster
+from app.cluster.reconciler import Claim
 from app.config import Settings
 from app.main import create_app
+from app.sessions import repository as sessions_repository
 from app.sessions import service as sessions_service
+from app.templates import repository as templates_repository
 from tests.cluster.conftest import eventually, name_of, phase_is
 from tests.conftest import ADMIN, bearer, client_for, running
 from tests.servers import serve
@@ -358,7 +362,14 @@ async def test_a_claim_whose_route_failed_is_routed_by_the_reconciler(
     )
     assert claimed["running_at"] is None
     assert emulator.find("ingressroutes", "vdi", name_of(claimed["id"])) is None
-    routed = await eventually(lambda: _reason_is(api, claimed["id"], "WarmReady"))
+
+    async def routed_under_heartbeats() -> Any:
+        # the agent keeps reporting, unchanged, as it does every few seconds (finding 27.11:
+        # each unchanged report used to push the retry to the idle deadline)
+        await report_ready_pods(api, emulator)
+        return await _reason_is(api, claimed["id"], "WarmReady")
+
+    routed = await eventually(routed_under_heartbeats)
     assert routed["running_at"] is not None
     assert emulator.find("ingressroutes", "vdi", name_of(claimed["id"])) is not None
 
@@ -366,3 +377,122 @@ async def test_a_claim_whose_route_failed_is_routed_by_the_reconciler(
 async def _reason_is(api: httpx.AsyncClient, session_id: str, reason: str) -> Any:
     body = (await api.get(f"/v1/sessions/{session_id}", headers=ADMIN)).json()
     return body if body["reason"] == reason else None
+
+
+# --- warm claims are final (issue 27, findings 9-11) ------------------------------------------
+
+
+async def test_a_member_claimed_as_it_ages_out_stays_the_users(
+    cluster_app: FastAPI, api: httpx.AsyncClient, fake: Fake, db: asyncpg.Connection
+) -> None:
+    """The reconciler claimed a member past warm_max_age_s; before it wrote the age-out, a
+    create handed that member to a user. The age-out must not end the user's session."""
+    emulator, _cluster = fake
+    one = {**POOLED, "warm_pool": 1}
+    assert (await api.put("/v1/templates/pooled", json=one, headers=ADMIN)).is_success
+    await fill(api, emulator, 1)
+    [member] = await members(db)
+    # aged out, as the reconciler finds it when it claims it (not yet due for the background one)
+    await db.execute(
+        "UPDATE sessions SET expires_at = now() - interval '1 second', "
+        "next_reconcile_at = now() + interval '1 hour' WHERE id = $1",
+        member["id"],
+    )
+    async with cluster_app.state.sessionmaker() as session_db:
+        seen = await sessions_repository.get(session_db, member["id"])
+    assert seen is not None
+    assert seen.pool_member
+    claimed = await create(api, "alice")  # the user's create commits in between
+    assert claimed.status_code == 202
+    assert claimed.json()["id"] == str(member["id"])
+    await cluster_app.state.reconciler._process(Claim(seen, uuid.uuid4()))
+    after = (await api.get(f"/v1/sessions/{member['id']}", headers=ADMIN)).json()
+    assert (after["phase"], after["user"]) == ("Running", "alice")
+    assert not await _count(db, "WarmPoolMemberExpired", 1)
+
+
+async def test_a_member_claimed_during_a_shrink_is_not_ended(
+    cluster_app: FastAPI,
+    api: httpx.AsyncClient,
+    fake: Fake,
+    db: asyncpg.Connection,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The keeper read the members (no lock), a create claimed the oldest, the one the shrink
+    picks: the keeper must leave it to its user and end none in its place."""
+    emulator, _cluster = fake
+    assert (await api.put("/v1/templates/pooled", json=POOLED, headers=ADMIN)).is_success
+    await fill(api, emulator, 2)
+    seen_pool: list[int] = []
+    answers: list[httpx.Response] = []
+    list_all, pool_members = templates_repository.list_all, sessions_repository.pool_members
+
+    async def templates_seen(session_db: Any) -> Any:
+        found = await list_all(session_db)
+        seen_pool[:] = [t.warm_pool for t in found if t.name == "pooled"]
+        return found
+
+    async def members_then_a_claim(session_db: Any) -> Any:
+        found = await pool_members(session_db)
+        ready = [m for m in found if m.phase == "Running"]
+        if not answers and seen_pool == [1] and len(ready) == 2:  # this pass will shrink
+            answers.append(await create(api, "alice"))
+        return found
+
+    monkeypatch.setattr(templates_repository, "list_all", templates_seen)
+    monkeypatch.setattr(sessions_repository, "pool_members", members_then_a_claim)
+    smaller = {**POOLED, "warm_pool": 1}
+    assert (await api.put("/v1/templates/pooled", json=smaller, headers=ADMIN)).is_success
+    await eventually(lambda: _true(bool(answers)))
+    [claimed] = answers
+    assert claimed.status_code == 202
+    assert claimed.json()["warm"]
+    sid = claimed.json()["id"]
+    # a few passes later: the user's session is untouched, the pool holds one member
+    await asyncio.sleep(1.0)
+    after = (await api.get(f"/v1/sessions/{sid}", headers=ADMIN)).json()
+    assert (after["phase"], after["user"]) == ("Running", "alice")
+    reasons = [
+        e["reason"]
+        for e in (await api.get(f"/v1/sessions/{sid}/events", headers=ADMIN)).json()["items"]
+    ]
+    assert "WarmPoolShrunk" not in reasons
+    assert len(await members(db)) == 1
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_claims_racing_a_shrink_to_zero_each_stay_their_users(
+    cluster_app: FastAPI, api: httpx.AsyncClient, fake: Fake, db: asyncpg.Connection
+) -> None:
+    """Many at once: four ready members (the fake node's GPUs), a shrink to zero and four
+    creates, with the keeper run again and again among them. Whatever each create got, a warm
+    one stays its user's."""
+    emulator, _cluster = fake
+    four = {**POOLED, "warm_pool": 4}
+    assert (await api.put("/v1/templates/pooled", json=four, headers=ADMIN)).is_success
+    await fill(api, emulator, 4)
+    keeper = cluster_app.state.reconciler.pools
+
+    async def keep_repeatedly() -> None:
+        for _ in range(10):
+            await keeper.keep_pools()
+            await asyncio.sleep(0)
+
+    zero = api.put("/v1/templates/pooled", json={**POOLED, "warm_pool": 0}, headers=ADMIN)
+    creates = [create(api, f"user{i}") for i in range(4)]
+    results = await asyncio.gather(zero, keep_repeatedly(), *creates, keep_repeatedly())
+    answers = [r for r in results if isinstance(r, httpx.Response)][1:]
+    assert all(r.status_code == 202 for r in answers), [r.text for r in answers]
+    warm = [r.json()["id"] for r in answers if r.json()["warm"]]
+    await eventually(lambda: _none_left(db))
+    for sid in warm:
+        body = (await api.get(f"/v1/sessions/{sid}", headers=ADMIN)).json()
+        assert body["phase"] == "Running", body
+    ended_users = await db.fetchval(
+        "SELECT count(*) FROM session_events e JOIN sessions s ON s.id = e.session_id "
+        "WHERE NOT s.pool_member AND e.reason IN ('WarmPoolShrunk', 'WarmPoolMemberExpired')"
+    )
+    assert ended_users == 0
