@@ -374,9 +374,17 @@ class Agent:
         if stats is not None:
             changes += self.latency.observe(now, self._latency_ms(stats))
         before = {c["name"]: (c["ok"], c.get("code")) for c in self.report["checks"]}
-        checks_now = [c for c in self.report["checks"] if c["name"] not in ("stream", "latency")]
+        renewed = ("stream", "latency", "relay")
+        checks_now = [c for c in self.report["checks"] if c["name"] not in renewed]
         if stats is not None:
             checks_now.append(stats.stream_check())
+        if self.turn is not None:
+            relay = self.turn.relay_check(now)
+            checks_now.append(relay)
+            if relay["ok"] is False:  # no relay for new viewers: the stream is not healthy
+                checks_now = [c for c in checks_now if c["name"] != "stream"]
+                checks_now.append({**relay, "name": "stream"})
+        if stats is not None:
             total = self._latency_ms(stats)
             if total is not None:
                 ok = total <= 100

@@ -56,6 +56,7 @@ _CHECK_CONDITION = {
     CheckName.encoder: ConditionType.encoder_ready,
     CheckName.stream: ConditionType.stream_healthy,
     CheckName.latency: ConditionType.latency_within_slo,
+    CheckName.relay: ConditionType.relay_ready,
 }
 # reason of a passing / unknown check, per condition
 _OK_REASON = {
@@ -63,12 +64,14 @@ _OK_REASON = {
     ConditionType.encoder_ready: "HardwareEncoder",
     ConditionType.stream_healthy: "FramesDecoded",
     ConditionType.latency_within_slo: "WithinSLO",
+    ConditionType.relay_ready: "CredentialsFresh",
 }
 _FAILED_REASON = {
     ConditionType.gpu_available: GPU_INIT_ERROR,
     ConditionType.encoder_ready: ENCODER_UNAVAILABLE,
     ConditionType.stream_healthy: "StreamUnhealthy",
     ConditionType.latency_within_slo: "LatencyAboveSLO",
+    ConditionType.relay_ready: "TurnRenewalFailing",
 }
 
 

@@ -44,6 +44,7 @@ class ConditionType(StrEnum):
     encoder_ready = "EncoderReady"
     stream_healthy = "StreamHealthy"
     latency_within_slo = "LatencyWithinSLO"
+    relay_ready = "RelayReady"
 
 
 class ConditionStatus(StrEnum):
@@ -200,6 +201,7 @@ class CheckName(StrEnum):
     encoder = "encoder"
     stream = "stream"
     latency = "latency"
+    relay = "relay"  # the agent's TURN credential renewal (a condition, never a failure)
 
 
 class HealthCheck(BaseModel):

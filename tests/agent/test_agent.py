@@ -515,3 +515,84 @@ def test_a_gpu_template_on_a_host_without_a_gpu_is_a_cpu_session_where_allowed(
     else:
         assert (encoder_check["ok"], encoder_check["code"]) == (False, "ENCODER_UNAVAILABLE")
     assert report["turn"] is False
+
+
+async def test_turn_renewal_survives_bad_answers_and_an_unwritable_file_and_reports_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Finding 27.14: one unexpected answer (a proxy's HTML page with a 200, an OSError writing
+    the file) used to end the renewal for the rest of the session, silently. It is retried with
+    backoff, shown in the `relay` check, and near the credential's expiry the stream is marked
+    unhealthy; renewal resumes when the answers do."""
+    answers: list[tuple[int, str, str]] = []  # (status, content type, body), the last repeats
+    control = FastAPI()
+
+    @control.get("/v1/sessions/{session_id}/turn")
+    async def turn(session_id: str) -> Any:
+        from fastapi.responses import Response
+
+        status, kind, body = answers[-1]
+        return Response(body, status_code=status, media_type=kind)
+
+    monkeypatch.setattr("agent.turn.FIRST_RETRY_S", 0.02)
+    monkeypatch.setattr("agent.turn.RETRY_S", 0.05)
+    config = stream_config(turn_host="turn.pod.example", turn_username="1:pod-user")
+    async with serve(control) as url:
+        renewal = TurnRenewal(url, str(uuid.uuid4()), "agent-token", config)
+        good = json.dumps({"username": "9999999999:s", "password": "fresh-pw", "ttl_s": 600})
+        answers.append((200, "application/json", good))
+        try:
+            await renewal.start()
+            assert renewal.relay_check()["ok"] is True
+            monkeypatch.setattr(renewal, "interval_s", lambda: 0.02)
+            running = asyncio.create_task(renewal.run())
+            answers.append((200, "text/html", "<html>Sign in to the proxy</html>"))
+
+            async def until(check: Callable[[], bool]) -> None:
+                for _ in range(400):
+                    if check():
+                        return
+                    await asyncio.sleep(0.01)
+                raise AssertionError("not reached")
+
+            await until(lambda: renewal.failures >= 3)
+            assert not running.done()  # still renewing
+            relay = renewal.relay_check()
+            assert (relay["ok"], relay["code"]) == (None, "TurnRenewalFailing")
+            assert "not credentials (text/html" in relay["detail"]
+            assert "fresh-pw" not in relay["detail"]
+            # the backoff grows, and never waits past the expiry margin
+            assert renewal.retry_in_s() > 0.02
+
+            # near the end of the credential's life: the relay check fails, and the agent
+            # reports the stream unhealthy (new viewers would get no relay)
+            renewal.current_until = time.monotonic() + 30
+            assert renewal.expiring()
+            agent = Agent(agent_env(str(uuid.uuid4()), "http://unused", gpus=0))
+            agent.report, _ = check_report(agent.agent)
+            agent.turn = renewal
+            agent._observe(time.monotonic(), 10.0, StreamStats(1500, 3.0, 59.0, 20.0))
+            checks = {c["name"]: c for c in agent.report["checks"]}
+            assert (checks["relay"]["ok"], checks["relay"]["code"]) == (
+                False,
+                "TurnCredentialsExpiring",
+            )
+            assert (checks["stream"]["ok"], checks["stream"]["code"]) == (
+                False,
+                "TurnCredentialsExpiring",
+            )
+
+            # the file's directory gone: an OSError, retried too
+            before = renewal.renewals
+            answers.append((200, "application/json", good))
+            for child in renewal.path.parent.iterdir():
+                child.unlink()
+            renewal.path.parent.rmdir()
+            await until(lambda: renewal.last_error is not None and "RTC file" in renewal.last_error)
+            renewal.path.parent.mkdir(mode=0o700)
+            await until(lambda: renewal.renewals > before and renewal.failures == 0)
+            assert renewal.relay_check()["ok"] is True
+            assert json.loads(renewal.path.read_text())["iceServers"][1]["credential"] == "fresh-pw"
+            running.cancel()
+        finally:
+            renewal.close()

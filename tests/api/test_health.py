@@ -440,3 +440,29 @@ async def test_a_full_database_disk_is_a_503_and_readyz_says_not_ready(
     ready = await client.get("/readyz")
     assert ready.status_code == 503
     assert "disk space" in ready.json()["detail"]
+
+
+async def test_a_failing_turn_renewal_is_a_condition_not_a_failure(
+    client: httpx.AsyncClient, make_session: MakeSession, set_phase: SetPhase
+) -> None:
+    session = await make_session()
+    await set_phase(session["id"], "Provisioning", "Starting")
+    expiring = {
+        "name": "relay",
+        "ok": False,
+        "code": "TurnCredentialsExpiring",
+        "detail": "TURN renewal failing (12 in a row); the credential expires in 40 s",
+    }
+    checks = [*READY["checks"], expiring, {**expiring, "name": "stream"}]
+    body = (await report(client, session["id"], {**READY, "checks": checks})).json()
+    assert body["phase"] == "Running"
+    conditions = {c["type"]: c for c in body["conditions"]}
+    assert (conditions["RelayReady"]["status"], conditions["RelayReady"]["reason"]) == (
+        "False",
+        "TurnCredentialsExpiring",
+    )
+    assert conditions["StreamHealthy"]["status"] == "False"
+    fresh = [*READY["checks"], {"name": "relay", "ok": True}]
+    body = (await report(client, session["id"], {**READY, "checks": fresh})).json()
+    relay = {c["type"]: c for c in body["conditions"]}["RelayReady"]
+    assert (relay["status"], relay["reason"]) == ("True", "CredentialsFresh")
