@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import uuid
 from pathlib import Path
 from typing import Literal
 
@@ -62,6 +63,20 @@ class Settings(BaseSettings):
         description="Server key: agent tokens (HMAC) and encryption at rest (Fernet).",
     )
     turn_host: str | None = Field(default=None, description="TURN/STUN host; default base_domain")
+    turn_hosts: str = Field(
+        default="",
+        pattern=r"^[A-Za-z0-9.,: -]*$",
+        description="Several coturn replicas, one host name each, comma-separated: a session "
+        "uses one of them (chosen by its id) for its viewers and its Selkies alike, so the two "
+        "meet relay to relay on one coturn. Empty: VDI_TURN_HOST alone.",
+    )
+    turn_rate_limit: str = Field(
+        default="10/minute",
+        pattern=r"^[0-9]+ ?(/|per) ?([0-9]+ )?(second|minute|hour)s?$",
+        description="TURN credentials a session's agent may fetch per replica (GET "
+        "/v1/sessions/{id}/turn, a moving window); more get 429 with Retry-After. The agent "
+        "renews at a third of VDI_TURN_CREDENTIAL_TTL_S.",
+    )
     turn_port: int = Field(default=3478, ge=1, le=65535)
     turn_secret: SecretStr | None = Field(
         default=None, description="coturn static-auth-secret (use-auth-secret)."
@@ -183,7 +198,7 @@ class Settings(BaseSettings):
     def reserved_users(self) -> frozenset[str]:
         names = {n.strip().lower() for n in self.reserved_user_names.split(",") if n.strip()}
         callback_host = self.callback_url.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0]
-        for host in (self.effective_turn_host, callback_host):
+        for host in (*self.turn_host_list, callback_host):
             if host.endswith("." + self.base_domain):
                 names.add(host[: -len(self.base_domain) - 1].split(".")[-1])
         return frozenset(names)
@@ -197,6 +212,17 @@ class Settings(BaseSettings):
     @property
     def effective_turn_host(self) -> str:
         return self.turn_host or self.base_domain
+
+    @property
+    def turn_host_list(self) -> tuple[str, ...]:
+        hosts = tuple(h.strip() for h in self.turn_hosts.split(",") if h.strip())
+        return hosts or (self.effective_turn_host,)
+
+    def turn_host_for(self, session_id: uuid.UUID) -> str:
+        """The coturn replica a session relays through: the same for its viewers and its
+        Selkies, and stable for its life (by its id)."""
+        hosts = self.turn_host_list
+        return hosts[session_id.int % len(hosts)]
 
     def require_secret_key(self) -> str:
         if self.secret_key is None:

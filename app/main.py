@@ -235,6 +235,7 @@ def create_app(
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.state.report_limit = PerKeyLimit(settings.report_rate_limit)
+    app.state.turn_limit = PerKeyLimit(settings.turn_rate_limit)
     app.state.streams = StreamRegistry(
         settings.max_streams_per_token, settings.max_streams_per_replica
     )

@@ -125,7 +125,36 @@ def error_code(error: Exception) -> int | None:
     return None
 
 
-async def probe(port: int, secret: str) -> dict[str, Any]:
+async def _quota_probe(port: int, secret: str, quota: int) -> dict[str, Any]:
+    expiry = datetime.now(UTC) + timedelta(minutes=15)
+    hog, hog_password = turn_credentials(secret, uuid.uuid4(), expiry)
+    held: list[TurnClientUdpProtocol] = []
+    outcome: dict[str, Any] = {"quota": quota, "granted": 0, "refused": None}
+    try:
+        for _ in range(quota + 3):
+            client = await allocate(hog, hog_password, port)
+            held.append(client)
+            try:
+                await client.connect()
+                outcome["granted"] += 1
+            except Exception as error:
+                outcome["refused"] = error_code(error)
+                break
+        other, other_password = turn_credentials(secret, uuid.uuid4(), expiry)
+        client = await allocate(other, other_password, port)
+        held.append(client)
+        try:
+            await client.connect()
+            outcome["other_credential"] = "allocated"
+        except Exception as error:
+            outcome["other_credential"] = f"refused {error_code(error)}"
+    finally:
+        for client in held:
+            client.transport.close()
+    return outcome
+
+
+async def probe(port: int, secret: str, user_quota: int = 0) -> dict[str, Any]:
     report: dict[str, Any] = {"peers": {}}
     got: dict[str, bytes] = {}
     loop = asyncio.get_running_loop()
@@ -197,6 +226,11 @@ async def probe(port: int, secret: str) -> dict[str, Any]:
         a.close()
         b.close()
 
+    # One credential cannot take the whole relay: at most --user-quota allocations at once,
+    # and another session's credential still gets one.
+    if user_quota:
+        report["user_quota"] = await _quota_probe(port, secret, user_quota)
+
     # A credential past its expiry (a session that ended a while ago) opens no relay.
     old_user, old_password = turn_credentials(
         secret, session_id, datetime.now(UTC) - timedelta(seconds=5)
@@ -229,7 +263,10 @@ def run(chart_args: list[str], secret_command: list[str]) -> dict[str, Any]:
             while not _stun_binding_answered(POD_IP, port, 0.2):
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"coturn did not start: {log.read_text()[-2000:]}")
-            report = asyncio.run(probe(port, secret))
+            quota = next(
+                (int(a.split("=", 1)[1]) for a in chart_args if a.startswith("--user-quota=")), 0
+            )
+            report = asyncio.run(probe(port, secret, quota))
             # what the chart's probes connect to: coturn's TCP listener on its port
             try:
                 socket.create_connection((POD_IP, port), timeout=2).close()

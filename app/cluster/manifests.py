@@ -170,10 +170,10 @@ def _env(session: SessionView, settings: Settings) -> list[dict[str, Any]]:
         "SELKIES_ENABLE_BASIC_AUTH": "true",
         "SELKIES_BASIC_AUTH_USER": SELKIES_BASIC_AUTH_USER,  # as GET .../connection says
         # Our TURN, never Selkies' public default relay
-        "SELKIES_TURN_HOST": settings.effective_turn_host,
+        "SELKIES_TURN_HOST": settings.turn_host_for(session.id),
         "SELKIES_TURN_PORT": str(settings.turn_port),
         "SELKIES_TURN_PROTOCOL": TURN_PROTOCOL,
-        "SELKIES_STUN_HOST": settings.effective_turn_host,
+        "SELKIES_STUN_HOST": settings.turn_host_for(session.id),
         "SELKIES_STUN_PORT": str(settings.turn_port),
         # the template's stream settings
         "SELKIES_VIDEO_BITRATE": str(spec.bitrate_kbps),

@@ -379,13 +379,28 @@ async def report_session_health(
 @router.get(
     "/{session_id}/turn",
     name="renew_session_turn_credentials",
-    responses=problem_responses(*AUTH_ERRORS, service.SessionNotFound, service.SessionEnded),
+    responses=problem_responses(
+        *AUTH_ERRORS, service.SessionNotFound, service.SessionEnded, TooManyRequests
+    ),
     summary="Fresh TURN credentials for the session's agent (authorized by its agent token)",
     description="Short-lived (`VDI_TURN_CREDENTIAL_TTL_S`): the agent renews Selkies' at a third "
-    "of their lifetime while the session lives. 409 once the session has ended.",
+    "of their lifetime while the session lives. 409 once the session has ended; 429 past "
+    "`VDI_TURN_RATE_LIMIT` per session.",
 )
 async def renew_session_turn_credentials(
-    session_id: AgentOfSession, db: DbSession, settings: AppSettings, response: Response
+    session_id: AgentOfSession,
+    db: DbSession,
+    settings: AppSettings,
+    request: Request,
+    response: Response,
 ) -> TurnCredentials:
+    wait_s = request.app.state.turn_limit.hit(str(session_id))
+    if wait_s is not None:
+        raise TooManyRequests(
+            f"More than {settings.turn_rate_limit} TURN credentials for session {session_id} "
+            "(VDI_TURN_RATE_LIMIT); the agent renews at a third of their lifetime. Retry after "
+            "the Retry-After delay",
+            retry_after_s=wait_s,
+        )
     response.headers["Cache-Control"] = "no-store"
     return await service.turn_for_agent(db, settings, session_id)

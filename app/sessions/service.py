@@ -452,10 +452,12 @@ async def keepalive(db: AsyncSession, settings: Settings, session_id: uuid.UUID)
     return session
 
 
-def ice_servers(settings: Settings, turn_username: str, turn_password: str) -> list[IceServer]:
+def ice_servers(
+    settings: Settings, session_id: uuid.UUID, turn_username: str, turn_password: str
+) -> list[IceServer]:
     if not settings.turn_enabled:
         return []  # a local desktop without VDI_TURN_HOST: host candidates only
-    host, port = settings.effective_turn_host, settings.turn_port
+    host, port = settings.turn_host_for(session_id), settings.turn_port
     return [
         IceServer(urls=[f"stun:{host}:{port}"]),
         IceServer(
@@ -477,7 +479,7 @@ def fresh_turn_credentials(settings: Settings, session: VDISession) -> TurnCrede
         password=password,
         expires_at=expires_at,
         ttl_s=ttl_s,
-        ice_servers=ice_servers(settings, username, password),
+        ice_servers=ice_servers(settings, session.id, username, password),
     )
 
 

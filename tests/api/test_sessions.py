@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from sqlalchemy import text
 
 from app.config import Settings
+from app.main import create_app
 from app.security import agent_token
 from tests.conftest import (
     ADMIN,
@@ -24,6 +25,7 @@ from tests.conftest import (
     TEST_TURN_SECRET,
     bearer,
     client_for,
+    running,
 )
 
 PROBLEM = "application/problem+json"
@@ -451,3 +453,51 @@ async def test_a_listing_survives_its_pooled_connection_being_closed_under_it(
     again = await client.get("/v1/sessions", headers=ADMIN)
     assert again.status_code == 200, again.text
     assert again.json() == first.json()
+
+
+async def test_turn_credentials_are_rate_limited_per_session(
+    settings: Settings, database_url: str, make_session: MakeSession
+) -> None:
+    """Finding 27.12: one agent token minted about 200 credentials a second."""
+    limited = create_app(settings.model_copy(update={"turn_rate_limit": "3/minute"}), database_url)
+    session, other = await make_session(), await make_session("zoe")
+    async with running(limited), client_for(limited) as http:
+        agent = bearer(agent_token(TEST_SECRET_KEY, uuid.UUID(session["id"])))
+        path = f"/v1/sessions/{session['id']}/turn"
+        answers = [(await http.get(path, headers=agent)).status_code for _ in range(5)]
+        assert answers == [200, 200, 200, 429, 429]
+        refused = await http.get(path, headers=agent)
+        assert int(refused.headers["retry-after"]) >= 1
+        assert "VDI_TURN_RATE_LIMIT" in refused.json()["detail"]
+        # another session's agent is not held back
+        other_agent = bearer(agent_token(TEST_SECRET_KEY, uuid.UUID(other["id"])))
+        assert (
+            await http.get(f"/v1/sessions/{other['id']}/turn", headers=other_agent)
+        ).status_code == 200
+
+
+def test_several_turn_hosts_give_each_session_one_for_viewers_and_selkies(
+    settings: Settings,
+) -> None:
+    from app.cluster import manifests
+    from app.sessions.service import ice_servers
+    from app.templates.schemas import TemplateSpec
+
+    domain = settings.base_domain
+    hosts = [f"turn-{n}.{domain}" for n in range(3)]
+    sharded = settings.model_copy(update={"turn_hosts": f"{hosts[0]}, {hosts[1]},{hosts[2]}"})
+    used = set()
+    for _ in range(60):
+        sid = uuid.uuid4()
+        host = sharded.turn_host_for(sid)
+        used.add(host)
+        servers = ice_servers(sharded, sid, "u", "p")
+        assert servers[1].urls == [f"turn:{host}:3478?transport=udp"]
+        view = manifests.SessionView(sid, "alice", "t", TemplateSpec(image="registry.test/i:1"))
+        env = {
+            e["name"]: e.get("value")
+            for e in manifests.pod(view, sharded)["spec"]["containers"][0]["env"]
+        }
+        assert env["SELKIES_TURN_HOST"] == host
+    assert used == set(hosts)
+    assert {"turn-0", "turn-1", "turn-2"} <= sharded.reserved_users

@@ -139,7 +139,7 @@ def test_sessions_namespace_admits_the_dri_hostpath() -> None:
 def test_coturn_uses_the_shared_secret_with_use_auth_secret() -> None:
     objects = render({})
     [coturn] = [
-        d for d in by_kind(objects, "Deployment") if d["metadata"]["name"].endswith("coturn")
+        d for d in by_kind(objects, "StatefulSet") if d["metadata"]["name"].endswith("coturn")
     ]
     pod = coturn["spec"]["template"]["spec"]
     [container] = pod["containers"]
@@ -168,7 +168,9 @@ def test_coturn_uses_the_shared_secret_with_use_auth_secret() -> None:
 
 def coturn_pod(values: dict[str, Any]) -> dict[str, Any]:
     [coturn] = [
-        d for d in by_kind(render(values), "Deployment") if d["metadata"]["name"].endswith("coturn")
+        d
+        for d in by_kind(render(values), "StatefulSet")
+        if d["metadata"]["name"].endswith("coturn")
     ]
     pod: dict[str, Any] = coturn["spec"]["template"]["spec"]
     return pod
@@ -265,3 +267,40 @@ def test_coturn_has_probes_and_the_migration_job_has_resources() -> None:
     assert {"cpu", "memory"} <= set(migrate["resources"]["limits"])
     for init in pod["initContainers"]:
         assert set(init["resources"]) == {"requests", "limits"}
+
+
+def test_coturn_quotas_and_port_range_hold_the_viewers_they_promise() -> None:
+    """Finding 27.12: 41 relay ports, no quota, one replica: one credential took them all."""
+    args = coturn_args({})
+    values = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in args if "=" in a}
+    ports = int(values["--max-port"]) - int(values["--min-port"]) + 1
+    assert int(values["--user-quota"]) >= 4  # a browser's candidates and a few viewers
+    assert int(values["--total-quota"]) <= ports
+    assert ports // 2 >= 4000  # each viewer holds two allocations
+    # a quota past the port range is refused at render time
+    with pytest.raises(helm_python.HelmError, match="totalQuota"):
+        render({"coturn": {"totalQuota": 100, "minPort": 50000, "maxPort": 50010}})
+
+
+def test_several_coturn_replicas_each_get_a_service_and_the_control_plane_their_hosts() -> None:
+    hosts = ["turn-0.vdi.example.com", "turn-1.vdi.example.com"]
+    with pytest.raises(helm_python.HelmError, match="turn.hosts must list 2"):
+        render({"coturn": {"replicas": 2}})
+    objects = render({"coturn": {"replicas": 2}, "turn": {"hosts": hosts}})
+    [coturn] = [
+        s for s in by_kind(objects, "StatefulSet") if s["metadata"]["name"].endswith("coturn")
+    ]
+    assert coturn["spec"]["replicas"] == 2
+    services = {s["metadata"]["name"]: s for s in by_kind(objects, "Service")}
+    for n in range(2):
+        [name] = [k for k in services if k.endswith(f"-coturn-{n}")]
+        selector = services[name]["spec"]["selector"]
+        assert selector == {"statefulset.kubernetes.io/pod-name": name}
+    [deployment] = [
+        d for d in by_kind(objects, "Deployment") if not d["metadata"]["name"].endswith("coturn")
+    ]
+    env = {
+        e["name"]: e.get("value")
+        for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["VDI_TURN_HOSTS"] == ",".join(hosts)

@@ -76,3 +76,11 @@ def test_the_shared_secret_reaches_coturn_by_a_file_not_its_arguments(
 
 def test_coturn_listens_on_tcp_where_the_charts_probes_connect(relay: dict[str, Any]) -> None:
     assert relay["tcp_listening"] is True
+
+
+def test_one_credential_holds_at_most_its_quota_of_relays(relay: dict[str, Any]) -> None:
+    """Finding 27.12: one credential took all 41 relay ports and the next session got 508."""
+    quota = relay["user_quota"]
+    assert quota["granted"] == quota["quota"]
+    assert quota["refused"] == 486  # Allocation Quota Reached
+    assert quota["other_credential"] == "allocated"

@@ -45,6 +45,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
   value: {{ .Values.turn.host | quote }}
 - name: VDI_TURN_PORT
   value: {{ .Values.turn.port | quote }}
+{{- if .Values.turn.hosts }}
+- name: VDI_TURN_HOSTS
+  value: {{ join "," .Values.turn.hosts | quote }}
+{{- end }}
 - name: VDI_LOG_LEVEL
   value: {{ .Values.logLevel | quote }}
 - name: VDI_MAX_SESSIONS_PER_USER
