@@ -91,6 +91,13 @@ class Settings(BaseSettings):
         "the session ends.",
     )
     bootstrap_token: SecretStr | None = None
+    bootstrap_generation: int | None = Field(
+        default=None,
+        ge=0,
+        description="Orders configurations for VDI_BOOTSTRAP_TOKEN (the chart sets the Helm "
+        "release revision): a replica of an older one changes no bootstrap token. Unset: the "
+        "last replica to start decides.",
+    )
     reserved_user_names: str = Field(
         default="api,turn,turns,stun,www,admin,traefik,vdi,vdi-control,vdi-api,dashboard,"
         "metrics,auth,login,mail,smtp,ns,ns1,ns2,localhost,wpad,autoconfig,autodiscover",

@@ -164,7 +164,9 @@ async def _sync_bootstrap(
     try:
         async with sessionmaker() as db, db.begin():
             outcome = await auth_service.sync_bootstrap_token(
-                db, plaintext.get_secret_value() if plaintext is not None else None
+                db,
+                plaintext.get_secret_value() if plaintext is not None else None,
+                settings.bootstrap_generation,
             )
     except (OSError, DBAPIError) as error:
         log.warning(

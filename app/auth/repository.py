@@ -23,13 +23,12 @@ async def get_by_hash(db: AsyncSession, token_hash: str) -> ApiToken | None:
     return result.scalar_one_or_none()
 
 
-async def active_bootstrap_tokens(db: AsyncSession) -> list[ApiToken]:
-    """Under a transaction lock: replicas starting together sync one at a time."""
+async def bootstrap_tokens(db: AsyncSession) -> list[ApiToken]:
+    """Every bootstrap token, revoked ones too, under a transaction lock: replicas starting
+    together sync one at a time."""
     await db.execute(text("SELECT pg_advisory_xact_lock(hashtext('vdi-bootstrap-token'))"))
     result = await db.execute(
-        select(ApiToken)
-        .where(ApiToken.bootstrap.is_(True), ApiToken.revoked_at.is_(None))
-        .with_for_update()
+        select(ApiToken).where(ApiToken.bootstrap.is_(True)).with_for_update()
     )
     return list(result.scalars())
 

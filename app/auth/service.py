@@ -95,48 +95,69 @@ async def revoke_token(db: AsyncSession, token_id: uuid.UUID) -> None:
     token = await repository.get(db, token_id)
     if token is None:
         raise TokenNotFound(f"No token with id {token_id}; list tokens with GET /v1/tokens")
-    if token.revoked_at is None:
-        token.revoked_at = utcnow()
+    if token.revoked_at is None or token.revoked_reason != REVOKED_BY_ADMIN:
+        token.revoked_at = token.revoked_at or utcnow()
+        token.revoked_reason = REVOKED_BY_ADMIN  # sticks, even if its bootstrap value returns
         await db.flush()
     # Delivered at commit: every replica ends the event streams this token opened.
     await repository.notify_revoked(db, token_id)
 
 
-async def sync_bootstrap_token(db: AsyncSession, plaintext: str | None) -> str:
-    """Only the current VDI_BOOTSTRAP_TOKEN works as a bootstrap token: earlier values are
-    revoked, and unset revokes them all. Returns what was done ("created", "kept", "revoked
-    <n>", ...).
+REVOKED_BY_ADMIN = "admin"
+REVOKED_BY_ROTATION = "rotated"
 
-    A bootstrap token an admin revoked stays revoked: rotate it by setting a new value. During
-    a rolling update a replica still holding an older value revokes nothing newer than its own
-    (only tokens created before the current one are revoked), so replicas never undo each
-    other's rotation.
+
+async def sync_bootstrap_token(
+    db: AsyncSession, plaintext: str | None, generation: int | None = None
+) -> str:
+    """Make VDI_BOOTSTRAP_TOKEN the one bootstrap token that works; returns what was done.
+
+    - A new value is created; every other bootstrap token is revoked (as rotated); unset
+      revokes them all.
+    - A value that comes back (T1 -> T2 -> T1: a `helm rollback`, or the old Secret restored
+      after T2 leaked) works again, and the values in between are revoked. A value an admin
+      revoked (DELETE /v1/tokens/{id}) stays revoked: set a new one.
+    - `generation` (VDI_BOOTSTRAP_GENERATION; the chart sets the Helm release revision) orders
+      configurations: a replica of an older one (a rolling update's old pod restarting)
+      changes nothing. Without it, the last replica to start decides.
     """
-    active = await repository.active_bootstrap_tokens(db)
+    tokens = await repository.bootstrap_tokens(db)
+    known = [t.bootstrap_generation for t in tokens if t.bootstrap_generation is not None]
+    newest = max(known, default=None)
+    if generation is not None and newest is not None and generation < newest:
+        return f"generation {generation} is older than {newest}: nothing changed"
+    now = utcnow()
     current = None
-    created = False
+    outcome = "none set"
     if plaintext is not None:
         token_hash = hash_api_token(plaintext)
-        current = await repository.get_by_hash(db, token_hash)
+        current = next((t for t in tokens if t.token_hash == token_hash), None)
+        if current is None and await repository.get_by_hash(db, token_hash) is not None:
+            raise ValueError("VDI_BOOTSTRAP_TOKEN equals an API token; choose another value")
         if current is None:
             current = ApiToken(
                 name=BOOTSTRAP_TOKEN_NAME,
                 scopes=[Scope.admin.value],
                 token_hash=token_hash,
                 bootstrap=True,
-                created_at=utcnow(),
+                created_at=now,
             )
             db.add(current)
-            created = True
-    now = utcnow()
+            outcome = "created"
+        elif current.revoked_at is None:
+            outcome = "kept"
+        elif current.revoked_reason == REVOKED_BY_ADMIN:
+            outcome = "revoked by an admin: set a new value"
+        else:
+            current.revoked_at, current.revoked_reason = None, None
+            outcome = "restored"
+        current.bootstrap_generation = generation
     revoked = 0
-    for token in active:
-        if current is not None and (
-            token.id == current.id or token.created_at > current.created_at
-        ):
+    for token in tokens:
+        if token is current or token.revoked_at is not None:
             continue
-        token.revoked_at = now
+        token.revoked_at, token.revoked_reason = now, REVOKED_BY_ROTATION
         revoked += 1
         await repository.notify_revoked(db, token.id)  # caches and streams on every replica
     await db.flush()
-    return f"{'created' if created else 'kept' if current else 'none set'}; revoked {revoked}"
+    return f"{outcome}; revoked {revoked}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import Boolean, String, Text, false
+from sqlalchemy import BigInteger, Boolean, String, Text, false
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -24,3 +24,8 @@ class ApiToken(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(TZDateTime)
     # Made from VDI_BOOTSTRAP_TOKEN: revoked when that setting changes or is unset.
     bootstrap: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Why it was revoked: "admin" (DELETE /v1/tokens/{id}: sticks) or "rotated" (its bootstrap
+    # value was replaced or unset: undone if the value comes back).
+    revoked_reason: Mapped[str | None] = mapped_column(String(16))
+    # VDI_BOOTSTRAP_GENERATION of the replica that last made this value current.
+    bootstrap_generation: Mapped[int | None] = mapped_column(BigInteger)

@@ -166,14 +166,20 @@ async def test_rotating_the_bootstrap_token_revokes_the_old_value_and_unsetting_
             return (await http.get("/v1/tokens", headers=bearer(token))).status_code
 
     assert await status(app, TEST_BOOTSTRAP_TOKEN) == 200
+    first = settings.model_copy(update={"bootstrap_generation": 1})
+    async with running(create_app(first, database_url)) as generation_1:
+        assert await status(generation_1, TEST_BOOTSTRAP_TOKEN) == 200
     rotated = create_app(
-        settings.model_copy(update={"bootstrap_token": SecretStr(new_value)}), database_url
+        settings.model_copy(
+            update={"bootstrap_token": SecretStr(new_value), "bootstrap_generation": 2}
+        ),
+        database_url,
     )
     async with running(rotated):
         assert await status(rotated, new_value) == 200
         assert await status(rotated, TEST_BOOTSTRAP_TOKEN) == 401  # the old value is revoked
-    # A replica still on the old value (a rolling update) does not undo the rotation.
-    async with running(create_app(settings, database_url)) as stale:
+    # A replica still on the old value (a rolling update's old pod) does not undo the rotation.
+    async with running(create_app(first, database_url)) as stale:
         assert await status(stale, new_value) == 200
         assert await status(stale, TEST_BOOTSTRAP_TOKEN) == 401
     unset = create_app(settings.model_copy(update={"bootstrap_token": None}), database_url)
@@ -202,3 +208,38 @@ async def test_a_token_revoked_on_one_replica_stops_working_on_another_that_cach
             await asyncio.sleep(0.05)
         assert (await http.get("/v1/sessions", headers=token)).status_code == 401
     assert (await client.get("/v1/sessions", headers=token)).status_code == 401  # here at once
+
+
+@pytest.mark.parametrize("generations", [(None, None, None), (3, 4, 5)])
+async def test_a_bootstrap_value_that_comes_back_works_again_and_the_one_between_is_revoked(
+    app: FastAPI, settings: Settings, database_url: str, generations: tuple[int | None, ...]
+) -> None:
+    """Finding 27.17: after T1 -> T2 -> T1 (a helm rollback, or the old Secret restored after
+    T2 leaked), T2 stayed a valid admin token and T1 did not work."""
+    t1, t2 = TEST_BOOTSTRAP_TOKEN, "second-bootstrap-" + "s" * 40
+
+    async def status(application: FastAPI, token: str) -> int:
+        async with client_for(application) as http:
+            return (await http.get("/v1/tokens", headers=bearer(token))).status_code
+
+    def configured(value: str, generation: int | None) -> FastAPI:
+        update = {"bootstrap_token": SecretStr(value), "bootstrap_generation": generation}
+        return create_app(settings.model_copy(update=update), database_url)
+
+    g1, g2, g3 = generations
+    async with running(configured(t1, g1)) as one:
+        assert await status(one, t1) == 200
+    async with running(configured(t2, g2)) as two:
+        assert (await status(two, t2), await status(two, t1)) == (200, 401)
+    async with running(configured(t1, g3)) as back:
+        assert await status(back, t1) == 200  # valid again
+        assert await status(back, t2) == 401  # the value in between is revoked
+        # an admin's revocation sticks, even when the value returns later
+        async with client_for(back) as http:
+            listed = (await http.get("/v1/tokens", headers=bearer(t1))).json()["items"]
+            [current] = [t for t in listed if t["name"] == "bootstrap" and t["revoked_at"] is None]
+            deleted = await http.delete(f"/v1/tokens/{current['id']}", headers=bearer(t1))
+            assert deleted.status_code == 204
+    later = None if g3 is None else g3 + 1
+    async with running(configured(t1, later)) as again:
+        assert await status(again, t1) == 401

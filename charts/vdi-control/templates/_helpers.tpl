@@ -49,6 +49,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 - name: VDI_TURN_HOSTS
   value: {{ join "," .Values.turn.hosts | quote }}
 {{- end }}
+# orders bootstrap-token configurations: an older rollout's pod changes no token
+- name: VDI_BOOTSTRAP_GENERATION
+  value: {{ .Release.Revision | quote }}
 - name: VDI_LOG_LEVEL
   value: {{ .Values.logLevel | quote }}
 - name: VDI_MAX_SESSIONS_PER_USER
