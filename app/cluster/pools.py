@@ -129,10 +129,12 @@ class PoolKeeper:
             if not await repository.try_xact_lock(db, POOL_LOCK):
                 return 0, 0
             now = utcnow()
-            templates = {t.name: template_spec(t) for t in await templates_repository.list_all(db)}
             members: dict[str, list[VDISession]] = {}
             for member in await repository.pool_members(db):
                 members.setdefault(member.template_name, []).append(member)
+            # only templates with a pool, or with members left: idle templates cost nothing
+            pooled = await templates_repository.list_pooled(db, set(members))
+            templates = {t.name: template_spec(t) for t in pooled}
             batch: list[tuple[VDISession, list[lifecycle.EventDraft]]] = []
             ending: list[tuple[VDISession, str, str]] = []  # (member, reason, message)
 
@@ -195,13 +197,12 @@ class PoolKeeper:
         `unless_unchanged`: nothing (not even a list call) when the templates ask for what the
         last pass made and the orphan sweep's interval has not passed since."""
         async with self.sessionmaker() as db:
-            templates = await templates_repository.list_all(db)
+            templates = await templates_repository.list_prepulled(db)
         wanted = {
             manifests.prepull_name(t.name): manifests.prepull_daemonset(
                 t.name, template_spec(t), self.settings
             )
             for t in templates
-            if t.prepull
         }
         hashes = {
             n: b["metadata"]["annotations"][manifests.SPEC_HASH_ANNOTATION]

@@ -27,6 +27,29 @@ async def list_all(db: AsyncSession) -> list[Template]:
     return list((await db.execute(select(Template).order_by(Template.name))).scalars())
 
 
+async def list_page(db: AsyncSession, *, after: str | None, limit: int) -> list[Template]:
+    """Up to `limit` templates by name, after `after` (keyset: an index range read)."""
+    query = select(Template).order_by(Template.name).limit(limit)
+    if after is not None:
+        query = query.where(Template.name > after)
+    return list((await db.execute(query)).scalars())
+
+
+async def list_pooled(db: AsyncSession, also: set[str]) -> list[Template]:
+    """The templates the pool keeper looks at: those asking for a warm pool, and those named
+    in `also` (that still have members). The others cost nothing at rest."""
+    query = select(Template).where(Template.warm_pool > 0)
+    if also:
+        query = select(Template).where((Template.warm_pool > 0) | Template.name.in_(also))
+    return list((await db.execute(query.order_by(Template.name))).scalars())
+
+
+async def list_prepulled(db: AsyncSession) -> list[Template]:
+    """The templates that ask for an image pre-pull."""
+    query = select(Template).where(Template.prepull.is_(True)).order_by(Template.name)
+    return list((await db.execute(query)).scalars())
+
+
 async def upsert(db: AsyncSession, name: str, values: dict[str, Any]) -> tuple[Template, bool]:
     now = utcnow()
     statement: Any = (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Response, status
+from fastapi import APIRouter, Path, Query, Response, status
 
 from app.auth.deps import AUTH_ERRORS, SessionsRead, TemplatesWrite
 from app.config import DNS_LABEL_PATTERN
@@ -46,10 +46,19 @@ async def put_template(
 
 
 @router.get(
-    "", name="list_templates", responses=problem_responses(*AUTH_ERRORS), summary="List templates"
+    "",
+    name="list_templates",
+    responses=problem_responses(*AUTH_ERRORS),
+    summary="List templates, by name, a page at a time (`next_cursor`)",
 )
-async def list_templates(db: DbSession, _: SessionsRead) -> TemplateList:
-    return TemplateList(items=await service.shown(db, await service.list_templates(db)))
+async def list_templates(
+    db: DbSession,
+    _: SessionsRead,
+    limit: Annotated[int, Query(ge=1, le=service.TEMPLATE_PAGE_MAX)] = 100,
+    cursor: Annotated[str | None, Query(max_length=100)] = None,
+) -> TemplateList:
+    page, next_cursor = await service.list_templates(db, limit=limit, cursor=cursor)
+    return TemplateList(items=await service.shown(db, page), next_cursor=next_cursor)
 
 
 @router.get(

@@ -154,6 +154,9 @@ class TemplateOut(TemplateSpec):
 
 class TemplateList(BaseModel):
     items: list[TemplateOut]
+    next_cursor: str | None = Field(
+        default=None, description="Pass as `cursor` for the next page; null at the end"
+    )
 
 
 # Template fields that do not change a session's pod: a warm pool's members stay when only

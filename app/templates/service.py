@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
+
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.errors import Conflict, NotFound
+from app.config import DNS_LABEL_PATTERN
+from app.errors import Conflict, NotFound, ValidationFailed
 from app.models import Template
 from app.templates import repository
 from app.templates.schemas import TemplateOut, TemplateSpec
@@ -39,8 +44,36 @@ async def find_template(db: AsyncSession, name: str, *, lock: str | None = None)
     return await repository.get(db, name, lock=lock)
 
 
-async def list_templates(db: AsyncSession) -> list[Template]:
-    return await repository.list_all(db)
+TEMPLATE_PAGE_MAX = 500
+
+
+def encode_cursor(name: str) -> str:
+    return base64.urlsafe_b64encode(name.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    try:
+        name = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+    except (ValueError, binascii.Error):
+        name = ""
+    if not re.fullmatch(DNS_LABEL_PATTERN, name) or len(name) > 63:
+        raise ValidationFailed(
+            "Not a cursor this API issued; pass `next_cursor` from the previous page as it is",
+            field="cursor",
+            location="query",
+        )
+    return name
+
+
+async def list_templates(
+    db: AsyncSession, *, limit: int, cursor: str | None
+) -> tuple[list[Template], str | None]:
+    """One page of templates by name, and the cursor of the next (None at the end)."""
+    after = decode_cursor(cursor) if cursor else None
+    page = await repository.list_page(db, after=after, limit=limit + 1)
+    more = len(page) > limit
+    page = page[:limit]
+    return page, encode_cursor(page[-1].name) if more else None
 
 
 async def delete_template(db: AsyncSession, name: str) -> None:

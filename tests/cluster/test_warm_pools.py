@@ -423,24 +423,25 @@ async def test_a_member_claimed_during_a_shrink_is_not_ended(
     emulator, _cluster = fake
     assert (await api.put("/v1/templates/pooled", json=POOLED, headers=ADMIN)).is_success
     await fill(api, emulator, 2)
-    seen_pool: list[int] = []
+    ready_seen: list[int] = []  # ready members this pass read
     answers: list[httpx.Response] = []
-    list_all, pool_members = templates_repository.list_all, sessions_repository.pool_members
+    list_pooled, pool_members = templates_repository.list_pooled, sessions_repository.pool_members
 
-    async def templates_seen(session_db: Any) -> Any:
-        found = await list_all(session_db)
-        seen_pool[:] = [t.warm_pool for t in found if t.name == "pooled"]
+    async def members_seen(session_db: Any) -> Any:
+        found = await pool_members(session_db)
+        ready_seen[:] = [1 for m in found if m.phase == "Running"]
         return found
 
-    async def members_then_a_claim(session_db: Any) -> Any:
-        found = await pool_members(session_db)
-        ready = [m for m in found if m.phase == "Running"]
-        if not answers and seen_pool == [1] and len(ready) == 2:  # this pass will shrink
+    async def templates_then_a_claim(session_db: Any, also: set[str]) -> Any:
+        # the keeper has read the members (no lock) and now the templates: a create commits
+        found = await list_pooled(session_db, also)
+        sizes = [t.warm_pool for t in found if t.name == "pooled"]
+        if not answers and sizes == [1] and len(ready_seen) == 2:  # this pass will shrink
             answers.append(await create(api, "alice"))
         return found
 
-    monkeypatch.setattr(templates_repository, "list_all", templates_seen)
-    monkeypatch.setattr(sessions_repository, "pool_members", members_then_a_claim)
+    monkeypatch.setattr(templates_repository, "list_pooled", templates_then_a_claim)
+    monkeypatch.setattr(sessions_repository, "pool_members", members_seen)
     smaller = {**POOLED, "warm_pool": 1}
     assert (await api.put("/v1/templates/pooled", json=smaller, headers=ADMIN)).is_success
     await eventually(lambda: _true(bool(answers)))
@@ -496,3 +497,55 @@ async def test_claims_racing_a_shrink_to_zero_each_stay_their_users(
         "WHERE NOT s.pool_member AND e.reason IN ('WarmPoolShrunk', 'WarmPoolMemberExpired')"
     )
     assert ended_users == 0
+
+
+async def test_idle_templates_cost_the_pool_keeper_nothing(
+    cluster_app: FastAPI, api: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finding 27.18: every pass re-read and re-validated every template, so thousands of
+    templates with no pool and no pre-pull cost CPU at rest without bound."""
+    import app.cluster.pools as pools_module
+
+    idle = {"image": "registry.test/vdi/session:1"}
+    for n in range(150):
+        assert (await api.put(f"/v1/templates/idle-{n}", json=idle, headers=ADMIN)).is_success
+    one = {**POOLED, "warm_pool": 1}
+    assert (await api.put("/v1/templates/pooled", json=one, headers=ADMIN)).is_success
+    prepulled = {**idle, "prepull": True}
+    assert (await api.put("/v1/templates/pulled", json=prepulled, headers=ADMIN)).is_success
+    validated: list[str] = []
+    real = pools_module.template_spec
+
+    def counted(template: Any) -> Any:
+        validated.append(template.name)
+        return real(template)
+
+    monkeypatch.setattr(pools_module, "template_spec", counted)
+    keeper = cluster_app.state.reconciler.pools
+    await keeper.keep_pools()
+    await keeper.keep_prepulls()
+    assert sorted(set(validated)) == ["pooled", "pulled"]
+
+
+async def test_the_template_list_is_paginated(api: httpx.AsyncClient) -> None:
+    for n in range(5):
+        body = {"image": "registry.test/vdi/session:1"}
+        assert (await api.put(f"/v1/templates/t{n}", json=body, headers=ADMIN)).is_success
+    names, cursor, pages = [], None, 0
+    while True:
+        params = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = (await api.get("/v1/templates", params=params, headers=ADMIN)).json()
+        names += [t["name"] for t in page["items"]]
+        pages += 1
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert (names, pages) == ([f"t{n}" for n in range(5)], 3)
+    everything = (await api.get("/v1/templates", headers=ADMIN)).json()
+    assert len(everything["items"]) == 5
+    assert everything["next_cursor"] is None
+    bad = await api.get("/v1/templates", params={"cursor": "not-ours!"}, headers=ADMIN)
+    assert bad.status_code == 422
+    assert "cursor" in bad.text
+    too_many = await api.get("/v1/templates", params={"limit": 501}, headers=ADMIN)
+    assert too_many.status_code == 422
