@@ -53,7 +53,14 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
 }
 
 
-def render(values: dict[str, Any]) -> list[dict[str, Any]]:
+# This render sees no cluster (as helm template, Argo CD): the chart generates no keys then, so
+# the tests give them, unless a test is about them.
+KEYS = {"secretKey": "k" * 40, "turnSecret": "t" * 40}
+
+
+def render(values: dict[str, Any], *, keys: bool = True) -> list[dict[str, Any]]:
+    if keys and "existingSecret" not in values.get("secrets", {}):
+        values = {**values, "secrets": {**KEYS, **values.get("secrets", {})}}
     chart = helm_python.Chart.load(str(CHART))
     try:
         manifests = chart.render(values, name="vdi", namespace="vdi-system", is_install=True)
@@ -67,7 +74,7 @@ def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 
 
 def test_helm_lint_is_clean() -> None:
-    report = helm_python.lint(str(CHART), strict=True)
+    report = helm_python.lint(str(CHART), {"secrets": KEYS}, strict=True)
     assert report["errors"] == []
     assert [m for m in report["messages"] if m["severity"] >= 2] == []
 
@@ -304,3 +311,18 @@ def test_several_coturn_replicas_each_get_a_service_and_the_control_plane_their_
         for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
     }
     assert env["VDI_TURN_HOSTS"] == ",".join(hosts)
+
+
+def test_a_render_that_cannot_see_the_cluster_never_generates_keys() -> None:
+    """Finding 27.20: under helm template, Argo CD or a GitOps renderer, `lookup` is empty, so
+    new keys were generated on every render, replacing the ones in use."""
+    with pytest.raises(helm_python.HelmError, match="existingSecret"):
+        render({}, keys=False)
+    with pytest.raises(helm_python.HelmError, match="existingSecret"):
+        render({"secrets": {"secretKey": "k" * 40}}, keys=False)  # one key alone is not enough
+    # given keys, or an existing Secret: the same objects on every render
+    assert render({}) == render({})
+    existing = {"secrets": {"existingSecret": "vdi-keys"}}
+    assert by_kind(render(existing, keys=False), "Secret") == []
+    [secret] = by_kind(render({}), "Secret")
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
