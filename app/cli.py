@@ -10,11 +10,15 @@ import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import structlog
 
 from app import __version__
 from app.config import ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from app.embedded import EmbeddedPostgres
 
 log = structlog.get_logger("vdi.cli")
 
@@ -27,16 +31,26 @@ def _fail(message: str, code: int = 2) -> None:
 @contextmanager
 def database(settings: Settings) -> Iterator[str]:
     """The database URL: VDI_DATABASE_URL, or an embedded Postgres started now and stopped after."""
+    with database_server(settings) as (url, _server):
+        yield url
+
+
+@contextmanager
+def database_server(settings: Settings) -> Iterator[tuple[str, EmbeddedPostgres | None]]:
+    """The database URL and, when it is the embedded one, its server (to supervise). Called
+    under the data dir's lock (data_dir_lock) where the embedded server is used: the server
+    is this process's alone, and is stopped when the block ends, even one a killed
+    predecessor left running."""
     if settings.database_url is not None:
-        yield settings.database_url
+        yield settings.database_url, None
         return
     from app.embedded import DATABASE_NAME, EmbeddedPostgres, ensure_database
 
-    server = EmbeddedPostgres(settings.data_dir / "postgres")
+    server = EmbeddedPostgres(settings.data_dir / "postgres", sole_owner=True)
     log.info("embedded postgres started", data_dir=str(settings.data_dir), pid=server.pid)
     try:
         asyncio.run(ensure_database(server.url(), DATABASE_NAME))
-        yield server.url(DATABASE_NAME)
+        yield server.url(DATABASE_NAME), server
     finally:
         server.stop()
         log.info("embedded postgres stopped")
@@ -136,10 +150,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
     with contextlib.ExitStack() as stack:
         if _uses_data_dir(settings):
             stack.enter_context(data_dir_lock(settings, "serve"))
-        url = stack.enter_context(database(settings))
+        url, server = stack.enter_context(database_server(settings))
         ensure_schema(settings, url)
         uvicorn.run(
-            create_app(settings, url),
+            create_app(settings, url, database_server=server),
             host=host,
             port=port,
             log_config=None,

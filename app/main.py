@@ -7,7 +7,7 @@ import contextlib
 import itertools
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from asgi_correlation_id import CorrelationIdMiddleware
@@ -187,11 +187,39 @@ async def _sync_bootstrap_until_done(
             return
 
 
+EMBEDDED_CHECK_S = 5.0  # how often the embedded Postgres is checked (and restarted if dead)
+
+
+class SupervisedDatabase(Protocol):
+    restarts: int
+
+    def ensure_running(self) -> bool: ...
+
+
+async def _supervise_database(app: FastAPI, server: SupervisedDatabase) -> None:
+    """Restart the embedded Postgres when it dies (the OOM killer, a crash); while it is down
+    and cannot be started, /healthz fails, so a service manager or probe restarts us."""
+    while True:
+        await asyncio.sleep(EMBEDDED_CHECK_S)
+        before = server.restarts
+        up = await asyncio.to_thread(server.ensure_running)
+        if up and server.restarts > before:
+            log.warning("embedded postgres had stopped: restarted", restarts=server.restarts)
+        elif not up:
+            log.error("embedded postgres is down and could not be restarted")
+        app.state.database_supervised = up
+
+
 def create_app(
-    settings: Settings, database_url: str, *, cluster: KubeCluster | None = None
+    settings: Settings,
+    database_url: str,
+    *,
+    cluster: KubeCluster | None = None,
+    database_server: SupervisedDatabase | None = None,
 ) -> FastAPI:
-    """The ASGI app. `database_url` is resolved (an embedded server is started by the caller);
-    `cluster`, when given, is used instead of the one VDI_CLUSTER names (tests)."""
+    """The ASGI app. `database_url` is resolved (an embedded server is started by the caller,
+    and given as `database_server` to be supervised); `cluster`, when given, is used instead
+    of the one VDI_CLUSTER names (tests)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
@@ -217,6 +245,9 @@ def create_app(
                 stack.callback(retry.cancel)
             await hub.start()
             stack.push_async_callback(hub.stop)
+            if database_server is not None:
+                supervisor = asyncio.create_task(_supervise_database(app, database_server))
+                stack.callback(supervisor.cancel)
             if settings.reconciler:
                 await _start_cluster_side(app, settings, hub, cluster, stack)
             log.info(
@@ -235,6 +266,7 @@ def create_app(
         generate_unique_id_function=_operation_id,
     )
     app.state.settings = settings
+    app.state.database_supervised = True
     app.state.metrics = Metrics()
     app.state.report_limit = PerKeyLimit(settings.report_rate_limit)
     app.state.turn_limit = PerKeyLimit(settings.turn_rate_limit)

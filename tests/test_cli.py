@@ -232,3 +232,89 @@ def test_a_second_server_on_the_same_data_dir_is_refused_and_the_first_keeps_its
         assert httpx.get(f"{base}/v1/sessions/{session['id']}", headers=admin).json()[
             "phase"
         ] not in ("Terminating", "Terminated")
+
+
+def _postmaster_pid(data_dir: Path) -> int:
+    return int((data_dir / "postgres" / "postmaster.pid").read_text().split()[0])
+
+
+def _postgres_processes(data_dir: Path) -> list[psutil.Process]:
+    return [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if str(data_dir) in " ".join(p.info["cmdline"] or []) and "postgres" in p.name()
+    ]
+
+
+def _until(check: Callable[[], bool], timeout_s: float = 45) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "not reached in time"
+        time.sleep(0.2)
+
+
+def _status(url: str) -> int:
+    try:
+        return httpx.get(url, timeout=2).status_code
+    except httpx.TransportError:
+        return 0
+
+
+def test_a_dead_embedded_postgres_is_restarted_and_healthz_fails_while_it_cannot_be(
+    tmp_path: Path,
+) -> None:
+    """Finding 27.7: SIGKILL the postmaster (the OOM killer) and the API answered 503 for good
+    while /healthz said 200, so nothing restarted anything."""
+    data_dir = tmp_path / "data"
+    port = free_port()
+    env = environment(VDI_DATA_DIR=str(data_dir), VDI_CLUSTER="simulated", VDI_RECONCILER="false")
+    base = f"http://127.0.0.1:{port}"
+    with (tmp_path / "serve.log").open("w") as log_file:
+        process = subprocess.Popen(
+            [*VDI, "serve", "--port", str(port)], env=env, stdout=log_file, stderr=log_file
+        )
+        try:
+            _until(lambda: _status(f"{base}/readyz") == 200)
+            os.kill(_postmaster_pid(data_dir), signal.SIGKILL)
+            _until(lambda: _status(f"{base}/readyz") == 503)
+            # restarted by the server itself: ready again, the same data
+            _until(lambda: _status(f"{base}/readyz") == 200)
+            assert _status(f"{base}/healthz") == 200
+            # now it cannot start (its configuration is gone): liveness fails
+            config = data_dir / "postgres" / "postgresql.conf"
+            config.rename(config.with_suffix(".away"))
+            os.kill(_postmaster_pid(data_dir), signal.SIGKILL)
+            _until(lambda: _status(f"{base}/healthz") == 503)
+            said = httpx.get(f"{base}/healthz").json()["detail"]
+            assert "could not be restarted" in said
+            config.with_suffix(".away").rename(config)
+            _until(lambda: _status(f"{base}/healthz") == 200)
+            _until(lambda: _status(f"{base}/readyz") == 200)
+        finally:
+            os.kill(process.pid, signal.SIGTERM)
+            process.wait(timeout=30)
+    logged = (tmp_path / "serve.log").read_text()
+    assert "embedded postgres had stopped: restarted" in logged
+    _until(lambda: all(_gone(p) for p in _postgres_processes(data_dir)), 15)
+
+
+def test_after_a_killed_server_the_next_one_stops_the_postgres_it_joined(tmp_path: Path) -> None:
+    """Finding 27.21: after a SIGKILL, the next `serve` joined the orphaned embedded Postgres
+    and its clean shutdown left that postgres running."""
+    data_dir = tmp_path / "data"
+    env = environment(VDI_DATA_DIR=str(data_dir), VDI_CLUSTER="simulated", VDI_RECONCILER="false")
+    port = free_port()
+    with serving(env, port) as first:
+        wait_ready(port, first)
+        orphan = _postmaster_pid(data_dir)
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(timeout=30)
+    assert psutil.pid_exists(orphan)  # left behind, as a crash leaves it
+    port = free_port()
+    with serving(env, port) as second:
+        wait_ready(port, second)
+        assert _postmaster_pid(data_dir) == orphan  # joined, not a second server
+        os.kill(second.pid, signal.SIGTERM)
+        assert second.wait(timeout=30) == 0
+    _until(lambda: not psutil.pid_exists(orphan) or _gone(psutil.Process(orphan)), 15)
+    _until(lambda: all(_gone(p) for p in _postgres_processes(data_dir)), 15)

@@ -26,8 +26,19 @@ class Health(BaseModel):
     checks: dict[str, str] = {}
 
 
-@router.get("/healthz", name="get_liveness", summary="Liveness: the process is serving")
-async def healthz() -> Health:
+@router.get(
+    "/healthz",
+    name="get_liveness",
+    responses=problem_responses(ServiceUnavailable),
+    summary="Liveness: the process is serving (and its embedded Postgres, if any, is up)",
+)
+async def healthz(request: Request) -> Health:
+    if not request.app.state.database_supervised:
+        raise ServiceUnavailable(
+            "The embedded Postgres died and could not be restarted (see the server's log and "
+            "<data dir>/postgres/log); restart vdi-control",
+            retry_after_s=5,
+        )
     return Health(status="ok")
 
 
