@@ -29,6 +29,7 @@ import base64
 import contextlib
 import ctypes
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -194,6 +195,26 @@ async def _read_display(descriptor: int, xvfb: subprocess.Popen[bytes]) -> str:
         loop.remove_reader(descriptor)
 
 
+XAUTH_FAMILY_WILD = 0xFFFF
+XAUTH_COOKIE = b"MIT-MAGIC-COOKIE-1"
+
+
+def write_xauthority(path: Path, cookie: bytes) -> Path:
+    """An X authority file (libXau's format) with one MIT-MAGIC-COOKIE-1 entry for any address
+    and display (FamilyWild, no display number): Xvfb reads it with -auth, and the session's
+    own clients with XAUTHORITY. 0600, in the session's 0700 directory."""
+
+    def field(value: bytes) -> bytes:
+        return len(value).to_bytes(2, "big") + value
+
+    entry = XAUTH_FAMILY_WILD.to_bytes(2, "big") + field(b"") + field(b"")
+    entry += field(XAUTH_COOKIE) + field(cookie)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "wb") as out:
+        out.write(entry)
+    return path
+
+
 @dataclass
 class Desktop:
     """One session pod's processes."""
@@ -300,6 +321,7 @@ class LocalDesktops:
         env.update(
             {
                 "DISPLAY": desktop.display,
+                "XAUTHORITY": str(desktop.directory / "Xauthority"),
                 "HOME": str(home),
                 "USER": "user",
                 "LANG": "C.UTF-8",
@@ -364,13 +386,17 @@ class LocalDesktops:
             SESSION_MARKER: session_id,
             RUNTIME_MARKER: str(self.root),
         }
+        # X authorization: a cookie of this session's own, so no other local client can watch
+        # the screen or type into it (the display's socket is reachable by every account).
+        authority = write_xauthority(desktop.directory / "Xauthority", secrets.token_bytes(16))
+        base["XAUTHORITY"] = str(authority)
         read_end, write_end = os.pipe()
         try:
             xvfb = self._spawn(
                 desktop,
                 "Xvfb",
                 [self.tools.xvfb, "-displayfd", str(write_end), "-screen", "0", SCREEN]
-                + ["-nolisten", "tcp"],
+                + ["-nolisten", "tcp", "-auth", str(authority)],
                 base,
                 pass_fds=(write_end,),
                 stdout=subprocess.DEVNULL,

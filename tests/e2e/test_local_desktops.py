@@ -28,6 +28,7 @@ import pytest
 
 from app.cluster.local import RUNTIME_MARKER, SESSION_MARKER
 from bench.browser_viewer import READ_STATS, chromium
+from tests.cluster.test_x_authority import x_handshake
 from tests.conftest import TEST_SECRET_KEY, TEST_TURN_SECRET
 from tests.test_cli import free_port
 from tests.tools import REPO, VENV_BIN, tool
@@ -217,6 +218,14 @@ def test_a_session_is_a_real_desktop_that_chromium_decodes(
     assert SCREENSHOT.stat().st_size > 5000
     names = {p.name() for p in server.processes(sessions["alice"])}
     assert {"Xvfb", "selkies"} <= names, names
+    # the display takes only the session's own cookie (finding 27.2)
+    [xvfb] = [p for p in server.processes(sessions["alice"]) if p.name() == "Xvfb"]
+    assert "-auth" in xvfb.cmdline()
+    displays = {p.info["environ"].get("DISPLAY") for p in server.processes(sessions["alice"])} - {
+        None
+    }
+    [display] = displays
+    assert not x_handshake(display, None)
 
 
 def test_two_users_at_once_each_on_their_own_desktop(
