@@ -20,6 +20,7 @@ import structlog
 
 from agent import checks, latency, metrics
 from agent.callbacks import Reporter
+from agent.listeners import port_is_ours
 from agent.pipeline import Element, StreamSettings, build
 from agent.policy import Change, CpuThrottle, LatencyAdapter
 from agent.streamers import STREAMER_FAILED, StreamConfig, Streamer, UnsafeConfiguration
@@ -182,6 +183,7 @@ class Agent:
         self.turn: TurnRenewal | None = None
         self.no_relay: NoRelay | None = None
         self.turn_passwords: collections.deque[str] = collections.deque(maxlen=8)
+        self._foreign_listener_logged = False
 
     def wire_report(self) -> dict[str, Any]:
         report = {k: v for k, v in self.report.items() if k != "pipeline"}
@@ -278,14 +280,29 @@ class Agent:
         assert self.config is not None
         async with httpx.AsyncClient(timeout=2) as http:
             while time.monotonic() < deadline and not supervised.done():
-                if await self.streamer.healthy(http, self.config):
+                # an impostor that took the port first would answer the health check too
+                if self._port_is_ours() and await self.streamer.healthy(http, self.config):
                     log.info("streamer healthy", streamer=self.streamer.label)
                     return True
                 await asyncio.sleep(0.25)
         return False
 
+    def _port_is_ours(self) -> bool:
+        """Only this user listens on the streamer's port (see agent.listeners); logs the
+        first time another account does."""
+        assert self.config is not None
+        ours = port_is_ours(self.config.port)
+        if ours is False and not self._foreign_listener_logged:
+            self._foreign_listener_logged = True
+            log.error(
+                "another account listens on the streamer's port: not trusted",
+                port=self.config.port,
+            )
+        return bool(ours)
+
     def _failure_detail(self, supervised: asyncio.Task[Outcome]) -> str:
         assert self.supervisor is not None
+        held = self.config is not None and port_is_ours(self.config.port) is False
         if supervised.done() and not supervised.cancelled():
             outcome = supervised.result()
             why = {
@@ -297,6 +314,9 @@ class Agent:
         else:
             why = f"not healthy within {self.agent.streamer_start_timeout_s:g} s"
             tail = tuple(self.supervisor.tail)
+        if held:
+            assert self.config is not None
+            why = f"{why}: its port {self.config.port} is held by another account"
         lines = " | ".join(tail[-8:])
         return f"{self.streamer.label} {why}" + (f"; last output: {lines}" if lines else "")
 
@@ -355,7 +375,8 @@ class Agent:
 
     async def _scrape(self, http: httpx.AsyncClient) -> metrics.StreamStats | None:
         assert self.config is not None
-        stats = await self.streamer.stats(http, self.config)
+        # the scrape sends the desktop's password: never to a port another account holds
+        stats = await self.streamer.stats(http, self.config) if self._port_is_ours() else None
         return self.liveness.judge(time.monotonic(), stats)
 
     def _latency_ms(self, stats: metrics.StreamStats) -> float | None:

@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -596,3 +597,72 @@ async def test_turn_renewal_survives_bad_answers_and_an_unwritable_file_and_repo
             running.cancel()
         finally:
             renewal.close()
+
+
+IMPOSTOR = """
+import http.server, sys
+class Any(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers(); self.wfile.write(b"ok")
+    def log_message(self, *args):
+        pass
+server = http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Any)
+print("listening", flush=True)
+server.serve_forever()
+"""
+
+
+def test_a_port_taken_by_another_account_is_never_taken_for_selkies() -> None:
+    """Finding 27.5: the port is chosen before Selkies binds it; a local process of another
+    account that binds it first answered the health check, the session went Running, and the
+    impostor received the desktop's password with the metrics scrape."""
+    from agent.listeners import listener_uids, port_is_ours
+
+    port = free_port()
+    assert port_is_ours(port) is None  # nobody
+    impostor = subprocess.Popen(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        + [sys.executable, "-c", IMPOSTOR, str(port)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert impostor.stdout is not None
+        assert impostor.stdout.readline().strip() == "listening"
+        assert listener_uids(port) == {65534}
+        assert port_is_ours(port) is False
+        assert httpx.get(f"http://127.0.0.1:{port}/api/health").status_code == 200  # it answers
+
+        async def agent_checks() -> None:
+            env = agent_env(str(uuid.uuid4()), "http://unused", gpus=0)
+            env = dataclasses.replace(env, streamer_start_timeout_s=1.5)
+            agent = Agent(env, Selkies(["x"], "2"))
+            agent.config = stream_config(port=port)
+
+            async def restarted(_restarts: int, _code: int | None) -> None:
+                return None
+
+            agent.supervisor = supervisor.Supervisor(["sleep", "30"], {}, on_restart=restarted)
+            supervised = asyncio.create_task(asyncio.sleep(30))
+            try:
+                assert not await agent._wait_healthy(supervised)  # type: ignore[arg-type]
+                detail = agent._failure_detail(supervised)  # type: ignore[arg-type]
+                assert f"its port {port} is held by another account" in detail
+                # and the password-bearing scrape never goes there
+                async with httpx.AsyncClient() as http:
+                    assert await agent._scrape(http) is None
+            finally:
+                supervised.cancel()
+
+        asyncio.run(agent_checks())
+    finally:
+        impostor.terminate()
+        impostor.wait(timeout=10)
+        if impostor.stdout is not None:
+            impostor.stdout.close()
+    # our own listener is trusted
+    with socket.socket() as own:
+        own.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the impostor's TIME_WAIT
+        own.bind(("127.0.0.1", port))
+        own.listen()
+        assert port_is_ours(port) is True
