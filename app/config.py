@@ -48,6 +48,20 @@ class Settings(BaseSettings):
         description="Local desktops: the `selkies` command (Selkies 2.x); default the one "
         "beside this Python (`pip install 'vdi-control[desktop]'`), else on PATH",
     )
+    local_isolation: Literal["auto", "sandbox", "none"] = Field(
+        default="auto",
+        description="Local desktops: `sandbox` runs each user's desktop as an account of "
+        "their own in a bubblewrap sandbox (needs root and `bwrap`); `none` runs every desktop "
+        "as the server's account (single-user); `auto`: sandbox where possible, else "
+        "single-user, said loudly",
+    )
+    local_uid_base: int = Field(
+        default=2_000_000,
+        ge=1000,
+        le=4_000_000_000,
+        description="Local desktops, sandboxed: the first uid given to a user's account (one "
+        "per user, upward); choose a range no real account or subordinate-id range uses",
+    )
     namespace: str = Field(default="vdi", pattern=DNS_LABEL_PATTERN, max_length=63)
     base_domain: str = Field(
         default="vdi.example.com",

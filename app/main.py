@@ -104,7 +104,8 @@ async def _start_cluster_side(
                 address=settings.local_address,
                 turn="on" if settings.turn_enabled else "off (VDI_TURN_HOST unset)",
             )
-            cluster, _fake, _desktops = await stack.enter_async_context(local_cluster(settings))
+            cluster, _fake, desktops = await stack.enter_async_context(local_cluster(settings))
+            app.state.local_single_user = desktops.single_user_reason
         elif mode == "simulated":
             log.warning(
                 "SIMULATED CLUSTER: no kubeconfig or in-cluster config (or VDI_CLUSTER=simulated); "
@@ -235,6 +236,7 @@ def create_app(
         hub.on_token_revoked.append(app.state.token_cache.clear)
         app.state.cluster = None
         app.state.cluster_mode = "disabled"
+        app.state.local_single_user = ""
         app.state.route_warm_claim = None
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(engine.dispose)

@@ -44,6 +44,15 @@ import psutil
 import structlog
 
 from app.cluster import manifests
+from app.cluster.sandbox import (
+    HOME_INSIDE,
+    SESSION_INSIDE,
+    Accounts,
+    Sandbox,
+    give,
+    runtime_paths,
+    why_not_isolated,
+)
 from app.config import Settings
 
 if TYPE_CHECKING:
@@ -228,7 +237,21 @@ class Desktop:
     pgid: int = 0
     display: str = ""
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    account: int | None = None  # the uid its processes run as, when isolated
+    sandbox: Sandbox | None = None
+    home: Path | None = None  # the user's home on this host, when isolated
     stopping: bool = False
+
+    def inside(self, path: Path) -> str:
+        """`path` as the desktop's processes see it (in the sandbox, home and the session's
+        directory are elsewhere)."""
+        if self.sandbox is None:
+            return str(path)
+        for host, inside in ((self.home, HOME_INSIDE), (self.directory, SESSION_INSIDE)):
+            if host is not None and (path == host or host in path.parents):
+                return str(Path(inside) / path.relative_to(host))
+        return str(path)
+
     monitor: asyncio.Task[None] | None = None
 
 
@@ -244,6 +267,11 @@ class LocalDesktops:
         self._desktops: dict[str, Desktop] = {}  # pod uid -> its processes
         self._starts: dict[str, asyncio.Task[None]] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        # decided in start(): isolated (an account and a sandbox per desktop), or single-user
+        self.isolated = False
+        self.single_user_reason = "not started"
+        self.accounts = Accounts(self.root / "accounts.json", settings.local_uid_base)
+        self._runtime = runtime_paths(tools.selkies)
 
     # --- the fake kubelet's hooks -------------------------------------------------------------
 
@@ -321,8 +349,8 @@ class LocalDesktops:
         env.update(
             {
                 "DISPLAY": desktop.display,
-                "XAUTHORITY": str(desktop.directory / "Xauthority"),
-                "HOME": str(home),
+                "XAUTHORITY": desktop.inside(desktop.directory / "Xauthority"),
+                "HOME": desktop.inside(home),
                 "USER": "user",
                 "LANG": "C.UTF-8",
                 "PATH": f"{Path(sys.executable).parent}:{SYSTEM_PATH}",
@@ -357,6 +385,8 @@ class LocalDesktops:
         self, desktop: Desktop, what: str, command: list[str], env: dict[str, str], **options: Any
     ) -> subprocess.Popen[bytes]:
         leader = desktop.pgid == 0
+        if desktop.sandbox is not None:
+            command = desktop.sandbox.wrap(command)
         process = subprocess.Popen(
             command,
             env=env,
@@ -379,9 +409,28 @@ class LocalDesktops:
         desktop = Desktop(uid, metadata["namespace"], metadata["name"], session_id, directory, port)
         self._desktops[uid] = desktop
         home = self._home(pod, desktop)
+        if self.isolated:
+            user = str((metadata.get("labels") or {}).get(manifests.USER_LABEL, "")) or session_id
+            account = self.accounts.uid_for(user)
+            tmp = directory / "tmp"
+            tmp.mkdir(mode=0o700, exist_ok=True)
+            for owned in (directory, tmp, home):
+                await asyncio.to_thread(give, owned, account)
+            desktop.account = account
+            desktop.sandbox = Sandbox(
+                account,
+                hidden=tuple(
+                    dict.fromkeys((str(self.settings.data_dir.resolve()), str(self.root)))
+                ),
+                home=str(home),
+                session=str(directory),
+                tmp=str(tmp),
+                runtime=self._runtime,
+            )
+            desktop.home = home
         base = {
             "PATH": SYSTEM_PATH,
-            "HOME": str(home),
+            "HOME": desktop.inside(home),
             "LANG": "C.UTF-8",
             SESSION_MARKER: session_id,
             RUNTIME_MARKER: str(self.root),
@@ -389,14 +438,16 @@ class LocalDesktops:
         # X authorization: a cookie of this session's own, so no other local client can watch
         # the screen or type into it (the display's socket is reachable by every account).
         authority = write_xauthority(desktop.directory / "Xauthority", secrets.token_bytes(16))
-        base["XAUTHORITY"] = str(authority)
+        if desktop.account is not None:
+            os.chown(authority, desktop.account, desktop.account)
+        base["XAUTHORITY"] = desktop.inside(authority)
         read_end, write_end = os.pipe()
         try:
             xvfb = self._spawn(
                 desktop,
                 "Xvfb",
                 [self.tools.xvfb, "-displayfd", str(write_end), "-screen", "0", SCREEN]
-                + ["-nolisten", "tcp", "-auth", str(authority)],
+                + ["-nolisten", "tcp", "-auth", desktop.inside(authority)],
                 base,
                 pass_fds=(write_end,),
                 stdout=subprocess.DEVNULL,
@@ -454,6 +505,8 @@ class LocalDesktops:
             return
         finished = next(iter(done))
         what, code = watched[finished], finished.result()
+        if desktop.sandbox is not None and code > 128:
+            code = -(code - 128)  # bubblewrap exits 128+N for a program killed by signal N
         message = f"{what} exited ({_describe_exit(code)})"
         if what == "Xvfb":
             message = (
@@ -558,6 +611,25 @@ class LocalDesktops:
         """Before the first session: stop what a previous run left (it should have died with
         that run's server), then sweep every orphan sweep interval."""
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        mode = self.settings.local_isolation
+        why = (
+            "VDI_LOCAL_ISOLATION=none"
+            if mode == "none"
+            else await asyncio.to_thread(why_not_isolated, self.settings.local_uid_base)
+        )
+        self.isolated, self.single_user_reason = not why, why
+        if why and mode == "sandbox":
+            raise RuntimeError(f"VDI_LOCAL_ISOLATION=sandbox, but {why}")
+        if why:
+            log.warning(
+                "LOCAL DESKTOPS ARE SINGLE-USER: every desktop runs as this server's account "
+                "and can read its data dir, its keys and the other desktops. Run `vdi-control "
+                "serve` as root with bubblewrap installed (apt-get install bubblewrap) for an "
+                "account and a sandbox per user",
+                why=why,
+            )
+        else:
+            log.info("local desktops isolated: an account and a sandbox per user")
         leftovers = await asyncio.to_thread(self._marked, None)
         await _terminate(leftovers)
         if leftovers:

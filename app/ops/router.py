@@ -77,9 +77,16 @@ async def readyz(request: Request) -> Health:
             raise ServiceUnavailable(
                 "The Kubernetes API does not answer", retry_after_s=5
             ) from None
+        single_user = getattr(request.app.state, "local_single_user", "")
+        isolation = (
+            f"SINGLE-USER: every desktop runs as this server's account ({single_user})"
+            if single_user
+            else "each user's desktop an account and a sandbox of its own"
+        )
         checks["cluster"] = {
             "simulated": "simulated (in-process fake, nothing real runs)",
-            "local": "local (in-process fake API; each session is processes on this machine)",
+            "local": "local (in-process fake API; each session is processes on this machine; "
+            f"{isolation})",
         }.get(request.app.state.cluster_mode, "ok")
     return Health(status="ok", checks=checks)
 

@@ -92,10 +92,17 @@ def can_transition(current: Phase, target: Phase) -> bool:
     return target in TRANSITIONS[current]
 
 
+# Conditions that appear only once the agent reports them (a session streaming without TURN,
+# a local desktop on loopback, never has a relay to renew).
+REPORTED_ONLY = frozenset({ConditionType.relay_ready})
+
+
 def initial_conditions(gpu: int, now: datetime) -> list[dict[str, Any]]:
     stamp = now.isoformat()
     conditions = []
     for condition_type in ConditionType:
+        if condition_type in REPORTED_ONLY:
+            continue
         status, reason, message = ConditionStatus.unknown, "NotChecked", "No report yet"
         if condition_type is ConditionType.gpu_available and gpu == 0:
             status, reason, message = (

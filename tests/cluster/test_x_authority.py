@@ -25,9 +25,12 @@ def x_handshake(display: str, cookie: bytes | None) -> bool:
     request = b"l\0" + (11).to_bytes(2, "little") + (0).to_bytes(2, "little")
     request += len(name).to_bytes(2, "little") + len(data).to_bytes(2, "little") + b"\0\0"
     request += padded(name) + padded(data)
+    path = f"/tmp/.X11-unix/X{number}"
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(5)
-        sock.connect(f"/tmp/.X11-unix/X{number}")
+        # the file in /tmp where this /tmp is the display's; else Linux's abstract socket,
+        # which every process in the network namespace reaches
+        sock.connect(path if os.path.exists(path) else "\0" + path)
         sock.sendall(request)
         answer = sock.recv(1)
     return answer == b"\x01"  # 0: Failed, 1: Success, 2: Authenticate

@@ -244,11 +244,21 @@ def test_two_users_at_once_each_on_their_own_desktop(
     assert refused.status_code == 401
     stats = _decoded_in_chromium(bob_connection, None)
     assert stats["frames_decoded"] >= 30, stats
-    # each home is the user's own directory under the data dir
-    homes = {p.info["environ"]["HOME"] for p in server.processes()}
-    assert homes == {
-        str(server.data_dir.resolve() / "desktops" / "homes" / user) for user in ("alice", "bob")
-    }
+    # each user's desktop runs as an account of their own (not root, not the other's), in a
+    # sandbox where the home is /home/user; on this host it is the user's own directory
+    accounts = {}
+    for user in ("alice", "bob"):
+        processes = server.processes(sessions[user])
+        uids = {p.uids().real for p in processes if p.name() not in ("bwrap",)}
+        assert len(uids) == 1, (user, uids)
+        [accounts[user]] = uids
+        assert {p.info["environ"]["HOME"] for p in processes} == {"/home/user"}
+        home = server.data_dir.resolve() / "desktops" / "homes" / user
+        assert home.stat().st_uid == accounts[user]
+        assert oct(home.stat().st_mode & 0o777) == "0o700"
+    assert accounts["alice"] != accounts["bob"]
+    assert 0 not in accounts.values()
+    assert os.getuid() not in accounts.values()
 
 
 def test_a_killed_selkies_is_restarted_and_the_restart_reported(
