@@ -10,7 +10,7 @@ import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -152,14 +152,52 @@ def cmd_serve(args: argparse.Namespace) -> None:
             stack.enter_context(data_dir_lock(settings, "serve"))
         url, server = stack.enter_context(database_server(settings))
         ensure_schema(settings, url)
-        uvicorn.run(
-            create_app(settings, url, database_server=server),
+        app = create_app(settings, url, database_server=server)
+        if not settings.agent_port:
+            uvicorn.run(
+                app, host=host, port=port, log_config=None, proxy_headers=True, **uvicorn_options()
+            )
+            return
+        asyncio.run(_serve_with_agent_listener(app, host, port, settings.agent_port))
+
+
+async def _serve_with_agent_listener(app: Any, host: str, port: int, agent_port: int) -> None:
+    """The API on `port` and, once it has started, the agents' callbacks alone on
+    `agent_port` (app.httpserver.agent_only), both in this event loop and process."""
+    import uvicorn
+
+    from app.httpserver import agent_only, uvicorn_options
+
+    main = uvicorn.Server(
+        uvicorn.Config(
+            app, host=host, port=port, log_config=None, proxy_headers=True, **uvicorn_options()
+        )
+    )
+    agents = uvicorn.Server(
+        uvicorn.Config(
+            agent_only(app),
             host=host,
-            port=port,
+            port=agent_port,
             log_config=None,
-            proxy_headers=True,
+            lifespan="off",  # the app's lifespan is the main server's
             **uvicorn_options(),
         )
+    )
+    # signals are the main server's: it shuts down, then this one is told to
+    agents.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+    serving = asyncio.create_task(main.serve())
+    listener: asyncio.Task[None] | None = None
+    try:
+        while not main.started and not serving.done():  # noqa: ASYNC110 (uvicorn has no event)
+            await asyncio.sleep(0.05)
+        if main.started:
+            listener = asyncio.create_task(agents.serve())
+            log.info("agents' callback listener", port=agent_port)
+        await serving
+    finally:
+        agents.should_exit = True
+        if listener is not None:
+            await listener
 
 
 def cmd_migrate(_args: argparse.Namespace) -> None:

@@ -192,6 +192,14 @@ class Settings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
+    agent_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="A second listener, for the agents' callbacks only (their health reports "
+        "and TURN renewals; every other path is 404 there), so session pods can be allowed to "
+        "reach it and nothing else of the API. 0: none (the chart sets 8081).",
+    )
 
     @field_validator("secret_key", "turn_secret", "bootstrap_token")
     @classmethod

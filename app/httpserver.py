@@ -16,8 +16,11 @@ The bodies stay bounded by the routes (each reads at most its own limit, see `ap
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 from typing import Any
 
+from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 MAX_HEAD_BYTES = 32 * 1024  # nginx's default large_client_header_buffers is 4 x 8k
@@ -163,6 +166,46 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.loop.call_later(LINGER_S, self.transport.close)
         else:
             self.transport.close()
+
+
+AGENT_ROUTES = re.compile(r"^/v1/sessions/[0-9a-fA-F-]{1,64}/(health|turn)$")
+AGENT_METHODS = {"health": "POST", "turn": "GET"}
+NOT_HERE = json.dumps(
+    {
+        "type": "https://vdi-control.dev/problems/not-found",
+        "title": "Not found",
+        "status": 404,
+        "detail": "This listener serves only the agents' callbacks (POST /v1/sessions/{id}/health,"
+        " GET /v1/sessions/{id}/turn); the API is on the main port",
+    }
+).encode()
+
+
+def agent_only(app: ASGIApp) -> ASGIApp:
+    """`app` as the agents' listener serves it: their two callbacks, nothing else (no
+    /metrics, /docs or other routes reach the app from there)."""
+
+    async def only_callbacks(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            match = AGENT_ROUTES.match(scope.get("path", ""))
+            if match is None or scope.get("method") != AGENT_METHODS[match.group(1)]:
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 404,
+                        "headers": [
+                            (b"content-type", b"application/problem+json"),
+                            (b"content-length", str(len(NOT_HERE)).encode()),
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": NOT_HERE})
+                return
+        elif scope["type"] != "lifespan":
+            return  # no websockets here
+        await app(scope, receive, send)
+
+    return only_callbacks
 
 
 def uvicorn_options() -> dict[str, Any]:

@@ -318,3 +318,49 @@ def test_after_a_killed_server_the_next_one_stops_the_postgres_it_joined(tmp_pat
         assert second.wait(timeout=30) == 0
     _until(lambda: not psutil.pid_exists(orphan) or _gone(psutil.Process(orphan)), 15)
     _until(lambda: all(_gone(p) for p in _postgres_processes(data_dir)), 15)
+
+
+def test_the_agents_listener_serves_their_callbacks_and_nothing_else(tmp_path: Path) -> None:
+    """Issue 27: session pods reached the whole API on 8080 (/metrics, /docs, every route, and
+    the header-size attack). The agents' callbacks get a listener of their own, and the chart's
+    NetworkPolicy lets session pods reach only it."""
+    data_dir = tmp_path / "data"
+    port, agent_port = free_port(), free_port()
+    token = "vdi_" + "z" * 40
+    env = environment(
+        VDI_DATA_DIR=str(data_dir),
+        VDI_CLUSTER="simulated",
+        VDI_RECONCILER="false",
+        VDI_BOOTSTRAP_TOKEN=token,
+        VDI_AGENT_PORT=str(agent_port),
+    )
+    agents = f"http://127.0.0.1:{agent_port}"
+    session = "0b6f3c55-8f7e-4a7e-9d0e-2a4b8f8c1d11"
+    with serving(env, port) as process:
+        wait_ready(port, process)
+        _until(lambda: _status(f"{agents}/v1/sessions/{session}/turn") != 0, 15)
+        # the two callbacks reach the app (401: no agent token here)
+        health = httpx.post(f"{agents}/v1/sessions/{session}/health", json={"checks": []})
+        assert health.status_code == 401
+        assert httpx.get(f"{agents}/v1/sessions/{session}/turn").status_code == 401
+        # nothing else does, not even with an admin token
+        admin = {"Authorization": f"Bearer {token}"}
+        for method, path in [
+            ("GET", "/v1/sessions"),
+            ("GET", "/v1/tokens"),
+            ("GET", "/metrics"),
+            ("GET", "/docs"),
+            ("GET", "/openapi.json"),
+            ("GET", f"/v1/sessions/{session}/health"),
+            ("GET", f"/v1/sessions/{session}/connection"),
+        ]:
+            answer = httpx.request(method, f"{agents}{path}", headers=admin)
+            assert answer.status_code == 404, (method, path, answer.status_code)
+            assert "only the agents' callbacks" in answer.json()["detail"]
+        # the API is where it was
+        base = f"http://127.0.0.1:{port}"
+        assert httpx.get(f"{base}/v1/sessions", headers=admin).status_code == 200
+        os.kill(process.pid, signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        output = process.stdout.read() if process.stdout else ""
+    assert "embedded postgres stopped" in output

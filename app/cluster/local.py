@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 import structlog
 
-from app.cluster import manifests
+from app.cluster import homes, manifests
 from app.cluster.sandbox import (
     HOME_INSIDE,
     SESSION_INSIDE,
@@ -240,6 +240,7 @@ class Desktop:
     account: int | None = None  # the uid its processes run as, when isolated
     sandbox: Sandbox | None = None
     home: Path | None = None  # the user's home on this host, when isolated
+    mounted_home: Path | None = None  # its home's filesystem image is mounted there
     stopping: bool = False
 
     def inside(self, path: Path) -> str:
@@ -270,6 +271,7 @@ class LocalDesktops:
         # decided in start(): isolated (an account and a sandbox per desktop), or single-user
         self.isolated = False
         self.single_user_reason = "not started"
+        self.home_images = False  # homes limited to home_size (app.cluster.homes), as root
         self.accounts = Accounts(self.root / "accounts.json", settings.local_uid_base)
         self._runtime = runtime_paths(tools.selkies)
 
@@ -300,6 +302,7 @@ class LocalDesktops:
             desktop = self._desktops.get(uid)
             if desktop is not None:
                 await self._kill(desktop)
+                await self._release_home(desktop)
             await self._container_exited(pod, None, f"the local desktop did not start: {error}")
         finally:
             self._starts.pop(uid, None)
@@ -315,6 +318,7 @@ class LocalDesktops:
         desktop = self._desktops.pop(uid, None)
         if desktop is not None:
             await self._kill(desktop)
+            await self._release_home(desktop)  # before its directory goes (an emptyDir's image)
             self._forget(desktop)
         self._ports.pop(uid, None)
 
@@ -370,6 +374,25 @@ class LocalDesktops:
             env["VDI_NO_GPU"] = self.tools.no_gpu
         return env
 
+    def _home_size(self, pod: dict[str, Any]) -> int | None:
+        """The home's size in bytes: its PVC's request, or its emptyDir's limit."""
+        volume = {v.get("name"): v for v in pod["spec"].get("volumes") or []}.get("home", {})
+        quantity = (volume.get("emptyDir") or {}).get("sizeLimit")
+        claim = (volume.get("persistentVolumeClaim") or {}).get("claimName")
+        if claim and self.fake is not None:
+            found = self.fake.find("persistentvolumeclaims", pod["metadata"]["namespace"], claim)
+            requests = ((found or {}).get("spec") or {}).get("resources", {}).get("requests", {})
+            quantity = requests.get("storage")
+        try:
+            return homes.quantity_bytes(str(quantity)) if quantity else None
+        except ValueError:
+            return None
+
+    async def _release_home(self, desktop: Desktop) -> None:
+        if desktop.mounted_home is not None:
+            await asyncio.to_thread(homes.detach, desktop.mounted_home)
+            desktop.mounted_home = None
+
     def _home(self, pod: dict[str, Any], desktop: Desktop) -> Path:
         """The user's directory, kept (a PVC), or the pod's own (an emptyDir)."""
         volumes = {v.get("name"): v for v in pod["spec"].get("volumes") or []}
@@ -417,6 +440,10 @@ class LocalDesktops:
             for owned in (directory, tmp, home):
                 await asyncio.to_thread(give, owned, account)
             desktop.account = account
+            size = self._home_size(pod)
+            if self.home_images and size is not None:
+                await asyncio.to_thread(homes.attach, home, size, account)
+                desktop.mounted_home = home
             desktop.sandbox = Sandbox(
                 account,
                 hidden=tuple(
@@ -630,10 +657,14 @@ class LocalDesktops:
             )
         else:
             log.info("local desktops isolated: an account and a sandbox per user")
+        self.home_images = self.isolated and not await asyncio.to_thread(homes.why_no_images)
         leftovers = await asyncio.to_thread(self._marked, None)
         await _terminate(leftovers)
         if leftovers:
             log.warning("stopped processes a previous run left", processes=len(leftovers))
+        # a killed run's mounted homes: unmounted before anything under them is removed
+        if await asyncio.to_thread(homes.detach_all_under, self.root):
+            log.warning("unmounted homes a previous run left mounted")
         shutil.rmtree(self.root / "sessions", ignore_errors=True)  # the previous run's pods
         self._sweeper = asyncio.create_task(self._sweep_forever())
 
@@ -647,6 +678,7 @@ class LocalDesktops:
         desktops, self._desktops = list(self._desktops.values()), {}
         await asyncio.gather(*(self._kill(d) for d in desktops))
         for desktop in desktops:
+            await self._release_home(desktop)
             self._forget(desktop)
 
 

@@ -198,8 +198,11 @@ class Reconciler:
                 log.exception("reconciler step failed; retrying", step=name)
                 delay = 1.0
             wake.clear()
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+            # that arrives as the event is set (gh-86296), and stop() then waits forever
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), timeout=delay)
+                async with asyncio.timeout(delay):
+                    await wake.wait()
 
     async def _work_once(self) -> float:
         """Claim as many due sessions as there is room for, start working on each, and say how

@@ -107,11 +107,12 @@ class Sandbox:
         ]
         for device in GPU_DEVICES + tuple(sorted(glob.glob("/dev/nvidia[0-9]*"))):
             wrapped += ["--dev-bind-try", device, device]
-        wrapped += reach(self.runtime)
         for path in self.hidden:
             wrapped += ["--tmpfs", path]
         wrapped += ["--bind", self.tmp, "/tmp"] if self.tmp is not None else ["--tmpfs", "/tmp"]
         wrapped += ["--perms", "0755", "--tmpfs", "/home", "--perms", "0755", "--tmpfs", "/run"]
+        # what it runs from, even where that is under a directory replaced just above
+        wrapped += reach(self.runtime, ("/tmp", "/home", "/run", *self.hidden))
         if self.session is not None:
             wrapped += ["--bind", self.session, SESSION_INSIDE]
         if self.home is not None:
@@ -137,26 +138,38 @@ def _closed(directory: Path) -> bool:
         return True
 
 
-def reach(paths: tuple[str, ...]) -> list[str]:
-    """bubblewrap arguments that make each of `paths` reachable, read-only, by any account: the
-    first directory above it that is closed to others becomes an empty tmpfs (its other
-    contents stay hidden), open directories lead down to the path, and the path is bound in."""
-    masked: dict[Path, list[Path]] = {}
-    for text in paths:
-        path = Path(text)
-        blocked = next((a for a in reversed(path.parents[:-1]) if _closed(a)), None)
-        if blocked is not None:
-            masked.setdefault(blocked, []).append(path)
+def reach(paths: tuple[str, ...], shadowed: tuple[str, ...] = ()) -> list[str]:
+    """bubblewrap arguments, to come after the sandbox's own mounts (`shadowed`: /tmp, /home,
+    /run, the hidden data dir), that make each of `paths` reachable read-only by any account:
+    a path under a shadowed directory is bound back in; a path below a directory closed to
+    other accounts gets that directory masked by an empty tmpfs (its other contents stay
+    hidden) and is bound in; open directories lead down to each."""
+    anchors: dict[Path, list[Path]] = {}
+    masks: set[Path] = set()
+    roots = [Path(s) for s in shadowed]
+    wanted = {Path(p) for p in paths}
+    for path in sorted(wanted):
+        if any(other in path.parents for other in wanted):
+            continue  # inside another of `paths`: bound with it
+        under = [r for r in roots if r == path or r in path.parents]
+        if under:
+            anchor = max(under, key=lambda r: len(r.parts))
+        else:
+            blocked = next((a for a in reversed(path.parents[:-1]) if _closed(a)), None)
+            if blocked is None:
+                continue  # reachable as it is
+            anchor = blocked
+            masks.add(blocked)
+        anchors.setdefault(anchor, []).append(path)
     args: list[str] = []
-    for blocked in sorted(masked, key=lambda p: len(p.parts)):
-        if any(other in blocked.parents for other in masked):
-            continue  # inside another masked directory: handled with it
-        args += ["--perms", "0755", "--tmpfs", str(blocked)]
-        below = [p for b, ps in masked.items() if b == blocked or blocked in b.parents for p in ps]
-        made: set[Path] = set()
-        for path in sorted(set(below)):
+    for mask in sorted(masks, key=lambda p: len(p.parts)):
+        if not any(other in mask.parents for other in masks):
+            args += ["--perms", "0755", "--tmpfs", str(mask)]
+    made: set[Path] = set()
+    for anchor in sorted(anchors, key=lambda p: len(p.parts)):
+        for path in sorted(set(anchors[anchor])):
             for directory in reversed(path.parents):
-                if blocked in directory.parents and directory not in made:
+                if anchor in directory.parents and directory not in made:
                     made.add(directory)
                     args += ["--perms", "0755", "--dir", str(directory)]
             args += ["--ro-bind", str(path), str(path)]

@@ -49,7 +49,8 @@ class EventHub:
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="vdi-event-hub")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._connected.wait(), timeout=CONNECT_WAIT_S)
+            async with asyncio.timeout(CONNECT_WAIT_S):  # not wait_for (gh-86296, 3.11)
+                await self._connected.wait()
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -133,7 +133,20 @@ def test_network_policy_confines_session_pods() -> None:
     egress_ports = sorted(
         (p["protocol"], p["port"]) for rule in spec["egress"] for p in rule["ports"]
     )
-    assert egress_ports == [("TCP", 53), ("TCP", 8080), ("UDP", 53), ("UDP", 3478)]
+    # the control plane only on the agents' listener (finding 27: not the whole API on 8080)
+    assert egress_ports == [("TCP", 53), ("TCP", 8081), ("UDP", 53), ("UDP", 3478)]
+    [deployment] = [
+        d for d in by_kind(render({}), "Deployment") if not d["metadata"]["name"].endswith("coturn")
+    ]
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["VDI_AGENT_PORT"] == "8081"
+    assert env["VDI_CALLBACK_URL"].endswith(":8081")
+    assert {"name": "agents", "containerPort": 8081, "protocol": "TCP"} in container["ports"]
+    [service] = [
+        s for s in by_kind(render({}), "Service") if s["metadata"]["name"] == "vdi-vdi-control"
+    ]
+    assert {p["port"] for p in service["spec"]["ports"]} == {8080, 8081}
 
 
 def test_sessions_namespace_admits_the_dri_hostpath() -> None:

@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -304,8 +305,16 @@ def test_delete_leaves_no_process_and_keeps_the_users_home(
     for user in ("alice", "bob"):
         assert server.wait(sessions[user], {"Terminated"}, timeout_s=60)["phase"] == "Terminated"
         assert server.processes(sessions[user]) == []
-    assert (home / "notes.txt").read_text() == "kept"
     assert not (server.data_dir / "desktops" / "sessions" / sessions["alice"]).exists()
+    # kept: in the home's own filesystem image (home_size), unmounted with the session
+    assert not os.path.ismount(home)
+    image = home.with_name("alice.img")
+    with tempfile.TemporaryDirectory() as look:
+        subprocess.run(["mount", "-o", "loop,ro", str(image), look], check=True)
+        try:
+            assert (Path(look) / "notes.txt").read_text() == "kept"
+        finally:
+            subprocess.run(["umount", look], check=True)
 
 
 def test_the_sweep_stops_processes_of_no_session(server: Server) -> None:

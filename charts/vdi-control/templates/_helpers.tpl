@@ -19,7 +19,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 
 {{- define "vdi.callbackUrl" -}}
-{{- if .Values.callbackUrl -}}{{ .Values.callbackUrl }}{{- else -}}{{ printf "http://%s.%s.svc:8080" (include "vdi.fullname" .) .Release.Namespace }}{{- end -}}
+{{- if .Values.callbackUrl -}}{{ .Values.callbackUrl }}{{- else -}}{{ printf "http://%s.%s.svc:8081" (include "vdi.fullname" .) .Release.Namespace }}{{- end -}}
 {{- end -}}
 
 {{- define "vdi.env" -}}
@@ -41,6 +41,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end }}
 - name: VDI_CALLBACK_URL
   value: {{ include "vdi.callbackUrl" . | quote }}
+# the agents' callbacks alone: the only port of the control plane session pods may reach
+- name: VDI_AGENT_PORT
+  value: "8081"
 - name: VDI_TURN_HOST
   value: {{ .Values.turn.host | quote }}
 - name: VDI_TURN_PORT
