@@ -288,8 +288,8 @@ class Agent:
         return False
 
     def _port_is_ours(self) -> bool:
-        """Only this user listens on the streamer's port (see agent.listeners); logs the
-        first time another account does."""
+        """No other account listens on the streamer's port (see agent.listeners; nobody at all
+        is fine: then nothing answers there either); logs the first time another does."""
         assert self.config is not None
         ours = port_is_ours(self.config.port)
         if ours is False and not self._foreign_listener_logged:
@@ -298,7 +298,7 @@ class Agent:
                 "another account listens on the streamer's port: not trusted",
                 port=self.config.port,
             )
-        return bool(ours)
+        return ours is not False
 
     def _failure_detail(self, supervised: asyncio.Task[Outcome]) -> str:
         assert self.supervisor is not None
