@@ -28,6 +28,7 @@ MAX_URL_BYTES = 8 * 1024
 MAX_HEADERS = 100  # Go's net/http and h2 allow about this many
 HEAD_TIMEOUT_S = 10.0
 LINGER_S = 2.0  # after a refusal: read and drop what the client still sends, then close
+LINGER_MAX_BYTES = 1024 * 1024  # ... but no more than this (then close at once)
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
@@ -41,6 +42,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._url_seen = 0
         self._head_timer: asyncio.TimerHandle | None = None
         self._refused = False  # answered with an error: the parser's further callbacks are moot
+        self._discarded = 0  # bytes read and dropped since
 
     # -- the connection
 
@@ -53,7 +55,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._refused or self.parser is None or self.transport.is_closing():
+        if self._refused:
+            self._discarded += len(data)
+            if self._discarded > LINGER_MAX_BYTES and not self.transport.is_closing():
+                self.transport.close()  # lingering is for the client's last bytes, not a flood
+            return
+        if self.parser is None or self.transport.is_closing():
             return
         if self._in_head:
             if self._head_timer is None:

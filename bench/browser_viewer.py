@@ -130,6 +130,13 @@ MEASURE = (
   // (12 ms a picture at 720p here), so it is only the fallback.
   const readStamp = async (video, context) => {
     if (typeof VideoFrame !== "undefined") {
+      // No current picture (the element is between pictures, e.g. as the stream's size
+      // changes): this callback's picture is gone, so it is skipped, and the next one read.
+      // Counted apart (element_between_pictures), never as a read error.
+      if (video.readyState < HTMLMediaElement.HAVE_CURRENT_DATA) {
+        m.between_pictures++;
+        return null;
+      }
       let frame = null;
       try {
         frame = new VideoFrame(video);
@@ -149,6 +156,11 @@ MEASURE = (
           });
         }
       } catch (error) {
+        if (frame === null && error.name === "InvalidStateError") {
+          // the same, seen by the constructor: "Invalid source state" (no current picture)
+          m.between_pictures++;
+          return null;
+        }
         m.errors.add(String(error));
       } finally {
         if (frame !== null) frame.close();
@@ -163,7 +175,7 @@ MEASURE = (
     });
   };
   const m = window.__vdiMeasure = {frames: [], unreadable: 0, callbacks: 0, attached: null,
-    canvas_reads: 0, errors: new Set()};
+    canvas_reads: 0, between_pictures: 0, errors: new Set()};
   m.calibrate = async (url, count) => {
     let best = null;
     const rtts = [];
@@ -217,8 +229,9 @@ MEASURE = (
     const frames = m.frames;
     m.frames = [];
     const out = {frames, unreadable: m.unreadable, callbacks: m.callbacks,
-      canvas_reads: m.canvas_reads, errors: [...m.errors]};
+      canvas_reads: m.canvas_reads, between_pictures: m.between_pictures, errors: [...m.errors]};
     m.unreadable = 0;
+    m.between_pictures = 0;
     m.callbacks = 0;
     m.canvas_reads = 0;
     return out;
@@ -425,8 +438,8 @@ def take(driver: Any, into: dict[str, Any]) -> None:
     """Move the page's frame records into `into` (frames, unreadable, canvas_reads, errors)."""
     taken = driver.execute_script("return window.__vdiMeasure.take()")
     into.setdefault("frames", []).extend(taken["frames"])
-    for key in ("unreadable", "canvas_reads", "callbacks"):
-        into[key] = into.get(key, 0) + taken[key]
+    for key in ("unreadable", "canvas_reads", "callbacks", "between_pictures"):
+        into[key] = into.get(key, 0) + taken.get(key, 0)
     into["errors"] = sorted(set(into.get("errors", [])) | set(taken["errors"]))
 
 
@@ -467,6 +480,8 @@ def latency_figures(taken: dict[str, Any], offset_ms: float) -> dict[str, Any]:
         "frames_measured": len(shown),
         "frames_repeated": repeated,
         "frames_unreadable": taken.get("unreadable", 0),
+        # the element held no current picture when its callback read it: skipped, not errors
+        "frames_between_pictures": taken.get("between_pictures", 0),
         "frames_presented": taken.get("callbacks", 0),
         "canvas_reads": taken.get("canvas_reads", 0),
         "read_errors": taken.get("errors", []),

@@ -33,8 +33,9 @@ REPO = Path(__file__).resolve().parents[1]
             ["--streams", "30", "--requests", "20"],
             ["30 streams opened", "{'200': 30}; one more: 429", "list sessions"],
         ),
+        ("bench.header_flood", ["--seconds", "1"], ["healthz_under_flood", "431"]),
     ],
-    ids=["api", "provision", "encode", "start", "soak", "streams"],
+    ids=["api", "provision", "encode", "start", "soak", "streams", "header_flood"],
 )
 def test_bench_runs_and_prints_its_figures(
     module: str, args: list[str], expected: list[str]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import json
 import uuid
@@ -598,7 +599,10 @@ async def on_direct_pool(
         try:
             return await work(connection)
         except CLOSED_UNDER:
-            connection.terminate()  # the pool opens a new one in its place
+            # the pool opens a new one in its place; a connection lost mid-query may have been
+            # given back to the pool already, and its proxy refuses terminate() then
+            with contextlib.suppress(asyncpg.InterfaceError):
+                connection.terminate()
     async with pool.acquire() as connection:
         return await work(connection)
 

@@ -466,3 +466,39 @@ async def test_a_failing_turn_renewal_is_a_condition_not_a_failure(
     body = (await report(client, session["id"], {**READY, "checks": fresh})).json()
     relay = {c["type"]: c for c in body["conditions"]}["RelayReady"]
     assert (relay["status"], relay["reason"]) == ("True", "CredentialsFresh")
+
+
+async def test_a_connection_lost_mid_heartbeat_is_retried_even_when_the_pool_took_it_back() -> None:
+    """Seen in the Postgres-restart test: a connection lost mid-query had been given back to
+    the pool already, so terminating it raised InterfaceError and the report answered 500."""
+    import asyncpg
+
+    from app.sessions.service import on_direct_pool
+
+    class Connection:
+        def terminate(self) -> None:
+            raise asyncpg.InterfaceError(
+                "cannot call Connection.terminate(): connection has been released back to the pool"
+            )
+
+    class Acquired:
+        async def __aenter__(self) -> Connection:
+            return Connection()
+
+        async def __aexit__(self, *args: object) -> None:
+            return None
+
+    class Pool:
+        def acquire(self) -> Acquired:
+            return Acquired()
+
+    tries: list[int] = []
+
+    async def work(_connection: Connection) -> int:
+        tries.append(1)
+        if len(tries) == 1:
+            raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle")
+        return 42
+
+    assert await on_direct_pool(Pool(), work) == 42  # type: ignore[arg-type]
+    assert len(tries) == 2

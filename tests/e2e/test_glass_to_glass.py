@@ -92,6 +92,8 @@ def test_chromium_decodes_through_the_relay_and_reads_each_pictures_capture_time
     assert run["resolution"] == "1280x720"
     # Every picture read from the decoder's own planes (VideoFrame.copyTo), none undecodable.
     assert (run["canvas_reads"], run["read_errors"]) == (0, [])
+    # a picture the element no longer held when its callback ran is skipped, and rare
+    assert run["frames_between_pictures"] < max(5, run["frames_presented"] // 20)
     assert run["packets_lost"] == 0
     assert run["jitter_ms"] is not None
     assert run["jitter_ms"] < 20  # the spec's Check 3, from the browser
