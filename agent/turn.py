@@ -224,10 +224,6 @@ class TurnRenewal:
             + ": new viewers cannot get a relay",
         }
 
-    def expiring(self, now: float | None = None) -> bool:
-        """Renewal failing and the credential at its expiry margin: the stream is unhealthy."""
-        return self.relay_check(now)["ok"] is False
-
     def close(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
 

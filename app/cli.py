@@ -121,9 +121,6 @@ def _exit_on_signal(signum: int, _frame: object) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    import uvicorn
-
-    from app.httpserver import uvicorn_options
     from app.main import create_app
     from app.observability import configure_logging
 
@@ -153,17 +150,12 @@ def cmd_serve(args: argparse.Namespace) -> None:
         url, server = stack.enter_context(database_server(settings))
         ensure_schema(settings, url)
         app = create_app(settings, url, database_server=server)
-        if not settings.agent_port:
-            uvicorn.run(
-                app, host=host, port=port, log_config=None, proxy_headers=True, **uvicorn_options()
-            )
-            return
-        asyncio.run(_serve_with_agent_listener(app, host, port, settings.agent_port))
+        asyncio.run(_serve(app, host, port, settings.agent_port))
 
 
-async def _serve_with_agent_listener(app: Any, host: str, port: int, agent_port: int) -> None:
-    """The API on `port` and, once it has started, the agents' callbacks alone on
-    `agent_port` (app.httpserver.agent_only), both in this event loop and process."""
+async def _serve(app: Any, host: str, port: int, agent_port: int) -> None:
+    """The API on `port` and, with `agent_port`, once the API has started, the agents'
+    callbacks alone there (app.httpserver.agent_only), both in this event loop and process."""
     import uvicorn
 
     from app.httpserver import agent_only, uvicorn_options
@@ -188,9 +180,9 @@ async def _serve_with_agent_listener(app: Any, host: str, port: int, agent_port:
     serving = asyncio.create_task(main.serve())
     listener: asyncio.Task[None] | None = None
     try:
-        while not main.started and not serving.done():  # noqa: ASYNC110 (uvicorn has no event)
-            await asyncio.sleep(0.05)
-        if main.started:
+        while agent_port and not main.started and not serving.done():  # noqa: ASYNC110
+            await asyncio.sleep(0.05)  # (uvicorn has no event for it)
+        if agent_port and main.started:
             listener = asyncio.create_task(agents.serve())
             log.info("agents' callback listener", port=agent_port)
         await serving

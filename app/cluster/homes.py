@@ -19,7 +19,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+from app.cluster.sandbox import system_tool
+
 _UNITS = {
     "": 1,
     "k": 10**3,
@@ -48,16 +49,12 @@ def quantity_bytes(quantity: str) -> int:
     return int(float(number) * _UNITS[unit or ""])
 
 
-def _tool(name: str) -> str | None:
-    return shutil.which(name) or shutil.which(name, path=SYSTEM_PATH)
-
-
 def why_no_images() -> str:
     """Empty when homes can be images here; else why not."""
     if os.geteuid() != 0:
         return "not root"
     for name in ("mkfs.ext4", "mount", "umount", "resize2fs", "e2fsck"):
-        if _tool(name) is None:
+        if system_tool(name) is None:
             return f"{name} not found (apt-get install e2fsprogs mount)"
     if not Path("/dev/loop-control").exists():
         return "no loop devices (/dev/loop-control)"
@@ -87,7 +84,7 @@ def attach(directory: Path, size_bytes: int, uid: int) -> Path:
         os.close(descriptor)
         os.truncate(image, size)  # sparse: blocks are taken as the user writes
         _run(
-            _tool("mkfs.ext4") or "mkfs.ext4",
+            system_tool("mkfs.ext4") or "mkfs.ext4",
             "-q",
             "-F",
             "-m",
@@ -100,15 +97,15 @@ def attach(directory: Path, size_bytes: int, uid: int) -> Path:
         )
     elif image.stat().st_size < size:
         os.truncate(image, size)
-        _run(_tool("e2fsck") or "e2fsck", "-f", "-p", str(image))
-        _run(_tool("resize2fs") or "resize2fs", "-f", str(image))
+        _run(system_tool("e2fsck") or "e2fsck", "-f", "-p", str(image))
+        _run(system_tool("resize2fs") or "resize2fs", "-f", str(image))
     earlier = None
     if directory.is_dir() and any(directory.iterdir()):
         earlier = directory.with_name(directory.name + ".before-image")
         directory.rename(earlier)  # a plain directory home: moved into the image below
     directory.mkdir(mode=0o700, exist_ok=True)
     _run(
-        _tool("mount") or "mount",
+        system_tool("mount") or "mount",
         "-o",
         "loop,nosuid,nodev,noatime",
         str(image),
@@ -126,7 +123,7 @@ def detach(directory: Path) -> None:
     """Unmount the home at `directory` (lazily, should something still hold it)."""
     if not mounted(directory):
         return
-    umount = _tool("umount") or "umount"
+    umount = system_tool("umount") or "umount"
     try:
         _run(umount, str(directory))
     except RuntimeError:

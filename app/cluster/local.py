@@ -47,10 +47,12 @@ from app.cluster import homes, manifests
 from app.cluster.sandbox import (
     HOME_INSIDE,
     SESSION_INSIDE,
+    SYSTEM_PATH,
     Accounts,
     Sandbox,
     give,
     runtime_paths,
+    system_tool,
     why_not_isolated,
 )
 from app.config import Settings
@@ -65,7 +67,6 @@ RUNTIME_MARKER = "VDI_LOCAL_RUNTIME"  # the desktops directory: another data dir
 SCREEN = "1920x1080x24"
 DISPLAY_TIMEOUT_S = 15.0
 STOP_GRACE_S = 10.0
-SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 AGENT_LOG_TAIL = 3
 _PR_SET_PDEATHSIG = 1
 # The pod's settings that mean nothing here (a PulseAudio socket in the image, the TURN relay
@@ -92,11 +93,6 @@ class Tools:
     no_gpu: str  # empty: nvidia-smi works and sessions get the host's GPU; else why not
 
 
-def _which(name: str) -> str | None:
-    """On PATH, else in the system directories (a service's PATH may be minimal)."""
-    return shutil.which(name) or shutil.which(name, path=SYSTEM_PATH)
-
-
 def find_selkies(settings: Settings) -> str | None:
     if settings.local_selkies:
         path = Path(settings.local_selkies)
@@ -110,7 +106,7 @@ def find_selkies(settings: Settings) -> str | None:
 def missing_tools(settings: Settings) -> list[str]:
     """What local desktops need and this machine lacks, each with how to get it."""
     missing = []
-    if _which("Xvfb") is None:
+    if system_tool("Xvfb") is None:
         missing.append("Xvfb (apt-get install xvfb)")
     if find_selkies(settings) is None:
         where = settings.local_selkies or "beside this Python or on PATH"
@@ -120,7 +116,7 @@ def missing_tools(settings: Settings) -> list[str]:
 
 def gpu_on_host() -> str:
     """Empty when nvidia-smi lists a GPU here; else why not (said in the sessions' checks)."""
-    program = _which("nvidia-smi")
+    program = system_tool("nvidia-smi")
     if program is None:
         return "no GPU on this host (nvidia-smi not found)"
     try:
@@ -138,10 +134,10 @@ def gpu_on_host() -> str:
 
 
 def find_tools(settings: Settings) -> Tools:
-    xvfb, selkies = _which("Xvfb"), find_selkies(settings)
+    xvfb, selkies = system_tool("Xvfb"), find_selkies(settings)
     if xvfb is None or selkies is None:
         raise RuntimeError("local desktops need " + ", ".join(missing_tools(settings)))
-    return Tools(xvfb, selkies, _which("openbox"), _which("xterm"), gpu_on_host())
+    return Tools(xvfb, selkies, system_tool("openbox"), system_tool("xterm"), gpu_on_host())
 
 
 def _die_with_parent(process_group: int | None) -> Any:
@@ -237,23 +233,23 @@ class Desktop:
     pgid: int = 0
     display: str = ""
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-    account: int | None = None  # the uid its processes run as, when isolated
-    sandbox: Sandbox | None = None
-    home: Path | None = None  # the user's home on this host, when isolated
+    sandbox: Sandbox | None = None  # when isolated: its account, home and directories
     mounted_home: Path | None = None  # its home's filesystem image is mounted there
     stopping: bool = False
+    monitor: asyncio.Task[None] | None = None
 
     def inside(self, path: Path) -> str:
         """`path` as the desktop's processes see it (in the sandbox, home and the session's
         directory are elsewhere)."""
         if self.sandbox is None:
             return str(path)
-        for host, inside in ((self.home, HOME_INSIDE), (self.directory, SESSION_INSIDE)):
-            if host is not None and (path == host or host in path.parents):
+        for host, inside in (
+            (self.sandbox.home, HOME_INSIDE),
+            (self.sandbox.session, SESSION_INSIDE),
+        ):
+            if host is not None and (path == Path(host) or Path(host) in path.parents):
                 return str(Path(inside) / path.relative_to(host))
         return str(path)
-
-    monitor: asyncio.Task[None] | None = None
 
 
 class LocalDesktops:
@@ -439,22 +435,18 @@ class LocalDesktops:
             tmp.mkdir(mode=0o700, exist_ok=True)
             for owned in (directory, tmp, home):
                 await asyncio.to_thread(give, owned, account)
-            desktop.account = account
             size = self._home_size(pod)
             if self.home_images and size is not None:
                 await asyncio.to_thread(homes.attach, home, size, account)
                 desktop.mounted_home = home
             desktop.sandbox = Sandbox(
                 account,
-                hidden=tuple(
-                    dict.fromkeys((str(self.settings.data_dir.resolve()), str(self.root)))
-                ),
+                hidden=(str(self.settings.data_dir.resolve()),),  # self.root is inside it
                 home=str(home),
                 session=str(directory),
                 tmp=str(tmp),
                 runtime=self._runtime,
             )
-            desktop.home = home
         base = {
             "PATH": SYSTEM_PATH,
             "HOME": desktop.inside(home),
@@ -465,8 +457,8 @@ class LocalDesktops:
         # X authorization: a cookie of this session's own, so no other local client can watch
         # the screen or type into it (the display's socket is reachable by every account).
         authority = write_xauthority(desktop.directory / "Xauthority", secrets.token_bytes(16))
-        if desktop.account is not None:
-            os.chown(authority, desktop.account, desktop.account)
+        if desktop.sandbox is not None:
+            os.chown(authority, desktop.sandbox.uid, desktop.sandbox.uid)
         base["XAUTHORITY"] = desktop.inside(authority)
         read_end, write_end = os.pipe()
         try:

@@ -42,7 +42,8 @@ SESSION_INSIDE = "/run/desktop"  # the session's directory (its X authority), in
 GPU_DEVICES = ("/dev/dri", "/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools")
 
 
-def _tool(name: str) -> str | None:
+def system_tool(name: str) -> str | None:
+    """On PATH, else in the system directories (a service's PATH may be minimal)."""
     return shutil.which(name) or shutil.which(name, path=SYSTEM_PATH)
 
 
@@ -50,7 +51,7 @@ def why_not_isolated(probe_uid: int) -> str:
     """Empty when desktops can be isolated here; else why not (said at start-up)."""
     if os.geteuid() != 0:
         return "the server does not run as root, so it cannot give desktops accounts of their own"
-    bwrap, setpriv = _tool("bwrap"), _tool("setpriv")
+    bwrap, setpriv = system_tool("bwrap"), system_tool("setpriv")
     if bwrap is None:
         return "bubblewrap is not installed (apt-get install bubblewrap)"
     if setpriv is None:
@@ -88,7 +89,7 @@ class Sandbox:
         reach, such as a data dir under /root, can be bound in), then setpriv inside drops to
         `uid` with no capability and no way to gain privileges (no_new_privs: setuid programs
         do not elevate) before `command` runs."""
-        setpriv, bwrap = _tool("setpriv") or "setpriv", _tool("bwrap") or "bwrap"
+        setpriv, bwrap = system_tool("setpriv") or "setpriv", system_tool("bwrap") or "bwrap"
         wrapped = [
             bwrap,
             "--unshare-pid",

@@ -568,7 +568,7 @@ async def test_turn_renewal_survives_bad_answers_and_an_unwritable_file_and_repo
             # near the end of the credential's life: the relay check fails, and the agent
             # reports the stream unhealthy (new viewers would get no relay)
             renewal.current_until = time.monotonic() + 30
-            assert renewal.expiring()
+            assert renewal.relay_check()["ok"] is False
             agent = Agent(agent_env(str(uuid.uuid4()), "http://unused", gpus=0))
             agent.report, _ = check_report(agent.agent)
             agent.turn = renewal
