@@ -112,6 +112,11 @@ class ServiceUnavailable(AppError):
         super().__init__(detail, headers={"Retry-After": str(retry_after_s)})
 
 
+class DatabaseAway(Exception):
+    """A database connection lost again on a fresh connection, outside SQLAlchemy (the direct
+    asyncpg pool of app.sessions.service): answered as the database being away, 503."""
+
+
 def problem_response(
     request: Request | None,
     *,
@@ -265,6 +270,11 @@ def install_error_handlers(app: FastAPI) -> None:
             raise exc
         _note_full(request, exc)
         log.warning("database unavailable", error=type(exc).__name__)
+        return _database_unavailable(request)
+
+    @app.exception_handler(DatabaseAway)
+    async def _database_away(request: Request, exc: DatabaseAway) -> JSONResponse:
+        log.warning("database unavailable", error=str(exc))
         return _database_unavailable(request)
 
     @app.exception_handler(PoolTimeout)

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.db import json_dumps
-from app.errors import AppError, Conflict, NotFound, ValidationFailed
+from app.errors import AppError, Conflict, DatabaseAway, NotFound, ValidationFailed
 from app.models import SessionEvent, VDISession
 from app.models._types import utcnow
 from app.security import (
@@ -594,17 +594,28 @@ async def on_direct_pool(
     once more on a fresh one if the first was closed under it (a restarted database leaves
     the pool's idle connections dead, and asyncpg finds out on use, as a lost connection or a
     protocol in a state it cannot leave). Errors after that propagate: the error handlers
-    answer a database that is away with 503."""
-    async with pool.acquire() as connection:
+    answer a database that is away with 503.
+
+    Giving the connection back runs a reset query on it, which fails the same way on a
+    connection that died under (or just after) `work`; the pool terminates such a connection
+    itself, so that failure is not this call's: a finished `work`'s result stands."""
+    for attempt in (1, 2):
+        connection = await pool.acquire()
         try:
-            return await work(connection)
-        except CLOSED_UNDER:
+            result = await work(connection)
+        except CLOSED_UNDER as error:
             # the pool opens a new one in its place; a connection lost mid-query may have been
             # given back to the pool already, and its proxy refuses terminate() then
             with contextlib.suppress(asyncpg.InterfaceError):
                 connection.terminate()
-    async with pool.acquire() as connection:
-        return await work(connection)
+            if attempt == 2:
+                raise DatabaseAway(type(error).__name__) from error
+            continue
+        finally:
+            with contextlib.suppress(*CLOSED_UNDER):
+                await pool.release(connection)
+        return result
+    raise AssertionError("unreachable: the second attempt returns or raises")
 
 
 async def _report_in_transaction(

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 
 from app.security import agent_token
 from app.sessions import repository, service
+from app.sessions.events import asyncpg_dsn
 from tests.conftest import ADMIN, TEST_SECRET_KEY, bearer
 
 MakeSession = Callable[..., Awaitable[dict[str, Any]]]
@@ -468,37 +469,91 @@ async def test_a_failing_turn_renewal_is_a_condition_not_a_failure(
     assert (relay["status"], relay["reason"]) == ("True", "CredentialsFresh")
 
 
-async def test_a_connection_lost_mid_heartbeat_is_retried_even_when_the_pool_took_it_back() -> None:
-    """Seen in the Postgres-restart test: a connection lost mid-query had been given back to
-    the pool already, so terminating it raised InterfaceError and the report answered 500."""
-    import asyncpg
+async def test_a_connection_closed_under_the_direct_pool_is_retried_on_a_fresh_one(
+    database_url: str,
+) -> None:
+    """A restarted database leaves the pool's idle connection dead: the work runs once more, on
+    a new connection, and its answer stands."""
+    pool = await service.open_direct_pool(asyncpg_dsn(database_url))
+    try:
+        first = await pool.acquire()
+        backend = await first.fetchval("SELECT pg_backend_pid()")
+        await pool.release(first)
+        # another session ends it, as a server restart does, while it idles in the pool
+        other = await asyncpg.connect(asyncpg_dsn(database_url))
+        try:
+            assert await other.fetchval("SELECT pg_terminate_backend($1)", backend)
+        finally:
+            await other.close()
 
-    from app.sessions.service import on_direct_pool
+        pids: list[int] = []
 
-    class Connection:
-        def terminate(self) -> None:
-            raise asyncpg.InterfaceError(
-                "cannot call Connection.terminate(): connection has been released back to the pool"
+        async def work(connection: asyncpg.Connection) -> int:
+            pids.append(await connection.fetchval("SELECT pg_backend_pid()"))
+            return pids[-1]
+
+        answered = await service.on_direct_pool(pool, work)
+        assert answered != backend
+        assert pids[-1] == answered
+    finally:
+        await pool.close()
+
+
+async def test_a_finished_direct_query_stands_when_giving_its_connection_back_fails(
+    database_url: str,
+) -> None:
+    """Seen in the Postgres-restart test as a heartbeat's 500: the query had answered, and the
+    reset query run when the connection went back to the pool found the protocol mid-operation
+    (InternalClientError). The pool terminates that connection itself; the answer stands and
+    the work is not run twice."""
+    resets = 0
+
+    async def reset(connection: asyncpg.Connection) -> None:
+        nonlocal resets
+        resets += 1
+        if resets == 1:
+            raise asyncpg.InternalClientError(
+                "cannot switch to state 15; another operation (2) is in progress"
             )
 
-    class Acquired:
-        async def __aenter__(self) -> Connection:
-            return Connection()
+    pool = await asyncpg.create_pool(asyncpg_dsn(database_url), min_size=0, max_size=2, reset=reset)
+    try:
+        runs: list[int] = []
 
-        async def __aexit__(self, *args: object) -> None:
-            return None
+        async def work(connection: asyncpg.Connection) -> int:
+            runs.append(1)
+            return int(await connection.fetchval("SELECT 41 + 1"))
 
-    class Pool:
-        def acquire(self) -> Acquired:
-            return Acquired()
+        assert await service.on_direct_pool(pool, work) == 42
+        assert len(runs) == 1
+        assert await service.on_direct_pool(pool, work) == 42  # the pool goes on, with a new one
+    finally:
+        await pool.close()
 
-    tries: list[int] = []
 
-    async def work(_connection: Connection) -> int:
-        tries.append(1)
-        if len(tries) == 1:
-            raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle")
-        return 42
+async def test_a_direct_pool_closed_under_twice_is_the_database_away(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    """Lost again on the fresh connection: a 503 with Retry-After, as for the ORM's errors,
+    never a 500."""
+    from fastapi import APIRouter
 
-    assert await on_direct_pool(Pool(), work) == 42  # type: ignore[arg-type]
-    assert len(tries) == 2
+    from app.errors import DatabaseAway
+
+    async def work(connection: asyncpg.Connection) -> int:
+        raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle")
+
+    with pytest.raises(DatabaseAway):
+        await service.on_direct_pool(app.state.direct_pool, work)
+
+    router = APIRouter()
+
+    @router.get("/v1/test-direct-pool")
+    async def direct() -> int:
+        return await service.on_direct_pool(app.state.direct_pool, work)
+
+    app.include_router(router)
+    response = await client.get("/v1/test-direct-pool", headers=ADMIN)
+    assert response.status_code == 503
+    assert response.json()["type"].endswith(":database-unavailable")
+    assert response.headers["retry-after"].isdigit()
