@@ -649,7 +649,14 @@ class LocalDesktops:
             )
         else:
             log.info("local desktops isolated: an account and a sandbox per user")
-        self.home_images = self.isolated and not await asyncio.to_thread(homes.why_no_images)
+        no_images = await asyncio.to_thread(homes.why_no_images) if self.isolated else ""
+        self.home_images = self.isolated and not no_images
+        if no_images:
+            log.warning(
+                "local homes are plain directories: home_size is not enforced and one full "
+                "home fills the data dir's disk",
+                why=no_images,
+            )
         leftovers = await asyncio.to_thread(self._marked, None)
         await _terminate(leftovers)
         if leftovers:
