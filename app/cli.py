@@ -1,4 +1,4 @@
-"""The command line: vdi-control serve | migrate | token create | openapi."""
+"""The command line: vdi-control serve | migrate | token create | openapi | settings."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from app import __version__
-from app.config import ConfigError, Settings, load_settings
+from app.config import ConfigError, Settings, load_settings, settings_reference
 
 if TYPE_CHECKING:
     from app.embedded import EmbeddedPostgres
@@ -242,6 +242,10 @@ def cmd_openapi(args: argparse.Namespace) -> None:
     print(json.dumps(document, indent=2 if args.pretty else None, sort_keys=False))
 
 
+def cmd_settings(_args: argparse.Namespace) -> None:
+    print(settings_reference(), end="")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vdi-control", description=__doc__)
     parser.add_argument("--version", action="version", version=__version__)
@@ -273,6 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
     openapi = commands.add_parser("openapi", help="print the OpenAPI document")
     openapi.add_argument("--pretty", action="store_true")
     openapi.set_defaults(handler=cmd_openapi)
+
+    settings = commands.add_parser(
+        "settings", help="print every VDI_ setting, its default and meaning (Markdown)"
+    )
+    settings.set_defaults(handler=cmd_settings)
     return parser
 
 

@@ -14,6 +14,23 @@ MIN_SECRET_CHARS = 32
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 
+def settings_reference() -> str:
+    """The settings as a Markdown table (docs/configuration.md is this, so it cannot drift)."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        shown = (
+            "unset"
+            if default is None
+            else "empty"
+            if default == ""
+            else f"`{str(default).lower() if isinstance(default, bool) else default}`"
+        )
+        meaning = " ".join((field.description or "").split()).replace("|", "\\|")
+        rows.append(f"| `VDI_{name.upper()}` | {shown} | {meaning} |")
+    return "\n".join(rows) + "\n"
+
+
 class ConfigError(Exception):
     """A setting is missing or malformed; the message names the variable."""
 
@@ -25,7 +42,11 @@ class Settings(BaseSettings):
         default=None,
         description="Postgres URL (postgresql://...). Unset: an embedded Postgres in VDI_DATA_DIR.",
     )
-    data_dir: Path = Field(default=Path(".vdi-data"), description="Embedded Postgres and keys.")
+    data_dir: Path = Field(
+        default=Path(".vdi-data"),
+        description="The embedded Postgres, generated dev keys, local desktops' homes and the "
+        "in-process API's kubeconfig",
+    )
     auto_migrate: bool | None = Field(
         default=None,
         description="Upgrade the schema at start-up. Default: true for the embedded database.",
@@ -62,10 +83,16 @@ class Settings(BaseSettings):
         description="Local desktops, sandboxed: the first uid given to a user's account (one "
         "per user, upward); choose a range no real account or subordinate-id range uses",
     )
-    namespace: str = Field(default="vdi", pattern=DNS_LABEL_PATTERN, max_length=63)
+    namespace: str = Field(
+        default="vdi",
+        pattern=DNS_LABEL_PATTERN,
+        max_length=63,
+        description="The Kubernetes namespace the sessions run in",
+    )
     base_domain: str = Field(
         default="vdi.example.com",
         pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?\.)+[a-z][-a-z0-9]*[a-z0-9]$",
+        description="Each session is served at `https://<user>.<base domain>/`",
     )
     callback_url: str = Field(
         default="http://vdi-control.vdi-system.svc:8080",
@@ -74,7 +101,9 @@ class Settings(BaseSettings):
     )
     secret_key: SecretStr | None = Field(
         default=None,
-        description="Server key: agent tokens (HMAC) and encryption at rest (Fernet).",
+        description="Server key (at least 32 characters): agent tokens (HMAC) and encryption "
+        "at rest (Fernet, HKDF-derived). Required with VDI_DATABASE_URL; otherwise generated "
+        "into the data dir",
     )
     turn_host: str | None = Field(default=None, description="TURN/STUN host; default base_domain")
     turn_hosts: str = Field(
@@ -91,9 +120,11 @@ class Settings(BaseSettings):
         "/v1/sessions/{id}/turn, a moving window); more get 429 with Retry-After. The agent "
         "renews at a third of VDI_TURN_CREDENTIAL_TTL_S.",
     )
-    turn_port: int = Field(default=3478, ge=1, le=65535)
+    turn_port: int = Field(default=3478, ge=1, le=65535, description="TURN/STUN port (UDP)")
     turn_secret: SecretStr | None = Field(
-        default=None, description="coturn static-auth-secret (use-auth-secret)."
+        default=None,
+        description="coturn's static-auth-secret (use-auth-secret), which TURN credentials "
+        "are signed with. Required with VDI_DATABASE_URL; otherwise generated into the data dir",
     )
     turn_credential_ttl_s: int = Field(
         default=900,
@@ -104,7 +135,12 @@ class Settings(BaseSettings):
         "pod's at a third of it while the session lives, so it stops working this long after "
         "the session ends.",
     )
-    bootstrap_token: SecretStr | None = None
+    bootstrap_token: SecretStr | None = Field(
+        default=None,
+        description="An admin token accepted from start-up (at least 32 characters). Only the "
+        "current value works: changing it revokes the earlier values, unsetting it revokes them "
+        "all, a value that comes back (a rollback) works again; an admin's revocation sticks",
+    )
     bootstrap_generation: int | None = Field(
         default=None,
         ge=0,
@@ -129,7 +165,11 @@ class Settings(BaseSettings):
         description="TLS secret of the session IngressRoutes (a wildcard certificate); "
         "unset: Traefik's default TLS store",
     )
-    image_pull_secret: str | None = Field(default=None, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    image_pull_secret: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="The pull secret of session pods (in the sessions namespace)",
+    )
     heartbeat_timeout_s: int = Field(
         default=120,
         ge=10,
@@ -151,11 +191,18 @@ class Settings(BaseSettings):
         ge=5,
         description="A claimed session is due again after this if its replica dies",
     )
-    reconcile_interval_s: float = Field(default=1.0, gt=0, le=60)
+    reconcile_interval_s: float = Field(
+        default=1.0, gt=0, le=60, description="How often an idle reconciler looks for due work"
+    )
     reconcile_concurrency: int = Field(
         default=16, ge=1, le=256, description="Sessions one replica works on at once"
     )
-    orphan_sweep_interval_s: float = Field(default=60.0, gt=0)
+    orphan_sweep_interval_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="How often objects of no live session are swept (one replica at a time), "
+        "and pre-pull DaemonSets checked when no template changed",
+    )
     pool_concurrency: int = Field(
         default=4,
         ge=1,
@@ -168,8 +215,14 @@ class Settings(BaseSettings):
     )
     reconciler: bool = Field(default=True, description="Run the reconciler in this replica")
     simulated_gpus: int = Field(default=8, ge=0, description="GPUs of the simulated cluster's node")
-    max_sessions_per_user: int = Field(default=1, ge=1, le=100)
-    max_body_bytes: int = Field(default=65536, ge=1024)
+    max_sessions_per_user: int = Field(
+        default=1,
+        ge=1,
+        le=100,
+        description="Live sessions per user (Pending to Running, and Failed ones still holding "
+        "their pod); more is a 409 naming them",
+    )
+    max_body_bytes: int = Field(default=65536, ge=1024, description="Larger request bodies get 413")
     max_streams_per_token: int = Field(
         default=50, ge=1, description="Event streams one token may hold open on a replica"
     )
@@ -183,15 +236,24 @@ class Settings(BaseSettings):
         "`30/minute`); more get 429 with Retry-After. The agent sends one per change and one "
         "every VDI_REPORT_INTERVAL_S.",
     )
-    idempotency_ttl_s: int = Field(default=86400, ge=60)
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    idempotency_ttl_s: int = Field(
+        default=86400,
+        ge=60,
+        description="How long an `Idempotency-Key` replays its first result",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO",
+        description="The logs' level (the embedded Postgres' own chatter is kept to warnings)",
+    )
     log_json: bool | None = Field(
         default=None,
         description="JSON log lines; unset: JSON unless stderr is a terminal (then readable "
         "lines for a person)",
     )
-    host: str = "127.0.0.1"
-    port: int = Field(default=8080, ge=1, le=65535)
+    host: str = Field(default="127.0.0.1", description="The address `serve` listens on")
+    port: int = Field(
+        default=8080, ge=1, le=65535, description="The API's port (`serve --port` overrides)"
+    )
     agent_port: int = Field(
         default=0,
         ge=0,

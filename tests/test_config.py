@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from app.config import ConfigError, load_settings
+from app.config import ConfigError, Settings, load_settings
 
 
 @pytest.fixture(autouse=True)
@@ -68,3 +68,16 @@ def test_auto_migrate_defaults_off_for_a_real_database(monkeypatch: pytest.Monke
         database_url="postgresql://db/vdi", secret_key="k" * 32, turn_secret="t" * 32
     )
     assert not settings.should_auto_migrate
+
+
+def test_the_configuration_page_is_the_settings_model() -> None:
+    """docs/configuration.md carries the table `vdi-control settings` prints: a setting added,
+    renamed or re-described without regenerating the page fails here."""
+    from app.config import settings_reference
+
+    page = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
+    table = settings_reference()
+    assert table in page, "regenerate the table: vdi-control settings"
+    for name in Settings.model_fields:
+        assert f"`VDI_{name.upper()}`" in table
+        assert Settings.model_fields[name].description, f"VDI_{name.upper()} has no description"
