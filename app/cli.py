@@ -129,7 +129,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     host, port = args.host or settings.host, args.port or settings.port
     if settings.reconciler:
         from app.cluster.kube import ClusterError
-        from app.cluster.simulated import choose_cluster
+        from app.runtimes import choose_cluster
 
         try:
             mode, _missing = choose_cluster(settings)

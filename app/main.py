@@ -20,15 +20,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app import __version__
 from app.auth import service as auth_service
 from app.auth.router import router as tokens_router
-from app.cluster.kube import KubeCluster, real_cluster
+from app.cluster.kube import KubeCluster
 from app.cluster.reconciler import Reconciler
-from app.cluster.simulated import choose_cluster, local_cluster, simulated_cluster
 from app.config import Settings
 from app.db import create_engine, create_sessionmaker
 from app.errors import PROBLEM_JSON, install_error_handlers
 from app.observability import EdgeMiddleware, Metrics
 from app.ops.router import router as ops_router
 from app.ratelimit import PerKeyLimit
+from app.runtimes import start_runtime
 from app.sessions.events import EventHub, asyncpg_dsn
 from app.sessions.lane import HeartbeatLane
 from app.sessions.router import router as sessions_router
@@ -91,36 +91,12 @@ async def _start_cluster_side(
 ) -> None:
     mode = "given"
     if cluster is None:
-        mode, missing = choose_cluster(settings)
+        runtime = await start_runtime(settings, stack)
+        cluster, mode = runtime.cluster, runtime.mode
         if settings.cluster != mode:  # `auto` resolved: the API sees the cluster it runs on
             settings = settings.model_copy(update={"cluster": mode})
             app.state.settings = settings
-        if mode == "local":
-            log.warning(
-                "LOCAL DESKTOPS: no kubeconfig or in-cluster config (or VDI_CLUSTER=local); each "
-                "session runs as processes on this machine (Xvfb, vdi-agent, Selkies 2.x) and its "
-                "url is this machine's address. A cluster: KUBECONFIG or VDI_CLUSTER=kubernetes; "
-                "the stand-in agent instead: VDI_CLUSTER=simulated.",
-                address=settings.local_address,
-                turn="on" if settings.turn_enabled else "off (VDI_TURN_HOST unset)",
-            )
-            cluster, _fake, desktops = await stack.enter_async_context(local_cluster(settings))
-            app.state.local_single_user = desktops.single_user_reason
-        elif mode == "simulated":
-            log.warning(
-                "SIMULATED CLUSTER: no kubeconfig or in-cluster config (or VDI_CLUSTER=simulated); "
-                "sessions run on an in-process fake Kubernetes API with a stand-in agent. "
-                "Nothing real is started."
-                + (
-                    " For real desktops on this machine install " + " and ".join(missing)
-                    if missing
-                    else ""
-                )
-            )
-            cluster, _fake = await stack.enter_async_context(simulated_cluster(settings))
-        else:
-            cluster = real_cluster(settings.namespace, settings.ingress_api_version)
-            stack.callback(cluster.close)
+        app.state.local_single_user = runtime.single_user
     assert cluster is not None
     app.state.cluster = cluster
     app.state.cluster_mode = mode

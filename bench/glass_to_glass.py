@@ -55,12 +55,12 @@ from prometheus_client import CollectorRegistry, Gauge, Info, start_http_server
 from agent.pipeline import SOFTWARE, Caps, Element, StreamSettings, build
 from agent.runner import Agent, AgentEnv, check_report
 from agent.streamers.selkies_gstreamer import METRICS_PORT, SelkiesGStreamer
-from app.cluster.fake import FakeKubernetes, start_fake_cluster, write_kubeconfig
 from app.cluster.manifests import SESSION_ID_LABEL
 from app.security import turn_credentials
 from bench import browser_viewer
 from bench.api import free_port, wait_ready
 from bench.webrtc_receiver import Receiver, browser_like_aiortc, ice_servers
+from kubefake import FakeKubernetes, start_fake_cluster, write_kubeconfig
 
 IN_NETNS = "VDI_G2G_IN_NETNS"
 NAMESPACE = "vdi"

@@ -51,12 +51,12 @@ import httpx
 import psutil
 
 from app.cluster import manifests
-from app.cluster.fake import write_kubeconfig
 from app.cluster.kube import KubeCluster
 from app.embedded import EmbeddedPostgres, ensure_database
 from app.security import agent_token
 from bench.api import free_port, wait_ready
 from bench.soak import processes, start_fake_api
+from kubefake import write_kubeconfig
 
 VDI = [sys.executable, "-c", "from app.cli import main; main()"]
 READY = {

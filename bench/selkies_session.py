@@ -32,7 +32,6 @@ import httpx
 import psutil
 from aiohttp import web
 
-from app.cluster.fake import FakeKubernetes, start_fake_cluster
 from app.cluster.manifests import USER_LABEL, object_name
 from bench import browser_viewer
 from bench import traefik as proxying
@@ -50,6 +49,7 @@ from bench.glass_to_glass import (
     set_up_network,
     start_session,
 )
+from kubefake import FakeKubernetes, start_fake_cluster
 
 IN_NETNS = "VDI_G2G_IN_NETNS"
 SELKIES_VENV = REPO / ".venv-selkies"

@@ -1,7 +1,7 @@
 """Soak: simulated portals and agents against two replicas for a bounded time, on loopback.
 
 Two `vdi-control serve` processes share one Postgres (embedded) and one fake Kubernetes API (its
-own process, `python -m app.cluster.fake`). Each portal loops: create a session for its user
+own process, `python -m kubefake`). Each portal loops: create a session for its user
 (with an Idempotency-Key, retried on a dropped connection or a 503 as a portal would), wait for
 Starting, act as the pod's agent (a ready report, then heartbeats), keep it alive, read it and
 its connection, delete it and wait for Terminated. Requests alternate between the replicas.
@@ -37,10 +37,10 @@ from typing import Any
 import asyncpg
 import httpx
 
-from app.cluster.fake import write_kubeconfig
 from app.embedded import EmbeddedPostgres, ensure_database
 from app.security import agent_token
 from bench.api import free_port, wait_ready
+from kubefake import write_kubeconfig
 
 VDI = [sys.executable, "-c", "from app.cli import main; main()"]
 READY_REPORT = {
@@ -197,10 +197,10 @@ def processes() -> Iterator[list[subprocess.Popen[Any]]]:
 async def start_fake_api(
     started: list[subprocess.Popen[Any]], *options: str
 ) -> tuple[subprocess.Popen[str], str]:
-    """`python -m app.cluster.fake <options>` in its own process (its CPU is not ours), kept in
+    """`python -m kubefake <options>` in its own process (its CPU is not ours), kept in
     `started` to be stopped; returns it and the URL it serves."""
     fake = subprocess.Popen(  # noqa: ASYNC220 - returns at once
-        [sys.executable, "-m", "app.cluster.fake", *options],
+        [sys.executable, "-m", "kubefake", *options],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

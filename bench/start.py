@@ -30,13 +30,13 @@ import httpx
 from fastapi import FastAPI
 from sqlalchemy.engine import make_url
 
-from app.cluster.fake import start_fake_cluster
 from app.cluster.kube import KubeCluster
-from app.cluster.simulated import StandInAgent
 from app.config import Settings
 from app.main import create_app
 from app.observability import configure_logging
+from app.runtimes.simulated import StandInAgent
 from bench.database import bench_database
+from kubefake import start_fake_cluster
 from tests.servers import serve_on
 
 ADMIN = "vdi_bench-admin-" + "a" * 32

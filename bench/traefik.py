@@ -27,8 +27,8 @@ from typing import Any
 import httpx
 import yaml
 
-from app.cluster.fake import tls
-from app.cluster.fake.tls import Certificates
+from kubefake import tls
+from kubefake.tls import Certificates
 
 TLS_SECRET = "vdi-sessions-tls"
 

@@ -8,7 +8,9 @@
   Chromium decodes frames from the container's port with the session's credentials, relayed by
   coturn;
 - the control-plane image runs `vdi-control migrate` and `vdi-control serve` against a Postgres
-  (the embedded one, its socket shared with the container) and answers /readyz, and its
+  (the embedded one, its socket shared with the container) and a Kubernetes API (the fake one,
+  served outside the container and named by a kubeconfig, as a cluster's would be: the image
+  does not carry the fake's packages, which the smoke checks), and answers /readyz, and its
   HEALTHCHECK is in the image and passes.
 
 Prints the start times. `python -m images.smoke --control-image I --session-image J [--json]`
@@ -43,6 +45,7 @@ from bench.selkies_session import (
     set_up_pod_network,
     wait_for,
 )
+from kubefake import write_kubeconfig
 
 CONTAINERS_CONF = Path(__file__).resolve().parent / "containers.conf"
 
@@ -147,7 +150,17 @@ async def session_container(image: str, report: dict[str, Any]) -> None:
 async def control_container(image: str, report: dict[str, Any]) -> None:
     with tempfile.TemporaryDirectory(prefix="vdi-smoke-db-") as tmp:
         server = EmbeddedPostgres(Path(tmp) / "pg", delete_on_stop=True)
+        api = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "kubefake", "--port", "0", stdout=asyncio.subprocess.PIPE
+        )
         try:
+            assert api.stdout is not None
+            api_url = (await asyncio.wait_for(api.stdout.readline(), 30)).decode().strip()
+            kube_dir = Path(tmp) / "kube"
+            kube_dir.mkdir()
+            write_kubeconfig(kube_dir / "config", api_url, "vdi")
+            for path in (kube_dir, kube_dir / "config"):  # the container's UID 1000 reads it
+                os.chmod(path, 0o755 if path.is_dir() else 0o644)
             url = server.url()
             socket_dir = re.search(r"host=([^&]+)", url)
             assert socket_dir is not None
@@ -161,19 +174,33 @@ async def control_container(image: str, report: dict[str, Any]) -> None:
                     "VDI_SECRET_KEY": secrets.token_urlsafe(48),
                     "VDI_TURN_SECRET": secrets.token_urlsafe(32),
                     "VDI_BOOTSTRAP_TOKEN": "vdi_smoke-" + secrets.token_urlsafe(32),
-                    "VDI_CLUSTER": "simulated",
+                    "VDI_CLUSTER": "kubernetes",
+                    "KUBECONFIG": "/kube/config",
                     "VDI_DATA_DIR": "/tmp/vdi",
                 },
             )
             common = [
                 "--network=host",
                 f"--volume={socket_dir[1]}:{socket_dir[1]}",
+                f"--volume={kube_dir}:/kube:ro",
                 f"--env-file={settings}",
                 "--cap-drop=ALL",
                 "--security-opt=no-new-privileges",
                 "--pull=never",
             ]
             started = time.monotonic()
+            fake_packages = await podman(
+                "run",
+                "--rm",
+                "--entrypoint=python",
+                *common,
+                image,
+                "-c",
+                "import importlib.util as u; print([m for m in ('kmock', 'kubernetes_validate', "
+                "'sortedcontainers') if u.find_spec(m)])",
+                timeout_s=60,
+            )
+            report["control_fake_packages"] = fake_packages.strip()
             await podman("run", "--rm", *common, image, "migrate", timeout_s=120)
             report["control_migrate_s"] = round(time.monotonic() - started, 1)
             name = f"vdi-smoke-control-{secrets.token_hex(4)}"
@@ -205,6 +232,8 @@ async def control_container(image: str, report: dict[str, Any]) -> None:
             finally:
                 await podman("stop", "--time=10", name, check=False, timeout_s=60)
         finally:
+            api.terminate()
+            await api.wait()
             server.stop()
 
 
@@ -246,6 +275,12 @@ def check(report: dict[str, Any]) -> list[str]:
         problems.append("Chromium decoded nothing")
     if (report.get("control_readyz") or {}).get("status") != "ok":
         problems.append(f"/readyz: {report.get('control_readyz')}")
+    if (report.get("control_readyz") or {}).get("checks", {}).get("cluster") != "ok":
+        problems.append(f"the control plane is not on the cluster: {report.get('control_readyz')}")
+    if report.get("control_fake_packages") != "[]":
+        problems.append(
+            f"the control-plane image has the fake's packages: {report['control_fake_packages']}"
+        )
     if not report.get("control_healthcheck_config"):
         problems.append("the control-plane image has no HEALTHCHECK")
     if report.get("control_healthcheck_exit") != 0:

@@ -13,10 +13,10 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from app.cluster.fake import FakeKubernetes, start_fake_cluster
 from app.cluster.kube import KubeCluster
 from app.config import Settings
 from app.main import create_app
+from kubefake import FakeKubernetes, start_fake_cluster
 from tests.conftest import ADMIN, _truncate, client_for, running
 
 

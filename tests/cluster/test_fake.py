@@ -11,10 +11,10 @@ import httpx
 import pytest
 
 from app.cluster import manifests
-from app.cluster.fake import FakeKubernetes, FaultPlan, start_fake_cluster
 from app.cluster.kube import ClusterError, KubeCluster
 from app.config import Settings
 from app.templates.schemas import TemplateSpec
+from kubefake import FakeKubernetes, FaultPlan, start_fake_cluster
 from tests.cluster.conftest import eventually
 
 SETTINGS = Settings(secret_key="k" * 32, turn_secret="t" * 32, namespace="vdi")

@@ -12,10 +12,10 @@ from typing import Any
 import httpx
 import pytest
 
-from app.cluster.fake import FakeKubernetes
-from app.cluster.fake.resources import TRAEFIK_KINDS
-from app.cluster.fake.server import _core_validator
 from app.cluster.kube import KubeCluster
+from kubefake import FakeKubernetes
+from kubefake.resources import TRAEFIK_KINDS
+from kubefake.server import _core_validator
 from tests.cluster.conftest import eventually
 
 Fake = tuple[FakeKubernetes, KubeCluster]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from app.cluster import homes
+from app.runtimes import homes
 
 UID = 2_200_000
 

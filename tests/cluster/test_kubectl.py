@@ -13,10 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.cluster.fake import FakeKubernetes, write_kubeconfig
 from app.cluster.kube import KubeCluster
-from app.cluster.simulated import simulated_cluster
 from app.config import Settings
+from app.runtimes.simulated import simulated_cluster
+from kubefake import FakeKubernetes, write_kubeconfig
 from tests.tools import VENV_BIN
 
 Fake = tuple[FakeKubernetes, KubeCluster]

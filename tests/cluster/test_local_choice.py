@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from app.cluster.kube import ClusterError
-from app.cluster.simulated import choose_cluster
 from app.config import Settings
+from app.runtimes import choose_cluster
 
 
 @pytest.fixture(autouse=True)

@@ -10,8 +10,8 @@ import httpx
 import yaml
 from fastapi import FastAPI
 
-from app.cluster.fake import FakeKubernetes
 from app.cluster.kube import KubeCluster
+from kubefake import FakeKubernetes
 from tests.cluster.conftest import eventually, phase_is
 from tests.cluster.test_reconciler import agent_report
 from tests.conftest import ADMIN

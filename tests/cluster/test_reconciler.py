@@ -15,11 +15,11 @@ from fastapi import FastAPI
 from sqlalchemy import update
 
 from app.cluster import kube, manifests
-from app.cluster.fake import FakeKubernetes, FaultPlan
 from app.cluster.kube import KubeCluster
 from app.models import VDISession
 from app.models._types import utcnow
 from app.templates.schemas import TemplateSpec
+from kubefake import FakeKubernetes, FaultPlan
 from tests.cluster.conftest import eventually, name_of, phase_is
 from tests.conftest import ADMIN, bearer
 

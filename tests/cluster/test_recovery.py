@@ -18,7 +18,7 @@ import httpx
 from sqlalchemy.engine import make_url
 
 from app import migrate
-from app.cluster.fake import start_fake_cluster, write_kubeconfig
+from kubefake import start_fake_cluster, write_kubeconfig
 from tests.conftest import TEST_BOOTSTRAP_TOKEN, TEST_SECRET_KEY, TEST_TURN_SECRET, bearer
 from tests.test_cli import environment, free_port, wait_ready
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from app.cluster.sandbox import (
+from app.runtimes.sandbox import (
     HOME_INSIDE,
     Accounts,
     Sandbox,
@@ -161,7 +161,7 @@ def test_nothing_a_desktop_starts_outlives_it_not_even_setsid_and_env_i(
 
 
 def test_without_root_local_desktops_are_single_user_and_say_how_to_isolate_them() -> None:
-    probe = "from app.cluster.sandbox import why_not_isolated; print(why_not_isolated(2100000))"
+    probe = "from app.runtimes.sandbox import why_not_isolated; print(why_not_isolated(2100000))"
     result = subprocess.run(
         ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable]
         + ["-c", probe],

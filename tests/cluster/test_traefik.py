@@ -17,10 +17,10 @@ import pytest
 from aiohttp import web
 
 from app.cluster import manifests
-from app.cluster.fake import FakeKubernetes
 from app.cluster.kube import KubeCluster
 from app.config import Settings
 from bench import traefik as proxying
+from kubefake import FakeKubernetes
 from tests.cluster.conftest import eventually
 from tests.conftest import ADMIN
 

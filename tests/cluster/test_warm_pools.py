@@ -16,7 +16,6 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy.engine import make_url
 
-from app.cluster.fake import FakeKubernetes
 from app.cluster.kube import ClusterError, KubeCluster
 from app.cluster.reconciler import Claim
 from app.config import Settings
@@ -24,6 +23,7 @@ from app.main import create_app
 from app.sessions import repository as sessions_repository
 from app.sessions import service as sessions_service
 from app.templates import repository as templates_repository
+from kubefake import FakeKubernetes
 from tests.cluster.conftest import eventually, name_of, phase_is
 from tests.conftest import ADMIN, bearer, client_for, running
 from tests.servers import serve

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from app.cluster.local import XAUTH_COOKIE, write_xauthority
+from app.runtimes.local import XAUTH_COOKIE, write_xauthority
 
 
 def x_handshake(display: str, cookie: bytes | None) -> bool:

@@ -13,7 +13,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from app.cluster.fake.resources import crd_schema
+from kubefake.resources import crd_schema
 from tests.tools import tool
 
 REPO = Path(__file__).resolve().parents[2]

@@ -4,13 +4,15 @@ real vdi-agent, the real Selkies 2.x from `pip install -e '.[desktop]'`), opened
 Chromium with the credentials GET .../connection hands out. Processes are found by the marker
 every process of a session carries in its environment, and stopped by their PIDs.
 
-The tests run in order on one server: two users at once, a killed Selkies, a crashed display, a
-delete, and a restart of the server itself. The browser's view of the first desktop is saved to
-.artifacts/local-desktop.png (the README's screenshot is one of these).
+The tests share one server (its start-up is the slow part) and nothing else: each makes the
+sessions it needs, for users no other test uses, and ends them; the restart test runs a server of
+its own. The browser's view of the first desktop is saved to .artifacts/local-desktop.png (the
+README's screenshot is one of these).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -27,7 +29,7 @@ import httpx
 import psutil
 import pytest
 
-from app.cluster.local import RUNTIME_MARKER, SESSION_MARKER
+from app.runtimes.local import RUNTIME_MARKER, SESSION_MARKER
 from bench.browser_viewer import READ_STATS, chromium
 from tests.cluster.test_x_authority import x_handshake
 from tests.conftest import TEST_SECRET_KEY, TEST_TURN_SECRET
@@ -142,20 +144,19 @@ async def local_database(make_database: Callable[[str], Awaitable[str]]) -> str:
     return await make_database("vdi_local_desktops")
 
 
-@pytest.fixture(scope="module")
-def server(local_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+@contextmanager
+def _server(database_url: str, directory: Path) -> Iterator[Server]:
     tool("Xvfb")
     if not (VENV_BIN / "selkies").exists():
         pytest.fail(f"no Selkies 2.x beside {sys.executable}: pip install -e '.[desktop]'")
-    directory = tmp_path_factory.mktemp("local-desktops")
-    env = _environment(directory / "data", local_database)
+    env = _environment(directory / "data", database_url)
     port = free_port()
     log = directory / "serve.log"
     with _serving(env, port, log) as process:
         base = f"http://127.0.0.1:{port}"
         ready = httpx.get(f"{base}/readyz", timeout=10).json()
         assert ready["checks"]["cluster"].startswith("local")  # and it says so
-        served = Server(base, directory / "data", log, process, local_database)
+        served = Server(base, directory / "data", log, process, database_url)
         put = httpx.put(
             f"{served.base}/v1/templates/desktop",
             json={"image": "local", "gpu": 1, "idle_timeout_s": 600},
@@ -168,6 +169,26 @@ def server(local_database: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
             served.process.wait(timeout=60)
     # however the tests ended, the servers took every desktop process with them
     assert served.processes() == []
+
+
+@pytest.fixture(scope="module")
+def server(local_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with _server(local_database, tmp_path_factory.mktemp("local-desktops")) as served:
+        yield served
+
+
+@contextmanager
+def desktop(server: Server, user: str) -> Iterator[dict[str, Any]]:
+    """A Running local desktop for `user`, ended (and its processes gone) afterwards."""
+    session = server.create(user)
+    try:
+        running = server.wait(session["id"], {"Running", "Failed"})
+        assert running["phase"] == "Running", running
+        yield running
+    finally:
+        httpx.delete(f"{server.base}/v1/sessions/{session['id']}", headers=HEADERS, timeout=10)
+        server.wait(session["id"], {"Terminated"}, timeout_s=60)
+        assert server.processes(session["id"]) == []
 
 
 def _decoded_in_chromium(connection: dict[str, Any], screenshot: Path | None) -> dict[str, Any]:
@@ -186,129 +207,110 @@ def _decoded_in_chromium(connection: dict[str, Any], screenshot: Path | None) ->
         return stats
 
 
-@pytest.fixture(scope="module")
-def sessions() -> dict[str, str]:
-    return {}
+def test_a_session_is_a_real_desktop_that_chromium_decodes(server: Server) -> None:
+    with desktop(server, "alice") as running:
+        session_id = running["id"]
+        assert running["url"].startswith("http://127.0.0.1:")
+        assert running["streamer"].startswith("selkies 2.")
+        # no TURN host is configured: loopback needs none, and the session says so
+        assert "without TURN" in running["message"]
+        conditions = {c["type"]: c for c in running["conditions"]}
+        if subprocess.run(["sh", "-c", "command -v nvidia-smi"], check=False).returncode != 0:
+            # a GPU template on a host without one: a CPU session, said as a fallback
+            assert conditions["GPUAvailable"]["reason"] == "NoGpuOnHost"
+            assert conditions["EncoderReady"]["reason"] == "SoftwareFallback"
+            assert running["encoder"] == "h264enc/x264"
+        connection = server.get(f"/v1/sessions/{session_id}/connection")
+        assert connection["url"] == running["url"]
+        assert connection["ice_servers"] == []
+        assert httpx.get(connection["url"], timeout=10).status_code == 401  # basic auth, always
+
+        SCREENSHOT.unlink(missing_ok=True)
+        stats = _decoded_in_chromium(connection, SCREENSHOT)
+        assert stats["frames_decoded"] >= 30, stats
+        assert (stats["pair"]["local"], stats["pair"]["remote"]) == ("host", "host")
+        assert SCREENSHOT.stat().st_size > 5000
+        names = {p.name() for p in server.processes(session_id)}
+        assert {"Xvfb", "selkies"} <= names, names
+        # the display takes only the session's own cookie (finding 27.2)
+        [xvfb] = [p for p in server.processes(session_id) if p.name() == "Xvfb"]
+        assert "-auth" in xvfb.cmdline()
+        displays = {p.info["environ"].get("DISPLAY") for p in server.processes(session_id)}
+        [display] = displays - {None}
+        assert not x_handshake(display, None)
 
 
-def test_a_session_is_a_real_desktop_that_chromium_decodes(
-    server: Server, sessions: dict[str, str]
-) -> None:
-    sessions["alice"] = server.create("alice")["id"]
-    running = server.wait(sessions["alice"], {"Running", "Failed"})
-    assert running["phase"] == "Running", running
-    assert running["url"].startswith("http://127.0.0.1:")
-    assert running["streamer"].startswith("selkies 2.")
-    # no TURN host is configured: loopback needs none, and the session says so
-    assert "without TURN" in running["message"]
-    conditions = {c["type"]: c for c in running["conditions"]}
-    if subprocess.run(["sh", "-c", "command -v nvidia-smi"], check=False).returncode != 0:
-        # a GPU template on a host without one: a CPU session, said as a fallback
-        assert conditions["GPUAvailable"]["reason"] == "NoGpuOnHost"
-        assert conditions["EncoderReady"]["reason"] == "SoftwareFallback"
-        assert running["encoder"] == "h264enc/x264"
-    connection = server.get(f"/v1/sessions/{sessions['alice']}/connection")
-    assert connection["url"] == running["url"]
-    assert connection["ice_servers"] == []
-    assert httpx.get(connection["url"], timeout=10).status_code == 401  # basic auth, always
-
-    SCREENSHOT.unlink(missing_ok=True)
-    stats = _decoded_in_chromium(connection, SCREENSHOT)
-    assert stats["frames_decoded"] >= 30, stats
-    assert (stats["pair"]["local"], stats["pair"]["remote"]) == ("host", "host")
-    assert SCREENSHOT.stat().st_size > 5000
-    names = {p.name() for p in server.processes(sessions["alice"])}
-    assert {"Xvfb", "selkies"} <= names, names
-    # the display takes only the session's own cookie (finding 27.2)
-    [xvfb] = [p for p in server.processes(sessions["alice"]) if p.name() == "Xvfb"]
-    assert "-auth" in xvfb.cmdline()
-    displays = {p.info["environ"].get("DISPLAY") for p in server.processes(sessions["alice"])} - {
-        None
-    }
-    [display] = displays
-    assert not x_handshake(display, None)
+def test_two_users_at_once_each_on_their_own_desktop(server: Server) -> None:
+    with desktop(server, "bob") as bob, desktop(server, "bea") as bea:
+        assert server.get(f"/v1/sessions/{bob['id']}")["phase"] == "Running"
+        assert bob["url"] != bea["url"]
+        bob_connection = server.get(f"/v1/sessions/{bob['id']}/connection")
+        bea_connection = server.get(f"/v1/sessions/{bea['id']}/connection")
+        # one user's password opens only that user's desktop
+        refused = httpx.get(bea["url"], auth=("user", bob_connection["password"]), timeout=10)
+        assert refused.status_code == 401
+        stats = _decoded_in_chromium(bea_connection, None)
+        assert stats["frames_decoded"] >= 30, stats
+        # each user's desktop runs as an account of their own (not root, not the other's), in
+        # a sandbox where the home is /home/user; on this host it is the user's own directory
+        accounts = {}
+        for user, session in (("bob", bob), ("bea", bea)):
+            processes = server.processes(session["id"])
+            uids = {p.uids().real for p in processes if p.name() not in ("bwrap",)}
+            assert len(uids) == 1, (user, uids)
+            [accounts[user]] = uids
+            assert {p.info["environ"]["HOME"] for p in processes} == {"/home/user"}
+            home = server.data_dir.resolve() / "desktops" / "homes" / user
+            assert home.stat().st_uid == accounts[user]
+            assert oct(home.stat().st_mode & 0o777) == "0o700"
+        assert accounts["bob"] != accounts["bea"]
+        assert 0 not in accounts.values()
+        assert os.getuid() not in accounts.values()
 
 
-def test_two_users_at_once_each_on_their_own_desktop(
-    server: Server, sessions: dict[str, str]
-) -> None:
-    sessions["bob"] = server.create("bob")["id"]
-    bob = server.wait(sessions["bob"], {"Running", "Failed"})
-    assert bob["phase"] == "Running", bob
-    alice = server.get(f"/v1/sessions/{sessions['alice']}")
-    assert alice["phase"] == "Running"
-    assert bob["url"] != alice["url"]
-    alice_connection = server.get(f"/v1/sessions/{sessions['alice']}/connection")
-    bob_connection = server.get(f"/v1/sessions/{sessions['bob']}/connection")
-    # one user's password opens only that user's desktop
-    refused = httpx.get(bob["url"], auth=("user", alice_connection["password"]), timeout=10)
-    assert refused.status_code == 401
-    stats = _decoded_in_chromium(bob_connection, None)
-    assert stats["frames_decoded"] >= 30, stats
-    # each user's desktop runs as an account of their own (not root, not the other's), in a
-    # sandbox where the home is /home/user; on this host it is the user's own directory
-    accounts = {}
-    for user in ("alice", "bob"):
-        processes = server.processes(sessions[user])
-        uids = {p.uids().real for p in processes if p.name() not in ("bwrap",)}
-        assert len(uids) == 1, (user, uids)
-        [accounts[user]] = uids
-        assert {p.info["environ"]["HOME"] for p in processes} == {"/home/user"}
-        home = server.data_dir.resolve() / "desktops" / "homes" / user
-        assert home.stat().st_uid == accounts[user]
-        assert oct(home.stat().st_mode & 0o777) == "0o700"
-    assert accounts["alice"] != accounts["bob"]
-    assert 0 not in accounts.values()
-    assert os.getuid() not in accounts.values()
+def test_a_killed_selkies_is_restarted_and_the_restart_reported(server: Server) -> None:
+    with desktop(server, "dave") as running:
+        session_id = running["id"]
+        (selkies,) = [p for p in server.processes(session_id) if p.name() == "selkies"]
+        selkies.kill()
+        deadline = time.monotonic() + 60
+        while not any(e["reason"] == "StreamerRestarted" for e in server.events(session_id)):
+            assert time.monotonic() < deadline, "no StreamerRestarted event"
+            time.sleep(0.5)
+        while not [p for p in server.processes(session_id) if p.name() == "selkies"]:
+            assert time.monotonic() < deadline, "Selkies not back"
+            time.sleep(0.5)
+        assert server.get(f"/v1/sessions/{session_id}")["phase"] == "Running"
 
 
-def test_a_killed_selkies_is_restarted_and_the_restart_reported(
-    server: Server, sessions: dict[str, str]
-) -> None:
-    session_id = sessions["alice"]
-    (selkies,) = [p for p in server.processes(session_id) if p.name() == "selkies"]
-    selkies.kill()
-    deadline = time.monotonic() + 60
-    while not any(e["reason"] == "StreamerRestarted" for e in server.events(session_id)):
-        assert time.monotonic() < deadline, "no StreamerRestarted event"
-        time.sleep(0.5)
-    while not [p for p in server.processes(session_id) if p.name() == "selkies"]:
-        assert time.monotonic() < deadline, "Selkies not back"
-        time.sleep(0.5)
-    assert server.get(f"/v1/sessions/{session_id}")["phase"] == "Running"
+def test_a_crashed_display_fails_the_session_as_a_crashed_container(server: Server) -> None:
+    with desktop(server, "frank") as running:
+        session_id = running["id"]
+        (xvfb,) = [p for p in server.processes(session_id) if p.name() == "Xvfb"]
+        xvfb.kill()
+        failed = server.wait(session_id, {"Failed"}, timeout_s=60)
+        assert failed["reason"] == "CrashLoopBackOff"
+        assert "Xvfb" in failed["message"]
+        assert "SIGKILL" in failed["message"]
+        # the rest of the session's processes went with it
+        assert server.processes(session_id) == []
 
 
-def test_a_crashed_display_fails_the_session_as_a_crashed_container(
-    server: Server, sessions: dict[str, str]
-) -> None:
-    session_id = sessions["bob"]
-    (xvfb,) = [p for p in server.processes(session_id) if p.name() == "Xvfb"]
-    xvfb.kill()
-    failed = server.wait(session_id, {"Failed"}, timeout_s=60)
-    assert failed["reason"] == "CrashLoopBackOff"
-    assert "Xvfb" in failed["message"]
-    assert "SIGKILL" in failed["message"]
-    # the rest of the session's processes went with it
-    assert server.processes(session_id) == []
-
-
-def test_delete_leaves_no_process_and_keeps_the_users_home(
-    server: Server, sessions: dict[str, str]
-) -> None:
-    home = server.data_dir / "desktops" / "homes" / "alice"
-    (home / "notes.txt").write_text("kept")
-    for user in ("alice", "bob"):
+def test_delete_leaves_no_process_and_keeps_the_users_home(server: Server) -> None:
+    home = server.data_dir / "desktops" / "homes" / "gina"
+    with desktop(server, "gina") as running:
+        (home / "notes.txt").write_text("kept")
         deleted = httpx.delete(
-            f"{server.base}/v1/sessions/{sessions[user]}", headers=HEADERS, timeout=10
+            f"{server.base}/v1/sessions/{running['id']}", headers=HEADERS, timeout=10
         )
         assert deleted.status_code == 202
-    for user in ("alice", "bob"):
-        assert server.wait(sessions[user], {"Terminated"}, timeout_s=60)["phase"] == "Terminated"
-        assert server.processes(sessions[user]) == []
-    assert not (server.data_dir / "desktops" / "sessions" / sessions["alice"]).exists()
+        ended = server.wait(running["id"], {"Terminated"}, timeout_s=60)
+        assert ended["phase"] == "Terminated"
+        assert server.processes(running["id"]) == []
+        assert not (server.data_dir / "desktops" / "sessions" / running["id"]).exists()
     # kept: in the home's own filesystem image (home_size), unmounted with the session
     assert not os.path.ismount(home)
-    image = home.with_name("alice.img")
+    image = home.with_name("gina.img")
     with tempfile.TemporaryDirectory() as look:
         subprocess.run(["mount", "-o", "loop,ro", str(image), look], check=True)
         try:
@@ -364,30 +366,36 @@ def test_a_warm_pool_of_local_desktops_hands_one_out_at_once(server: Server) -> 
     assert server.processes(claimed["id"]) == []
 
 
-def test_a_restarted_server_ends_the_sessions_of_its_previous_run(
-    server: Server, sessions: dict[str, str]
+async def test_a_restarted_server_ends_the_sessions_of_its_previous_run(
+    make_database: Callable[[str], Awaitable[str]], tmp_path: Path
 ) -> None:
     """Killed outright (SIGKILL: no shutdown at all), the server takes its desktops with it
     (they die with their parent); the next run ends their sessions cleanly, at once, so the
-    user can start again."""
-    sessions["carol"] = server.create("carol")["id"]
-    assert server.wait(sessions["carol"], {"Running", "Failed"})["phase"] == "Running"
-    assert server.processes(sessions["carol"])
-    server.process.kill()
-    server.process.wait(timeout=30)
-    deadline = time.monotonic() + 30
-    while server.processes():
-        assert time.monotonic() < deadline, [p.cmdline() for p in server.processes()]
-        time.sleep(0.25)
-    port = int(server.base.rsplit(":", 1)[1])
-    env = _environment(server.data_dir, server.database_url)
-    with _serving(env, port, server.log) as again:
-        server.process = again
-        ended = server.wait(sessions["carol"], {"Terminated"}, timeout_s=60)
-        reasons = [e["reason"] for e in server.events(sessions["carol"])]
-        assert "ControlPlaneRestarted" in reasons
-        assert ended["phase"] == "Terminated"
-        # and carol gets a desktop again right away
-        sessions["carol-again"] = server.create("carol")["id"]
-        again_running = server.wait(sessions["carol-again"], {"Running", "Failed"})
-        assert again_running["phase"] == "Running", again_running
+    user can start again. A server of its own: killing the shared one would end the others'."""
+    database_url = await make_database("vdi_local_restart")
+    await asyncio.to_thread(_restart_a_killed_server, database_url, tmp_path)
+
+
+def _restart_a_killed_server(database_url: str, directory: Path) -> None:
+    with _server(database_url, directory) as server:
+        carol = server.create("carol")["id"]
+        assert server.wait(carol, {"Running", "Failed"})["phase"] == "Running"
+        assert server.processes(carol)
+        server.process.kill()
+        server.process.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while server.processes():
+            assert time.monotonic() < deadline, [p.cmdline() for p in server.processes()]
+            time.sleep(0.25)
+        port = int(server.base.rsplit(":", 1)[1])
+        env = _environment(server.data_dir, server.database_url)
+        with _serving(env, port, server.log) as again:
+            server.process = again
+            ended = server.wait(carol, {"Terminated"}, timeout_s=60)
+            reasons = [e["reason"] for e in server.events(carol)]
+            assert "ControlPlaneRestarted" in reasons
+            assert ended["phase"] == "Terminated"
+            # and carol gets a desktop again right away
+            carol_again = server.create("carol")["id"]
+            again_running = server.wait(carol_again, {"Running", "Failed"})
+            assert again_running["phase"] == "Running", again_running

@@ -43,8 +43,10 @@ from typing import TYPE_CHECKING, Any
 import psutil
 import structlog
 
-from app.cluster import homes, manifests
-from app.cluster.sandbox import (
+from app.cluster import manifests
+from app.config import Settings
+from app.runtimes import homes
+from app.runtimes.sandbox import (
     HOME_INSIDE,
     SESSION_INSIDE,
     SYSTEM_PATH,
@@ -55,10 +57,9 @@ from app.cluster.sandbox import (
     system_tool,
     why_not_isolated,
 )
-from app.config import Settings
 
 if TYPE_CHECKING:
-    from app.cluster.fake import FakeKubernetes
+    from kubefake import FakeKubernetes
 
 log = structlog.get_logger("vdi.local")
 
@@ -267,7 +268,7 @@ class LocalDesktops:
         # decided in start(): isolated (an account and a sandbox per desktop), or single-user
         self.isolated = False
         self.single_user_reason = "not started"
-        self.home_images = False  # homes limited to home_size (app.cluster.homes), as root
+        self.home_images = False  # homes limited to home_size (app.runtimes.homes), as root
         self.accounts = Accounts(self.root / "accounts.json", settings.local_uid_base)
         self._runtime = runtime_paths(tools.selkies)
 

@@ -1,7 +1,7 @@
 """A fake Kubernetes API server (on kmock's emulator) and a simulated kubelet, for tests and for
 the simulated cluster. It speaks the real REST protocol to the real `kubernetes` client."""
 
-from app.cluster.fake.server import (
+from kubefake.server import (
     FakeKubernetes,
     FaultPlan,
     start_fake_cluster,

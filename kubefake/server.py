@@ -38,12 +38,12 @@ import attrs
 import jsonschema
 import kmock
 import yaml
-from kmock._internal import aiobus, enums, k8s, k8s_dicts, rendering
+from kmock import Bus  # type: ignore[attr-defined]  # exported at its top level, not in __all__
 from sortedcontainers import SortedDict
 
 from app import k8s_rules
-from app.cluster.fake import openapi, resources, selectors, tables, tls
-from app.cluster.fake.resources import K8S_VERSION, Kind
+from kubefake import openapi, resources, selectors, tables, tls
+from kubefake.resources import K8S_VERSION, Kind
 
 NAME_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 NODE_NAME = "fake-gpu-node-1"
@@ -175,7 +175,7 @@ def _unknown_fields(kind: Kind, validator: Any, data: dict[str, Any], mode: str)
     fields = ", ".join(
         f'unknown field "{_field_path([*error.path, key])}"' for error, key in unknown
     )
-    raise k8s.KubernetesError(
+    raise kmock.KubernetesError(
         status=400,
         reason="BadRequest",
         message=f'{kind.kind} in version "{kind.version}" cannot be handled as a {kind.kind}: '
@@ -184,10 +184,10 @@ def _unknown_fields(kind: Kind, validator: Any, data: dict[str, Any], mode: str)
     )
 
 
-def _invalid(kind: str, name: str, problems: list[tuple[str, str]]) -> k8s.KubernetesError:
+def _invalid(kind: str, name: str, problems: list[tuple[str, str]]) -> kmock.KubernetesError:
     """422 Invalid as the API server writes it: the message, and one cause per field."""
     detail = "; ".join(f"{field}: {message}" if field else message for field, message in problems)
-    return k8s.KubernetesError(
+    return kmock.KubernetesError(
         status=422,
         reason="Invalid",
         message=f'{kind} "{name}" is invalid: {detail}',
@@ -203,9 +203,9 @@ def _invalid(kind: str, name: str, problems: list[tuple[str, str]]) -> k8s.Kuber
     )
 
 
-def _no_such_resource() -> k8s.KubernetesError:
+def _no_such_resource() -> kmock.KubernetesError:
     """404 for a path the server does not serve (a kind, a group version)."""
-    return k8s.KubernetesError(
+    return kmock.KubernetesError(
         status=404,
         reason="NotFound",
         message="the server could not find the requested resource",
@@ -213,8 +213,8 @@ def _no_such_resource() -> k8s.KubernetesError:
     )
 
 
-def _not_found(kind: Kind, name: str) -> k8s.KubernetesError:
-    return k8s.KubernetesError(
+def _not_found(kind: Kind, name: str) -> kmock.KubernetesError:
+    return kmock.KubernetesError(
         status=404,
         reason="NotFound",
         message=f'{kind.plural}{"." + kind.group if kind.group else ""} "{name}" not found',
@@ -222,7 +222,7 @@ def _not_found(kind: Kind, name: str) -> k8s.KubernetesError:
     )
 
 
-def _check_selectors(request: rendering.Request) -> None:
+def _check_selectors(request: kmock.Request) -> None:
     """400 for a label or field selector the API server would refuse."""
     try:
         selectors.parse(request.params.get("labelSelector"))
@@ -231,10 +231,10 @@ def _check_selectors(request: rendering.Request) -> None:
             str(request.resource.plural if request.resource else ""),
         )
     except ValueError as error:
-        raise k8s.KubernetesError(status=400, reason="BadRequest", message=str(error)) from None
+        raise kmock.KubernetesError(status=400, reason="BadRequest", message=str(error)) from None
 
 
-class _HookedBus(aiobus.Bus[Any]):
+class _HookedBus(Bus[Any]):
     """A watch bus that shows every change to a hook before its watchers see it."""
 
     def __init__(self, hook: Callable[[Any, dict[str, Any]], None], resource: Any) -> None:
@@ -259,13 +259,13 @@ class _HookedBuses(dict[Any, _HookedBus]):
 
 
 # The request a task serves (FakeKubernetes.__iter__).
-_CURRENT_REQUEST: contextvars.ContextVar[rendering.Request | None] = contextvars.ContextVar(
+_CURRENT_REQUEST: contextvars.ContextVar[kmock.Request | None] = contextvars.ContextVar(
     "fake_kubernetes_request", default=None
 )
 
 
 @attrs.define(kw_only=True)
-class FakeKubernetes(k8s.KubernetesEmulator):
+class FakeKubernetes(kmock.KubernetesEmulator):
     gpu_capacity: int = 4
     faults: FaultPlan = attrs.field(factory=FaultPlan)
     kubelet_interval_s: float = 0.02
@@ -273,7 +273,7 @@ class FakeKubernetes(k8s.KubernetesEmulator):
     failing_images: tuple[str, ...] = ("does-not-exist",)
     crashing_images: tuple[str, ...] = ("crashes",)
     on_pod_running: Callable[[dict[str, Any]], Coroutine[Any, Any, None]] | None = None
-    # A container runtime behind the kubelet (app.cluster.local): told of each pod admitted
+    # A container runtime behind the kubelet (app.runtimes.local): told of each pod admitted
     # (it may annotate it), and of each pod being deleted, which stays until that returns.
     on_pod_admitted: Callable[[dict[str, Any]], None] | None = None
     on_pod_terminating: Callable[[dict[str, Any]], Coroutine[Any, Any, None]] | None = None
@@ -591,7 +591,7 @@ class FakeKubernetes(k8s.KubernetesEmulator):
 
     # --- the indexes -----------------------------------------------------------------------
 
-    def _live(self, key: Key) -> k8s_dicts.Object | None:
+    def _live(self, key: Key) -> kmock.Object | None:
         names = self._index.get((key[0], key[1]))
         return None if names is None else names.get(key[2])
 
@@ -640,7 +640,7 @@ class FakeKubernetes(k8s.KubernetesEmulator):
     async def _render_error(self, exc: Exception) -> aiohttp.web.StreamResponse:
         """A Status as the API server writes it; no traceback for its own refusals (kmock adds
         one where `details` is empty)."""
-        if isinstance(exc, k8s.KubernetesError):
+        if isinstance(exc, kmock.KubernetesError):
             return aiohttp.web.json_response(
                 {
                     "kind": "Status",
@@ -658,7 +658,7 @@ class FakeKubernetes(k8s.KubernetesEmulator):
 
     # --- discovery and the OpenAPI documents --------------------------------------------
 
-    async def _serve_version(self, request: rendering.Request) -> Any:
+    async def _serve_version(self, request: kmock.Request) -> Any:
         assert request.resource is not None
         document = resources.resource_list(
             str(request.resource.group or ""), str(request.resource.version or "")
@@ -667,17 +667,17 @@ class FakeKubernetes(k8s.KubernetesEmulator):
             raise _no_such_resource()
         return document
 
-    async def _serve_group(self, request: rendering.Request) -> Any:
+    async def _serve_group(self, request: kmock.Request) -> Any:
         assert request.resource is not None
         document = resources.group(str(request.resource.group or ""))
         if document is None:
             raise _no_such_resource()
         return document
 
-    async def _serve_apis(self, request: rendering.Request) -> Any:
+    async def _serve_apis(self, request: kmock.Request) -> Any:
         return resources.group_list()
 
-    async def _serve_server_version(self, request: rendering.Request) -> Any:
+    async def _serve_server_version(self, request: kmock.Request) -> Any:
         major, minor = K8S_VERSION.split(".")
         return {
             "major": major,
@@ -691,7 +691,7 @@ class FakeKubernetes(k8s.KubernetesEmulator):
             "platform": "linux/amd64",
         }
 
-    def _serve_openapi(self, request: rendering.Request) -> aiohttp.web.Response:
+    def _serve_openapi(self, request: kmock.Request) -> aiohttp.web.Response:
         """`/openapi/v3` and its group versions (JSON); `/openapi/v2` is protobuf only for
         client-go, which the fake does not speak: 404, as a server without it answers."""
         path = request.url.path.rstrip("/")
@@ -708,7 +708,7 @@ class FakeKubernetes(k8s.KubernetesEmulator):
         self._resource_version += 1
         return str(self._resource_version)
 
-    def __iter__(self) -> Iterator[rendering.Request]:
+    def __iter__(self) -> Iterator[kmock.Request]:
         """The requests kmock's reactions are matched against. kmock finds a request's reaction
         by iterating every request it keeps (`request in reaction`), so each call cost as much
         as the log was long, or, with only the calls in flight kept, as many as were in flight
@@ -721,7 +721,7 @@ class FakeKubernetes(k8s.KubernetesEmulator):
         if current is not None:
             yield current
 
-    async def _handle(self, request: rendering.Request) -> Any:
+    async def _handle(self, request: kmock.Request) -> Any:
         if not self.keep_request_log:
             self._requests.clear()  # kmock appended it; nothing reads the log but assertions
         token = _CURRENT_REQUEST.set(request)
@@ -730,11 +730,11 @@ class FakeKubernetes(k8s.KubernetesEmulator):
         finally:
             _CURRENT_REQUEST.reset(token)
 
-    async def _serve(self, request: rendering.Request) -> Any:
+    async def _serve(self, request: kmock.Request) -> Any:
         if self.token is not None:
             given = _header(request, "authorization")
             if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
-                raise k8s.KubernetesError(
+                raise kmock.KubernetesError(
                     status=401, reason="Unauthorized", message="Unauthorized", details={}
                 )
         hold_s = 0.0
@@ -749,30 +749,30 @@ class FakeKubernetes(k8s.KubernetesEmulator):
                 self.verbs.add((str(request.resource.group), str(request.resource.plural), verb))
             hold_s = await self._inject(request)
             if request.name is not None and request.action in (
-                enums.action.FETCH,
-                enums.action.UPDATE,
-                enums.action.DELETE,
+                kmock.action.FETCH,
+                kmock.action.UPDATE,
+                kmock.action.DELETE,
             ):
                 if self._live(_key(request)) is None:
                     raise _not_found(kind, request.name)
-            if request.action == enums.action.CREATE:
+            if request.action == kmock.action.CREATE:
                 self._admit(request, kind)
                 if self._live(_key(request)) is not None:
-                    raise k8s.KubernetesError(
+                    raise kmock.KubernetesError(
                         status=409,
                         reason="AlreadyExists",
                         message=f'{kind.plural} "{_key(request)[2]}" already exists',
                         details={"name": _key(request)[2], "kind": kind.plural},
                     )
-            elif request.action == enums.action.WATCH:
+            elif request.action == kmock.action.WATCH:
                 _check_selectors(request)
                 return await self._watch(request, kind, hold_s)
-            elif request.action == enums.action.UPDATE and isinstance(request.data, dict):
+            elif request.action == kmock.action.UPDATE and isinstance(request.data, dict):
                 request.data.setdefault("metadata", {})["resourceVersion"] = self._next_version()
-            elif request.action == enums.action.LIST:
+            elif request.action == kmock.action.LIST:
                 _check_selectors(request)
             elif (
-                request.action == enums.action.DELETE
+                request.action == kmock.action.DELETE
                 and request.resource == POD
                 and self.termination_delay_s
             ):
@@ -780,11 +780,11 @@ class FakeKubernetes(k8s.KubernetesEmulator):
                 await asyncio.sleep(hold_s)
                 return response
         response = await super()._handle(request)
-        if request.action == enums.action.CREATE and isinstance(request.data, dict):
+        if request.action == kmock.action.CREATE and isinstance(request.data, dict):
             self._remember(_key(request))
             if response.status == 200 and not response.prepared:
                 response.set_status(201)  # Created, as the API server answers a create
-        elif request.action == enums.action.DELETE and request.name is not None:
+        elif request.action == kmock.action.DELETE and request.name is not None:
             key = _key(request)
             if key in self.objects and self.objects[key].deleted:
                 raw = self.objects[key].last.raw
@@ -794,12 +794,12 @@ class FakeKubernetes(k8s.KubernetesEmulator):
             await asyncio.sleep(hold_s)
         return response
 
-    async def _inject(self, request: rendering.Request) -> float:
+    async def _inject(self, request: kmock.Request) -> float:
         plan = self.faults
         if plan.latency_s:
             await asyncio.sleep(plan.latency_s)
         if (
-            request.action == enums.action.WATCH
+            request.action == kmock.action.WATCH
             or not plan.rate
             or self._random.random() >= plan.rate
         ):
@@ -807,7 +807,7 @@ class FakeKubernetes(k8s.KubernetesEmulator):
         self.faults_injected += 1
         kind = self._random.choice(plan.kinds)
         if kind == "429":
-            raise k8s.KubernetesError(
+            raise kmock.KubernetesError(
                 status=429,
                 reason="TooManyRequests",
                 message="injected: slow down",
@@ -815,11 +815,11 @@ class FakeKubernetes(k8s.KubernetesEmulator):
             )
         if kind == "timeout":
             return plan.timeout_hold_s
-        raise k8s.KubernetesError(
+        raise kmock.KubernetesError(
             status=500, reason="InternalError", message="injected: etcd hiccup"
         )
 
-    def _kind(self, request: rendering.Request) -> Kind:
+    def _kind(self, request: kmock.Request) -> Kind:
         """The kind a request addresses; 404 for one this server does not serve."""
         assert request.resource is not None
         kind = resources.find(
@@ -829,10 +829,10 @@ class FakeKubernetes(k8s.KubernetesEmulator):
             raise _no_such_resource()
         return kind
 
-    def _admit(self, request: rendering.Request, kind: Kind) -> None:
+    def _admit(self, request: kmock.Request, kind: Kind) -> None:
         data = request.data
         if not isinstance(data, dict):
-            raise k8s.KubernetesError(
+            raise kmock.KubernetesError(
                 status=400, reason="BadRequest", message="the body is not a JSON object"
             )
         metadata = data.setdefault("metadata", {})
@@ -849,13 +849,13 @@ class FakeKubernetes(k8s.KubernetesEmulator):
             request.namespace
             and metadata.setdefault("namespace", request.namespace) != request.namespace
         ):
-            raise k8s.KubernetesError(
+            raise kmock.KubernetesError(
                 status=400,
                 reason="BadRequest",
                 message="the namespace of the object does not match the namespace of the URL",
             )
         if data.get("kind") != kind.kind or data.get("apiVersion") != kind.api_version:
-            raise k8s.KubernetesError(
+            raise kmock.KubernetesError(
                 status=400,
                 reason="BadRequest",
                 message=f"{data.get('apiVersion')}/{data.get('kind')} does not match the URL "
@@ -921,7 +921,7 @@ class FakeKubernetes(k8s.KubernetesEmulator):
             port.setdefault("targetPort", port.get("port"))
         data["status"] = {"loadBalancer": {}}
 
-    async def _serve_list(self, request: rendering.Request) -> Any:
+    async def _serve_list(self, request: kmock.Request) -> Any:
         """A list: label selector, `limit` and `continue` pages in name order (served from the
         live state, not from a snapshot as etcd does), and metadata only when the Accept header
         asks for a PartialObjectMetadataList."""
@@ -967,7 +967,7 @@ class FakeKubernetes(k8s.KubernetesEmulator):
         }
 
     def _matching(
-        self, request: rendering.Request, after: tuple[str | None, str] | None = None
+        self, request: kmock.Request, after: tuple[str | None, str] | None = None
     ) -> Iterator[dict[str, Any]]:
         """The live objects a list or watch addresses, by namespace then name, after `after`."""
         groups = sorted(
@@ -991,7 +991,7 @@ class FakeKubernetes(k8s.KubernetesEmulator):
                     yield obj.raw
 
     # kmock's own lookups scan every object; these use the index.
-    async def _serve_fetch(self, request: rendering.Request) -> Any:
+    async def _serve_fetch(self, request: kmock.Request) -> Any:
         kind = self._kind(request)
         obj = self._live(_key(request))
         if obj is None:
@@ -1002,17 +1002,17 @@ class FakeKubernetes(k8s.KubernetesEmulator):
             return tables.table(kind.plural, [obj.raw], metadata, include_object=include)
         return obj.raw
 
-    async def _serve_create(self, request: rendering.Request) -> Any:
+    async def _serve_create(self, request: kmock.Request) -> Any:
         return self.objects[_key(request)].raw
 
-    async def _serve_update(self, request: rendering.Request) -> Any:
+    async def _serve_update(self, request: kmock.Request) -> Any:
         return self.objects[_key(request)].last.raw
 
-    async def _serve_delete(self, request: rendering.Request) -> Any:
+    async def _serve_delete(self, request: kmock.Request) -> Any:
         return self.objects[_key(request)].last.raw
 
     async def _watch(
-        self, request: rendering.Request, kind: Kind, hold_s: float
+        self, request: kmock.Request, kind: Kind, hold_s: float
     ) -> aiohttp.web.StreamResponse:
         """A watch, as newline-delimited JSON (`application/json`, as client-go requires):
         ADDED for the objects changed since `resourceVersion` (all of them without one), then
@@ -1093,13 +1093,13 @@ class FakeKubernetes(k8s.KubernetesEmulator):
 
     # --- deletion and garbage collection -------------------------------------------------
 
-    async def _begin_pod_termination(self, request: rendering.Request) -> Any:
+    async def _begin_pod_termination(self, request: kmock.Request) -> Any:
         async with self._lock:
             assert request.resource is not None
             assert request.name is not None
             key = (request.resource, request.namespace, request.name)
             if key not in self.objects or self.objects[key].deleted:
-                raise k8s.KubernetesObjectNotFoundError()
+                raise kmock.KubernetesObjectNotFoundError()
             obj = self.objects[key]
             if not obj.raw["metadata"].get("deletionTimestamp"):
                 obj.patch(
@@ -1493,16 +1493,16 @@ class FakeKubernetes(k8s.KubernetesEmulator):
         }
 
 
-def _header(request: rendering.Request, name: str) -> str:
+def _header(request: kmock.Request, name: str) -> str:
     """A request header by its lower-case name, or ''."""
     return next((v for k, v in request.headers.items() if k.lower() == name), "")
 
 
-def _accept(request: rendering.Request) -> str:
+def _accept(request: kmock.Request) -> str:
     return _header(request, "accept")
 
 
-def _matcher(request: rendering.Request) -> Callable[[dict[str, Any]], bool]:
+def _matcher(request: kmock.Request) -> Callable[[dict[str, Any]], bool]:
     """A list's or watch's label and field selectors, as one predicate on an object."""
     labels = selectors.parse(request.params.get("labelSelector"))
     plural = str(request.resource.plural if request.resource else "")
@@ -1510,7 +1510,7 @@ def _matcher(request: rendering.Request) -> Callable[[dict[str, Any]], bool]:
     return lambda raw: labels(raw.get("metadata", {}).get("labels") or {}) and fields(raw)
 
 
-def _key(request: rendering.Request) -> Key:
+def _key(request: kmock.Request) -> Key:
     """The object a request addresses: from the URL, or for a create from the body."""
     name = request.name
     namespace = request.namespace
@@ -1532,7 +1532,7 @@ def _decode_continue(token: str | None) -> tuple[str | None, str] | None:
         if not isinstance(name, str) or not (namespace is None or isinstance(namespace, str)):
             raise ValueError(token)
     except (ValueError, TypeError, binascii.Error):
-        raise k8s.KubernetesError(
+        raise kmock.KubernetesError(
             status=400, reason="BadRequest", message="invalid continue token"
         ) from None
     return namespace, name

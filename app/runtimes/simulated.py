@@ -1,6 +1,6 @@
 """The in-process clusters: the fake Kubernetes API with a stand-in agent that reports health for
 every pod that starts (simulated: the whole lifecycle on a laptop, nothing real started), or with
-local desktops behind its kubelet (local: real desktops, see app.cluster.local)."""
+local desktops behind its kubelet (local: real desktops, see app.runtimes.local)."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ import httpx
 import structlog
 
 from app.cluster import manifests
-from app.cluster.fake import FakeKubernetes, start_fake_cluster, write_kubeconfig
-from app.cluster.kube import ClusterError, KubeCluster, detect_cluster
-from app.cluster.local import LocalDesktops, find_tools, missing_tools
+from app.cluster.kube import KubeCluster
 from app.config import Settings
+from app.runtimes.local import LocalDesktops, find_tools
+from kubefake import FakeKubernetes, start_fake_cluster, write_kubeconfig
 
 log = structlog.get_logger("vdi.simulated")
 
@@ -140,7 +140,7 @@ async def simulated_cluster(
 async def local_cluster(
     settings: Settings,
 ) -> AsyncIterator[tuple[KubeCluster, FakeKubernetes, LocalDesktops]]:
-    """The fake API whose kubelet runs each session pod as local processes (app.cluster.local):
+    """The fake API whose kubelet runs each session pod as local processes (app.runtimes.local):
     real desktops on this machine, no cluster. Only the server holds the API's token: another
     local account (loopback reaches every one) reads no Secret and has no pod run."""
     tools = await asyncio.to_thread(find_tools, settings)
@@ -161,12 +161,3 @@ async def local_cluster(
         finally:
             await desktops.close()
             cluster.close()
-
-
-def choose_cluster(settings: Settings) -> tuple[str, list[str]]:
-    """The cluster VDI_CLUSTER means on this machine, and what local desktops lack here (said
-    when the simulation runs instead). VDI_CLUSTER=local without them is an error."""
-    missing = missing_tools(settings) if settings.cluster in ("auto", "local") else []
-    if settings.cluster == "local" and missing:
-        raise ClusterError("VDI_CLUSTER=local needs " + "; ".join(missing), temporary=False)
-    return detect_cluster(settings.cluster, local_ready=not missing), missing

@@ -1,4 +1,4 @@
-"""Serve the fake Kubernetes API on its own: python -m app.cluster.fake [--port P] [--latency-ms L]
+"""Serve the fake Kubernetes API on its own: python -m kubefake [--port P] [--latency-ms L]
 
 Prints the server URL on the first line of stdout; stops on SIGTERM/SIGINT."""
 
@@ -10,7 +10,7 @@ import signal
 
 import kmock
 
-from app.cluster.fake.server import FakeKubernetes, FaultPlan
+from kubefake.server import FakeKubernetes, FaultPlan
 
 
 async def serve(args: argparse.Namespace) -> None:
@@ -31,7 +31,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m app.cluster.fake", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m kubefake", description=__doc__)
     parser.add_argument("--port", type=int, default=None)
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--fault-rate", type=float, default=0.0)

@@ -19,7 +19,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from app.cluster.sandbox import system_tool
+from app.runtimes.sandbox import system_tool
 
 _UNITS = {
     "": 1,

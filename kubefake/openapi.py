@@ -12,8 +12,8 @@ import json
 import re
 from typing import Any
 
-from app.cluster.fake import resources
-from app.cluster.fake.resources import K8S_VERSION, Kind
+from kubefake import resources
+from kubefake.resources import K8S_VERSION, Kind
 
 _REF = re.compile(r'"#/\$defs/([^"]+)"')
 
