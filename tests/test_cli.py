@@ -95,6 +95,7 @@ def test_missing_secrets_with_a_real_database_stop_start_up(empty_db: str) -> No
     assert "VDI_SECRET_KEY, VDI_TURN_SECRET must be set" in result.stderr
 
 
+@pytest.mark.e2e  # serve in processes of its own, with its embedded Postgres
 def test_serve_refuses_an_old_schema_then_migrate_token_and_serve(empty_db: str) -> None:
     env = environment(
         VDI_DATABASE_URL=empty_db, VDI_SECRET_KEY=TEST_SECRET_KEY, VDI_TURN_SECRET=TEST_TURN_SECRET
@@ -151,6 +152,7 @@ def test_bad_scope_is_refused(empty_db: str) -> None:
     assert "unknown scope" in result.stderr
 
 
+@pytest.mark.e2e  # serve in processes of its own, with its embedded Postgres
 def test_serve_on_the_embedded_database_starts_and_stops_it(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     port = free_port()
@@ -194,6 +196,7 @@ def test_serve_on_the_embedded_database_starts_and_stops_it(tmp_path: Path) -> N
     assert (data_dir / "postgres" / "PG_VERSION").exists()
 
 
+@pytest.mark.e2e  # serve in processes of its own, with its embedded Postgres
 def test_a_second_server_on_the_same_data_dir_is_refused_and_the_first_keeps_its_sessions(
     tmp_path: Path,
 ) -> None:
@@ -260,6 +263,7 @@ def _status(url: str) -> int:
         return 0
 
 
+@pytest.mark.e2e  # serve in processes of its own, with its embedded Postgres
 def test_a_dead_embedded_postgres_is_restarted_and_healthz_fails_while_it_cannot_be(
     tmp_path: Path,
 ) -> None:
@@ -298,6 +302,7 @@ def test_a_dead_embedded_postgres_is_restarted_and_healthz_fails_while_it_cannot
     _until(lambda: all(_gone(p) for p in _postgres_processes(data_dir)), 15)
 
 
+@pytest.mark.e2e  # serve in processes of its own, with its embedded Postgres
 def test_after_a_killed_server_the_next_one_stops_the_postgres_it_joined(tmp_path: Path) -> None:
     """Finding 27.21: after a SIGKILL, the next `serve` joined the orphaned embedded Postgres
     and its clean shutdown left that postgres running."""
@@ -320,6 +325,7 @@ def test_after_a_killed_server_the_next_one_stops_the_postgres_it_joined(tmp_pat
     _until(lambda: all(_gone(p) for p in _postgres_processes(data_dir)), 15)
 
 
+@pytest.mark.e2e  # serve in processes of its own, with its embedded Postgres
 def test_the_agents_listener_serves_their_callbacks_and_nothing_else(tmp_path: Path) -> None:
     """Issue 27: session pods reached the whole API on 8080 (/metrics, /docs, every route, and
     the header-size attack). The agents' callbacks get a listener of their own, and the chart's

@@ -612,6 +612,7 @@ server.serve_forever()
 """
 
 
+@pytest.mark.e2e  # the impostor runs as another account: needs root
 def test_a_port_taken_by_another_account_is_never_taken_for_selkies() -> None:
     """Finding 27.5: the port is chosen before Selkies binds it; a local process of another
     account that binds it first answered the health check, the session went Running, and the

@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from agent import checks, supervisor
 from agent.streamers import detect
 from agent.streamers.selkies import SOFTWARE, Selkies
 from tests.agent.test_agent import never_restarted, stream_config
 from tests.tools import selkies_2
+
+pytestmark = pytest.mark.e2e
 
 
 def real_selkies() -> Selkies:

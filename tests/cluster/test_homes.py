@@ -13,6 +13,8 @@ import pytest
 
 from app.runtimes import homes
 
+pytestmark = pytest.mark.e2e
+
 UID = 2_200_000
 
 FILL = r"""

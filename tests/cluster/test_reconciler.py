@@ -185,6 +185,7 @@ async def test_failed_sessions_are_cleaned_up_after_the_grace(
     assert objects_of(fake[0], ended["id"]) == {}
 
 
+@pytest.mark.e2e  # 30% of cluster calls failing: a reliability run, seconds long
 @pytest.mark.parametrize(
     "fake_options",
     [{"faults": FaultPlan(rate=0.3, timeout_hold_s=1.5, seed=7), "gpu_capacity": 64}],

@@ -15,12 +15,15 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+import pytest
 from sqlalchemy.engine import make_url
 
 from app import migrate
 from kubefake import start_fake_cluster, write_kubeconfig
 from tests.conftest import TEST_BOOTSTRAP_TOKEN, TEST_SECRET_KEY, TEST_TURN_SECRET, bearer
 from tests.test_cli import environment, free_port, wait_ready
+
+pytestmark = pytest.mark.e2e
 
 SESSIONS = 200
 REPLICAS = 3

@@ -24,6 +24,8 @@ from app.runtimes.sandbox import (
     why_not_isolated,
 )
 
+pytestmark = pytest.mark.e2e
+
 UID_BASE = 2_100_000
 
 # Run inside the sandbox: what the desktop's user can reach, as JSON.

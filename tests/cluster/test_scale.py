@@ -4,7 +4,11 @@ and a termination wave leaves no object in the cluster and no session behind."""
 
 from __future__ import annotations
 
+import pytest
+
 from tests.tools import bench_report
+
+pytestmark = pytest.mark.e2e
 
 SESSIONS = 40
 

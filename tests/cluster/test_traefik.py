@@ -24,6 +24,8 @@ from kubefake import FakeKubernetes
 from tests.cluster.conftest import eventually
 from tests.conftest import ADMIN
 
+pytestmark = pytest.mark.e2e
+
 DOMAIN = "vdi.test"
 Fake = tuple[FakeKubernetes, KubeCluster]
 

@@ -12,6 +12,8 @@ import pytest
 from tests.deploy.test_chart import coturn_args, coturn_secret_command
 from tests.tools import bench_report, tool
 
+pytestmark = pytest.mark.e2e
+
 
 @pytest.fixture(scope="module")
 def relay() -> dict[str, Any]:

@@ -13,6 +13,8 @@ import pytest
 
 from tests.tools import bench_report
 
+pytestmark = pytest.mark.e2e
+
 
 @pytest.fixture(scope="module")
 def report() -> dict[str, Any]:

@@ -36,6 +36,8 @@ from tests.conftest import TEST_SECRET_KEY, TEST_TURN_SECRET
 from tests.test_cli import free_port
 from tests.tools import REPO, VENV_BIN, tool
 
+pytestmark = pytest.mark.e2e
+
 SCREENSHOT = REPO / ".artifacts" / "local-desktop.png"
 ADMIN = "vdi_" + "local-desktops-admin-token-0123456789"
 HEADERS = {"Authorization": f"Bearer {ADMIN}"}

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from bench import pixelcode
+
+pytestmark = pytest.mark.e2e
 
 
 def _plane(bits: list[int], width: int = 1280, noise: int = 0) -> bytes:

@@ -16,6 +16,8 @@ import pytest
 
 from tests.tools import REPO, bench_report
 
+pytestmark = pytest.mark.e2e
+
 SCREENSHOT = REPO / ".artifacts" / "selkies-session.png"
 
 

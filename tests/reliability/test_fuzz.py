@@ -20,6 +20,8 @@ from app.config import Settings
 from app.main import create_app
 from tests.reliability.service import Service, service
 
+pytestmark = pytest.mark.e2e
+
 SCOPES = ("admin", "sessions:read", "sessions:write", "sessions:connect", "templates:write")
 EXAMPLES_PER_OPERATION = 200
 

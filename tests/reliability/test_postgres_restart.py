@@ -15,11 +15,14 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 
 from app.embedded import EmbeddedPostgres, ensure_database
 from app.security import agent_token
 from bench.soak import READY_REPORT
 from tests.reliability.service import service
+
+pytestmark = pytest.mark.e2e
 
 PORTALS = 100
 REPORTS_PER_SESSION = 3
