@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
@@ -495,22 +496,41 @@ async def claim_pool_work(db: AsyncSession, *, now: datetime, limit: int) -> lis
     return list((await db.execute(query)).scalars())
 
 
+WARM_CLAIM_TRIES = 10  # a member locked by a heartbeat or the reconciler is free in ms
+WARM_CLAIM_PAUSE_S = 0.02
+
+
 async def claim_warm_member(db: AsyncSession, template: str) -> VDISession | None:
     """The oldest ready member of `template`'s warm pool, locked for this transaction; one
     another transaction holds is skipped (SKIP LOCKED), so concurrent creates on any replica
-    each get their own, or none."""
+    each get their own, or none.
+
+    A ready member can also be locked for a moment by something that does not take it (its
+    agent's heartbeat, the reconciler's claim of its due work). When every ready member is
+    skipped but some are still members, the claim looks again a few times, briefly, so that
+    a user is not given a cold start while a ready member waits; a member another create
+    takes leaves the pool when that create commits, and the next look no longer sees it."""
+    ready = (
+        VDISession.template_name == template,
+        VDISession.pool_member.is_(True),
+        VDISession.phase == "Running",
+    )
     query = (
         select(VDISession)
-        .where(
-            VDISession.template_name == template,
-            VDISession.pool_member.is_(True),
-            VDISession.phase == "Running",
-        )
+        .where(*ready)
         .order_by(VDISession.created_at)
         .limit(1)
         .with_for_update(skip_locked=True)
     )
-    return (await db.execute(query)).scalar_one_or_none()
+    for _ in range(WARM_CLAIM_TRIES):
+        member = (await db.execute(query)).scalar_one_or_none()
+        if member is not None:
+            return member
+        waiting = select(VDISession.id).where(*ready).limit(1)  # committed, locked or not
+        if (await db.execute(waiting)).first() is None:
+            return None
+        await asyncio.sleep(WARM_CLAIM_PAUSE_S)
+    return None
 
 
 async def pool_members(db: AsyncSession) -> list[VDISession]:

@@ -254,6 +254,25 @@ async def test_concurrent_claims_on_two_replicas_hand_out_each_member_once(
     assert all(row["n"] == 1 for row in owners)
 
 
+async def test_a_member_locked_for_a_moment_by_its_heartbeat_is_still_handed_out(
+    api: httpx.AsyncClient, fake: Fake, db: asyncpg.Connection
+) -> None:
+    # Something that does not take the member (an agent's heartbeat, the reconciler's claim of
+    # its due work) holds its row for a moment: the create waits for it rather than going cold.
+    emulator, _cluster = fake
+    one = {**POOLED, "warm_pool": 1}
+    assert (await api.put("/v1/templates/pooled", json=one, headers=ADMIN)).is_success
+    await fill(api, emulator, 1)
+    [member] = await members(db)
+    async with db.transaction():
+        await db.execute("SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE", member["id"])
+        pending = asyncio.ensure_future(create(api, "alice"))
+        await asyncio.sleep(0.06)
+    response = await pending
+    assert response.status_code == 202
+    assert (response.json()["id"], response.json()["warm"]) == (str(member["id"]), True)
+
+
 async def test_prepull_daemonset_follows_its_template(
     cluster_app: FastAPI, api: httpx.AsyncClient, fake: Fake
 ) -> None:
