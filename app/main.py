@@ -21,8 +21,8 @@ from app import __version__
 from app.auth import service as auth_service
 from app.auth.router import router as tokens_router
 from app.cluster.kube import KubeCluster
-from app.cluster.reconciler import Reconciler
 from app.config import Settings
+from app.controllers import Reconciler
 from app.db import create_engine, create_sessionmaker
 from app.errors import PROBLEM_JSON, install_error_handlers
 from app.observability import EdgeMiddleware, Metrics

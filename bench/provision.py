@@ -26,8 +26,9 @@ from sqlalchemy.engine import make_url
 
 from app.cluster import manifests
 from app.cluster.kube import CALL_THREADS, KubeCluster
-from app.cluster.reconciler import Reconciler, create_session_objects
 from app.config import Settings
+from app.controllers import Reconciler
+from app.controllers.provision import create_session_objects
 from app.main import create_app
 from app.observability import configure_logging
 from app.templates.schemas import TemplateSpec

@@ -1,1 +1,2 @@
-"""The cluster side: manifests (pure), the Kubernetes adapter, the reconciler, the fake API."""
+"""The cluster adapter: manifests (pure: what each object is) and the Kubernetes client's
+wrapper (`kube`), the only module that imports `kubernetes`."""

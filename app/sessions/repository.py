@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import json_dumps
 from app.models import IdempotencyKey, SessionEvent, Template, VDISession
+from app.sessions.records import PodEventRow, PodFacts, ScheduledFact, SessionRef
 
 EVENTS_CHANNEL = "vdi_session_events"
 # Phases whose events mean "the reconciler has something to do now" (a create, a delete).
@@ -56,20 +57,20 @@ async def lock_user(db: AsyncSession, user: str) -> None:
 
 async def active_sessions_of_user(
     db: AsyncSession, user: str, phases: Iterable[str]
-) -> list[tuple[uuid.UUID, str]]:
+) -> list[SessionRef]:
     """(id, phase) of the user's sessions in `phases`, oldest first."""
     query = (
         select(VDISession.id, VDISession.phase)
         .where(VDISession.user == user, VDISession.phase.in_(list(phases)))
         .order_by(VDISession.created_at)
     )
-    return [(row.id, row.phase) for row in await db.execute(query)]
+    return [SessionRef(row.id, row.phase) for row in await db.execute(query)]
 
 
 async def earlier_sessions_of_users(
     db: AsyncSession, sessions: Sequence[VDISession], phases: Iterable[str]
-) -> dict[uuid.UUID, tuple[uuid.UUID, str]]:
-    """For each of `sessions` that has one: (id, phase) of the oldest session of the same user
+) -> dict[uuid.UUID, SessionRef]:
+    """For each of `sessions` that has one: the id and phase of the oldest session of the same user
     created before it in one of `phases`. One query for a whole claim, not one per session."""
     if not sessions:
         return {}
@@ -89,7 +90,7 @@ async def earlier_sessions_of_users(
         .order_by(VDISession.id, earlier.c.created_at)
         .ext(distinct_on(VDISession.id))
     )
-    return {row.id: (row.earlier_id, row.phase) for row in await db.execute(query)}
+    return {row.id: SessionRef(row.earlier_id, row.phase) for row in await db.execute(query)}
 
 
 # What a session shows (schemas.Session), as columns named as it names them: lists and the
@@ -642,21 +643,21 @@ _ADD_POD_EVENTS = text(
 
 async def add_pod_events(
     db: AsyncSession,
-    events: Sequence[tuple[uuid.UUID, str, str, str, dict[str, Any]]],
+    events: Sequence[PodEventRow],
     now: datetime,
 ) -> int:
-    """Append (session id, source key, reason, message, data) as `PodEvent`s; how many
-    sessions got new ones."""
+    """Append pod events to their sessions' logs (each source key once); how many sessions
+    got new ones."""
     if not events:
         return 0
     result = await db.execute(
         _ADD_POD_EVENTS,
         {
-            "ids": [e[0] for e in events],
-            "keys": [e[1] for e in events],
-            "reasons": [e[2][:64] for e in events],
-            "messages": [e[3] for e in events],
-            "data": [json_dumps(e[4]) for e in events],
+            "ids": [e.session_id for e in events],
+            "keys": [e.source_key for e in events],
+            "reasons": [e.reason[:64] for e in events],
+            "messages": [e.message for e in events],
+            "data": [json_dumps(e.data) for e in events],
             "now": now,
             "channel": EVENTS_CHANNEL,
         },
@@ -664,9 +665,7 @@ async def add_pod_events(
     return len(result.all())
 
 
-async def pod_facts(
-    db: AsyncSession, ids: Sequence[uuid.UUID]
-) -> dict[uuid.UUID, tuple[str, tuple[str, str] | None]]:
+async def pod_facts(db: AsyncSession, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, PodFacts]:
     """Per session: its phase and its PodScheduled condition's (status, reason), read without
     locks (a relist compares them with what the pods say)."""
     rows = await db.execute(
@@ -674,17 +673,17 @@ async def pod_facts(
             VDISession.id.in_(list(ids))
         )
     )
-    facts: dict[uuid.UUID, tuple[str, tuple[str, str] | None]] = {}
+    facts: dict[uuid.UUID, PodFacts] = {}
     for session_id, phase, conditions in rows.all():
         scheduled = next(
             (
-                (c.get("status"), c.get("reason"))
+                ScheduledFact(c.get("status"), c.get("reason"))
                 for c in conditions
                 if c.get("type") == "PodScheduled"
             ),
             None,
         )
-        facts[session_id] = (phase, scheduled)
+        facts[session_id] = PodFacts(phase, scheduled)
     return facts
 
 

@@ -72,13 +72,13 @@ async def test_role_verbs_match_what_the_code_calls(
         again = await cluster.create(kind, existing)  # type: ignore[arg-type]
         assert again["metadata"]["uid"] == existing["metadata"]["uid"]
     # Pre-pull: a DaemonSet created, replaced when the image changes (delete, create), listed.
-    pools = cluster_app.state.reconciler.pools
+    prepulls = cluster_app.state.reconciler.prepulls
     template = {"image": "registry.test/vdi/session:1", "prepull": True}
     assert (await api.put("/v1/templates/pulled", json=template, headers=ADMIN)).is_success
-    assert await pools.keep_prepulls() in (0, 1)
+    assert await prepulls.keep_prepulls() in (0, 1)
     template["image"] = "registry.test/vdi/session:2"
     assert (await api.put("/v1/templates/pulled", json=template, headers=ADMIN)).is_success
-    assert await pools.keep_prepulls() in (0, 1)  # (0: the keeper's own pass was first)
+    assert await prepulls.keep_prepulls() in (0, 1)  # (0: the keeper's own pass was first)
     existing = emulator.find("daemonsets", "vdi", "vdi-prepull-pulled")
     assert existing is not None
     assert existing["spec"]["template"]["spec"]["initContainers"][0]["image"].endswith(":2")

@@ -402,13 +402,13 @@ async def test_a_relist_writes_only_what_differs_from_the_database(
     await asyncio.sleep(0.5)  # the watch has folded the last of them in
     reconciler = cluster_app.state.reconciler
     written: list[str] = []
-    real = reconciler._apply_observation
+    real = reconciler.pods.apply_observation
 
     async def counting(seen: Any, *, deleted: bool) -> None:
         written.append(str(seen.session_id))
         await real(seen, deleted=deleted)
 
-    monkeypatch.setattr(reconciler, "_apply_observation", counting)
+    monkeypatch.setattr(reconciler.pods, "apply_observation", counting)
     pods, _ = await cluster.list("Pod", manifests.SESSION_SELECTOR)
     await reconciler.observe_relist(pods)
     assert written == []  # every session already says its pod is scheduled

@@ -17,8 +17,8 @@ from fastapi import FastAPI
 from sqlalchemy.engine import make_url
 
 from app.cluster.kube import ClusterError, KubeCluster
-from app.cluster.reconciler import Claim
 from app.config import Settings
+from app.controllers import Claim
 from app.main import create_app
 from app.sessions import repository as sessions_repository
 from app.sessions import service as sessions_service
@@ -277,7 +277,7 @@ async def test_prepull_daemonset_follows_its_template(
     cluster_app: FastAPI, api: httpx.AsyncClient, fake: Fake
 ) -> None:
     emulator, _cluster = fake
-    pools = cluster_app.state.reconciler.pools
+    prepulls = cluster_app.state.reconciler.prepulls
     template = {
         "image": "registry.test/vdi/session:1",
         "prepull": True,
@@ -285,7 +285,7 @@ async def test_prepull_daemonset_follows_its_template(
         "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
     }
     assert (await api.put("/v1/templates/pulled", json=template, headers=ADMIN)).is_success
-    await pools.keep_prepulls()
+    await prepulls.keep_prepulls()
     first = emulator.find("daemonsets", "vdi", "vdi-prepull-pulled")
     assert first is not None
     pod = first["spec"]["template"]["spec"]
@@ -299,23 +299,23 @@ async def test_prepull_daemonset_follows_its_template(
     # A new image: replaced; other fields of the template (bitrate) leave it alone.
     template["image"] = "registry.test/vdi/session:2"
     assert (await api.put("/v1/templates/pulled", json=template, headers=ADMIN)).is_success
-    assert await pools.keep_prepulls() == 1
+    assert await prepulls.keep_prepulls() == 1
     second = emulator.find("daemonsets", "vdi", "vdi-prepull-pulled")
     assert second is not None
     assert second["metadata"]["uid"] != first["metadata"]["uid"]
     template["bitrate_kbps"] = 4000
     assert (await api.put("/v1/templates/pulled", json=template, headers=ADMIN)).is_success
-    assert await pools.keep_prepulls() == 0
+    assert await prepulls.keep_prepulls() == 0
     # Turned off: deleted. On again, then the template deleted: deleted (swept).
     template["prepull"] = False
     assert (await api.put("/v1/templates/pulled", json=template, headers=ADMIN)).is_success
-    assert await pools.keep_prepulls() == 1
+    assert await prepulls.keep_prepulls() == 1
     assert emulator.find("daemonsets", "vdi", "vdi-prepull-pulled") is None
     template["prepull"] = True
     assert (await api.put("/v1/templates/pulled", json=template, headers=ADMIN)).is_success
-    await pools.keep_prepulls()
+    await prepulls.keep_prepulls()
     assert (await api.delete("/v1/templates/pulled", headers=ADMIN)).status_code == 204
-    await pools.keep_prepulls()
+    await prepulls.keep_prepulls()
     assert emulator.find("daemonsets", "vdi", "vdi-prepull-pulled") is None
 
 
@@ -424,7 +424,7 @@ async def test_a_member_claimed_as_it_ages_out_stays_the_users(
     claimed = await create(api, "alice")  # the user's create commits in between
     assert claimed.status_code == 202
     assert claimed.json()["id"] == str(member["id"])
-    await cluster_app.state.reconciler._process(Claim(seen, uuid.uuid4()))
+    await cluster_app.state.reconciler.process(Claim(seen, uuid.uuid4()))
     after = (await api.get(f"/v1/sessions/{member['id']}", headers=ADMIN)).json()
     assert (after["phase"], after["user"]) == ("Running", "alice")
     assert not await _count(db, "WarmPoolMemberExpired", 1)
@@ -523,7 +523,8 @@ async def test_idle_templates_cost_the_pool_keeper_nothing(
 ) -> None:
     """Finding 27.18: every pass re-read and re-validated every template, so thousands of
     templates with no pool and no pre-pull cost CPU at rest without bound."""
-    import app.cluster.pools as pools_module
+    import app.controllers.pools as pools_module
+    import app.controllers.prepull as prepull_module
 
     idle = {"image": "registry.test/vdi/session:1"}
     for n in range(150):
@@ -540,7 +541,8 @@ async def test_idle_templates_cost_the_pool_keeper_nothing(
         return real(template)
 
     monkeypatch.setattr(pools_module, "template_spec", counted)
-    keeper = cluster_app.state.reconciler.pools
+    monkeypatch.setattr(prepull_module, "template_spec", counted)
+    keeper = cluster_app.state.reconciler.prepulls
     # the running keeper's passes (every 0.2 s here), and a pre-pull pass of our own (the
     # running one skips it while nothing changed)
     await asyncio.sleep(1.0)

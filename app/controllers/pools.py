@@ -1,4 +1,4 @@
-"""Warm pools and image pre-pull (DESIGN "Time to desktop").
+"""Warm pools (DESIGN "Time to desktop").
 
 A template's warm pool is sessions of it with no user (`pool_member`): provisioned by the
 reconciler as any session, checked by the agent (Running: GPU and encoder passed), then waiting.
@@ -8,17 +8,13 @@ holds each pool at its size: it adds members behind claims, replaces failed, exp
 lifecycle's deadline) and outdated ones (the template changed), and ends the surplus when the
 size shrinks. One replica at a time keeps the pools (an advisory lock). Members' provisioning
 yields to users' sessions: the reconciler claims users' work first and members only with the
-room left, at most `VDI_POOL_CONCURRENCY` at once.
-
-Pre-pull: a DaemonSet `vdi-prepull-<template>` per template with `prepull: true`, replaced when
-its spec (image, placement) changes, deleted when the template is gone or stops asking."""
+room left, at most `VDI_POOL_CONCURRENCY` at once."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -26,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.cluster import manifests
 from app.cluster.kube import ClusterError, KubeCluster
 from app.config import Settings
+from app.controllers.queue import Claim, WorkQueue, backoff
 from app.models import VDISession
 from app.models._types import utcnow
 from app.sessions import lifecycle, repository
@@ -48,18 +45,17 @@ class PoolKeeper:
         settings: Settings,
         sessionmaker: async_sessionmaker[AsyncSession],
         cluster: KubeCluster,
+        queue: WorkQueue,
         *,
-        wake: asyncio.Event,
         on_ready: OnReady | None = None,
     ) -> None:
         self.settings = settings
         self.sessionmaker = sessionmaker
         self.cluster = cluster
-        self.wake = wake  # the reconciler's: new members to provision
+        self.queue = queue
+        self.wake = queue.wake  # new members to provision
         self.on_ready = on_ready
         self.kick = asyncio.Event()  # a claim took a member: refill now
-        self._prepulls_made: dict[str, str] | None = None  # name -> spec hash, last pass
-        self._prepulls_checked_at = 0.0
 
     # --- routing a claimed member to its user -------------------------------------------------
 
@@ -114,13 +110,22 @@ class PoolKeeper:
 
         return shown.model_dump_json().encode(), record
 
-    # --- keeping the pools ------------------------------------------------------------------
+    async def route_late(self, claim: Claim) -> None:
+        """A warm session its API replica did not route (it failed, or died) within the grace."""
+        try:
+            routed = await self.route_claimed(claim.session)
+            if routed is not None:
+                await routed[1]()
+        except ClusterError as error:
+            log.warning("routing a claimed warm session failed; will retry", error=str(error))
 
-    async def keep_once(self) -> float:
-        await self.keep_pools()
-        with contextlib.suppress(ClusterError):
-            await self.keep_prepulls(unless_unchanged=True)
-        return self.settings.pool_interval_s
+            async def later(db: AsyncSession, row: VDISession, now: datetime) -> datetime:
+                row.attempts += 1
+                return now + backoff(row.attempts)
+
+            await self.queue.finish(claim, later)
+
+    # --- keeping the pools ------------------------------------------------------------------
 
     async def keep_pools(self) -> tuple[int, int]:
         """One pass over every pool: (members added, members ended)."""
@@ -191,53 +196,3 @@ class PoolKeeper:
             log.info("warm pools kept", added=added, ended=ended)
             self.wake.set()
         return added, ended
-
-    async def keep_prepulls(self, *, unless_unchanged: bool = False) -> int:
-        """Create, replace and delete the pre-pull DaemonSets; how many changed.
-        `unless_unchanged`: nothing (not even a list call) when the templates ask for what the
-        last pass made and the orphan sweep's interval has not passed since."""
-        async with self.sessionmaker() as db:
-            templates = await templates_repository.list_prepulled(db)
-        wanted = {
-            manifests.prepull_name(t.name): manifests.prepull_daemonset(
-                t.name, template_spec(t), self.settings
-            )
-            for t in templates
-        }
-        hashes = {
-            n: b["metadata"]["annotations"][manifests.SPEC_HASH_ANNOTATION]
-            for n, b in wanted.items()
-        }
-        now = asyncio.get_running_loop().time()
-        if (
-            unless_unchanged
-            and hashes == self._prepulls_made
-            and now - self._prepulls_checked_at < self.settings.orphan_sweep_interval_s
-        ):
-            return 0
-        existing: dict[str, str] = {}
-        async for page in self.cluster.list_metadata("DaemonSet", manifests.PREPULL_SELECTOR):
-            for metadata in page:
-                annotations = metadata.get("annotations") or {}
-                existing[metadata.get("name", "")] = annotations.get(
-                    manifests.SPEC_HASH_ANNOTATION, ""
-                )
-        changed = 0
-        for name, digest in existing.items():
-            body = wanted.get(name)
-            if body is None or body["metadata"]["annotations"][manifests.SPEC_HASH_ANNOTATION] != (
-                digest
-            ):
-                await self.cluster.delete("DaemonSet", name)
-                log.info("pre-pull DaemonSet deleted", name=name, replaced=body is not None)
-                changed += 1
-                if body is None:
-                    continue
-                await self.cluster.create("DaemonSet", body)
-        for name, body in wanted.items():
-            if name not in existing:
-                await self.cluster.create("DaemonSet", body)
-                log.info("pre-pull DaemonSet created", name=name)
-                changed += 1
-        self._prepulls_made, self._prepulls_checked_at = hashes, now  # all applied
-        return changed
