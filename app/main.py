@@ -124,7 +124,7 @@ async def _start_cluster_side(
         if ended:
             log.warning("sessions of a previous run ended", sessions=ended, cluster=mode)
     # A create that claimed a warm pool member routes the user's host to it at once.
-    app.state.route_warm_claim = reconciler.pools.route_claimed
+    app.state.warm_router = reconciler.pools
     reconciler.start()
     stack.push_async_callback(reconciler.stop)
 
@@ -213,7 +213,7 @@ def create_app(
         app.state.cluster = None
         app.state.cluster_mode = "disabled"
         app.state.local_single_user = ""
-        app.state.route_warm_claim = None
+        app.state.warm_router = None
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(engine.dispose)
             stack.push_async_callback(app.state.direct_pool.close)

@@ -177,16 +177,17 @@ class Split:
 
 def instrument(app: FastAPI, cluster: KubeCluster) -> Split:
     split = Split()
-    route = app.state.route_warm_claim
+    router = app.state.warm_router
     create = cluster.create
 
-    async def timed_route(session_id: Any) -> Any:
-        began = time.perf_counter()
-        try:
-            return await route(session_id)
-        finally:
-            if split.recording:
-                split.routes.append(time.perf_counter() - began)
+    class TimedRouter:
+        async def route_claimed(self, claimed: Any) -> Any:
+            began = time.perf_counter()
+            try:
+                return await router.route_claimed(claimed)
+            finally:
+                if split.recording:
+                    split.routes.append(time.perf_counter() - began)
 
     async def timed_create(kind: Any, body: dict[str, Any]) -> dict[str, Any]:
         began = time.perf_counter()
@@ -196,7 +197,7 @@ def instrument(app: FastAPI, cluster: KubeCluster) -> Split:
             if split.recording and kind == "IngressRoute":
                 split.calls.append(time.perf_counter() - began)
 
-    app.state.route_warm_claim = timed_route
+    app.state.warm_router = TimedRouter()
     cluster.create = timed_create  # type: ignore[method-assign]
     return split
 

@@ -13,7 +13,7 @@ room left, at most `VDI_POOL_CONCURRENCY` at once."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import structlog
@@ -28,6 +28,7 @@ from app.models._types import utcnow
 from app.sessions import lifecycle, repository
 from app.sessions.schemas import Phase
 from app.sessions.service import new_session_row, reschedule, to_schema
+from app.sessions.warm import RoutedClaim
 from app.templates import repository as templates_repository
 from app.templates.schemas import TemplateSpec, pod_shape
 from app.templates.service import template_spec
@@ -59,9 +60,7 @@ class PoolKeeper:
 
     # --- routing a claimed member to its user -------------------------------------------------
 
-    async def route_claimed(
-        self, claimed: VDISession
-    ) -> tuple[bytes, Callable[[], Awaitable[None]]] | None:
+    async def route_claimed(self, claimed: VDISession) -> RoutedClaim | None:
         """Create the claimed session's IngressRoute (the user's host, owned by its pod): then
         it is Running for its user. Returns the session as JSON as it is from now on, and the
         write that records it (one statement; the caller runs it after answering); None when
@@ -108,14 +107,14 @@ class PoolKeeper:
             if row is not None and self.on_ready is not None:
                 self.on_ready(row.template_name, True, (now - row.created_at).total_seconds())
 
-        return shown.model_dump_json().encode(), record
+        return RoutedClaim(shown.model_dump_json().encode(), record)
 
     async def route_late(self, claim: Claim) -> None:
         """A warm session its API replica did not route (it failed, or died) within the grace."""
         try:
             routed = await self.route_claimed(claim.session)
             if routed is not None:
-                await routed[1]()
+                await routed.record()
         except ClusterError as error:
             log.warning("routing a claimed warm session failed; will retry", error=str(error))
 

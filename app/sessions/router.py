@@ -31,7 +31,7 @@ from app.errors import (
     problem_responses,
 )
 from app.security import check_agent_token
-from app.sessions import service
+from app.sessions import service, warm
 from app.sessions.lane import COUNTED, REPORT_INTERVAL_HEADER
 from app.sessions.schemas import (
     Connection,
@@ -62,6 +62,15 @@ async def _settings(request: Request) -> Settings:  # async: no hop to a worker 
 
 
 AppSettings = Annotated[Settings, Depends(_settings)]
+
+
+async def warm_router(request: Request) -> warm.WarmRouter | None:
+    """The runtime's router of warm claims (None: no cluster, no pools)."""
+    router: warm.WarmRouter | None = request.app.state.warm_router
+    return router
+
+
+WarmRoutes = Annotated[warm.WarmRouter | None, Depends(warm_router)]
 
 
 def _json(
@@ -113,7 +122,7 @@ async def create_session(
     db: DbSession,
     principal: SessionsWrite,
     settings: AppSettings,
-    request: Request,
+    router: WarmRoutes,
     idempotency_key: Annotated[
         str | None,
         Header(alias="Idempotency-Key", min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$"),
@@ -132,25 +141,19 @@ async def create_session(
             },
         )
     headers = {"Location": f"/v1/sessions/{result.id}"}
-    route = request.app.state.route_warm_claim
-    if result.warm and route is not None:
-        # From a warm pool: committed, then the user's host routed to it (one cluster call),
-        # answered Running; its Running record is written right after the answer is sent.
-        # Should the call fail, the reconciler routes it after a grace.
+    if result.warm and router is not None:
+        # From a warm pool: committed (no transaction is held across a cluster call), then the
+        # user's host routed to it, answered Running; its Running record is written right
+        # after the answer is sent.
         await db.commit()
-        try:
-            routed = await route(result)
-        except Exception as error:  # the claim stands; the reconciler retries the route
-            log.warning("routing a warm session failed", error=str(error))
-            routed = None
+        routed = await warm.hand_over(router, result)
         if routed is not None:
-            document, record = routed
             return Response(
-                document,
+                routed.document,
                 status_code=202,
                 media_type="application/json",
                 headers=headers,
-                background=BackgroundTask(record),
+                background=BackgroundTask(routed.record),
             )
     return _json(service.to_schema(result), headers=headers, status_code=202)
 

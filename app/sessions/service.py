@@ -30,7 +30,7 @@ from app.security import (
     new_session_secrets,
     turn_credentials,
 )
-from app.sessions import lifecycle, repository
+from app.sessions import lifecycle, repository, warm
 from app.sessions.events import EventHub, wait_for_wake
 from app.sessions.lifecycle import COUNTED_PHASES, DELETED_PHASES, ENDED_PHASES
 from app.sessions.schemas import (
@@ -44,7 +44,7 @@ from app.sessions.schemas import (
     dump_json,
     session_document,
 )
-from app.templates.schemas import TemplateSpec, pod_shape
+from app.templates.schemas import TemplateSpec
 from app.templates.service import find_template, template_spec
 
 CURSOR_YEARS = (1970, 9998)
@@ -212,7 +212,7 @@ async def create_session(
     counted = [p.value for p in COUNTED_PHASES]
     await repository.lock_user(db, body.user)
     if session is None:
-        session = await _claim_warm(db, settings, body.user, template.name, spec, now)
+        session = await warm.claim(db, settings, body.user, template.name, spec, now)
         if session is None:  # none ready (or the user's earlier pod is not gone): cold
             session, created = new_session_row(settings, template.name, spec, body.user, now)
     if not session.warm and not await repository.insert_new_session(
@@ -303,51 +303,6 @@ def new_session_row(
         data={"from": None, "to": Phase.pending.value},
     )
     return session, created
-
-
-WARM_ROUTE_GRACE_S = 5.0  # the reconciler routes a claimed session if the API has not by then
-
-
-async def _claim_warm(
-    db: AsyncSession,
-    settings: Settings,
-    user: str,
-    template: str,
-    spec: TemplateSpec,
-    now: datetime,
-) -> VDISession | None:
-    """Give the user a ready member of the template's warm pool, under the user's lock; None
-    (a cold start, or the limit's 409 from the caller) when the user is at the limit, when an
-    earlier session of the user still holds a pod (its host name is routed to that pod until it
-    is gone: the cold path waits for it), or when no member is ready."""
-    holding = [p.value for p in lifecycle.POD_HOLDING_PHASES | {Phase.pending}]
-    if await repository.active_sessions_of_user(db, user, holding):
-        return None
-    member = await repository.claim_warm_member(db, template)
-    if member is None or pod_shape(member.template_spec) != pod_shape(spec.model_dump()):
-        return None  # none ready, or the oldest is of a replaced template (the keeper ends it)
-    host = f"{user}.{settings.base_domain}"
-    pooled_since, ready_since = member.created_at, member.running_at or member.created_at
-    # A local desktop's member already has its own address; a pod's is the user's host.
-    member.user, member.url = user, member.url or f"https://{host}/"
-    member.pool_member, member.warm = False, True
-    member.created_at = member.updated_at = now
-    member.running_at = None  # Running for the user once the route exists
-    member.idle_deadline = now + timedelta(seconds=spec.idle_timeout_s)
-    member.expires_at = now + timedelta(seconds=spec.max_lifetime_s)
-    member.reason = "WarmClaimed"
-    member.message = f"Claimed from the warm pool of '{template}'; routing {host} to it"
-    member.next_reconcile_at = now + timedelta(seconds=WARM_ROUTE_GRACE_S)
-    event = lifecycle.EventDraft(
-        type="Claimed",
-        phase=member.phase,
-        reason="WarmClaimed",
-        message=f"Claimed for '{user}' from the warm pool of '{template}' (ready since "
-        f"{ready_since.isoformat()})",
-        data={"user": user, "pooled_since": pooled_since.isoformat()},
-    )
-    await repository.add_events(db, member, [event], now)
-    return member
 
 
 async def get_session(db: AsyncSession, session_id: uuid.UUID) -> VDISession:

@@ -21,7 +21,8 @@ from app.config import Settings
 from app.controllers import Claim
 from app.main import create_app
 from app.sessions import repository as sessions_repository
-from app.sessions import service as sessions_service
+from app.sessions import warm
+from app.sessions.router import warm_router
 from app.templates import repository as templates_repository
 from kubefake import FakeKubernetes
 from tests.cluster.conftest import eventually, name_of, phase_is
@@ -368,11 +369,13 @@ async def test_a_claim_whose_route_failed_is_routed_by_the_reconciler(
     assert (await api.put("/v1/templates/pooled", json=one, headers=ADMIN)).is_success
     await fill(api, emulator, 1)
 
-    async def unreachable(_session: Any) -> Any:
-        raise ClusterError("connection refused", temporary=True)
+    class Unreachable:
+        async def route_claimed(self, _session: Any) -> Any:
+            raise ClusterError("connection refused", temporary=True)
 
-    monkeypatch.setattr(sessions_service, "WARM_ROUTE_GRACE_S", 0.5)
-    monkeypatch.setattr(cluster_app.state, "route_warm_claim", unreachable)
+    monkeypatch.setattr(warm, "WARM_ROUTE_GRACE_S", 0.5)
+    # the API's router of warm claims fails; the reconciler's (the pool keeper) does not
+    monkeypatch.setitem(cluster_app.dependency_overrides, warm_router, Unreachable)
     claimed = (await create(api, "erin")).json()
     assert (claimed["warm"], claimed["phase"], claimed["reason"]) == (
         True,
