@@ -1,11 +1,14 @@
-"""Database plumbing: the declarative Base, the async engine, and the per-request transaction."""
+"""Database plumbing: the declarative Base, the async engine (the ORM's), the per-request
+transaction, and beside them the direct asyncpg pool for the hot single statements."""
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Annotated, Any, TypeVar
 
+import asyncpg
 import orjson
 from fastapi import Depends, Request
 from sqlalchemy import MetaData, event
@@ -19,6 +22,8 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.pool import ConnectionPoolEntry
+
+from app.errors import DatabaseAway
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -110,3 +115,67 @@ DbSession = Annotated[AsyncSession, Depends(_request_session, scope="function")]
 
 # NOTIFY channel of token revocations: every replica ends the event streams the token opened.
 TOKEN_REVOKED_CHANNEL = "vdi_token_revoked"
+
+
+DIRECT_POOL_SIZE = 8
+# What asyncpg raises on a pooled connection the server closed: the session's end (08xxx),
+# the server's shutdown notice (57P01), or a protocol left mid-operation by it.
+CLOSED_UNDER = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.AdminShutdownError,
+    asyncpg.InternalClientError,
+    asyncpg.InterfaceError,
+)
+T = TypeVar("T")
+
+
+def asyncpg_dsn(database_url: str) -> str:
+    """The URL as asyncpg takes it (no SQLAlchemy driver name)."""
+    return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def open_direct_pool(dsn: str) -> asyncpg.Pool:
+    """A few plain asyncpg connections for the hot single statements outside the ORM
+    (heartbeats, listings), opened on first use (the service starts while the database is
+    away), decoding JSONB as the ORM does."""
+
+    async def codecs(connection: asyncpg.Connection) -> None:
+        await connection.set_type_codec(
+            "jsonb",
+            encoder=json_dumps,
+            decoder=orjson.loads,
+            schema="pg_catalog",
+        )
+
+    return await asyncpg.create_pool(dsn, min_size=0, max_size=DIRECT_POOL_SIZE, init=codecs)
+
+
+async def on_direct_pool(
+    pool: asyncpg.Pool, work: Callable[[asyncpg.Connection], Awaitable[T]]
+) -> T:
+    """`work` (one autocommitted read, or a write that may run twice) on a pooled connection;
+    once more on a fresh one if the first was closed under it (a restarted database leaves
+    the pool's idle connections dead, and asyncpg finds out on use, as a lost connection or a
+    protocol in a state it cannot leave). Errors after that propagate: the error handlers
+    answer a database that is away with 503.
+
+    Giving the connection back runs a reset query on it, which fails the same way on a
+    connection that died under (or just after) `work`; the pool terminates such a connection
+    itself, so that failure is not this call's: a finished `work`'s result stands."""
+    for attempt in (1, 2):
+        connection = await pool.acquire()
+        try:
+            result = await work(connection)
+        except CLOSED_UNDER as error:
+            # the pool opens a new one in its place; a connection lost mid-query may have been
+            # given back to the pool already, and its proxy refuses terminate() then
+            with contextlib.suppress(asyncpg.InterfaceError):
+                connection.terminate()
+            if attempt == 2:
+                raise DatabaseAway(type(error).__name__) from error
+            continue
+        finally:
+            with contextlib.suppress(*CLOSED_UNDER):
+                await pool.release(connection)
+        return result
+    raise AssertionError("unreachable: the second attempt returns or raises")

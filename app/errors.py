@@ -262,7 +262,7 @@ def install_error_handlers(app: FastAPI) -> None:
         log.warning("database unavailable", error=type(exc.orig).__name__ if exc.orig else None)
         return _database_unavailable(request)
 
-    # The heartbeat's own asyncpg pool (app.sessions.service.heartbeat) raises asyncpg's errors
+    # The heartbeat's own asyncpg pool (app.db.on_direct_pool) raises asyncpg's errors
     # unwrapped: the same rule as for DBAPIError above.
     @app.exception_handler(asyncpg.PostgresError)
     async def _postgres_error(request: Request, exc: asyncpg.PostgresError) -> JSONResponse:

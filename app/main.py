@@ -23,16 +23,15 @@ from app.auth.router import router as tokens_router
 from app.cluster.kube import KubeCluster
 from app.config import Settings
 from app.controllers import Reconciler
-from app.db import create_engine, create_sessionmaker
+from app.db import asyncpg_dsn, create_engine, create_sessionmaker, open_direct_pool
 from app.errors import PROBLEM_JSON, install_error_handlers
 from app.observability import EdgeMiddleware, Metrics
 from app.ops.router import router as ops_router
 from app.ratelimit import PerKeyLimit
 from app.runtimes import start_runtime
-from app.sessions.events import EventHub, asyncpg_dsn
+from app.sessions.events import EventHub
 from app.sessions.lane import HeartbeatLane
 from app.sessions.router import router as sessions_router
-from app.sessions.service import open_direct_pool
 from app.sessions.streams import StreamRegistry
 from app.templates.router import router as templates_router
 from app.textguard import TextGuardMiddleware

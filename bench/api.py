@@ -30,8 +30,8 @@ import httpx
 from sqlalchemy.engine import make_url
 
 from app.security import SecretBox, SessionSecrets, agent_token
+from app.sessions.heartbeat import report_digest
 from app.sessions.schemas import HealthReport
-from app.sessions.service import report_digest
 from app.templates.schemas import TemplateSpec
 from bench.database import bench_database
 

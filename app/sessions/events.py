@@ -18,9 +18,8 @@ from typing import Any
 
 import asyncpg
 import structlog
-from sqlalchemy.engine import make_url
 
-from app.db import TOKEN_REVOKED_CHANNEL
+from app.db import TOKEN_REVOKED_CHANNEL, asyncpg_dsn
 from app.sessions.repository import EVENTS_CHANNEL, RECONCILER_PHASES
 from app.sessions.streams import StreamRegistry
 
@@ -28,10 +27,6 @@ log = structlog.get_logger("vdi.events")
 
 RECONNECT_DELAY_S = 1.0
 CONNECT_WAIT_S = 5.0  # start() waits this long for the first LISTEN, then goes on polling
-
-
-def asyncpg_dsn(database_url: str) -> str:
-    return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 class EventHub:

@@ -3,11 +3,13 @@
 At 5,000 sessions the agents' heartbeats are most of the requests a replica serves, and almost
 all say what the previous report said. This ASGI middleware (inside the edge, correlation and
 text guard middlewares, so logs, metrics, request ids and body checks apply as to any request)
-answers exactly that case: a well-formed report, with the session's agent token, within the rate
-limit, on a Running session whose last report meant the same. That is one autocommitted UPDATE
-and the session as JSON, with the same body and headers the route would send. Anything else
-(another path, a bad token or body, a changed report, a database error) goes on to the route,
-which answers as it always has; the limiter is not counted twice."""
+admits a report (well-formed, with the session's agent token, within the rate limit: see
+`heartbeat.py`) and answers the common case, a Running session whose last report meant the
+same: one autocommitted UPDATE and the session as JSON, with the same body and headers the
+route would send. An admitted report that changes something goes on to the route with its
+`Admitted` record, which the route folds in without deciding again; anything not admitted
+(another path, a bad token or body, a limited rate, a database error) goes on to the route
+alone, which answers it as it always has."""
 
 from __future__ import annotations
 
@@ -20,15 +22,16 @@ from pydantic import ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.security import check_agent_token
-from app.sessions import service
+from app.sessions import heartbeat
 from app.sessions.schemas import HealthReport
 from app.textguard import replay, replay_body
 
 log = structlog.get_logger("vdi.heartbeat")
 
+COUNTED = "vdi_report_counted"  # scope["state"] key: counted by the limiter, nothing decided
+
 PATH = re.compile(r"/v1/sessions/([0-9a-fA-F-]{36})/health")
 REPORT_INTERVAL_HEADER = "VDI-Report-Interval"
-COUNTED = "vdi_report_counted"  # scope["state"] key: the limiter already counted this report
 
 
 class HeartbeatLane:
@@ -75,16 +78,19 @@ class HeartbeatLane:
             return None
         if self.state.report_limit.hit(str(session_id)) is not None:
             return None  # the route answers the 429 (and counts nothing more)
-        scope.setdefault("state", {})[COUNTED] = True
+        digest = heartbeat.report_digest(report)
         try:
-            payload = await service.heartbeat(self.state.direct_pool, settings, session_id, report)
+            touched = await heartbeat.touch(self.state.direct_pool, settings, session_id, digest)
         except Exception as error:  # database down, pool exhausted...: the route answers it
             log.warning("heartbeat lane: the route answers", error=type(error).__name__)
+            scope.setdefault("state", {})[COUNTED] = True  # admitted but not decided
             return None
-        if payload is None:
+        if touched is None:
+            admitted = heartbeat.Admitted(session_id, report, digest)
+            scope.setdefault("state", {})[heartbeat.ADMITTED] = admitted
             return None
-        self.state.metrics.health_reports.labels(outcome="unchanged").inc()
-        return payload, str(settings.effective_report_interval_s)
+        self.state.metrics.health_reports.labels(outcome=touched.outcome.value).inc()
+        return touched.document, str(settings.effective_report_interval_s)
 
     def _report_route(self, scope: Scope) -> Any:
         """The route's object, for the edge's metrics label (as if the router had matched)."""

@@ -31,7 +31,7 @@ from app.errors import (
     problem_responses,
 )
 from app.security import check_agent_token
-from app.sessions import service, warm
+from app.sessions import heartbeat, service, warm
 from app.sessions.lane import COUNTED, REPORT_INTERVAL_HEADER
 from app.sessions.schemas import (
     Connection,
@@ -87,9 +87,19 @@ def _json(
     )
 
 
+def _admitted(request: Request, session_id: uuid.UUID) -> heartbeat.Admitted | None:
+    """The heartbeat lane's record of this report, when it admitted it (its token checked)."""
+    admitted = request.scope.get("state", {}).get(heartbeat.ADMITTED)
+    if isinstance(admitted, heartbeat.Admitted) and admitted.session_id == session_id:
+        return admitted
+    return None
+
+
 async def _agent_of_session(
-    session_id: uuid.UUID, credentials: BearerCredentials, settings: AppSettings
+    session_id: uuid.UUID, credentials: BearerCredentials, settings: AppSettings, request: Request
 ) -> uuid.UUID:
+    if _admitted(request, session_id) is not None:
+        return session_id  # the lane checked this token
     if credentials is None:
         raise Unauthorized("Send the session's agent token as `Authorization: Bearer <token>`")
     if not check_agent_token(settings.require_secret_key(), session_id, credentials.credentials):
@@ -352,7 +362,8 @@ async def report_session_health(
     request: Request,
     settings: AppSettings,
 ) -> Response:
-    counted = bool(request.scope.get("state", {}).get(COUNTED))  # by the heartbeat lane
+    admitted = _admitted(request, session_id)  # by the heartbeat lane: counted already
+    counted = admitted is not None or bool(request.scope.get("state", {}).get(COUNTED))
     wait_s = None if counted else request.app.state.report_limit.hit(str(session_id))
     if wait_s is not None:
         request.app.state.metrics.health_reports.labels(outcome="rate_limited").inc()
@@ -363,19 +374,20 @@ async def report_session_health(
             retry_after_s=wait_s,
         )
     state = request.app.state
-    session, outcome = await service.report_health(
-        state.direct_pool, state.sessionmaker, settings, session_id, body
+    reported = await heartbeat.report(
+        state.direct_pool, state.sessionmaker, settings, session_id, body, admitted=admitted
     )
-    state.metrics.health_reports.labels(outcome=outcome).inc()
-    if outcome == "running":  # once a session: its time to desktop
-        shown = Session.model_validate_json(session)
-        if shown.running_at is not None and shown.user:  # not a warm pool member's check
-            state.metrics.session_start_seconds.labels(
-                template=shown.template, warm="true" if shown.warm else "false"
-            ).observe((shown.running_at - shown.created_at).total_seconds())
+    state.metrics.health_reports.labels(outcome=reported.outcome.value).inc()
+    if reported.started is not None:  # once a session: its time to desktop
+        template, warm, seconds = reported.started
+        state.metrics.session_start_seconds.labels(
+            template=template, warm="true" if warm else "false"
+        ).observe(seconds)
     interval = str(settings.effective_report_interval_s)
     return Response(
-        session, media_type="application/json", headers={REPORT_INTERVAL_HEADER: interval}
+        reported.document,
+        media_type="application/json",
+        headers={REPORT_INTERVAL_HEADER: interval},
     )
 
 

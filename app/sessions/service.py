@@ -6,22 +6,20 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import hashlib
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import asyncpg
-import orjson
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
-from app.db import json_dumps
-from app.errors import AppError, Conflict, DatabaseAway, NotFound, ValidationFailed
+from app.db import on_direct_pool
+from app.errors import AppError, Conflict, NotFound, ValidationFailed
 from app.models import SessionEvent, VDISession
 from app.models._types import utcnow
 from app.security import (
@@ -35,7 +33,6 @@ from app.sessions.events import EventHub, wait_for_wake
 from app.sessions.lifecycle import COUNTED_PHASES, DELETED_PHASES, ENDED_PHASES
 from app.sessions.schemas import (
     Connection,
-    HealthReport,
     IceServer,
     Phase,
     Session,
@@ -48,16 +45,6 @@ from app.templates.schemas import TemplateSpec
 from app.templates.service import find_template, template_spec
 
 CURSOR_YEARS = (1970, 9998)
-DIRECT_POOL_SIZE = 8
-# What asyncpg raises on a pooled connection the server closed: the session's end (08xxx),
-# the server's shutdown notice (57P01), or a protocol left mid-operation by it.
-CLOSED_UNDER = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.AdminShutdownError,
-    asyncpg.InternalClientError,
-    asyncpg.InterfaceError,
-)
-T = TypeVar("T")
 
 
 class SessionNotFound(NotFound):
@@ -134,6 +121,11 @@ def _request_hash(body: SessionCreate) -> str:
     return hashlib.sha256(
         json.dumps(body.model_dump(mode="json"), sort_keys=True).encode()
     ).hexdigest()
+
+
+async def get_locked(db: AsyncSession, session_id: uuid.UUID) -> VDISession:
+    """The session, its row locked for the transaction (404 when there is none)."""
+    return await _get(db, session_id, for_update=True)
 
 
 async def _get(db: AsyncSession, session_id: uuid.UUID, *, for_update: bool = False) -> VDISession:
@@ -465,150 +457,6 @@ async def list_events(
 ) -> list[SessionEvent]:
     await _get(db, session_id)
     return await repository.list_events(db, session_id, after=after, limit=limit)
-
-
-@dataclass(frozen=True)
-class ReportOutcome:
-    session: VDISession
-    outcome: str  # running | failed | updated | unchanged
-
-
-def report_digest(report: HealthReport) -> str:
-    """What in a report can change a session: each check's verdict and code, the encoder, the
-    streamer, the fallback. Figures (frames, jitter, CPU) and details refresh the conditions'
-    messages only when one of these changes."""
-    meaning = [
-        sorted((c.name.value, c.ok, c.code) for c in report.checks),
-        report.encoder,
-        report.streamer,
-        report.fallback,
-    ]
-    return hashlib.sha256(json.dumps(meaning).encode()).hexdigest()
-
-
-async def report_health(
-    heartbeats: asyncpg.Pool,
-    sessionmaker: async_sessionmaker[AsyncSession],
-    settings: Settings,
-    session_id: uuid.UUID,
-    report: HealthReport,
-) -> tuple[bytes, str]:
-    """Fold an agent's report in: (the session after it as JSON, the outcome). The common heartbeat
-    (a Running session, the same meaning as the last report) is one statement; anything else
-    is a transaction of its own under the row lock."""
-    touched = await heartbeat(heartbeats, settings, session_id, report)
-    if touched is not None:
-        return touched, "unchanged"
-    async with sessionmaker() as db, db.begin():
-        result = await _report_in_transaction(
-            db, settings, session_id, report, report_digest(report), utcnow()
-        )
-        return to_schema(result.session).model_dump_json().encode(), result.outcome
-
-
-async def heartbeat(
-    heartbeats: asyncpg.Pool, settings: Settings, session_id: uuid.UUID, report: HealthReport
-) -> bytes | None:
-    """The common case alone: a Running session and a report that means what the last one
-    did. One autocommitted UPDATE of its clock; the session as JSON, or None when it is not
-    that case."""
-    now = utcnow()
-    heartbeat_deadline = now + timedelta(seconds=settings.heartbeat_timeout_s)
-    digest = report_digest(report)
-    row = await on_direct_pool(
-        heartbeats,
-        lambda connection: repository.touch_unchanged(
-            connection, session_id, digest, now, heartbeat_deadline
-        ),
-    )
-    if row is None:
-        return None
-    return dump_json(session_document(row))
-
-
-async def open_direct_pool(dsn: str) -> asyncpg.Pool:
-    """A few plain asyncpg connections for the hot single statements outside the ORM
-    (heartbeats, listings), opened on first use (the service starts while the database is
-    away), decoding JSONB as the ORM does."""
-
-    async def codecs(connection: asyncpg.Connection) -> None:
-        await connection.set_type_codec(
-            "jsonb",
-            encoder=json_dumps,
-            decoder=orjson.loads,
-            schema="pg_catalog",
-        )
-
-    return await asyncpg.create_pool(dsn, min_size=0, max_size=DIRECT_POOL_SIZE, init=codecs)
-
-
-async def on_direct_pool(
-    pool: asyncpg.Pool, work: Callable[[asyncpg.Connection], Awaitable[T]]
-) -> T:
-    """`work` (one autocommitted read, or a write that may run twice) on a pooled connection;
-    once more on a fresh one if the first was closed under it (a restarted database leaves
-    the pool's idle connections dead, and asyncpg finds out on use, as a lost connection or a
-    protocol in a state it cannot leave). Errors after that propagate: the error handlers
-    answer a database that is away with 503.
-
-    Giving the connection back runs a reset query on it, which fails the same way on a
-    connection that died under (or just after) `work`; the pool terminates such a connection
-    itself, so that failure is not this call's: a finished `work`'s result stands."""
-    for attempt in (1, 2):
-        connection = await pool.acquire()
-        try:
-            result = await work(connection)
-        except CLOSED_UNDER as error:
-            # the pool opens a new one in its place; a connection lost mid-query may have been
-            # given back to the pool already, and its proxy refuses terminate() then
-            with contextlib.suppress(asyncpg.InterfaceError):
-                connection.terminate()
-            if attempt == 2:
-                raise DatabaseAway(type(error).__name__) from error
-            continue
-        finally:
-            with contextlib.suppress(*CLOSED_UNDER):
-                await pool.release(connection)
-        return result
-    raise AssertionError("unreachable: the second attempt returns or raises")
-
-
-async def _report_in_transaction(
-    db: AsyncSession,
-    settings: Settings,
-    session_id: uuid.UUID,
-    report: HealthReport,
-    digest: str,
-    now: datetime,
-) -> ReportOutcome:
-    session = await _get(db, session_id, for_update=True)
-    if Phase(session.phase) in ENDED_PHASES:
-        # A Failed session keeps the evidence of its failure: no later report rewrites it.
-        raise SessionEnded(
-            f"Session {session.id} is {session.phase} ({session.reason}); reports are no longer "
-            "accepted. The agent should stop."
-        )
-    if Phase(session.phase) not in (Phase.starting, Phase.running):
-        raise SessionNotStarted(
-            f"Session {session.id} is {session.phase}: its pod is not started yet, so no agent "
-            "can report for it. Retry after the Retry-After delay."
-        )
-    before = session.phase
-    events = lifecycle.apply_health_report(
-        session,
-        report,
-        fallback_allowed=bool(session.template_spec.get("encoder_fallback", True)),
-        now=now,
-    )
-    session.report_digest = digest
-    reschedule(session, settings, now)
-    await db.flush()
-    await repository.add_events(db, session, events, now)
-    if session.phase != before and session.phase in (Phase.running, Phase.failed):
-        outcome = session.phase.lower()
-    else:
-        outcome = "updated" if events else "unchanged"
-    return ReportOutcome(session, outcome)
 
 
 async def phase_counts(db: AsyncSession) -> dict[str, int]:

@@ -12,9 +12,9 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from app.db import asyncpg_dsn, on_direct_pool, open_direct_pool
 from app.security import agent_token
-from app.sessions import repository, service
-from app.sessions.events import asyncpg_dsn
+from app.sessions import heartbeat, repository
 from tests.conftest import ADMIN, TEST_SECRET_KEY, bearer
 
 MakeSession = Callable[..., Awaitable[dict[str, Any]]]
@@ -392,6 +392,32 @@ async def test_the_heartbeat_lane_answers_as_the_route_does(
     assert 'route="/v1/sessions/{session_id}/health"' in metrics  # labelled as the route
 
 
+async def test_a_changed_report_is_decided_once(
+    client: httpx.AsyncClient,
+    make_session: MakeSession,
+    set_phase: SetPhase,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The lane admits a changed report (parsed, authorized, counted, its single statement
+    tried once) and the route folds it in without trying that statement again."""
+    session = await make_session()
+    await set_phase(session["id"], "Provisioning", "Starting")
+    tried: list[str] = []
+    real = heartbeat.touch
+
+    async def counted(pool: Any, settings: Any, session_id: uuid.UUID, digest: str) -> Any:
+        tried.append(str(session_id))
+        return await real(pool, settings, session_id, digest)
+
+    monkeypatch.setattr(heartbeat, "touch", counted)
+    running = await report(client, session["id"], READY)  # Starting -> Running
+    assert running.json()["phase"] == "Running"
+    assert tried == [session["id"]]
+    unchanged = await report(client, session["id"], READY)
+    assert unchanged.json()["phase"] == "Running"
+    assert tried == [session["id"]] * 2  # the lane's statement answered it
+
+
 async def report_meeting(
     client: httpx.AsyncClient,
     session_id: str,
@@ -403,7 +429,7 @@ async def report_meeting(
     async def failing(*_args: Any) -> None:
         raise error
 
-    monkeypatch.setattr(service, "heartbeat", failing)
+    monkeypatch.setattr(heartbeat, "touch", failing)
     return await report(client, session_id, READY)
 
 
@@ -474,7 +500,7 @@ async def test_a_connection_closed_under_the_direct_pool_is_retried_on_a_fresh_o
 ) -> None:
     """A restarted database leaves the pool's idle connection dead: the work runs once more, on
     a new connection, and its answer stands."""
-    pool = await service.open_direct_pool(asyncpg_dsn(database_url))
+    pool = await open_direct_pool(asyncpg_dsn(database_url))
     try:
         first = await pool.acquire()
         backend = await first.fetchval("SELECT pg_backend_pid()")
@@ -492,7 +518,7 @@ async def test_a_connection_closed_under_the_direct_pool_is_retried_on_a_fresh_o
             pids.append(await connection.fetchval("SELECT pg_backend_pid()"))
             return pids[-1]
 
-        answered = await service.on_direct_pool(pool, work)
+        answered = await on_direct_pool(pool, work)
         assert answered != backend
         assert pids[-1] == answered
     finally:
@@ -524,9 +550,9 @@ async def test_a_finished_direct_query_stands_when_giving_its_connection_back_fa
             runs.append(1)
             return int(await connection.fetchval("SELECT 41 + 1"))
 
-        assert await service.on_direct_pool(pool, work) == 42
+        assert await on_direct_pool(pool, work) == 42
         assert len(runs) == 1
-        assert await service.on_direct_pool(pool, work) == 42  # the pool goes on, with a new one
+        assert await on_direct_pool(pool, work) == 42  # the pool goes on, with a new one
     finally:
         await pool.close()
 
@@ -544,13 +570,13 @@ async def test_a_direct_pool_closed_under_twice_is_the_database_away(
         raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle")
 
     with pytest.raises(DatabaseAway):
-        await service.on_direct_pool(app.state.direct_pool, work)
+        await on_direct_pool(app.state.direct_pool, work)
 
     router = APIRouter()
 
     @router.get("/v1/test-direct-pool")
     async def direct() -> int:
-        return await service.on_direct_pool(app.state.direct_pool, work)
+        return await on_direct_pool(app.state.direct_pool, work)
 
     app.include_router(router)
     response = await client.get("/v1/test-direct-pool", headers=ADMIN)
