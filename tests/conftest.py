@@ -186,7 +186,9 @@ def set_phase(app: FastAPI) -> Callable[..., Awaitable[None]]:
     """Move a session through the state machine as the reconciler will (the cluster side is
     the Kubernetes issue's): real transitions and events, in one transaction."""
     from app.models._types import utcnow
-    from app.sessions import lifecycle, repository
+    from app.sessions import lifecycle
+    from app.sessions.repository import api as repository
+    from app.sessions.repository import eventlog
     from app.sessions.schemas import Phase
 
     async def _set(session_id: str, *phases: str) -> None:
@@ -205,6 +207,6 @@ def set_phase(app: FastAPI) -> Callable[..., Awaitable[None]]:
                 for phase in phases
             ]
             await db.flush()
-            await repository.add_events(db, session, events, now)
+            await eventlog.add_events(db, session, events, now)
 
     return _set

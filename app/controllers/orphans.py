@@ -14,7 +14,8 @@ from app.cluster import manifests
 from app.cluster.kube import ClusterError, Kind, KubeCluster
 from app.config import Settings
 from app.models._types import utcnow
-from app.sessions import repository
+from app.sessions.repository import api as repository
+from app.sessions.repository import workqueue
 
 log = structlog.get_logger("vdi.reconciler")
 
@@ -38,7 +39,7 @@ class OrphanSweeper:
         seen here was created after its session row committed, so its session is in the read
         that follows. How many were deleted."""
         async with self.sessionmaker() as db:  # the lock lasts as long as this transaction
-            if not await repository.try_xact_lock(db, SWEEP_LOCK):
+            if not await workqueue.try_xact_lock(db, SWEEP_LOCK):
                 return 0
             found: list[tuple[Kind, str, str]] = []  # (kind, name, session id label)
             for kind in SESSION_KINDS:
@@ -51,7 +52,7 @@ class OrphanSweeper:
                         )
                         for metadata in page
                     )
-            live = {str(i) for i in await repository.live_session_ids(db)}
+            live = {str(i) for i in await workqueue.live_session_ids(db)}
         swept = 0
         for kind, name, session_id in found:
             if session_id not in live:

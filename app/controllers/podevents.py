@@ -14,8 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.cluster import manifests
 from app.cluster.kube import KubeCluster
 from app.models._types import utcnow
-from app.sessions import repository
 from app.sessions.records import PodEventRow
+from app.sessions.repository import eventlog
 
 log = structlog.get_logger("vdi.reconciler")
 
@@ -118,7 +118,7 @@ class PodEventForwarder:
                 continue
             try:
                 async with self.sessionmaker() as db, db.begin():
-                    await repository.add_pod_events(db, rows, utcnow())
+                    await eventlog.add_pod_events(db, rows, utcnow())
             except asyncio.CancelledError:
                 raise
             except Exception:

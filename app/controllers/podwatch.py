@@ -16,8 +16,10 @@ from app.cluster.kube import KubeCluster
 from app.config import Settings
 from app.controllers.queue import WorkQueue
 from app.models._types import utcnow
-from app.sessions import lifecycle, repository
+from app.sessions import lifecycle
 from app.sessions.records import ScheduledFact
+from app.sessions.repository import api as repository
+from app.sessions.repository import eventlog, workqueue
 from app.sessions.schemas import ConditionStatus, ConditionType, Phase
 from app.sessions.service import reschedule
 
@@ -105,7 +107,7 @@ class PodWatch:
         for start in range(0, len(listed), RELIST_CHUNK):
             chunk = listed[start : start + RELIST_CHUNK]
             async with self.sessionmaker() as db:
-                states = await repository.pod_facts(
+                states = await workqueue.pod_facts(
                     db, [o.session_id for _, o in chunk if o.session_id]
                 )
             for name, observation in chunk:
@@ -188,7 +190,7 @@ class PodWatch:
                 )
                 if event is not None:
                     events.append(event)
-            await repository.add_events(db, session, events, now)
+            await eventlog.add_events(db, session, events, now)
             if observation.failure_reason is not None:
                 await self.queue.move(
                     db,

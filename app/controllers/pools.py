@@ -25,7 +25,9 @@ from app.config import Settings
 from app.controllers.queue import Claim, WorkQueue, backoff
 from app.models import VDISession
 from app.models._types import utcnow
-from app.sessions import lifecycle, repository
+from app.sessions import lifecycle
+from app.sessions.repository import api as repository
+from app.sessions.repository import eventlog, workqueue
 from app.sessions.schemas import Phase
 from app.sessions.service import new_session_row, reschedule, to_schema
 from app.sessions.warm import RoutedClaim
@@ -130,11 +132,11 @@ class PoolKeeper:
         """One pass over every pool: (members added, members ended)."""
         added = ended = 0
         async with self.sessionmaker() as db, db.begin():
-            if not await repository.try_xact_lock(db, POOL_LOCK):
+            if not await workqueue.try_xact_lock(db, POOL_LOCK):
                 return 0, 0
             now = utcnow()
             members: dict[str, list[VDISession]] = {}
-            for member in await repository.pool_members(db):
+            for member in await workqueue.pool_members(db):
                 members.setdefault(member.template_name, []).append(member)
             # only templates with a pool, or with members left: idle templates cost nothing
             pooled = await templates_repository.list_pooled(db, set(members))
@@ -178,7 +180,7 @@ class PoolKeeper:
                     added += 1
             # The members were read with no lock, and a create may have claimed one since:
             # end only those still members, locked now (a claim in flight skips them too).
-            still = await repository.lock_members(db, [m.id for m, _r, _m in ending])
+            still = await workqueue.lock_members(db, [m.id for m, _r, _m in ending])
             for member, reason, message in ending:
                 if member.id in still and lifecycle.can_transition(
                     Phase(member.phase), Phase.terminating
@@ -190,7 +192,7 @@ class PoolKeeper:
                     batch.append((member, [event]))
                     ended += 1
             await db.flush()
-            await repository.add_events_of(db, batch, now)
+            await eventlog.add_events_of(db, batch, now)
         if added or ended:
             log.info("warm pools kept", added=added, ended=ended)
             self.wake.set()

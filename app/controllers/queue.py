@@ -21,8 +21,10 @@ from app.cluster.kube import ClusterError
 from app.config import Settings
 from app.models import VDISession
 from app.models._types import utcnow
-from app.sessions import lifecycle, repository
+from app.sessions import lifecycle
 from app.sessions.records import SessionRef
+from app.sessions.repository import api as repository
+from app.sessions.repository import eventlog, workqueue
 from app.sessions.schemas import Phase
 from app.sessions.service import reschedule
 
@@ -64,10 +66,10 @@ class WorkQueue:
         claims = []
         async with self.sessionmaker() as db, db.begin():
             started = []
-            due = await repository.claim_due(db, now=now, limit=limit)
+            due = await workqueue.claim_due(db, now=now, limit=limit)
             pool_room = min(limit - len(due), self.settings.pool_concurrency - pool_busy)
             if pool_room > 0:
-                due += await repository.claim_pool_work(db, now=now, limit=pool_room)
+                due += await workqueue.claim_pool_work(db, now=now, limit=pool_room)
             for session in due:
                 token = uuid.uuid4()
                 session.claim_token = token
@@ -83,7 +85,7 @@ class WorkQueue:
                     )
                     started.append((session, [event]))
                 claims.append(Claim(session, token))
-            await repository.add_events_of(db, started, now)
+            await eventlog.add_events_of(db, started, now)
             # The phases are flushed (add_events_of): a user's two sessions claimed together see
             # each other as Provisioning.
             provisioning = [
@@ -92,7 +94,7 @@ class WorkQueue:
                 if c.session.phase == Phase.provisioning and not c.session.pool_member
             ]
             holders = [p.value for p in lifecycle.POD_HOLDING_PHASES]
-            earlier = await repository.earlier_sessions_of_users(db, provisioning, holders)
+            earlier = await workqueue.earlier_sessions_of_users(db, provisioning, holders)
         return [dataclasses.replace(c, previous=earlier.get(c.session.id)) for c in claims]
 
     async def finish(self, claim: Claim, apply: Apply) -> None:
@@ -127,14 +129,14 @@ class WorkQueue:
         if not lifecycle.can_transition(Phase(session.phase), target):
             return
         event = lifecycle.transition(session, target, reason=reason, message=message, now=now)
-        await repository.add_events(db, session, [event], now)
+        await eventlog.add_events(db, session, [event], now)
         log.info("session moved", session_id=str(session.id), phase=target.value, reason=reason)
-        if target is Phase.terminated and await repository.wake_waiting_for(db, session.user, now):
+        if target is Phase.terminated and await workqueue.wake_waiting_for(db, session.user, now):
             self.wake.set()  # the user's next session was waiting for this pod to be gone
 
     async def next_due(self, *, new_pool_members: bool) -> datetime | None:
         async with self.sessionmaker() as db:
-            return await repository.next_due(db, new_pool_members=new_pool_members)
+            return await workqueue.next_due(db, new_pool_members=new_pool_members)
 
     async def end_sessions_of_a_previous_run(self, reason: str, message: str) -> int:
         """An in-process cluster starts empty: the sessions a previous run had pods for (their
@@ -143,7 +145,7 @@ class WorkQueue:
         phases = [p.value for p in (Phase.provisioning, Phase.starting, Phase.running)]
         async with self.sessionmaker() as db, db.begin():
             now = utcnow()
-            sessions = await repository.sessions_in_phases(db, phases)
+            sessions = await workqueue.sessions_in_phases(db, phases)
             for session in sessions:
                 await self.move(db, session, Phase.terminating, reason, message, now)
                 session.next_reconcile_at = now
@@ -170,7 +172,7 @@ def retry_or_fail(error: ClusterError, fail_reason: str | None) -> Apply:
             event = lifecycle.transition(
                 session, Phase.failed, reason=fail_reason, message=str(error), now=now
             )
-            await repository.add_events(db, session, [event], now)
+            await eventlog.add_events(db, session, [event], now)
             return None
         session.attempts += 1
         log.warning("cluster call failed; will retry", error=str(error), attempts=session.attempts)

@@ -20,7 +20,8 @@ import asyncpg
 import structlog
 
 from app.db import TOKEN_REVOKED_CHANNEL, asyncpg_dsn
-from app.sessions.repository import EVENTS_CHANNEL, RECONCILER_PHASES
+from app.sessions.repository.eventlog import EVENTS_CHANNEL
+from app.sessions.repository.workqueue import RECONCILER_PHASES
 from app.sessions.streams import StreamRegistry
 
 log = structlog.get_logger("vdi.events")

@@ -26,8 +26,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.config import Settings
 from app.db import on_direct_pool
 from app.models._types import utcnow
-from app.sessions import lifecycle, repository
+from app.sessions import lifecycle
 from app.sessions.lifecycle import ENDED_PHASES
+from app.sessions.repository import api as repository
+from app.sessions.repository import eventlog
 from app.sessions.schemas import HealthReport, Phase, dump_json, session_document
 from app.sessions.service import SessionEnded, SessionNotStarted, get_locked, reschedule, to_schema
 
@@ -152,7 +154,7 @@ async def fold(
     session.report_digest = digest
     reschedule(session, settings, now)
     await db.flush()
-    await repository.add_events(db, session, events, now)
+    await eventlog.add_events(db, session, events, now)
     started = None
     if session.phase != before and session.phase in (Phase.running, Phase.failed):
         outcome = Outcome(session.phase.lower())

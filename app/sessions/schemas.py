@@ -107,7 +107,7 @@ class SessionPage(BaseModel):
 
 
 def session_document(row: Mapping[str, Any]) -> dict[str, Any]:
-    """A session's stored columns (`repository.SHOWN_NAMES`, `template_name` as `template`) as
+    """A session's stored columns (`repository.api.SHOWN_NAMES`, `template_name` as `template`) as
     the `Session` document, ready for `dump_json`, without building and validating the model:
     the same JSON as `Session.model_validate(row).model_dump_json()` for what the service
     stores (a property test holds the two equal), at a tenth of the CPU. A page of fifty

@@ -28,9 +28,11 @@ from app.security import (
     new_session_secrets,
     turn_credentials,
 )
-from app.sessions import lifecycle, repository, warm
+from app.sessions import lifecycle, warm
 from app.sessions.events import EventHub, wait_for_wake
 from app.sessions.lifecycle import COUNTED_PHASES, DELETED_PHASES, ENDED_PHASES
+from app.sessions.repository import api as repository
+from app.sessions.repository import eventlog
 from app.sessions.schemas import (
     Connection,
     IceServer,
@@ -376,7 +378,7 @@ async def delete_session(
     )
     session.force_delete = force
     reschedule(session, settings, now)
-    await repository.add_events(db, session, [event], now)
+    await eventlog.add_events(db, session, [event], now)
     return session
 
 
@@ -456,7 +458,7 @@ async def list_events(
     db: AsyncSession, session_id: uuid.UUID, *, after: int, limit: int
 ) -> list[SessionEvent]:
     await _get(db, session_id)
-    return await repository.list_events(db, session_id, after=after, limit=limit)
+    return await eventlog.list_events(db, session_id, after=after, limit=limit)
 
 
 async def phase_counts(db: AsyncSession) -> dict[str, int]:
@@ -483,7 +485,7 @@ async def follow_events(
     with hub.subscribe(session_id) as wake:  # subscribe before reading: no gap
         while closed is None or not closed.is_set():
             async with sessionmaker() as db:
-                events = await repository.list_events(
+                events = await eventlog.list_events(
                     db, session_id, after=last_id, limit=STREAM_BATCH
                 )
                 phase = await repository.get_phase(db, session_id)

@@ -15,7 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
 from app.models import VDISession
-from app.sessions import lifecycle, repository
+from app.sessions import lifecycle
+from app.sessions.repository import api as repository
+from app.sessions.repository import eventlog
 from app.sessions.schemas import Phase
 from app.templates.schemas import TemplateSpec, pod_shape
 
@@ -87,5 +89,5 @@ async def claim(
         f"{ready_since.isoformat()})",
         data={"user": user, "pooled_since": pooled_since.isoformat()},
     )
-    await repository.add_events(db, member, [event], now)
+    await eventlog.add_events(db, member, [event], now)
     return member

@@ -14,7 +14,9 @@ from fastapi import FastAPI
 
 from app.db import asyncpg_dsn, on_direct_pool, open_direct_pool
 from app.security import agent_token
-from app.sessions import heartbeat, repository
+from app.sessions import heartbeat
+from app.sessions.repository import api as repository
+from app.sessions.repository import eventlog
 from tests.conftest import ADMIN, TEST_SECRET_KEY, bearer
 
 MakeSession = Callable[..., Awaitable[dict[str, Any]]]
@@ -301,7 +303,7 @@ async def test_identical_reports_add_no_event_and_the_log_keeps_transitions(
     set_phase: SetPhase,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(repository, "MAX_DETAIL_EVENTS", 4)
+    monkeypatch.setattr(eventlog, "MAX_DETAIL_EVENTS", 4)
     session = await make_session()
     await set_phase(session["id"], "Provisioning", "Starting")
     assert (await report(client, session["id"], READY)).json()["phase"] == "Running"

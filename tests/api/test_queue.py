@@ -11,7 +11,7 @@ import httpx
 from fastapi import FastAPI
 
 from app.models._types import utcnow
-from app.sessions import repository
+from app.sessions.repository import workqueue
 from tests.conftest import ADMIN
 
 MakeTemplate = Callable[..., Awaitable[dict[str, Any]]]
@@ -33,7 +33,7 @@ async def test_a_template_rush_does_not_starve_another_template(
     rush = [await _create(client, f"r{i}", "rush") for i in range(12)]
     quiet = [await _create(client, f"q{i}", "quiet") for i in range(2)]  # queued after the rush
     async with app.state.sessionmaker() as db, db.begin():
-        claimed = await repository.claim_due(db, now=utcnow() + timedelta(seconds=1), limit=4)
+        claimed = await workqueue.claim_due(db, now=utcnow() + timedelta(seconds=1), limit=4)
         ids = [str(s.id) for s in claimed]
     # the two templates take turns: both quiet sessions are among the first four served,
     # and the rush's oldest two come with them
@@ -52,6 +52,6 @@ async def test_work_on_existing_sessions_goes_before_a_queue_of_new_ones(
     response = await client.delete(f"/v1/sessions/{leaving}", headers=ADMIN)
     assert response.status_code == 202
     async with app.state.sessionmaker() as db, db.begin():
-        claimed = await repository.claim_due(db, now=utcnow() + timedelta(seconds=1), limit=2)
+        claimed = await workqueue.claim_due(db, now=utcnow() + timedelta(seconds=1), limit=2)
         ids = [str(s.id) for s in claimed]
     assert ids == [leaving, rush[0]]

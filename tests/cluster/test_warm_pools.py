@@ -20,8 +20,9 @@ from app.cluster.kube import ClusterError, KubeCluster
 from app.config import Settings
 from app.controllers import Claim
 from app.main import create_app
-from app.sessions import repository as sessions_repository
 from app.sessions import warm
+from app.sessions.repository import api as sessions_repository
+from app.sessions.repository import workqueue
 from app.sessions.router import warm_router
 from app.templates import repository as templates_repository
 from kubefake import FakeKubernetes
@@ -447,7 +448,7 @@ async def test_a_member_claimed_during_a_shrink_is_not_ended(
     await fill(api, emulator, 2)
     ready_seen: list[int] = []  # ready members this pass read
     answers: list[httpx.Response] = []
-    list_pooled, pool_members = templates_repository.list_pooled, sessions_repository.pool_members
+    list_pooled, pool_members = templates_repository.list_pooled, workqueue.pool_members
 
     async def members_seen(session_db: Any) -> Any:
         found = await pool_members(session_db)
@@ -463,7 +464,7 @@ async def test_a_member_claimed_during_a_shrink_is_not_ended(
         return found
 
     monkeypatch.setattr(templates_repository, "list_pooled", templates_then_a_claim)
-    monkeypatch.setattr(sessions_repository, "pool_members", members_seen)
+    monkeypatch.setattr(workqueue, "pool_members", members_seen)
     smaller = {**POOLED, "warm_pool": 1}
     assert (await api.put("/v1/templates/pooled", json=smaller, headers=ADMIN)).is_success
     await eventually(lambda: _true(bool(answers)))
