@@ -10,7 +10,8 @@ import signal
 
 import kmock
 
-from kubefake.server import FakeKubernetes, FaultPlan
+from kubefake.faults import FaultPlan
+from kubefake.server import FakeKubernetes
 
 
 async def serve(args: argparse.Namespace) -> None:

@@ -226,3 +226,28 @@ async def test_field_selectors_select_events_and_unknown_fields_are_400() -> Non
 
 async def _has(reasons: Any, reason: str) -> bool:
     return reason in await reasons()
+
+
+@pytest.mark.parametrize("fake_options", [{"gpu_capacity": 1, "termination_delay_s": 0.0}])
+async def test_a_deleted_pod_gives_its_gpu_back_to_the_node(
+    fake: tuple[FakeKubernetes, KubeCluster],
+) -> None:
+    """One GPU, used by one pod after another: each deletion frees it for the next pod."""
+    emulator, cluster = fake
+    for user in ("gina", "hugo", "ines"):
+        pod = await cluster.create(
+            "Pod", manifests.pod(view(user, persistent_home=False), SETTINGS)
+        )
+        name = pod["metadata"]["name"]
+
+        async def scheduled(name: str = name) -> bool:
+            raw = emulator.find("pods", "vdi", name)
+            return raw is not None and bool(raw["spec"].get("nodeName"))
+
+        await eventually(scheduled)
+        assert await cluster.delete("Pod", name)
+        await eventually(lambda name=name: _gone(emulator, name))
+
+
+async def _gone(emulator: FakeKubernetes, name: str) -> bool:
+    return emulator.find("pods", "vdi", name) is None

@@ -14,8 +14,8 @@ import pytest
 
 from app.cluster.kube import KubeCluster
 from kubefake import FakeKubernetes
+from kubefake.admission import core_validator
 from kubefake.resources import TRAEFIK_KINDS
-from kubefake.server import _core_validator
 from tests.cluster.conftest import eventually
 
 Fake = tuple[FakeKubernetes, KubeCluster]
@@ -154,7 +154,7 @@ async def test_the_node_pod_ips_and_cluster_ips_are_as_a_cluster_gives_them(
     http: httpx.AsyncClient, fake: Fake
 ) -> None:
     [node] = (await http.get("/api/v1/nodes")).json()["items"]
-    _core_validator("Node", "v1").validate(node)
+    core_validator("Node", "v1").validate(node)
     assert node["status"]["capacity"]["nvidia.com/gpu"] == str(fake[0].gpu_capacity)
     created = await http.post(f"{NS}/services", json=service("web", {"app": "web"}))
     assert created.status_code == 201
@@ -207,7 +207,7 @@ async def test_the_endpointslice_follows_the_services_pods(
         return found if addresses(found, ready=True) else None
 
     endpoint_slice = await eventually(ready_address)
-    _core_validator("EndpointSlice", "discovery.k8s.io/v1").validate(endpoint_slice)
+    core_validator("EndpointSlice", "discovery.k8s.io/v1").validate(endpoint_slice)
     desk_pod = emulator.find("pods", "vdi", "desk-pod")
     assert desk_pod is not None
     assert addresses(endpoint_slice) == {desk_pod["status"]["podIP"]}  # not other-pod's
@@ -251,14 +251,14 @@ async def test_a_pods_change_marks_only_the_services_that_select_it(fake: Fake) 
     for index in range(300):
         raw = service(f"s{index}", {"session": f"x{index}"})
         raw["metadata"]["namespace"] = "vdi"
-        emulator._observe_service({"type": "ADDED", "object": raw})
-    emulator._endpoint_work.clear()
+        emulator.endpoint_slices.observe_service({"type": "ADDED", "object": raw})
+    emulator.endpoint_slices.work.clear()
     labels = {"session": "x7", "app": "desk"}
     raw_pod = {"metadata": {"name": "p", "namespace": "vdi", "labels": labels}}
-    emulator._observe_pod({"type": "ADDED", "object": raw_pod})
-    assert list(emulator._endpoint_work) == [("vdi", "s7")]
+    emulator.endpoint_slices.observe_pod({"type": "ADDED", "object": raw_pod})
+    assert list(emulator.endpoint_slices.work) == [("vdi", "s7")]
     # relabelled: both the service it left and the one it joined are marked
-    emulator._endpoint_work.clear()
+    emulator.endpoint_slices.work.clear()
     raw_pod["metadata"]["labels"] = {"session": "x9"}
-    emulator._observe_pod({"type": "MODIFIED", "object": raw_pod})
-    assert set(emulator._endpoint_work) == {("vdi", "s7"), ("vdi", "s9")}
+    emulator.endpoint_slices.observe_pod({"type": "MODIFIED", "object": raw_pod})
+    assert set(emulator.endpoint_slices.work) == {("vdi", "s7"), ("vdi", "s9")}
