@@ -14,7 +14,6 @@ import asyncio
 import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -22,7 +21,6 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -33,7 +31,8 @@ from app.security import SecretBox, SessionSecrets, agent_token
 from app.sessions.heartbeat import report_digest
 from app.sessions.schemas import HealthReport
 from app.templates.schemas import TemplateSpec
-from bench.database import bench_database
+from harness.database import bench_database
+from harness.servers import free_port, start, wait_ready
 
 SECRET_KEY = "bench-secret-key-" + "k" * 32
 TURN_SECRET = "bench-turn-secret-" + "t" * 32
@@ -51,38 +50,6 @@ class Figures:
     p50_ms: float
     p99_ms: float
     errors: int
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def wait_ready(url: str, process: subprocess.Popen[Any], log: Path | None = None) -> None:
-    """Until `url` answers 200; a process that exits or never answers stops the bench, with
-    the end of its log when there is one."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{url}: process exited {process.returncode}{_log_tail(log)}")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} never became ready{_log_tail(log)}")
-
-
-def _log_tail(log: Path | None, chars: int = 3000) -> str:
-    if log is None or not log.exists():
-        return ""
-    return "\n" + log.read_text(errors="replace")[-chars:]
 
 
 async def seed(url: str) -> list[str]:
@@ -214,7 +181,7 @@ async def run(
                 results[name].append(await drive(client, requests, concurrency, call, expect))
 
     def median(name: str, field: str) -> float:
-        return statistics.median(getattr(f, field) for f in results[name])
+        return float(statistics.median(getattr(f, field) for f in results[name]))
 
     floor_name = "floor (1 DB round trip)"
     floor_rps, floor_p50 = median(floor_name, "rps"), median(floor_name, "p50_ms")

@@ -3,7 +3,7 @@
 Runs, each in its own private network namespace (root):
 - `bench.glass_to_glass --source xvfb --viewer aiortc`: the agent's GStreamer pipeline (the
   spec's Selkies-GStreamer 1.x path, x264 here) capturing an Xvfb screen, aiortc as the viewer;
-- the same with headless Chromium as the viewer (bench/browser_viewer.py);
+- the same with headless Chromium as the viewer (harness/browser_viewer.py);
 - `bench.selkies_session --latency`: real Selkies 2.x supervised by `vdi-agent run`, its own
   page in Chromium;
 each at 720p and 1080p, through the TURN relay and directly, `--repeat` connections per row

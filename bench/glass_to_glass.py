@@ -8,9 +8,9 @@ traffic, and nothing leaves the namespace):
 - this process then plays the pod's agent with the agent's own code: it reads the pod's
   environment (the Secret's values resolved as the kubelet would), runs the agent's checks
   (x264enc on this GPU-less machine), reports them (the session goes Running), and builds the
-  agent's pipeline, which a GStreamer process (bench/webrtc_sender.py) runs into webrtcbin with
+  agent's pipeline, which a GStreamer process (harness/webrtc_sender.py) runs into webrtcbin with
   the session's TURN credentials, relay only;
-- a viewer (aiortc, relay only, bench/webrtc_receiver.py) answers with the credentials of the
+- a viewer (aiortc, relay only, harness/webrtc_receiver.py) answers with the credentials of the
   session's `connection`, decodes the H.264 frames and reads back the capture time that the
   sender drew into each picture on the same monotonic clock;
 - the viewer's figures are published as Selkies publishes a browser's (`webrtc_statistics`,
@@ -27,14 +27,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import json
 import os
 import secrets
-import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,270 +39,35 @@ import tempfile
 import time
 import urllib.parse
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 from aiortc import RTCIceServer
 from prometheus_client import CollectorRegistry, Gauge, Info, start_http_server
 
 from agent.pipeline import SOFTWARE, Caps, Element, StreamSettings, build
 from agent.runner import Agent, AgentEnv, check_report
 from agent.streamers.selkies_gstreamer import METRICS_PORT, SelkiesGStreamer
-from app.cluster.manifests import SESSION_ID_LABEL
 from app.security import turn_credentials
-from bench import browser_viewer
-from bench.api import free_port, wait_ready
-from bench.webrtc_receiver import Receiver, browser_like_aiortc, ice_servers
-from kubefake import FakeKubernetes, start_fake_cluster, write_kubeconfig
+from harness import browser_viewer
+from harness.network import (
+    IN_NETNS,
+    PEER_IP,
+    coturn,
+    reexec_in_private_network,
+    set_up_network,
+    stop,
+)
+from harness.plane import ControlPlane, control_plane, start_session
+from harness.webrtc_receiver import Receiver, browser_like_aiortc, ice_servers
+from kubefake import start_fake_cluster
 
-IN_NETNS = "VDI_G2G_IN_NETNS"
-NAMESPACE = "vdi"
-TURN_IP = "10.213.0.1"  # coturn, and the sender's host address
-PEER_IP = "10.213.0.2"  # the viewer's host address
-TURN_PORT = 3478
 REPO = Path(__file__).resolve().parents[1]
 SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's, with gi (the venv has no PyGObject)
-SENDER = REPO / "bench" / "webrtc_sender.py"
-
-
-# -- the private network ------------------------------------------------------------------------
-
-
-def reexec_in_private_network(argv: list[str], module: str = "bench.glass_to_glass") -> None:
-    """Run this module again in new network and PID namespaces: the veth pair, coturn and every
-    peer live and die there (the PID namespace kills whatever is left when the harness ends)."""
-    if shutil.which("unshare") is None:
-        raise SystemExit(f"{module}: `unshare` (util-linux) is needed")
-    command = ["unshare", "--net", "--pid", "--fork", "--kill-child", "--mount-proc"]
-    os.execvpe(
-        command[0],
-        [*command, sys.executable, "-m", module, *argv],
-        {**os.environ, IN_NETNS: "1"},
-    )
-
-
-def set_up_network() -> None:
-    """lo up, and a veth pair with a private address at each end. Not named veth*: libnice
-    ignores interfaces with that prefix."""
-    for command in (
-        "ip link set lo up",
-        "ip link add vdig0 type veth peer name vdig1",
-        f"ip addr add {TURN_IP}/24 dev vdig0",
-        f"ip addr add {PEER_IP}/24 dev vdig1",
-        "ip link set vdig0 up",
-        "ip link set vdig1 up",
-    ):
-        subprocess.run(command.split(), check=True, capture_output=True)
-
-
-# -- coturn -------------------------------------------------------------------------------------
-
-
-def _stun_binding_answered(host: str, port: int, timeout_s: float) -> bool:
-    request = b"\x00\x01\x00\x00\x21\x12\xa4\x42" + os.urandom(12)  # RFC 5389 Binding request
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.settimeout(timeout_s)
-        probe.sendto(request, (host, port))
-        try:
-            answer, _ = probe.recvfrom(2048)
-        except TimeoutError:
-            return False
-    return answer[:2] == b"\x01\x01" and answer[8:20] == request[8:20]
-
-
-@contextlib.contextmanager
-def coturn(workdir: Path, turn_secret: str, denied_peers: tuple[str, ...] = ()) -> Iterator[Path]:
-    """turnserver on TURN_IP:3478, REST-API credentials (use-auth-secret). The secret goes in a
-    0600 config file, never on the command line. `denied_peers` (coturn ranges, `a-b`) are
-    refused as peers; the relay's own address stays allowed, so relay-to-relay always works.
-    Yields its log file."""
-    config = workdir / "turnserver.conf"
-    peers = [f"denied-peer-ip={r}" for r in denied_peers]
-    if denied_peers:
-        peers.append(f"allowed-peer-ip={TURN_IP}")
-    log = workdir / "turnserver.log"
-    config.touch(mode=0o600)
-    config.write_text(
-        "\n".join(
-            [
-                f"listening-ip={TURN_IP}",
-                f"relay-ip={TURN_IP}",
-                f"listening-port={TURN_PORT}",
-                "min-port=49152",
-                "max-port=49500",
-                "use-auth-secret",
-                f"static-auth-secret={turn_secret}",
-                "realm=vdi.test",
-                "fingerprint",
-                "no-tls",
-                "no-dtls",
-                "no-cli",
-                f"userdb={workdir / 'turndb'}",
-                f"pidfile={workdir / 'turnserver.pid'}",
-                f"log-file={log}",
-                "simple-log",
-                *peers,
-                "",
-            ]
-        )
-    )
-    process = subprocess.Popen(
-        ["turnserver", "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        deadline = time.monotonic() + 15
-        while not _stun_binding_answered(TURN_IP, TURN_PORT, 0.2):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"coturn did not start: {_tail(log)}")
-        yield log
-    finally:
-        _stop(process)
-
-
-def _stop(process: subprocess.Popen[Any], timeout_s: float = 10) -> None:
-    if process.poll() is None:
-        os.kill(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait()
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
-# -- the control plane --------------------------------------------------------------------------
-
-
-@dataclass
-class ControlPlane:
-    url: str
-    admin: dict[str, str]
-    process: subprocess.Popen[Any]
-    log: Path
-
-    async def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        async with httpx.AsyncClient(base_url=self.url, headers=self.admin, timeout=30) as http:
-            response = await http.request(method, path, **kwargs)
-        if not response.is_success:
-            raise RuntimeError(f"{method} {path}: {response.status_code} {response.text}")
-        return response.json()
-
-    async def session(self, session_id: str) -> dict[str, Any]:
-        return await self.request("GET", f"/v1/sessions/{session_id}")  # type: ignore[no-any-return]
-
-    async def wait_phase(
-        self, session_id: str, phases: set[str], timeout_s: float
-    ) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            session = await self.session(session_id)
-            if session["phase"] in phases:
-                return session
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"session stayed {session['phase']} ({session['reason']})")
-            await asyncio.sleep(0.1)
-
-
-@contextlib.asynccontextmanager
-async def control_plane(
-    workdir: Path,
-    fake_url: str,
-    turn_secret: str,
-    pod_side_ip: str | None = None,
-    settings: dict[str, str] | None = None,
-) -> AsyncIterator[ControlPlane]:
-    """`vdi-control serve` on the fake cluster. With `pod_side_ip` it also listens there and
-    gives pods that address as their callback (agents in their own network namespace);
-    `settings` are more VDI_* variables."""
-    port = free_port()
-    callback_ip = pod_side_ip or "127.0.0.1"
-    kubeconfig = write_kubeconfig(workdir / "kubeconfig", fake_url, NAMESPACE)
-    admin_token = "vdi_g2g-admin-" + secrets.token_urlsafe(32)
-    env = {
-        **os.environ,
-        "VDI_DATA_DIR": str(workdir / "data"),
-        "VDI_SECRET_KEY": secrets.token_urlsafe(48),
-        "VDI_TURN_SECRET": turn_secret,
-        "VDI_TURN_HOST": TURN_IP,
-        "VDI_TURN_PORT": str(TURN_PORT),
-        "VDI_BOOTSTRAP_TOKEN": admin_token,
-        "VDI_CLUSTER": "kubernetes",
-        "VDI_NAMESPACE": NAMESPACE,
-        "KUBECONFIG": str(kubeconfig),
-        "VDI_HOST": "0.0.0.0" if pod_side_ip else "127.0.0.1",
-        "VDI_PORT": str(port),
-        "VDI_CALLBACK_URL": f"http://{callback_ip}:{port}",
-        "VDI_RECONCILE_INTERVAL_S": "0.2",
-        "VDI_LOG_LEVEL": "WARNING",
-        **(settings or {}),
-    }
-    env.pop("VDI_DATABASE_URL", None)
-    log = workdir / "control-plane.log"
-    process = await asyncio.to_thread(_start_serve, env, log)
-    plane = ControlPlane(
-        f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {admin_token}"}, process, log
-    )
-    try:
-        await asyncio.to_thread(wait_ready, f"{plane.url}/readyz", process, log)
-        yield plane
-    finally:
-        await asyncio.to_thread(_stop, process, 20)
-
-
-def _start_serve(env: dict[str, str], log: Path) -> subprocess.Popen[Any]:
-    with log.open("w") as out:
-        return subprocess.Popen(
-            [sys.executable, "-c", "from app.cli import main; main()", "serve"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-
-
-def pod_environment(fake: FakeKubernetes, pod_name: str) -> dict[str, str]:
-    """The agent container's environment as the kubelet gives it: values, and secretKeyRef
-    values read from the Secret."""
-    pod = fake.find("pods", NAMESPACE, pod_name)
-    if pod is None:
-        raise RuntimeError(f"pod {pod_name} not found")
-    env: dict[str, str] = {}
-    for item in pod["spec"]["containers"][0]["env"]:
-        if "value" in item:
-            env[item["name"]] = item["value"]
-            continue
-        ref = item["valueFrom"]["secretKeyRef"]
-        secret = fake.find("secrets", NAMESPACE, ref["name"])
-        if secret is None:
-            raise RuntimeError(f"secret {ref['name']} not found")
-        env[item["name"]] = base64.b64decode(secret["data"][ref["key"]]).decode()
-    return env
-
-
-async def start_session(
-    plane: ControlPlane, fake: FakeKubernetes, template: str, spec: dict[str, Any]
-) -> tuple[str, dict[str, str]]:
-    """PUT the template, create alice's session of it and wait until its pod exists (Starting);
-    returns the session id and the agent's environment as that pod would get it."""
-    await plane.request("PUT", f"/v1/templates/{template}", json=spec)
-    created = await plane.request(
-        "POST", "/v1/sessions", json={"user": "alice", "template": template}
-    )
-    session_id: str = created["id"]
-    await plane.wait_phase(session_id, {"Starting"}, 60)
-    pod = next(
-        p for p in fake.live("pods") if p["metadata"]["labels"].get(SESSION_ID_LABEL) == session_id
-    )
-    return session_id, pod_environment(fake, pod["metadata"]["name"])
+SENDER = REPO / "harness" / "webrtc_sender.py"
 
 
 # -- streaming ----------------------------------------------------------------------------------
@@ -406,7 +168,7 @@ async def screen(
     finally:
         if painter is not None:
             await painter.stop()
-        await asyncio.to_thread(_stop, xvfb)
+        await asyncio.to_thread(stop, xvfb)
 
 
 def webrtc_uri(scheme: str, host: str, port: str, user: str = "", password: str = "") -> str:
@@ -432,7 +194,7 @@ def selkies_ice_uris(env: dict[str, str]) -> tuple[str, str]:
 
 
 class Sender:
-    """bench/webrtc_sender.py under Debian's python3, spoken to in JSON lines."""
+    """harness/webrtc_sender.py under Debian's python3, spoken to in JSON lines."""
 
     def __init__(self, process: asyncio.subprocess.Process) -> None:
         self.process = process
@@ -628,7 +390,7 @@ async def stream_to_chromium(
     display: str | None = None,
     warmup_s: float = 1.0,
 ) -> dict[str, Any]:
-    """The same sender, and headless Chromium as the viewer (bench/browser_viewer.py): its own
+    """The same sender, and headless Chromium as the viewer (harness/browser_viewer.py): its own
     WebRTC stack answers, decodes and presents the stream in a <video>; each presented
     picture's capture time is read back in the page. Figures for `seconds` after a warm-up."""
     stun, turn = selkies_ice_uris(env)
@@ -988,7 +750,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if os.environ.get(IN_NETNS) != "1":
-        reexec_in_private_network(argv)
+        reexec_in_private_network(argv, module="bench.glass_to_glass")
     set_up_network()
     report = asyncio.run(run(args))
     if args.json:

@@ -22,6 +22,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                     raise RuntimeError("serve did not start")
                 time.sleep(0.1)
             floor = _latencies(url, args.seconds)
-            stop, outcome = threading.Event(), {}
+            stop, outcome = threading.Event(), dict[str, Any]()
             attacker = threading.Thread(target=_attack, args=(port, stop, outcome), daemon=True)
             attacker.start()
             attacked = _latencies(url, args.seconds)

@@ -32,8 +32,8 @@ from app.controllers.provision import create_session_objects
 from app.main import create_app
 from app.observability import configure_logging
 from app.templates.schemas import TemplateSpec
-from bench.database import bench_database
-from bench.soak import processes, start_fake_api
+from harness.database import bench_database
+from harness.servers import processes, start_fake_api
 
 # Dependent round trips per session: PVC and Pod together, then Secret, Service and
 # IngressRoute together (they need the Pod's uid for their owner reference).

@@ -54,8 +54,7 @@ from app.cluster import manifests
 from app.cluster.kube import KubeCluster
 from app.embedded import EmbeddedPostgres, ensure_database
 from app.security import agent_token
-from bench.api import free_port, wait_ready
-from bench.soak import processes, start_fake_api
+from harness.servers import free_port, processes, start_fake_api, wait_ready
 from kubefake import write_kubeconfig
 
 VDI = [sys.executable, "-c", "from app.cli import main; main()"]

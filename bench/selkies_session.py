@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,22 +34,12 @@ import psutil
 from aiohttp import web
 
 from app.cluster.manifests import USER_LABEL, object_name
-from bench import browser_viewer
-from bench import traefik as proxying
-from bench.browser_viewer import READ_STATS, chromium, chromium_processes
-from bench.glass_to_glass import (
-    NAMESPACE,
-    PEER_IP,
-    REPO,
-    ControlPlane,
-    _stop,
-    control_plane,
-    coturn,
-    reexec_in_private_network,
-    screen,
-    set_up_network,
-    start_session,
-)
+from bench.glass_to_glass import REPO, screen
+from harness import browser_viewer
+from harness import traefik as proxying
+from harness.browser_viewer import READ_STATS, chromium, chromium_processes
+from harness.network import PEER_IP, coturn, reexec_in_private_network, set_up_network, stop
+from harness.plane import NAMESPACE, ControlPlane, control_plane, start_session
 from kubefake import FakeKubernetes, start_fake_cluster
 
 IN_NETNS = "VDI_G2G_IN_NETNS"
@@ -145,7 +136,7 @@ def desktop(display: str, home: Path) -> Iterator[None]:
         yield
     finally:
         for process in processes:
-            _stop(process)
+            stop(process)
 
 
 @contextlib.contextmanager
@@ -170,7 +161,7 @@ def agent(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
     try:
         yield process
     finally:
-        _stop(process, 20)
+        stop(process, 20)
 
 
 def conditions(session: dict[str, Any]) -> dict[str, dict[str, str]]:
@@ -357,7 +348,7 @@ async def routing_checks(pod: Pod, report: dict[str, Any]) -> None:
 
     routing["after_delete_status"] = (await wait_for("404 after DELETE", gone, 15)).status_code
     routing["route_object_left"] = pod.fake.find(
-        "ingressroutes", NAMESPACE, object_name(pod.session_id)
+        "ingressroutes", NAMESPACE, object_name(uuid.UUID(pod.session_id))
     )
     routing["errors"] = proxy.errors()
 

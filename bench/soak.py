@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import os
 import secrets
-import signal
 import statistics
 import subprocess
 import sys
@@ -29,7 +28,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,18 +38,11 @@ import httpx
 
 from app.embedded import EmbeddedPostgres, ensure_database
 from app.security import agent_token
-from bench.api import free_port, wait_ready
+from harness.plane import READY_REPORT
+from harness.servers import free_port, processes, start_fake_api, wait_ready
 from kubefake import write_kubeconfig
 
 VDI = [sys.executable, "-c", "from app.cli import main; main()"]
-READY_REPORT = {
-    "checks": [
-        {"name": "gpu", "ok": None, "detail": "CPU session"},
-        {"name": "encoder", "ok": True, "detail": "x264enc"},
-    ],
-    "encoder": "x264enc",
-    "fallback": False,
-}
 
 
 @dataclass
@@ -175,39 +167,6 @@ async def floor_probe(bases: list[str], stop_at: float, samples: list[float]) ->
                 samples.append((time.perf_counter() - started) * 1000)
             n += 1
             await asyncio.sleep(0.05)
-
-
-@contextlib.contextmanager
-def processes() -> Iterator[list[subprocess.Popen[Any]]]:
-    started: list[subprocess.Popen[Any]] = []
-    try:
-        yield started
-    finally:
-        for process in started:
-            if process.poll() is None:
-                os.kill(process.pid, signal.SIGTERM)
-        for process in started:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.kill(process.pid, signal.SIGKILL)
-                process.wait()
-
-
-async def start_fake_api(
-    started: list[subprocess.Popen[Any]], *options: str
-) -> tuple[subprocess.Popen[str], str]:
-    """`python -m kubefake <options>` in its own process (its CPU is not ours), kept in
-    `started` to be stopped; returns it and the URL it serves."""
-    fake = subprocess.Popen(  # noqa: ASYNC220 - returns at once
-        [sys.executable, "-m", "kubefake", *options],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    started.append(fake)
-    assert fake.stdout is not None
-    return fake, (await asyncio.to_thread(fake.stdout.readline)).strip()
 
 
 @contextlib.asynccontextmanager

@@ -35,9 +35,9 @@ from app.config import Settings
 from app.main import create_app
 from app.observability import configure_logging
 from app.runtimes.simulated import StandInAgent
-from bench.database import bench_database
+from harness.database import bench_database
+from harness.servers import serve_on
 from kubefake import start_fake_cluster
-from tests.servers import serve_on
 
 ADMIN = "vdi_bench-admin-" + "a" * 32
 IMAGE = "registry.example/vdi/session:1"

@@ -27,8 +27,9 @@ from typing import Any
 
 import httpx
 
-from bench.api import free_port, wait_ready
-from bench.glass_to_glass import _start_serve, _stop
+from harness.network import stop
+from harness.plane import start_serve
+from harness.servers import free_port, wait_ready
 
 
 def _p(values: list[float], q: float) -> float:
@@ -87,13 +88,13 @@ async def service(workdir: Path, streams: int) -> AsyncIterator[tuple[str, dict[
     }
     env.pop("VDI_DATABASE_URL", None)
     log = workdir / "serve.log"
-    process = await asyncio.to_thread(_start_serve, env, log)
+    process = await asyncio.to_thread(start_serve, env, log)
     url = f"http://127.0.0.1:{port}"
     try:
         await asyncio.to_thread(wait_ready, f"{url}/readyz", process, log)
         yield url, {"Authorization": f"Bearer {token}"}
     finally:
-        await asyncio.to_thread(_stop, process, 30)
+        await asyncio.to_thread(stop, process, 30)
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:

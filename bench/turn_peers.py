@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import socket
@@ -33,7 +34,7 @@ from aioice import stun
 from aioice.turn import TurnClientUdpProtocol, create_turn_endpoint
 
 from app.security import turn_credentials
-from bench.glass_to_glass import _stop, _stun_binding_answered, reexec_in_private_network
+from harness.network import reexec_in_private_network, stop, stun_binding_answered
 
 IN_NETNS = "VDI_G2G_IN_NETNS"
 POD_IP = "10.213.5.1"  # coturn's pod
@@ -161,7 +162,7 @@ async def probe(port: int, secret: str, user_quota: int = 0) -> dict[str, Any]:
     listeners = []
     for name, ip in PEERS.items():
         transport, _ = await loop.create_datagram_endpoint(
-            lambda name=name: Received(name, got), local_addr=(ip, PEER_PORT)
+            functools.partial(Received, name, got), local_addr=(ip, PEER_PORT)
         )
         listeners.append(transport)
     session_id = uuid.uuid4()
@@ -206,7 +207,7 @@ async def probe(port: int, secret: str, user_quota: int = 0) -> dict[str, Any]:
     # Relay to relay on this coturn (its own pod IP is allowed): how a browser and Selkies meet.
     endpoints = [
         await create_turn_endpoint(
-            lambda name=name: Received(name, got), (POD_IP, port), username, password
+            functools.partial(Received, name, got), (POD_IP, port), username, password
         )
         for name in ("relay-a", "relay-b")
     ]
@@ -260,7 +261,7 @@ def run(chart_args: list[str], secret_command: list[str]) -> dict[str, Any]:
             process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 15
-            while not _stun_binding_answered(POD_IP, port, 0.2):
+            while not stun_binding_answered(POD_IP, port, 0.2):
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"coturn did not start: {log.read_text()[-2000:]}")
             quota = next(
@@ -274,7 +275,7 @@ def run(chart_args: list[str], secret_command: list[str]) -> dict[str, Any]:
             except OSError:
                 report["tcp_listening"] = False
         finally:
-            _stop(process)
+            stop(process)
         report["coturn_arguments"] = command
         report["secret_in_arguments"] = any(secret in a for a in command)
         return report

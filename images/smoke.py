@@ -34,8 +34,6 @@ from typing import Any
 import httpx
 
 from app.embedded import EmbeddedPostgres
-from bench.browser_viewer import READ_STATS, chromium
-from bench.glass_to_glass import reexec_in_private_network, set_up_network
 from bench.selkies_session import (
     IN_NETNS,
     POD_IP,
@@ -45,6 +43,8 @@ from bench.selkies_session import (
     set_up_pod_network,
     wait_for,
 )
+from harness.browser_viewer import READ_STATS, chromium
+from harness.network import reexec_in_private_network, set_up_network
 from kubefake import write_kubeconfig
 
 CONTAINERS_CONF = Path(__file__).resolve().parent / "containers.conf"
@@ -112,6 +112,16 @@ async def session_container(image: str, report: dict[str, Any]) -> None:
             report["session"] = {
                 k: running[k] for k in ("phase", "reason", "streamer", "encoder", "message")
             }
+            # the agent's own distribution, not the control plane's
+            report["session_distributions"] = await podman(
+                "exec",
+                name,
+                "/opt/vdi/bin/python",
+                "-c",
+                "import importlib.metadata as m, importlib.util as u;"
+                "print(sorted(d.metadata['Name'] for d in m.distributions()"
+                " if d.metadata['Name'].startswith('vdi')), u.find_spec('app') is None)",
+            )
             processes = await podman("top", name, "user", "pid", "args")
             report["session_processes"] = processes.splitlines()
             url = f"http://{POD_IP}:{SESSION_PORT}/"
@@ -277,6 +287,10 @@ def check(report: dict[str, Any]) -> list[str]:
         problems.append(f"/readyz: {report.get('control_readyz')}")
     if (report.get("control_readyz") or {}).get("checks", {}).get("cluster") != "ok":
         problems.append(f"the control plane is not on the cluster: {report.get('control_readyz')}")
+    if report.get("session_distributions", "").strip() != "['vdi-agent'] True":
+        problems.append(
+            f"the session image is not the agent's alone: {report.get('session_distributions')}"
+        )
     if report.get("control_fake_packages") != "[]":
         problems.append(
             f"the control-plane image has the fake's packages: {report['control_fake_packages']}"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import psutil
 import pytest
 
 from app import migrate
+from harness.servers import free_port
 from tests.conftest import TEST_SECRET_KEY, TEST_TURN_SECRET
 
 VDI = [sys.executable, "-c", "from app.cli import main; main()"]
@@ -26,12 +26,6 @@ def environment(**values: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VDI_")}
     env.update(values)
     return env
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextmanager

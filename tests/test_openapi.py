@@ -16,8 +16,8 @@ import pytest
 from fastapi import FastAPI
 
 from app.cli import main as cli_main
+from harness.servers import serve
 from tests.conftest import TEST_BOOTSTRAP_TOKEN
-from tests.servers import serve
 from tests.tools import TOOL_PATH
 
 PUBLIC = {"/healthz", "/readyz", "/metrics"}

@@ -29,8 +29,8 @@ from agent.streamers.selkies import Selkies
 from agent.streamers.selkies_gstreamer import SelkiesGStreamer
 from agent.turn import NoRelay, TurnRenewal
 from app.security import agent_token
+from harness.servers import serve
 from tests.conftest import ADMIN, TEST_SECRET_KEY
-from tests.servers import serve
 from tests.test_cli import free_port
 
 MakeSession = Callable[..., Awaitable[dict[str, Any]]]

@@ -18,8 +18,8 @@ from app.config import Settings
 from app.main import create_app
 from app.security import agent_token
 from app.sessions import service as sessions_service
+from harness.servers import serve
 from tests.conftest import ADMIN, TEST_SECRET_KEY, bearer, running
-from tests.servers import serve
 
 MakeSession = Callable[..., Awaitable[dict[str, Any]]]
 

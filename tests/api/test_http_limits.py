@@ -12,7 +12,7 @@ import pytest
 from fastapi import FastAPI, Request
 
 from app import httpserver
-from tests.servers import serve
+from harness.servers import serve
 
 
 def _app() -> FastAPI:

@@ -19,7 +19,7 @@ from aiohttp import web
 from app.cluster import manifests
 from app.cluster.kube import KubeCluster
 from app.config import Settings
-from bench import traefik as proxying
+from harness import traefik as proxying
 from kubefake import FakeKubernetes
 from tests.cluster.conftest import eventually
 from tests.conftest import ADMIN

@@ -25,10 +25,10 @@ from app.sessions.repository import api as sessions_repository
 from app.sessions.repository import workqueue
 from app.sessions.router import warm_router
 from app.templates import repository as templates_repository
+from harness.servers import serve
 from kubefake import FakeKubernetes
 from tests.cluster.conftest import eventually, name_of, phase_is
 from tests.conftest import ADMIN, bearer, client_for, running
-from tests.servers import serve
 
 Fake = tuple[FakeKubernetes, KubeCluster]
 POOLED = {

@@ -30,7 +30,7 @@ import psutil
 import pytest
 
 from app.runtimes.local import RUNTIME_MARKER, SESSION_MARKER
-from bench.browser_viewer import READ_STATS, chromium
+from harness.browser_viewer import READ_STATS, chromium
 from tests.cluster.test_x_authority import x_handshake
 from tests.conftest import TEST_SECRET_KEY, TEST_TURN_SECRET
 from tests.test_cli import free_port

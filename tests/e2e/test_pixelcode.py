@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from bench import pixelcode
+from harness import pixelcode
 
 pytestmark = pytest.mark.e2e
 

@@ -19,7 +19,7 @@ import pytest
 
 from app.embedded import EmbeddedPostgres, ensure_database
 from app.security import agent_token
-from bench.soak import READY_REPORT
+from harness.plane import READY_REPORT
 from tests.reliability.service import service
 
 pytestmark = pytest.mark.e2e

@@ -8,7 +8,7 @@ Two uses:
 
 Either way the page can measure glass to glass: `MEASURE` (injected before any page script)
 times every picture the <video> element presents with `requestVideoFrameCallback`, reads the
-capture time stamped in the picture (bench/pixelcode.py) from a canvas copy of its top rows, and
+capture time stamped in the picture (harness/pixelcode.py) from a canvas copy of its top rows, and
 keeps both in the page's clock. `ClockServer` answers the harness' CLOCK_MONOTONIC over HTTP; the
 page measures the offset between the two clocks itself (the fetch with the shortest round trip,
 as NTP does), so a capture time and a presentation time compare on one clock. Chromium's
@@ -31,7 +31,7 @@ from typing import Any
 
 import psutil
 
-from bench import pixelcode
+from harness import pixelcode
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -92,7 +92,7 @@ pc.getStats().then((stats) => {
 """
 
 # The measurement, installed before any page script as window.__vdiMeasure. attach(video) times
-# every picture the element presents; the pixel code is read exactly as bench/pixelcode.py
+# every picture the element presents; the pixel code is read exactly as harness/pixelcode.py
 # reads it (the mean luma of each block's inner pixels against mid-grey, then the check).
 MEASURE = (
     "(() => {\n"
@@ -126,7 +126,7 @@ MEASURE = (
   const RGB = {RGBA: [0, 1, 2], RGBX: [0, 1, 2], BGRA: [2, 1, 0], BGRX: [2, 1, 0]};
   // The stamp of the picture the element shows now. A VideoFrame of the element copies just
   // the stamp's rectangle in the decoder's own format (the Y plane of I420/NV12 is luma, read
-  // as bench/pixelcode.py reads it); a canvas copy converts the whole picture to RGB first
+  // as harness/pixelcode.py reads it); a canvas copy converts the whole picture to RGB first
   // (12 ms a picture at 720p here), so it is only the fallback.
   const readStamp = async (video, context) => {
     if (typeof VideoFrame !== "undefined") {

@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from typing import Any
 import httpx
 import yaml
 
+from harness.servers import free_port
 from kubefake import tls
 from kubefake.tls import Certificates
 
@@ -64,12 +64,6 @@ def default_tls_store(namespace: str, secret: str = TLS_SECRET) -> dict[str, Any
         "metadata": {"name": "default", "namespace": namespace},
         "spec": {"defaultCertificate": {"secretName": secret}},
     }
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def traefik_binary() -> str:

@@ -1,6 +1,6 @@
 """The receiving peer of the glass-to-glass harness: a real WebRTC stack (aiortc) that uses only
 the TURN relay, decodes the H.264 frames (libavcodec through PyAV) and reads back the capture
-time drawn into each picture (bench/pixelcode.py).
+time drawn into each picture (harness/pixelcode.py).
 
 Two adjustments to aiortc, both for talking to GStreamer the way a browser does:
 - GStreamer 1.22's DTLS certificate is RSA; aiortc offers only ECDHE-ECDSA suites. The cipher
@@ -34,8 +34,9 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtp import RtpPacket
 from aiortc.sdp import candidate_from_sdp
+from av import VideoFrame
 
-from bench import pixelcode
+from harness import pixelcode
 
 BROWSER_CIPHERS = (
     b"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
@@ -76,7 +77,7 @@ class MarkerJitterBuffer(jitterbuffer.JitterBuffer):
 def browser_like_aiortc(marker_release: bool = True) -> Iterator[None]:
     """Apply the two adjustments for the duration of a run."""
     original_context = rtcdtlstransport.RTCCertificate._create_ssl_context
-    original_buffer = rtcrtpreceiver.JitterBuffer
+    original_buffer = rtcrtpreceiver.JitterBuffer  # type: ignore[attr-defined]
 
     def widened(self: Any, srtp_profiles: Any) -> Any:
         context = original_context(self, srtp_profiles)
@@ -85,12 +86,12 @@ def browser_like_aiortc(marker_release: bool = True) -> Iterator[None]:
 
     rtcdtlstransport.RTCCertificate._create_ssl_context = widened  # type: ignore[method-assign]
     if marker_release:
-        rtcrtpreceiver.JitterBuffer = MarkerJitterBuffer  # type: ignore[misc]
+        rtcrtpreceiver.JitterBuffer = MarkerJitterBuffer  # type: ignore[attr-defined]
     try:
         yield
     finally:
         rtcdtlstransport.RTCCertificate._create_ssl_context = original_context  # type: ignore[method-assign]
-        rtcrtpreceiver.JitterBuffer = original_buffer  # type: ignore[misc]
+        rtcrtpreceiver.JitterBuffer = original_buffer  # type: ignore[attr-defined]
 
 
 @dataclass
@@ -222,8 +223,9 @@ class Receiver:
                 return
             now_us = time.monotonic_ns() // 1000
             self.result.frames_decoded += 1
-            self.result.width, self.result.height = frame.width, frame.height  # type: ignore[attr-defined]
-            plane = frame.planes[0]  # type: ignore[attr-defined]
+            assert isinstance(frame, VideoFrame)
+            self.result.width, self.result.height = frame.width, frame.height
+            plane = frame.planes[0]
             stamp = pixelcode.decode(pixelcode.read_luma(memoryview(plane), plane.line_size))
             if stamp is None:
                 continue

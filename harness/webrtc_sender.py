@@ -6,9 +6,9 @@ reads {"answer": sdp} on stdin, prints {"state": ...} as the connection changes,
 {"stop": true} (or stdin closing) prints {"stats": ...} from webrtcbin and exits.
 
 The pipeline must contain `cairooverlay name=stamp` where the capture time is drawn into the
-picture (bench/pixelcode.py), or `webrtcbin name=sendrecv`, or both. With only the stamp it is a
+picture (harness/pixelcode.py), or `webrtcbin name=sendrecv`, or both. With only the stamp it is a
 painter: it draws stamped pictures onto a display (ximagesink) for the sender to capture.
-Usage: /usr/bin/python3 bench/webrtc_sender.py --pipeline '...' --turn turn://u:p@h:3478
+Usage: /usr/bin/python3 harness/webrtc_sender.py --pipeline '...' --turn turn://u:p@h:3478
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import sys
+from typing import Any
 
 import gi
 
@@ -26,10 +27,10 @@ gi.require_version("GstSdp", "1.0")
 from gi.repository import GLib, Gst, GstSdp, GstWebRTC  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench import pixelcode  # noqa: E402
+from harness import pixelcode  # noqa: E402
 
 
-def emit(message: dict) -> None:
+def emit(message: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(message) + "\n")
     sys.stdout.flush()
 
@@ -68,7 +69,7 @@ class Sender:
         self.webrtc.connect("notify::ice-connection-state", self.on_state)
 
     # -- the stamp: capture time into the picture, just before the encoder's input conversion
-    def on_draw(self, _overlay, context, _timestamp, _duration) -> None:
+    def on_draw(self, _overlay: Any, context: Any, _timestamp: Any, _duration: Any) -> None:
         bits = pixelcode.encode(GLib.get_monotonic_time(), self.sequence)
         self.sequence += 1
         self.stamped += 1
@@ -82,7 +83,7 @@ class Sender:
         context.fill()
 
     # -- signalling
-    def on_negotiation_needed(self, element) -> None:
+    def on_negotiation_needed(self, element: Any) -> None:
         # An offer made before the payloader's caps reach webrtcbin has no fmtp (no
         # packetization-mode, no profile): wait for the caps when they are not there yet.
         pad = element.sinkpads[0] if element.sinkpads else None
@@ -91,7 +92,7 @@ class Sender:
             return
         self.create_offer()
 
-    def on_caps(self, pad, _pspec) -> None:
+    def on_caps(self, pad: Any, _pspec: Any) -> None:
         if pad.get_current_caps() is not None and not self.offer_requested:
             GLib.idle_add(self.create_offer)
 
@@ -103,7 +104,7 @@ class Sender:
         self.webrtc.emit("create-offer", None, promise)
         return False
 
-    def on_offer_created(self, promise, element, _data) -> None:
+    def on_offer_created(self, promise: Any, element: Any, _data: Any) -> None:
         reply = promise.get_reply()
         offer = reply.get_value("offer") if reply is not None else None
         if offer is None:
@@ -112,20 +113,20 @@ class Sender:
             return
         element.emit("set-local-description", offer, Gst.Promise.new())
 
-    def on_ice_candidate(self, _element, _mline, candidate: str) -> None:
+    def on_ice_candidate(self, _element: Any, _mline: Any, candidate: str) -> None:
         self.candidates.append(candidate)
 
-    def on_gathering(self, element, _pspec) -> None:
+    def on_gathering(self, element: Any, _pspec: Any) -> None:
         state = element.get_property("ice-gathering-state")
         if state == GstWebRTC.WebRTCICEGatheringState.COMPLETE and not self.offered:
             self.offered = True
             sdp = element.get_property("local-description").sdp.as_text()
             emit({"offer": sdp, "candidates": self.candidates})
 
-    def on_state(self, element, pspec) -> None:
+    def on_state(self, element: Any, pspec: Any) -> None:
         emit({"state": pspec.name, "value": element.get_property(pspec.name).value_nick})
 
-    def on_stdin(self, fd, condition) -> bool:
+    def on_stdin(self, fd: Any, condition: Any) -> bool:
         line = sys.stdin.readline() if condition & GLib.IO_IN else ""
         if not line:
             self.stop()
@@ -142,13 +143,13 @@ class Sender:
             return False
         return True
 
-    def on_error(self, _bus, message) -> None:
+    def on_error(self, _bus: Any, message: Any) -> None:
         error, debug = message.parse_error()
         emit({"error": f"{error.message} ({debug})"})
         self.loop.quit()
 
     def stop(self) -> None:
-        reports: list[dict] = []
+        reports: list[dict[str, Any]] = []
         if self.webrtc is not None:
             promise = Gst.Promise.new()
             self.webrtc.emit("get-stats", None, promise)
@@ -166,15 +167,15 @@ class Sender:
         return 0
 
 
-def _stats(reply: Gst.Structure | None) -> list[dict]:
+def _stats(reply: Gst.Structure | None) -> list[dict[str, Any]]:
     """webrtcbin's stats: one structure per report, flattened to JSON-able fields."""
-    reports: list[dict] = []
+    reports: list[dict[str, Any]] = []
     if reply is None:
         return reports
 
-    def each(_field_id, value) -> bool:
+    def each(_field_id: Any, value: Any) -> bool:
         if isinstance(value, Gst.Structure):
-            fields: dict = {"kind": value.get_name()}
+            fields: dict[str, Any] = {"kind": value.get_name()}
             for i in range(value.n_fields()):
                 name = value.nth_field_name(i)
                 item = value.get_value(name)
