@@ -39,7 +39,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -286,241 +286,316 @@ async def wait_for(
     raise RuntimeError(f"not reached within {timeout_s:.0f} s: {counts}")
 
 
+@dataclass
+class Rush:
+    """One run's parts, as the phases use them."""
+
+    args: argparse.Namespace
+    workdir: Path
+    fleet: Fleet
+    replicas: list[subprocess.Popen[Any]]
+    started: list[subprocess.Popen[Any]]
+    fake: subprocess.Popen[Any]
+    fake_url: str
+    db: asyncpg.Connection
+    http: httpx.AsyncClient
+    agents: Agents
+    admin: dict[str, str]
+    watcher: asyncio.Task[None]
+    stop_watch: asyncio.Event
+    created: dict[str, str] = field(default_factory=dict)  # user -> session id
+
+    async def stop_agents(self) -> None:
+        """The pod watch, then the agents it started."""
+        self.stop_watch.set()
+        self.watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self.watcher
+        await self.agents.stop()
+
+    @property
+    def n(self) -> int:
+        return int(self.args.sessions)
+
+    def cpu(self) -> dict[str, float]:
+        return {
+            "replicas": cpu_seconds([p.pid for p in self.replicas]),
+            "postgres": cpu_seconds(postgres_pids(self.workdir / "pg")),
+            "fake": cpu_seconds([self.fake.pid]),
+            "load": cpu_seconds([os.getpid()]),
+        }
+
+
 async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    n = args.sessions
+    """The four phases on a fresh fleet: the rush, steady state and rest, a restart of every
+    replica, the termination wave; then the audit."""
     postgres = await asyncio.to_thread(EmbeddedPostgres, workdir / "pg")
-    figures: dict[str, Any] = {"sessions": n, "replicas": args.replicas}
+    figures: dict[str, Any] = {"sessions": args.sessions, "replicas": args.replicas}
     try:
         await ensure_database(postgres.url(), "vdi")
-        database_url = postgres.url("vdi")
         with processes() as started:
-            fake, fake_url = await start_fake_api(
-                started,
-                *("--no-validate", "--gpus", str(n * 2)),
-                *("--kubelet-interval-s", str(args.kubelet_interval_s)),
-                *("--termination-delay-s", "1.0"),
-            )
-            fleet = Fleet(workdir, args.replicas, args.report_interval_s)
-            fleet.env = {
-                **{k: v for k, v in os.environ.items() if not k.startswith("VDI_")},
-                "VDI_DATABASE_URL": database_url,
-                "VDI_AUTO_MIGRATE": "true",
-                "VDI_SECRET_KEY": fleet.secret_key,
-                "VDI_TURN_SECRET": secrets.token_urlsafe(48),
-                "VDI_BOOTSTRAP_TOKEN": fleet.admin_token,
-                "VDI_CLUSTER": "kubernetes",
-                "KUBECONFIG": str(write_kubeconfig(workdir / "kubeconfig", fake_url)),
-                "VDI_NAMESPACE": "vdi",
-                "VDI_MAX_SESSIONS_PER_USER": "1",
-                "VDI_REPORT_INTERVAL_S": str(args.report_interval_s),
-                "VDI_REPORT_RATE_LIMIT": "600/minute",
-                "VDI_LOG_LEVEL": "WARNING",
-            }
-            replicas = []
-            for index in range(args.replicas):  # one after the other: the first migrates
-                replicas.append(fleet.start_replica(index, started))
-                await asyncio.to_thread(wait_ready, f"{fleet.bases[index]}/readyz", replicas[-1])
-            admin = {"Authorization": f"Bearer {fleet.admin_token}"}
-            db = await asyncpg.connect(database_url)
-            me = [os.getpid()]
-            limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
-            async with httpx.AsyncClient(timeout=30, limits=limits) as http:
-                for t in range(args.templates):
-                    spec = {"image": f"vdi/session:scale-{t}", "gpu": 1, "start_timeout_s": 300}
-                    response = await http.put(
-                        f"{fleet.bases[0]}/v1/templates/t{t}", json=spec, headers=admin
-                    )
-                    response.raise_for_status()
-                reporting = aiohttp.ClientSession(
-                    connector=aiohttp.TCPConnector(limit=256),
-                    timeout=aiohttp.ClientTimeout(total=30),
+            async with _fleet(args, workdir, postgres.url("vdi"), started) as rush:
+                figures["rush"] = await _rush(rush)
+                figures["steady"] = await _steady(rush)
+                figures["restart"] = await _restart(rush)
+                figures["termination"] = await _termination(rush)
+                await rush.stop_agents()
+                figures["audit"] = await _audit(rush)
+    finally:
+        await asyncio.to_thread(postgres.stop)
+    return figures
+
+
+@contextlib.asynccontextmanager
+async def _fleet(
+    args: argparse.Namespace,
+    workdir: Path,
+    database_url: str,
+    started: list[subprocess.Popen[Any]],
+) -> AsyncIterator[Rush]:
+    """The fake API, R replicas (one after the other: the first migrates), the templates, the
+    agents answering for every pod the fake starts."""
+    fake, fake_url = await start_fake_api(
+        started,
+        *("--no-validate", "--gpus", str(args.sessions * 2)),
+        *("--kubelet-interval-s", str(args.kubelet_interval_s)),
+        *("--termination-delay-s", "1.0"),
+    )
+    fleet = Fleet(workdir, args.replicas, args.report_interval_s)
+    fleet.env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("VDI_")},
+        "VDI_DATABASE_URL": database_url,
+        "VDI_AUTO_MIGRATE": "true",
+        "VDI_SECRET_KEY": fleet.secret_key,
+        "VDI_TURN_SECRET": secrets.token_urlsafe(48),
+        "VDI_BOOTSTRAP_TOKEN": fleet.admin_token,
+        "VDI_CLUSTER": "kubernetes",
+        "KUBECONFIG": str(write_kubeconfig(workdir / "kubeconfig", fake_url)),
+        "VDI_NAMESPACE": "vdi",
+        "VDI_MAX_SESSIONS_PER_USER": "1",
+        "VDI_REPORT_INTERVAL_S": str(args.report_interval_s),
+        "VDI_REPORT_RATE_LIMIT": "600/minute",
+        "VDI_LOG_LEVEL": "WARNING",
+    }
+    replicas = []
+    for index in range(args.replicas):
+        replicas.append(fleet.start_replica(index, started))
+        await asyncio.to_thread(wait_ready, f"{fleet.bases[index]}/readyz", replicas[-1])
+    admin = {"Authorization": f"Bearer {fleet.admin_token}"}
+    db = await asyncpg.connect(database_url)
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    try:
+        async with (
+            httpx.AsyncClient(timeout=30, limits=limits) as http,
+            aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=256),
+                timeout=aiohttp.ClientTimeout(total=30),
+            ) as reporting,
+        ):
+            for t in range(args.templates):
+                spec = {"image": f"vdi/session:scale-{t}", "gpu": 1, "start_timeout_s": 300}
+                response = await http.put(
+                    f"{fleet.bases[0]}/v1/templates/t{t}", json=spec, headers=admin
                 )
-                agents = Agents(fleet.bases, fleet.secret_key, reporting)
-                stop_watch = asyncio.Event()
-                watcher = asyncio.create_task(watch_pods(fake_url, agents, stop_watch))
-
-                def cpu() -> dict[str, float]:
-                    return {
-                        "replicas": cpu_seconds([p.pid for p in replicas]),
-                        "postgres": cpu_seconds(postgres_pids(workdir / "pg")),
-                        "fake": cpu_seconds([fake.pid]),
-                        "load": cpu_seconds(me),
-                    }
-
-                # 1. the rush -----------------------------------------------------------------
-                created: dict[str, str] = {}
-                statuses: Counter[str] = Counter()
-                queue = iter(range(n))
-                cpu_before, began = cpu(), time.monotonic()
-
-                async def portal() -> None:
-                    for i in queue:
-                        body = {"user": f"u{i}", "template": f"t{i % args.templates}"}
-                        while True:
-                            try:
-                                response = await http.post(
-                                    f"{random.choice(fleet.bases)}/v1/sessions",
-                                    json=body,
-                                    headers={**admin, "Idempotency-Key": f"rush-{i}"},
-                                )
-                            except httpx.HTTPError:
-                                statuses["unreachable"] += 1
-                                continue
-                            statuses[str(response.status_code)] += 1
-                            if response.status_code == 202:
-                                created[body["user"]] = response.json()["id"]
-                                break
-                            await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
-
-                await asyncio.gather(*(portal() for _ in range(args.portals)))
-                accepted_s = time.monotonic() - began
-                all_running = lambda c: c.get("Running", 0) == n or c.get("Failed", 0) > 0  # noqa: E731
-                running_s, counts = await wait_for(db, all_running, args.timeout_s)
-                running_s += accepted_s
-                cpu_after = cpu()
-                figures["rush"] = {
-                    "accepted_s": round(accepted_s, 1),
-                    "all_running_s": round(running_s, 1) if counts.get("Running") == n else None,
-                    "phases": counts,
-                    "create_statuses": dict(statuses),
-                    "provisioned_per_s": round(n / running_s, 1),
-                    "cpu_s": {k: round(cpu_after[k] - cpu_before[k], 1) for k in cpu_after},
-                }
-
-                # 2. steady state and rest ----------------------------------------------------
-                await asyncio.sleep(min(10.0, args.steady_s / 3))  # first reports settle
-                ids = list(created.values())
-                # heartbeats alone, for their CPU; then with the probe, for the latencies
-                cpu_before, answered_before = cpu(), agents.answered
-                began = time.monotonic()
-                await asyncio.sleep(args.heartbeat_window_s)
-                hb_elapsed = time.monotonic() - began
-                hb_cpu, reports = cpu(), agents.answered - answered_before
-                hb_busy = hb_cpu["replicas"] - cpu_before["replicas"]
-                spawn = multiprocessing.get_context("spawn")
-                with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as prober:
-                    loop = asyncio.get_running_loop()
-                    await loop.run_in_executor(prober, time.sleep, 0)  # started, imported
-                    cpu_before, answered_before = cpu(), agents.answered
-                    began = time.monotonic()
-                    measured = await loop.run_in_executor(
-                        prober, probe_in_own_process, fleet.bases, admin, ids, args.steady_s
-                    )
-                    elapsed = time.monotonic() - began
-                cpu_after = cpu()
-                agents.paused.set()
-                await asyncio.sleep(2.0)
-                rest_before, rest_began = cpu(), time.monotonic()
-                await asyncio.sleep(args.rest_s)
-                rest_after, rest_elapsed = cpu(), time.monotonic() - rest_began
-                agents.paused.clear()
-                rest_per_s = (rest_after["replicas"] - rest_before["replicas"]) / rest_elapsed
-                busy = cpu_after["replicas"] - cpu_before["replicas"]
-                figures["steady"] = {
-                    "seconds": round(elapsed, 1),
-                    "heartbeats_per_s": round(reports / hb_elapsed, 1),
-                    "replica_cpu_percent_each": round(
-                        100 * hb_busy / hb_elapsed / args.replicas, 1
-                    ),
-                    "cpu_ms_per_heartbeat": round(
-                        1000 * (hb_busy - rest_per_s * hb_elapsed) / max(1, reports), 3
-                    ),
-                    "replica_cpu_percent_each_with_probe": round(
-                        100 * busy / elapsed / args.replicas, 1
-                    ),
-                    "get_p50_ms": round(statistics.median(measured.get_ms), 1),
-                    "get_p99_ms": round(_p(measured.get_ms, 99), 1),
-                    "list_p50_ms": round(statistics.median(measured.list_ms), 1),
-                    "list_p99_ms": round(_p(measured.list_ms, 99), 1),
-                    "healthz_p99_ms": round(_p(measured.healthz_ms, 99), 1),
-                    "probe_errors": measured.errors,
-                    "cpu_percent": {
-                        k: round(100 * (cpu_after[k] - cpu_before[k]) / elapsed, 1)
-                        for k in cpu_after
-                    },
-                    "rest_replica_cpu_percent_each": round(100 * rest_per_s / args.replicas, 2),
-                    "rest_cpu_percent": {
-                        k: round(100 * (rest_after[k] - rest_before[k]) / rest_elapsed, 2)
-                        for k in rest_after
-                    },
-                }
-
-                # 3. restart: every replica killed --------------------------------------------
-                for process in replicas:
-                    os.kill(process.pid, signal.SIGKILL)
-                for process in replicas:
-                    await asyncio.to_thread(process.wait)
-                began = time.monotonic()
-                replicas[:] = [fleet.start_replica(i, started) for i in range(args.replicas)]
-                ready = await asyncio.gather(
-                    *(
-                        asyncio.to_thread(_time_ready, f"{base}/readyz", process, began)
-                        for base, process in zip(fleet.bases, replicas, strict=True)
-                    )
+                response.raise_for_status()
+            agents = Agents(fleet.bases, fleet.secret_key, reporting)
+            stop_watch = asyncio.Event()
+            watcher = asyncio.create_task(watch_pods(fake_url, agents, stop_watch))
+            try:
+                yield Rush(
+                    args,
+                    workdir,
+                    fleet,
+                    replicas,
+                    started,
+                    fake,
+                    fake_url,
+                    db,
+                    http,
+                    agents,
+                    admin,
+                    watcher,
+                    stop_watch,
                 )
-                await asyncio.sleep(max(0.0, args.restart_window_s - (time.monotonic() - began)))
-                first_30 = cpu_seconds([p.pid for p in replicas])
-                counts = await phases(db)
-                figures["restart"] = {
-                    "readyz_s": [round(s, 2) for s in ready],
-                    "replica_cpu_s_first_30s": round(first_30, 1),
-                    "phases_after": counts,
-                }
-
-                # 4. termination wave ---------------------------------------------------------
-                began = time.monotonic()
-                cpu_before = cpu()
-                pending = iter(ids)
-
-                async def deleter() -> None:
-                    for session_id in pending:
-                        while True:
-                            try:
-                                response = await http.delete(
-                                    f"{random.choice(fleet.bases)}/v1/sessions/{session_id}",
-                                    headers=admin,
-                                )
-                            except httpx.HTTPError:
-                                continue
-                            if response.status_code == 202:
-                                break
-                            await asyncio.sleep(1.0)
-
-                await asyncio.gather(*(deleter() for _ in range(args.portals)))
-                deleted_s = time.monotonic() - began
-                done_s, counts = await wait_for(
-                    db, lambda c: c.get("Terminated", 0) == n, args.timeout_s
-                )
-                cpu_after = cpu()
-                left = await _objects_left(fake_url)
-                figures["termination"] = {
-                    "deletes_accepted_s": round(deleted_s, 1),
-                    "all_terminated_s": round(deleted_s + done_s, 1),
-                    "objects_left": left,
-                    "cpu_s": {k: round(cpu_after[k] - cpu_before[k], 1) for k in cpu_after},
-                }
+            finally:
                 stop_watch.set()
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await watcher
-                await agents.stop()
-                await reporting.close()
-                stored = await db.fetchval("SELECT count(*) FROM sessions")
-                users = await db.fetchval('SELECT count(DISTINCT "user") FROM sessions')
-                failed_ever = await db.fetchval(
-                    "SELECT count(DISTINCT session_id) FROM session_events WHERE phase = 'Failed'"
-                )
-                figures["audit"] = {
-                    "acknowledged": len(created),
-                    "stored": int(stored),
-                    "duplicated": int(stored) - int(users),
-                    "failed_ever": int(failed_ever),
-                    "agent_statuses": dict(agents.statuses),
-                }
-            await db.close()
     finally:
-        await asyncio.to_thread(postgres.stop)
-    return figures
+        await db.close()
+
+
+async def _rush(rush: Rush) -> dict[str, Any]:
+    """1. N creates from the portals, spread over the replicas, until all are Running."""
+    n, args = rush.n, rush.args
+    statuses: Counter[str] = Counter()
+    queue = iter(range(n))
+    cpu_before, began = rush.cpu(), time.monotonic()
+
+    async def portal() -> None:
+        for i in queue:
+            body = {"user": f"u{i}", "template": f"t{i % args.templates}"}
+            while True:
+                try:
+                    response = await rush.http.post(
+                        f"{random.choice(rush.fleet.bases)}/v1/sessions",
+                        json=body,
+                        headers={**rush.admin, "Idempotency-Key": f"rush-{i}"},
+                    )
+                except httpx.HTTPError:
+                    statuses["unreachable"] += 1
+                    continue
+                statuses[str(response.status_code)] += 1
+                if response.status_code == 202:
+                    rush.created[body["user"]] = response.json()["id"]
+                    break
+                await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
+
+    await asyncio.gather(*(portal() for _ in range(args.portals)))
+    accepted_s = time.monotonic() - began
+    all_running = lambda c: c.get("Running", 0) == n or c.get("Failed", 0) > 0  # noqa: E731
+    running_s, counts = await wait_for(rush.db, all_running, args.timeout_s)
+    running_s += accepted_s
+    cpu_after = rush.cpu()
+    return {
+        "accepted_s": round(accepted_s, 1),
+        "all_running_s": round(running_s, 1) if counts.get("Running") == n else None,
+        "phases": counts,
+        "create_statuses": dict(statuses),
+        "provisioned_per_s": round(n / running_s, 1),
+        "cpu_s": {k: round(cpu_after[k] - cpu_before[k], 1) for k in cpu_after},
+    }
+
+
+async def _steady(rush: Rush) -> dict[str, Any]:
+    """2. Steady state: heartbeats alone (their CPU), then with the probe (the latencies);
+    then rest, the agents paused (the idle CPU)."""
+    args, agents = rush.args, rush.agents
+    await asyncio.sleep(min(10.0, args.steady_s / 3))  # first reports settle
+    ids = list(rush.created.values())
+    cpu_before, answered_before = rush.cpu(), agents.answered
+    began = time.monotonic()
+    await asyncio.sleep(args.heartbeat_window_s)
+    hb_elapsed = time.monotonic() - began
+    hb_cpu, reports = rush.cpu(), agents.answered - answered_before
+    hb_busy = hb_cpu["replicas"] - cpu_before["replicas"]
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as prober:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(prober, time.sleep, 0)  # started, imported
+        cpu_before = rush.cpu()
+        began = time.monotonic()
+        measured = await loop.run_in_executor(
+            prober, probe_in_own_process, rush.fleet.bases, rush.admin, ids, args.steady_s
+        )
+        elapsed = time.monotonic() - began
+    cpu_after = rush.cpu()
+    agents.paused.set()
+    await asyncio.sleep(2.0)
+    rest_before, rest_began = rush.cpu(), time.monotonic()
+    await asyncio.sleep(args.rest_s)
+    rest_after, rest_elapsed = rush.cpu(), time.monotonic() - rest_began
+    agents.paused.clear()
+    rest_per_s = (rest_after["replicas"] - rest_before["replicas"]) / rest_elapsed
+    busy = cpu_after["replicas"] - cpu_before["replicas"]
+    return {
+        "seconds": round(elapsed, 1),
+        "heartbeats_per_s": round(reports / hb_elapsed, 1),
+        "replica_cpu_percent_each": round(100 * hb_busy / hb_elapsed / args.replicas, 1),
+        "cpu_ms_per_heartbeat": round(
+            1000 * (hb_busy - rest_per_s * hb_elapsed) / max(1, reports), 3
+        ),
+        "replica_cpu_percent_each_with_probe": round(100 * busy / elapsed / args.replicas, 1),
+        "get_p50_ms": round(statistics.median(measured.get_ms), 1),
+        "get_p99_ms": round(_p(measured.get_ms, 99), 1),
+        "list_p50_ms": round(statistics.median(measured.list_ms), 1),
+        "list_p99_ms": round(_p(measured.list_ms, 99), 1),
+        "healthz_p99_ms": round(_p(measured.healthz_ms, 99), 1),
+        "probe_errors": measured.errors,
+        "cpu_percent": {
+            k: round(100 * (cpu_after[k] - cpu_before[k]) / elapsed, 1) for k in cpu_after
+        },
+        "rest_replica_cpu_percent_each": round(100 * rest_per_s / args.replicas, 2),
+        "rest_cpu_percent": {
+            k: round(100 * (rest_after[k] - rest_before[k]) / rest_elapsed, 2) for k in rest_after
+        },
+    }
+
+
+async def _restart(rush: Rush) -> dict[str, Any]:
+    """3. Every replica killed at once, then started again: time to ready, CPU of the first
+    seconds, and the phases after."""
+    replicas, fleet = rush.replicas, rush.fleet
+    for process in replicas:
+        os.kill(process.pid, signal.SIGKILL)
+    for process in replicas:
+        await asyncio.to_thread(process.wait)
+    began = time.monotonic()
+    replicas[:] = [fleet.start_replica(i, rush.started) for i in range(rush.args.replicas)]
+    ready = await asyncio.gather(
+        *(
+            asyncio.to_thread(_time_ready, f"{base}/readyz", process, began)
+            for base, process in zip(fleet.bases, replicas, strict=True)
+        )
+    )
+    await asyncio.sleep(max(0.0, rush.args.restart_window_s - (time.monotonic() - began)))
+    first_30 = cpu_seconds([p.pid for p in replicas])
+    return {
+        "readyz_s": [round(s, 2) for s in ready],
+        "replica_cpu_s_first_30s": round(first_30, 1),
+        "phases_after": await phases(rush.db),
+    }
+
+
+async def _termination(rush: Rush) -> dict[str, Any]:
+    """4. Every session deleted, until all are Terminated; the cluster objects left."""
+    began = time.monotonic()
+    cpu_before = rush.cpu()
+    pending = iter(list(rush.created.values()))
+
+    async def deleter() -> None:
+        for session_id in pending:
+            while True:
+                try:
+                    response = await rush.http.delete(
+                        f"{random.choice(rush.fleet.bases)}/v1/sessions/{session_id}",
+                        headers=rush.admin,
+                    )
+                except httpx.HTTPError:
+                    continue
+                if response.status_code == 202:
+                    break
+                await asyncio.sleep(1.0)
+
+    await asyncio.gather(*(deleter() for _ in range(rush.args.portals)))
+    deleted_s = time.monotonic() - began
+    done_s, _counts = await wait_for(
+        rush.db, lambda c: c.get("Terminated", 0) == rush.n, rush.args.timeout_s
+    )
+    cpu_after = rush.cpu()
+    return {
+        "deletes_accepted_s": round(deleted_s, 1),
+        "all_terminated_s": round(deleted_s + done_s, 1),
+        "objects_left": await _objects_left(rush.fake_url),
+        "cpu_s": {k: round(cpu_after[k] - cpu_before[k], 1) for k in cpu_after},
+    }
+
+
+async def _audit(rush: Rush) -> dict[str, Any]:
+    """Nothing lost, duplicated or failed: what was acknowledged against what is stored."""
+    stored = await rush.db.fetchval("SELECT count(*) FROM sessions")
+    users = await rush.db.fetchval('SELECT count(DISTINCT "user") FROM sessions')
+    failed_ever = await rush.db.fetchval(
+        "SELECT count(DISTINCT session_id) FROM session_events WHERE phase = 'Failed'"
+    )
+    return {
+        "acknowledged": len(rush.created),
+        "stored": int(stored),
+        "duplicated": int(stored) - int(users),
+        "failed_ever": int(failed_ever),
+        "agent_statuses": dict(rush.agents.statuses),
+    }
 
 
 def _time_ready(url: str, process: subprocess.Popen[Any], began: float) -> float:
