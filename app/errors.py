@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from enum import StrEnum
 from typing import Any, ClassVar
 
 import asyncpg
@@ -11,7 +12,7 @@ from asgi_correlation_id import correlation_id
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -22,33 +23,48 @@ PROBLEM_TYPE_BASE = "urn:vdi-control:problem:"
 log = structlog.get_logger("vdi.errors")
 
 
+class FieldLocation(StrEnum):
+    body = "body"
+    query = "query"
+    path = "path"
+    header = "header"
+    cookie = "cookie"
+
+
 class FieldError(BaseModel):
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
     field: str = Field(
         description="Dotted path of the bad field, e.g. `user` or `tolerations.0.effect`"
     )
-    location: str = Field(description="Where the field was: body, query, path or header")
+    location: FieldLocation = Field(description="Where the field was")
     message: str
-    type: str = Field(description="Machine-readable error kind")
+    type: str = Field(description="Machine-readable error kind, e.g. `string_pattern_mismatch`")
 
 
-class Problem(BaseModel):
-    """An error, as RFC 9457 problem details."""
-
-    type: str = Field(examples=[PROBLEM_TYPE_BASE + "session-not-found"])
-    title: str = Field(examples=["Session not found"])
-    status: int = Field(examples=[404])
-    detail: str = Field(
-        examples=["No session with id 6f1c...; list sessions with GET /v1/sessions"]
-    )
-    instance: str | None = Field(default=None, description="The request path")
-    request_id: str | None = Field(default=None, description="Quote it when reporting a problem")
-    errors: list[FieldError] | None = Field(default=None, description="For 422: each bad field")
+# Every problem type the API sends, by slug (`type` is PROBLEM_TYPE_BASE + slug): filled by the
+# AppError classes as they are defined (app.openapi documents each, and the ProblemType enum).
+PROBLEMS: dict[str, type[AppError]] = {}
 
 
 class AppError(Exception):
+    """An error answered as a problem of its class's type. A concrete class registers its type
+    (`abstract=True` for the bases that are never raised themselves)."""
+
     status: ClassVar[int] = 400
     slug: ClassVar[str] = "bad-request"
     title: ClassVar[str] = "Bad request"
+    # Response headers a problem of this type carries (documented on each operation)
+    sends_headers: ClassVar[tuple[str, ...]] = ()
+    # Members beyond RFC 9457's that a problem of this type always carries: name -> (type, Field)
+    extensions: ClassVar[dict[str, tuple[Any, Any]]] = {}
+    # Whether `status` is this type's one status (False: the HTTP status it was raised with)
+    fixed_status: ClassVar[bool] = True
+
+    def __init_subclass__(cls, abstract: bool = False, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not abstract:
+            PROBLEMS[cls.slug] = cls
 
     def __init__(
         self,
@@ -67,6 +83,7 @@ class AppError(Exception):
 
 class Unauthorized(AppError):
     status, slug, title = 401, "unauthorized", "Authentication required"
+    sends_headers = ("WWW-Authenticate",)
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail, headers={"WWW-Authenticate": 'Bearer realm="vdi-control"'})
@@ -76,11 +93,11 @@ class Forbidden(AppError):
     status, slug, title = 403, "forbidden", "Not allowed"
 
 
-class NotFound(AppError):
+class NotFound(AppError, abstract=True):
     status, slug, title = 404, "not-found", "Not found"
 
 
-class Conflict(AppError):
+class Conflict(AppError, abstract=True):
     status, slug, title = 409, "conflict", "Conflict"
 
 
@@ -88,28 +105,83 @@ class PayloadTooLarge(AppError):
     status, slug, title = 413, "payload-too-large", "Request body too large"
 
 
+class UnsupportedEncoding(AppError):
+    status, slug, title = 415, "unsupported-encoding", "Unsupported media type"
+
+
 class ValidationFailed(AppError):
     status, slug, title = 422, "validation-failed", "Invalid request"
+    extensions = {
+        "errors": (
+            list[FieldError],
+            Field(description="Each bad field: where, and what it must be"),
+        )
+    }
 
-    def __init__(self, detail: str, *, field: str, location: str = "body") -> None:
+    def __init__(
+        self, detail: str, *, field: str, location: FieldLocation | str = FieldLocation.body
+    ) -> None:
         super().__init__(
             detail,
-            errors=[FieldError(field=field, location=location, message=detail, type="value_error")],
+            errors=[
+                FieldError(
+                    field=field,
+                    location=FieldLocation(location),
+                    message=detail,
+                    type="value_error",
+                )
+            ],
         )
 
 
 class TooManyRequests(AppError):
     status, slug, title = 429, "too-many-requests", "Too many requests"
+    sends_headers = ("Retry-After",)
 
     def __init__(self, detail: str, *, retry_after_s: int) -> None:
         super().__init__(detail, headers={"Retry-After": str(max(1, retry_after_s))})
 
 
+class InternalError(AppError):
+    status, slug, title = 500, "internal-error", "Internal server error"
+
+
 class ServiceUnavailable(AppError):
     status, slug, title = 503, "service-unavailable", "Service unavailable"
+    sends_headers = ("Retry-After",)
 
     def __init__(self, detail: str, *, retry_after_s: int = 2) -> None:
         super().__init__(detail, headers={"Retry-After": str(retry_after_s)})
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    slug = "database-unavailable"
+
+
+class DatabaseBusy(ServiceUnavailable):
+    slug = "database-busy"
+
+
+class RouteNotFound(AppError):
+    """No such path (the API is under /v1)."""
+
+    status, slug, title = 404, "http-404", "Not found"
+
+
+class MethodNotAllowed(AppError):
+    status, slug, title = 405, "http-405", "Method not allowed"
+    sends_headers = ("Allow",)
+
+
+class HTTPError(AppError):
+    """Any other HTTP-level refusal of the framework's (none is known to happen)."""
+
+    status, slug, title = 400, "http-error", "HTTP error"
+    fixed_status = False
+
+
+def problem_type(slug: str) -> str:
+    return PROBLEM_TYPE_BASE + slug
 
 
 class DatabaseAway(Exception):
@@ -128,37 +200,46 @@ def problem_response(
     headers: dict[str, str] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> JSONResponse:
-    body = Problem(
-        type=PROBLEM_TYPE_BASE + slug,
-        title=title,
-        status=status,
-        detail=detail,
-        instance=request.url.path if request is not None else None,
-        request_id=correlation_id.get(),
-        errors=errors,
-    ).model_dump(exclude_none=True)
+    """The problem document: RFC 9457's members, `instance` and `request_id` always (null when
+    not known), and the members its type carries (`errors`, `live_session_ids`)."""
+    body: dict[str, Any] = {
+        "type": problem_type(slug),
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": request.url.path if request is not None else None,
+        "request_id": correlation_id.get(),
+    }
+    if errors is not None:
+        body["errors"] = [error.model_dump(mode="json") for error in errors]
     body.update(extra or {})
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
 
 
 def problem_responses(*errors: type[AppError]) -> dict[int | str, dict[str, Any]]:
-    """The `responses=` of a route: each error it can raise, documented as problem+json."""
+    """The `responses=` of a route: the problem types it can answer with, by status. The
+    document (app.openapi) describes each status's problems, with those every operation can
+    give (authentication, validation, the database away)."""
     documented: dict[int | str, dict[str, Any]] = {}
     for error in errors:
-        documented[error.status] = {
-            "model": Problem,
-            "description": error.title,
-            "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
-        }
+        entry = documented.setdefault(error.status, {"description": error.title, PROBLEMS_KEY: []})
+        entry[PROBLEMS_KEY].append(error.slug)
     return documented
+
+
+PROBLEMS_KEY = "x-vdi-problems"  # read and removed by app.openapi
+
+
+_LOCATIONS = frozenset(location.value for location in FieldLocation)
 
 
 def _field_errors(exc: RequestValidationError) -> list[FieldError]:
     result = []
     for item in exc.errors():
         loc = [str(part) for part in item.get("loc", ())]
-        location = loc[0] if loc else "body"
-        field = ".".join(loc[1:]) or location
+        where = loc[0] if loc else "body"
+        location = FieldLocation(where) if where in _LOCATIONS else FieldLocation.body
+        field = ".".join(loc[1:]) or where
         message = str(item.get("msg", "invalid value"))
         if item.get("type") == "string_pattern_mismatch" and field in ("user", "name"):
             message = (
@@ -174,9 +255,9 @@ def _field_errors(exc: RequestValidationError) -> list[FieldError]:
 def _database_unavailable(request: Request) -> JSONResponse:
     return problem_response(
         request,
-        status=503,
-        slug="database-unavailable",
-        title="Service unavailable",
+        status=DatabaseUnavailable.status,
+        slug=DatabaseUnavailable.slug,
+        title=DatabaseUnavailable.title,
         detail="The database is not reachable right now; retry after the Retry-After delay",
         headers={"Retry-After": "2"},
     )
@@ -245,9 +326,9 @@ def install_error_handlers(app: FastAPI) -> None:
         fields = ", ".join(sorted({f"{e.location}.{e.field}" for e in errors}))
         return problem_response(
             request,
-            status=422,
-            slug="validation-failed",
-            title="Invalid request",
+            status=ValidationFailed.status,
+            slug=ValidationFailed.slug,
+            title=ValidationFailed.title,
             detail=f"Invalid fields: {fields}. See `errors` for what each must be.",
             errors=errors,
         )
@@ -283,9 +364,9 @@ def install_error_handlers(app: FastAPI) -> None:
         log.warning("database pool exhausted")
         return problem_response(
             request,
-            status=503,
-            slug="database-busy",
-            title="Service unavailable",
+            status=DatabaseBusy.status,
+            slug=DatabaseBusy.slug,
+            title=DatabaseBusy.title,
             detail="Every database connection is busy; retry after the Retry-After delay",
             headers={"Retry-After": "2"},
         )
@@ -301,15 +382,16 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        titles = {404: "Not found", 405: "Method not allowed", 406: "Not acceptable"}
+        kinds: dict[int, type[AppError]] = {404: RouteNotFound, 405: MethodNotAllowed}
+        kind = kinds.get(exc.status_code, HTTPError)
         detail = str(exc.detail)
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"No route {request.url.path}; the API is under /v1 (see /openapi.json)"
         return problem_response(
             request,
             status=exc.status_code,
-            slug="http-" + str(exc.status_code),
-            title=titles.get(exc.status_code, "HTTP error"),
+            slug=kind.slug,
+            title=kind.title if kind is not HTTPError else "HTTP error",
             detail=detail,
             headers=dict(exc.headers or {}),
         )

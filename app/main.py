@@ -5,26 +5,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
 import structlog
 from asgi_correlation_id import CorrelationIdMiddleware
 from fastapi import FastAPI
-from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app import __version__
+from app import __version__, openapi
 from app.auth import service as auth_service
 from app.auth.router import router as tokens_router
 from app.cluster.kube import KubeCluster
 from app.config import Settings
 from app.controllers import Reconciler
 from app.db import asyncpg_dsn, create_engine, create_sessionmaker, open_direct_pool
-from app.errors import PROBLEM_JSON, install_error_handlers
+from app.errors import install_error_handlers
 from app.observability import EdgeMiddleware, Metrics
 from app.ops.router import router as ops_router
 from app.ratelimit import PerKeyLimit
@@ -32,6 +31,7 @@ from app.runtimes import start_runtime
 from app.sessions.events import EventHub
 from app.sessions.lane import HeartbeatLane
 from app.sessions.router import router as sessions_router
+from app.sessions.schemas import SessionEventFrame
 from app.sessions.streams import StreamRegistry
 from app.templates.router import router as templates_router
 from app.textguard import TextGuardMiddleware
@@ -47,38 +47,6 @@ Authenticate with `Authorization: Bearer <token>`. Errors are `application/probl
 
 def _operation_id(route: APIRoute) -> str:
     return route.name
-
-
-def _problem_only_openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
-    """Every documented error is application/problem+json with the Problem schema, including
-    FastAPI's own 422 (which it would describe as HTTPValidationError) and the 413 of a body."""
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema:
-            return app.openapi_schema
-        document = get_openapi(
-            title=app.title, version=app.version, description=app.description, routes=app.routes
-        )
-        problem = {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}
-        for operations in document["paths"].values():
-            for operation in operations.values():
-                responses = operation["responses"]
-                if "requestBody" in operation:
-                    responses.setdefault("413", {"description": "Request body too large"})
-                for code, response in responses.items():
-                    if code.isdigit() and int(code) >= 400:
-                        if code == "422":
-                            response["description"] = (
-                                "Invalid request: `errors` names each bad field"
-                            )
-                        response["content"] = problem
-        schemas = document["components"]["schemas"]
-        for unused in ("HTTPValidationError", "ValidationError"):
-            schemas.pop(unused, None)
-        app.openapi_schema = document
-        return document
-
-    return openapi
 
 
 async def _start_cluster_side(
@@ -253,7 +221,7 @@ def create_app(
     install_error_handlers(app)
     for router in (tokens_router, templates_router, sessions_router, ops_router):
         app.include_router(router)
-    app.openapi = _problem_only_openapi(app)  # type: ignore[method-assign]
+    openapi.install(app, extra_schemas=[SessionEventFrame])
     app.add_middleware(HeartbeatLane, state=app.state)  # innermost: after the body checks
     app.add_middleware(TextGuardMiddleware)  # inside the edge: its 413 and 500 apply first
     app.add_middleware(

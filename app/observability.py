@@ -12,7 +12,7 @@ from asgi_correlation_id import correlation_id
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import problem_response
+from app.errors import InternalError, PayloadTooLarge, problem_response
 
 SENSITIVE_KEYS = ("password", "token", "secret", "authorization", "credential", "cookie")
 
@@ -172,9 +172,9 @@ class EdgeMiddleware:
                 await self._problem(
                     scope,
                     send_tracking,
-                    413,
-                    "payload-too-large",
-                    "Request body too large",
+                    PayloadTooLarge.status,
+                    PayloadTooLarge.slug,
+                    PayloadTooLarge.title,
                     f"The body is larger than {limit} bytes; send less",
                 )
         except Exception:
@@ -183,9 +183,9 @@ class EdgeMiddleware:
                 await self._problem(
                     scope,
                     send_tracking,
-                    500,
-                    "internal-error",
-                    "Internal server error",
+                    InternalError.status,
+                    InternalError.slug,
+                    InternalError.title,
                     "An unexpected error occurred; quote the request_id when reporting it",
                 )
         finally:

@@ -14,7 +14,13 @@ from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import FieldError, ValidationFailed, problem_response
+from app.errors import (
+    FieldError,
+    FieldLocation,
+    UnsupportedEncoding,
+    ValidationFailed,
+    problem_response,
+)
 
 UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 BODY_METHODS = {"POST", "PUT", "PATCH"}
@@ -107,9 +113,9 @@ class TextGuardMiddleware:
             # guard did not see); JSON between systems is UTF-8 (RFC 8259 section 8.1).
             response = problem_response(
                 None,
-                status=415,
-                slug="unsupported-encoding",
-                title="Unsupported media type",
+                status=UnsupportedEncoding.status,
+                slug=UnsupportedEncoding.slug,
+                title=UnsupportedEncoding.title,
                 detail="The JSON body must be UTF-8 (RFC 8259); it has NUL bytes or a "
                 "UTF-16/UTF-32 byte order mark",
             )
@@ -125,7 +131,7 @@ class TextGuardMiddleware:
         if depth > MAX_JSON_DEPTH:
             too_deep = FieldError(
                 field="body",
-                location="body",
+                location=FieldLocation.body,
                 message=f"nested {depth} levels deep (at most {MAX_JSON_DEPTH})",
                 type="json_too_deep",
             )
@@ -152,7 +158,7 @@ class TextGuardMiddleware:
         errors = [
             FieldError(
                 field=field or location,
-                location=location,
+                location=FieldLocation(location),
                 message=f"contains {name}, which cannot be stored; remove it",
                 type="unstorable_character",
             )

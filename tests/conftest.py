@@ -191,6 +191,16 @@ def set_phase(app: FastAPI) -> Callable[..., Awaitable[None]]:
     from app.sessions.repository import eventlog
     from app.sessions.schemas import Phase
 
+    # the reason the reconciler gives each phase (reasons are a closed set)
+    reasons = {
+        "Provisioning": "Provisioning",
+        "Starting": "ObjectsCreated",
+        "Running": "AgentReady",
+        "Failed": "PodFailed",
+        "Terminating": "DeleteRequested",
+        "Terminated": "ObjectsDeleted",
+    }
+
     async def _set(session_id: str, *phases: str) -> None:
         async with app.state.sessionmaker() as db, db.begin():
             session = await repository.get(db, uuid.UUID(session_id), for_update=True)
@@ -200,7 +210,7 @@ def set_phase(app: FastAPI) -> Callable[..., Awaitable[None]]:
                 lifecycle.transition(
                     session,
                     Phase(phase),
-                    reason="Test",
+                    reason=reasons[phase],
                     message=f"test moved it to {phase}",
                     now=now,
                 )

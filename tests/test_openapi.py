@@ -43,7 +43,7 @@ def operations(document: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, A
 
 def test_every_operation_has_a_unique_readable_operation_id(document: dict[str, Any]) -> None:
     ids = [op["operationId"] for _, _, op in operations(document)]
-    assert len(ids) == len(set(ids)) == 19
+    assert len(ids) == len(set(ids)) == 20
     assert all(i.replace("_", "").isalpha() and i.islower() for i in ids)
     assert {
         "create_session",
@@ -134,8 +134,10 @@ async def test_a_generated_client_drives_the_service(app: FastAPI, generated_cli
             refused = await create_session.asyncio(
                 client=client, body=models.SessionCreate(user="alice", template="cpu")
             )
-            assert isinstance(refused, models.Problem)
+            # the 409's own schema: the user's live sessions, typed
+            assert isinstance(refused, models.UserSessionLimitProblem)
             assert refused.status == 409
+            assert refused.live_session_ids == [session.id]
             await client.get_async_httpx_client().aclose()
     finally:
         sys.path.remove(str(generated_client))

@@ -14,11 +14,13 @@ from hypothesis import strategies as st
 
 from app.sessions.lifecycle import initial_conditions
 from app.sessions.schemas import (
+    ConditionReason,
     ConditionStatus,
     ConditionType,
     Phase,
     Session,
     SessionPage,
+    SessionReason,
     dump_json,
     session_document,
 )
@@ -42,7 +44,7 @@ def stored_conditions(draw: st.DrawFn) -> list[dict[str, Any]]:
         condition = {
             "type": condition_type.value,
             "status": draw(st.sampled_from(ConditionStatus)).value,
-            "reason": draw(texts),
+            "reason": draw(st.sampled_from(ConditionReason)).value,
             "message": draw(texts),
             "last_transition_time": moment.isoformat(),
         }
@@ -59,7 +61,7 @@ rows = st.fixed_dictionaries(
         "user": texts,
         "template": texts,
         "phase": st.sampled_from(Phase).map(lambda phase: phase.value),
-        "reason": st.none() | texts,
+        "reason": st.none() | st.sampled_from(SessionReason).map(lambda reason: reason.value),
         "message": st.none() | texts,
         "conditions": stored_conditions(),
         "url": texts,

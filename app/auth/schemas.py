@@ -25,7 +25,9 @@ class TokenCreate(BaseModel):
 
 
 class TokenInfo(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
+    model_config = ConfigDict(
+        from_attributes=True, json_schema_serialization_defaults_required=True
+    )
 
     id: uuid.UUID
     name: str
@@ -39,4 +41,6 @@ class TokenCreated(TokenInfo):
 
 
 class TokenList(BaseModel):
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
     items: list[TokenInfo]

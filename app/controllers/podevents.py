@@ -16,36 +16,14 @@ from app.cluster.kube import KubeCluster
 from app.models._types import utcnow
 from app.sessions.records import PodEventRow
 from app.sessions.repository import eventlog
+from app.sessions.schemas import PodEventReason
 
 log = structlog.get_logger("vdi.reconciler")
 
 POD_EVENTS_SELECTOR = "involvedObject.kind=Pod"
 # The pod events that tell a user's wait (a spawn page's progress) or why it failed; others
 # (probe failures every few seconds, ...) would flood the log.
-POD_EVENT_REASONS = frozenset(
-    {
-        "Scheduled",
-        "FailedScheduling",
-        "Preempted",
-        "TriggeredScaleUp",
-        "NotTriggerScaleUp",
-        "FailedMount",
-        "FailedAttachVolume",
-        "SuccessfulAttachVolume",
-        "Pulling",
-        "Pulled",
-        "Failed",
-        "ErrImageNeverPull",
-        "InspectFailed",
-        "BackOff",
-        "Created",
-        "Started",
-        "FailedCreatePodSandBox",
-        "Killing",
-        "Evicted",
-        "OOMKilling",
-    }
-)
+POD_EVENT_REASONS = frozenset(reason.value for reason in PodEventReason)
 EVENT_BATCH_WAIT_S = 0.05
 # Whose events are forwarded into a session's log: the scheduler's and the kubelets' only (any
 # principal that may create Events in the namespace could write others).
@@ -151,7 +129,8 @@ def pod_event_row(event: manifests.Manifest) -> PodEventRow | None:
     uid = str((event.get("metadata") or {}).get("uid") or "")
     source = event.get("source") or {}
     data: dict[str, object] = {
-        "type": event.get("type") or "Normal",
+        # Kubernetes has two event types; anything else is shown as Normal
+        "type": "Warning" if event.get("type") == "Warning" else "Normal",
         "source": source.get("component") or event.get("reportingComponent") or "",
         "count": event.get("count") or 1,
         "at": event.get("lastTimestamp") or event.get("eventTime") or "",

@@ -28,7 +28,7 @@ from app.models._types import utcnow
 from app.sessions import lifecycle
 from app.sessions.repository import api as repository
 from app.sessions.repository import eventlog, workqueue
-from app.sessions.schemas import Phase
+from app.sessions.schemas import Phase, SessionReason
 from app.sessions.service import new_session_row, reschedule, to_schema
 from app.sessions.warm import RoutedClaim
 from app.templates import repository as templates_repository
@@ -85,9 +85,9 @@ class PoolKeeper:
         await self.cluster.create(
             "IngressRoute", manifests.ingress_route(view, self.settings, owner)
         )
-        now = utcnow()
+        now = max(utcnow(), claimed.updated_at)  # never before the claim (instants in order)
         host = manifests.session_host(claimed.user, self.settings)
-        reason = "WarmReady"
+        reason = SessionReason.warm_ready
         message = f"From the warm pool: checked before the claim; {host} routes to it"
         if self.settings.cluster == "local":  # no router: the desktop's own address
             message = f"From the warm pool: checked before the claim; its desktop is {claimed.url}"

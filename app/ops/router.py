@@ -8,7 +8,7 @@ import time
 import structlog
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy import text
 
 from app.errors import DATABASE_FULL_READY_S, ServiceUnavailable, problem_responses
@@ -22,6 +22,8 @@ READY_TIMEOUT_S = 2.0
 
 
 class Health(BaseModel):
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
     status: str
     checks: dict[str, str] = {}
 

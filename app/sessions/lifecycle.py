@@ -14,11 +14,13 @@ from app.errors import Conflict
 from app.models import VDISession
 from app.sessions.schemas import (
     CheckName,
+    ConditionReason,
     ConditionStatus,
     ConditionType,
     HealthCheck,
     HealthReport,
     Phase,
+    SessionReason,
 )
 
 TRANSITIONS: dict[Phase, frozenset[Phase]] = {
@@ -185,9 +187,17 @@ def set_condition(
 def _condition_from_check(
     check: HealthCheck, report: HealthReport
 ) -> tuple[ConditionStatus, str, str]:
+    """A check's condition. Its reason is the agent's code where that is a known reason (the
+    set is closed, `ConditionReason`); another code is kept in the message."""
     condition_type = _CHECK_CONDITION[check.name]
+    known = check.code if check.code in _CONDITION_REASONS else None
+    unknown = f"[{check.code}] " if check.code and known is None else ""
     if check.ok is None:
-        return ConditionStatus.unknown, check.code or "NotMeasured", check.detail or "Not known yet"
+        return (
+            ConditionStatus.unknown,
+            known or "NotMeasured",
+            unknown + (check.detail or "Not known yet"),
+        )
     if check.ok:
         reason = _OK_REASON[condition_type]
         if condition_type is ConditionType.encoder_ready and report.fallback:
@@ -195,9 +205,18 @@ def _condition_from_check(
         return ConditionStatus.true, reason, check.detail or _describe_ok(check.name, report)
     return (
         ConditionStatus.false,
-        check.code or _FAILED_REASON[condition_type],
-        check.detail or f"The {check.name} check failed",
+        known or _FAILED_REASON[condition_type],
+        unknown + (check.detail or f"The {check.name} check failed"),
     )
+
+
+_CONDITION_REASONS = frozenset(reason.value for reason in ConditionReason)
+_SESSION_REASONS = frozenset(reason.value for reason in SessionReason)
+
+
+def _failure_reason(code: str | None, default: str) -> str:
+    """A failure's reason: the agent's code where that is a session reason, else the spec's."""
+    return code if code in _SESSION_REASONS else default
 
 
 def _describe_ok(name: CheckName, report: HealthReport) -> str:
@@ -218,10 +237,15 @@ def _failure(
 ) -> tuple[str, str] | None:
     gpu = checks.get(CheckName.gpu)
     if gpu is not None and gpu.ok is False and session.gpu >= 1:
-        return gpu.code or GPU_INIT_ERROR, gpu.detail or "nvidia-smi failed in the pod"
+        return _failure_reason(
+            gpu.code, GPU_INIT_ERROR
+        ), gpu.detail or "nvidia-smi failed in the pod"
     encoder = checks.get(CheckName.encoder)
     if encoder is not None and encoder.ok is False:
-        return encoder.code or ENCODER_UNAVAILABLE, encoder.detail or "No usable encoder"
+        return (
+            _failure_reason(encoder.code, ENCODER_UNAVAILABLE),
+            encoder.detail or "No usable encoder",
+        )
     stream = checks.get(CheckName.stream)
     if stream is not None and stream.ok is False and stream.code == STREAMER_FAILED:
         return STREAMER_FAILED, stream.detail or "The streamer failed"

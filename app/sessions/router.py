@@ -114,9 +114,22 @@ AgentOfSession = Annotated[uuid.UUID, Depends(_agent_of_session)]
     "",
     name="create_session",
     status_code=status.HTTP_202_ACCEPTED,
-    responses=problem_responses(
-        *AUTH_ERRORS, service.UserSessionLimit, service.IdempotencyKeyReused
-    ),
+    responses={
+        202: {
+            "description": "The session (a replay: the first answer to this Idempotency-Key)",
+            "headers": {
+                "Location": {"$ref": "#/components/headers/Location", "required": True},
+                # inline: a referenced header is a required one to openapi-typescript
+                "Idempotent-Replayed": {
+                    "description": "`true` when this answer is the first answer to the same "
+                    "Idempotency-Key and body, sent again (no new session was created)",
+                    "required": False,
+                    "schema": {"type": "string", "enum": ["true"]},
+                },
+            },
+        },
+        **problem_responses(*AUTH_ERRORS, service.UserSessionLimit, service.IdempotencyKeyReused),
+    },
     summary="Ask for a desktop session for a user",
     description=(
         "Stores the session in `Pending` and returns at once; the reconciler provisions it. "
@@ -256,40 +269,87 @@ async def get_session_connection(
 
 
 def _sse(event: Any) -> dict[str, str]:
-    out = SessionEventOut.model_validate(event, from_attributes=True)
-    return {"id": str(out.id), "event": out.type, "data": out.model_dump_json()}
+    out = SessionEventOut.of(event)
+    return {"id": str(out.id), "event": out.type, "data": out.model_dump_json(by_alias=True)}
+
+
+LastEventId = Annotated[
+    str | None,
+    Header(
+        alias="Last-Event-ID",
+        max_length=64,
+        description="The `id` of the last event received: the stream resumes after it (an "
+        "EventSource sends it by itself when it reconnects)",
+    ),
+]
+After = Annotated[int, Query(ge=0, le=MAX_EVENT_ID, description="Only events with a larger id")]
+SSE_DESCRIPTION = (
+    "A live Server-Sent Events stream of the session's log (`text/event-stream`, UTF-8, LF line "
+    "endings): first the events after `after` (or `Last-Event-ID`), then each new one as it is "
+    "stored, until the session is Terminated. Each message is `id: <event id>`, `event: <type>` "
+    "and `data: <the event as JSON, one line>` (the `SessionEventFrame` schema; `data` is a "
+    "`SessionEventOut`), then a blank line; `: ping` comments every 15 s keep proxies from "
+    "closing it. Reconnect with `Last-Event-ID` to resume without a gap or a repeat."
+)
 
 
 @router.get(
     "/{session_id}/events",
     name="list_session_events",
-    responses={
-        200: {
-            "description": "The event log; with `Accept: text/event-stream`, a live SSE stream "
-            "(each message: `id`, `event` = the type, `data` = the event as JSON) that ends "
-            "when the session is Terminated",
-            "content": {EVENT_STREAM: {"schema": {"type": "string"}}},
-        },
-        **problem_responses(*AUTH_ERRORS, service.SessionNotFound, TooManyRequests),
-    },
-    summary="The session's event log, or a live stream of it",
+    responses=problem_responses(*AUTH_ERRORS, service.SessionNotFound, TooManyRequests),
+    summary="The session's event log (oldest first)",
+    description="The stored events after `after`, in order. The same path with "
+    "`Accept: text/event-stream` is the live stream that `/events/stream` documents.",
+    response_model=SessionEventList,
 )
 async def list_session_events(
     session_id: uuid.UUID,
     request: Request,
     db: DbSession,
     principal: SessionsRead,
-    after: Annotated[
-        int, Query(ge=0, le=MAX_EVENT_ID, description="Only events with a larger id")
-    ] = 0,
+    after: After = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
-    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=64)] = None,
-) -> SessionEventList:
-    if EVENT_STREAM not in request.headers.get("accept", ""):
-        events = await service.list_events(db, session_id, after=after, limit=limit)
-        return SessionEventList(
-            items=[SessionEventOut.model_validate(e, from_attributes=True) for e in events]
-        )
+    last_event_id: LastEventId = None,
+) -> Response:
+    if EVENT_STREAM in request.headers.get("accept", ""):
+        return await _event_stream(session_id, request, db, principal, after, last_event_id)
+    events = await service.list_events(db, session_id, after=after, limit=limit)
+    return _json(SessionEventList(items=[SessionEventOut.of(e) for e in events]))
+
+
+@router.get(
+    "/{session_id}/events/stream",
+    name="stream_session_events",
+    responses={
+        200: {
+            "description": SSE_DESCRIPTION,
+            "content": {EVENT_STREAM: {"schema": {"type": "string"}}},
+        },
+        **problem_responses(*AUTH_ERRORS, service.SessionNotFound, TooManyRequests),
+    },
+    summary="A live stream of the session's events (Server-Sent Events)",
+    description=SSE_DESCRIPTION,
+    response_class=EventSourceResponse,
+)
+async def stream_session_events(
+    session_id: uuid.UUID,
+    request: Request,
+    db: DbSession,
+    principal: SessionsRead,
+    after: After = 0,
+    last_event_id: LastEventId = None,
+) -> Response:
+    return await _event_stream(session_id, request, db, principal, after, last_event_id)
+
+
+async def _event_stream(
+    session_id: uuid.UUID,
+    request: Request,
+    db: DbSession,
+    principal: Any,
+    after: int,
+    last_event_id: str | None,
+) -> Response:
     if last_event_id is not None:
         # ASCII digits only (str.isdigit() takes "²"), and no larger than an event id can be.
         if not EVENT_ID.fullmatch(last_event_id) or int(last_event_id) > MAX_EVENT_ID:
@@ -324,9 +384,10 @@ async def list_session_events(
         finally:
             streams.release(opened)
 
-    return EventSourceResponse(  # type: ignore[return-value]
+    return EventSourceResponse(
         stream(),
         ping=15,
+        sep="\n",  # LF: what a hand-written parser splitting on "\n\n" expects
         headers={"Cache-Control": "no-store"},
         background=BackgroundTask(streams.release, opened),  # never iterated: still released
     )

@@ -9,7 +9,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 from app.config import DNS_LABEL_PATTERN
 
@@ -47,6 +47,105 @@ class ConditionType(StrEnum):
     relay_ready = "RelayReady"
 
 
+class SessionReason(StrEnum):
+    """Why a session is in its phase (`Session.reason`, and the reason of its `PhaseChanged` and
+    `Claimed` events). New values may be added in a later version (an additive change): show an
+    unknown one as it is. Failures are in capitals (the spec's codes)."""
+
+    created = "Created"
+    provisioning = "Provisioning"
+    waiting_for_previous_session = "WaitingForPreviousSession"
+    objects_created = "ObjectsCreated"
+    agent_ready = "AgentReady"
+    warm_ready = "WarmReady"
+    warm_claimed = "WarmClaimed"
+    delete_requested = "DeleteRequested"
+    idle_timeout = "IdleTimeout"
+    max_lifetime_reached = "MaxLifetimeReached"
+    failed_cleanup = "FailedCleanup"
+    objects_deleted = "ObjectsDeleted"
+    force_deleted = "ForceDeleted"
+    control_plane_restarted = "ControlPlaneRestarted"
+    warm_pool_member_failed = "WarmPoolMemberFailed"
+    warm_pool_shrunk = "WarmPoolShrunk"
+    template_deleted = "TemplateDeleted"
+    template_changed = "TemplateChanged"
+    # failures
+    gpu_init_error = "GPU_INIT_ERROR"
+    encoder_unavailable = "ENCODER_UNAVAILABLE"
+    streamer_failed = "STREAMER_FAILED"
+    start_timeout = "START_TIMEOUT"
+    agent_lost = "AGENT_LOST"
+    provisioning_failed = "ProvisioningFailed"
+    unschedulable = "Unschedulable"
+    image_pull_error = "ImagePullError"
+    crash_loop_back_off = "CrashLoopBackOff"
+    pod_failed = "PodFailed"
+    pod_deleted = "PodDeleted"
+
+
+class ConditionReason(StrEnum):
+    """Why a condition has its status (`Condition.reason`, and the reason of `ConditionChanged`
+    events). New values may be added later (an additive change)."""
+
+    not_checked = "NotChecked"
+    not_requested = "NotRequested"
+    not_measured = "NotMeasured"
+    scheduled = "Scheduled"
+    unschedulable = "Unschedulable"
+    gpu_ready = "GPUReady"
+    no_gpu_on_host = "NoGpuOnHost"
+    gpu_init_error = "GPU_INIT_ERROR"
+    hardware_encoder = "HardwareEncoder"
+    software_fallback = "SoftwareFallback"
+    encoder_unavailable = "ENCODER_UNAVAILABLE"
+    frames_decoded = "FramesDecoded"
+    no_viewer = "NoViewer"
+    stream_unhealthy = "StreamUnhealthy"
+    streamer_restarted = "StreamerRestarted"
+    streamer_failed = "STREAMER_FAILED"
+    within_slo = "WithinSLO"
+    latency_above_slo = "LatencyAboveSLO"
+    credentials_fresh = "CredentialsFresh"
+    turn_credentials_expiring = "TurnCredentialsExpiring"
+    turn_renewal_failing = "TurnRenewalFailing"
+
+
+class EventType(StrEnum):
+    phase_changed = "PhaseChanged"
+    condition_changed = "ConditionChanged"
+    pod_event = "PodEvent"
+    claimed = "Claimed"
+
+
+class PodEventReason(StrEnum):
+    """The reasons of the Kubernetes events of a session's pod that its log keeps."""
+
+    scheduled = "Scheduled"
+    failed_scheduling = "FailedScheduling"
+    preempted = "Preempted"
+    triggered_scale_up = "TriggeredScaleUp"
+    not_trigger_scale_up = "NotTriggerScaleUp"
+    failed_mount = "FailedMount"
+    failed_attach_volume = "FailedAttachVolume"
+    successful_attach_volume = "SuccessfulAttachVolume"
+    pulling = "Pulling"
+    pulled = "Pulled"
+    failed = "Failed"
+    err_image_never_pull = "ErrImageNeverPull"
+    inspect_failed = "InspectFailed"
+    back_off = "BackOff"
+    created = "Created"
+    started = "Started"
+    failed_create_pod_sand_box = "FailedCreatePodSandBox"
+    killing = "Killing"
+    evicted = "Evicted"
+    oom_killing = "OOMKilling"
+
+
+OUT = ConfigDict(json_schema_serialization_defaults_required=True)
+
+
 class ConditionStatus(StrEnum):
     true = "True"
     false = "False"
@@ -54,9 +153,11 @@ class ConditionStatus(StrEnum):
 
 
 class Condition(BaseModel):
+    model_config = OUT
+
     type: ConditionType
     status: ConditionStatus
-    reason: str
+    reason: ConditionReason
     message: str
     last_transition_time: datetime
 
@@ -69,11 +170,15 @@ class SessionCreate(BaseModel):
 
 
 class Session(BaseModel):
+    model_config = OUT
+
     id: uuid.UUID
     user: str
     template: str
     phase: Phase
-    reason: str | None = Field(description="Why the session is in this phase, e.g. GPU_INIT_ERROR")
+    reason: SessionReason | None = Field(
+        description="Why the session is in this phase, e.g. GPU_INIT_ERROR"
+    )
     message: str | None
     conditions: list[Condition]
     url: str = Field(description="Where the user's browser connects")
@@ -100,6 +205,8 @@ class Session(BaseModel):
 
 
 class SessionPage(BaseModel):
+    model_config = OUT
+
     items: list[Session]
     next_cursor: str | None = Field(
         description="Pass as `cursor` for the next page; null at the end"
@@ -154,12 +261,16 @@ def dump_json(document: Any) -> bytes:
 class IceServer(BaseModel):
     """An entry of RTCPeerConnection's `iceServers`, as browsers accept it."""
 
+    model_config = OUT
+
     urls: list[str]
     username: str | None = None
     credential: str | None = None
 
 
 class Connection(BaseModel):
+    model_config = OUT
+
     url: str
     username: str = Field(description="Selkies basic-auth user")
     password: str = Field(description="Selkies basic-auth password, unique to this session")
@@ -170,6 +281,8 @@ class TurnCredentials(BaseModel):
     """Fresh TURN credentials for the session's agent, which renews Selkies' before they
     expire."""
 
+    model_config = OUT
+
     username: str = Field(description="coturn REST-API user name, `<expiry>:<session id>`")
     password: str
     expires_at: datetime
@@ -177,23 +290,139 @@ class TurnCredentials(BaseModel):
     ice_servers: list[IceServer]
 
 
-class SessionEventOut(BaseModel):
-    id: int
-    session_id: uuid.UUID
-    type: Literal["PhaseChanged", "ConditionChanged", "PodEvent", "Claimed"] = Field(
-        description="`PodEvent`: a Kubernetes event of the session's pod (Scheduled, Pulling, "
-        "Pulled, Started, FailedScheduling, BackOff, ...; `data` has its type and source); "
-        "`Claimed`: the session was taken from its template's warm pool"
+class _EventBase(BaseModel):
+    model_config = OUT
+
+    id: int = Field(
+        description="Increasing within the session: resume after it (`after`, `Last-Event-ID`)"
     )
-    phase: Phase
-    reason: str | None
+    session_id: uuid.UUID
+    phase: Phase = Field(description="The session's phase when the event was stored")
     message: str | None
-    data: dict[str, Any]
-    created_at: datetime
+    created_at: datetime = Field(description="Never earlier than the previous event's")
+
+
+class PhaseChange(BaseModel):
+    model_config = OUT
+
+    from_: Phase | None = Field(alias="from", description="null for the first phase")
+    to: Phase
+
+
+class PhaseChangedEvent(_EventBase):
+    """The session moved to another phase."""
+
+    type: Literal[EventType.phase_changed]
+    reason: SessionReason | None
+    data: PhaseChange
+
+
+class ConditionChange(BaseModel):
+    model_config = OUT
+
+    condition: ConditionType
+    status: ConditionStatus
+
+
+class ConditionChangedEvent(_EventBase):
+    """A condition's status or reason changed."""
+
+    type: Literal[EventType.condition_changed]
+    reason: ConditionReason | None
+    data: ConditionChange
+
+
+class PodEventType(StrEnum):
+    normal = "Normal"
+    warning = "Warning"
+
+
+class KubernetesEvent(BaseModel):
+    model_config = OUT
+
+    type: PodEventType = Field(description="The Kubernetes event's type")
+    source: str = Field(description="Who reported it: `default-scheduler` or `kubelet`")
+    count: int
+    at: str = Field(description="Its last time stamp as Kubernetes gave it (may be empty)")
+
+
+class PodEvent(_EventBase):
+    """A Kubernetes event of the session's pod (Scheduled, Pulling, Pulled, Started,
+    FailedScheduling, BackOff, ...)."""
+
+    type: Literal[EventType.pod_event]
+    reason: PodEventReason | None
+    data: KubernetesEvent
+
+
+class Claim(BaseModel):
+    model_config = OUT
+
+    user: str
+    pooled_since: datetime = Field(description="When the warm pool member was created")
+
+
+class ClaimedEvent(_EventBase):
+    """The session was taken from its template's warm pool."""
+
+    type: Literal[EventType.claimed]
+    reason: SessionReason | None
+    data: Claim
+
+
+class SessionEventOut(
+    RootModel[
+        Annotated[
+            PhaseChangedEvent | ConditionChangedEvent | PodEvent | ClaimedEvent,
+            Field(discriminator="type"),
+        ]
+    ]
+):
+    """An event of the session's log: its `data` is described by its `type`."""
+
+    model_config = OUT
+
+    @classmethod
+    def of(cls, row: Any) -> SessionEventOut:
+        """From a stored event (app.models.SessionEvent)."""
+        return cls.model_validate(
+            {
+                "id": row.id,
+                "session_id": row.session_id,
+                "type": row.type,
+                "phase": row.phase,
+                "reason": row.reason,
+                "message": row.message,
+                "data": row.data,
+                "created_at": row.created_at,
+            }
+        )
+
+    @property
+    def id(self) -> int:
+        return self.root.id
+
+    @property
+    def type(self) -> str:
+        return self.root.type.value
 
 
 class SessionEventList(BaseModel):
+    model_config = OUT
+
     items: list[SessionEventOut]
+
+
+class SessionEventFrame(BaseModel):
+    """One message of the SSE stream (`text/event-stream`, LF line endings): `id: <id>`,
+    `event: <type>`, `data: <the event as JSON>`, then a blank line. Comment lines (`: ping`)
+    keep the connection open."""
+
+    model_config = OUT
+
+    id: str = Field(description="The event's id: sent back as `Last-Event-ID` on reconnecting")
+    event: EventType
+    data: SessionEventOut = Field(description="JSON, on one line")
 
 
 class CheckName(StrEnum):

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+from pydantic import Field
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
@@ -55,6 +56,12 @@ class SessionNotFound(NotFound):
 
 class UserSessionLimit(Conflict):
     slug, title = "user-session-limit", "User has a live session"
+    extensions = {
+        "live_session_ids": (
+            list[uuid.UUID],
+            Field(description="The user's live sessions: send the user to one, or end one"),
+        )
+    }
 
 
 class SessionEnded(Conflict):
@@ -65,6 +72,7 @@ class SessionNotStarted(Conflict):
     """A report before the pod exists (the session is not Starting yet): retry shortly."""
 
     slug, title = "session-not-started", "Session has not started"
+    sends_headers = ("Retry-After",)
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail, headers={"Retry-After": "1"})

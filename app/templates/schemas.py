@@ -21,7 +21,9 @@ LabelKey = Annotated[
 
 
 class Toleration(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Sent back in TemplateOut: there each field is required (the document has Toleration for
+    # the request and TolerationOut for the answer).
+    model_config = ConfigDict(extra="forbid", json_schema_serialization_defaults_required=True)
 
     key: str | None = Field(default=None, max_length=316, examples=["nvidia.com/gpu"])
     operator: Literal["Exists", "Equal"] = "Equal"
@@ -142,7 +144,11 @@ class TemplateSpec(BaseModel):
 
 
 class TemplateOut(TemplateSpec):
-    model_config = ConfigDict(from_attributes=True)
+    """A template as stored: every field, defaults filled in."""
+
+    model_config = ConfigDict(
+        from_attributes=True, json_schema_serialization_defaults_required=True
+    )
 
     name: TemplateName
     warm_available: int = Field(
@@ -153,6 +159,8 @@ class TemplateOut(TemplateSpec):
 
 
 class TemplateList(BaseModel):
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
     items: list[TemplateOut]
     next_cursor: str | None = Field(
         default=None, description="Pass as `cursor` for the next page; null at the end"

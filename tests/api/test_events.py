@@ -35,7 +35,7 @@ async def test_event_log_lists_transitions_in_order(
     ]
     assert [(e["phase"], e["reason"]) for e in events] == [
         ("Pending", "Created"),
-        ("Provisioning", "Test"),
+        ("Provisioning", "Provisioning"),
         ("Terminating", "DeleteRequested"),
     ]
     assert [e["id"] for e in events] == sorted(e["id"] for e in events)
