@@ -155,6 +155,13 @@ class Settings(BaseSettings):
         "`<user>.<base domain>`, so these would shadow the platform's own hosts. The first label "
         "of the TURN host and the callback host, when under the base domain, are added.",
     )
+    cors_origins: str = Field(
+        default="",
+        pattern=r"^(https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?)?(,https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?)*$",
+        description="Comma-separated origins (`https://portal.example.com`) whose pages may call "
+        "the API from a browser (CORS, without credentials: send a token scoped for that "
+        "application). Empty: none. No wildcard; never the agents' callbacks",
+    )
     ingress_api_version: Literal["traefik.io/v1alpha1", "traefik.containo.us/v1alpha1"] = Field(
         default="traefik.io/v1alpha1",
         description="Traefik v3 (traefik.io) or v2 (traefik.containo.us) IngressRoute API",
@@ -293,6 +300,10 @@ class Settings(BaseSettings):
             if host.endswith("." + self.base_domain):
                 names.add(host[: -len(self.base_domain) - 1].split(".")[-1])
         return frozenset(names)
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [origin for origin in self.cors_origins.split(",") if origin]
 
     @property
     def turn_enabled(self) -> bool:

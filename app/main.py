@@ -22,6 +22,7 @@ from app.auth.router import router as tokens_router
 from app.cluster.kube import KubeCluster
 from app.config import Settings
 from app.controllers import Reconciler
+from app.cors import ApiCors
 from app.db import asyncpg_dsn, create_engine, create_sessionmaker, open_direct_pool
 from app.errors import install_error_handlers
 from app.observability import EdgeMiddleware, Metrics
@@ -227,5 +228,7 @@ def create_app(
     app.add_middleware(
         EdgeMiddleware, metrics=app.state.metrics, max_body_bytes=settings.max_body_bytes
     )
+    if settings.cors_origin_list:  # outside the edge: a preflight needs no body, no token
+        app.add_middleware(ApiCors, origins=settings.cors_origin_list)
     app.add_middleware(CorrelationIdMiddleware, header_name="X-Request-ID")
     return app

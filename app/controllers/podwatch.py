@@ -155,7 +155,7 @@ class PodWatch:
             session = await repository.get(db, observation.session_id, for_update=True)
             if session is None:
                 return
-            now = utcnow()
+            now = lifecycle.instant(session, utcnow())
             phase = Phase(session.phase)
             if phase is Phase.terminating and deleted:
                 session.next_reconcile_at = now  # finish it at once
@@ -177,7 +177,9 @@ class PodWatch:
                     reschedule(session, self.settings, now)
                 return
             if observation.scheduled and session.scheduled_at is None:
-                session.scheduled_at = now
+                # seen late (the watch behind the agent's first report): it was scheduled by the
+                # time it ran at the latest
+                session.scheduled_at = min(now, session.running_at or now)
             if observation.scheduled is not None:
                 status, reason, message = _scheduled_condition(observation)
                 event = lifecycle.set_condition(

@@ -133,6 +133,9 @@ async def fold(
 ) -> Reported:
     """A report that may change the session: under its row lock, through the lifecycle."""
     session = await get_locked(db, session_id)
+    # read again under the lock: the wait for it may have been long (the reconciler's
+    # provisioning), and what the holder wrote is later than a clock read before it
+    now = lifecycle.instant(session, max(now, utcnow()))
     if Phase(session.phase) in ENDED_PHASES:
         # A Failed session keeps the evidence of its failure: no later report rewrites it.
         raise SessionEnded(

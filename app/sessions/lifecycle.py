@@ -124,10 +124,31 @@ def initial_conditions(gpu: int, now: datetime) -> list[dict[str, Any]]:
     return conditions
 
 
+def instant(session: VDISession, now: datetime) -> datetime:
+    """`now`, or the session's latest instant when that is later: what a change to the session
+    is stamped with, so that its instants and events stay in order. A clock read before a wait
+    for the session's row lock (or on another replica, a little behind) is earlier than what the
+    holder of the lock wrote; stamped as it was, a report waiting behind the reconciler's
+    provisioning made `running_at` earlier than `provisioned_at`."""
+    moments = [
+        moment
+        for moment in (
+            session.created_at,
+            session.updated_at,
+            session.provisioned_at,
+            session.scheduled_at,
+            session.running_at,
+        )
+        if moment is not None
+    ]
+    return max([now, *moments])
+
+
 def transition(
     session: VDISession, target: Phase, *, reason: str, message: str, now: datetime
 ) -> EventDraft:
     current = Phase(session.phase)
+    now = instant(session, now)
     if not can_transition(current, target):
         raise InvalidTransition(
             f"Session {session.id} cannot go from {current} to {target}; "
@@ -139,6 +160,8 @@ def transition(
     session.updated_at = now
     if target is Phase.starting and session.provisioned_at is None:
         session.provisioned_at = now  # its objects exist
+        if session.scheduled_at is not None:  # seen scheduled while its objects were made
+            session.scheduled_at = now
     if target is Phase.running:
         session.running_at = now
     if target in (Phase.failed, Phase.terminating) and session.ended_at is None:
@@ -162,6 +185,7 @@ def set_condition(
     now: datetime,
 ) -> EventDraft | None:
     """Set one condition; an event only when its status or reason changed."""
+    now = instant(session, now)
     conditions = [dict(item) for item in session.conditions]
     existing = next((c for c in conditions if c["type"] == condition_type.value), None)
     if existing is None:

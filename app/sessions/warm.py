@@ -69,12 +69,17 @@ async def claim(
     member = await repository.claim_warm_member(db, template)
     if member is None or pod_shape(member.template_spec) != pod_shape(spec.model_dump()):
         return None  # none ready, or the oldest is of a replaced template (the keeper ends it)
+    now = lifecycle.instant(member, now)  # the member may have changed since `now` was read
     host = f"{user}.{settings.base_domain}"
     pooled_since, ready_since = member.created_at, member.running_at or member.created_at
     # A local desktop's member already has its own address; a pod's is the user's host.
     member.user, member.url = user, member.url or f"https://{host}/"
     member.pool_member, member.warm = False, True
     member.created_at = member.updated_at = now
+    # The user's session starts now, its objects already there: its instants are in order
+    # (created_at <= provisioned_at <= scheduled_at <= running_at).
+    member.provisioned_at = now
+    member.scheduled_at = now if member.scheduled_at is not None else None
     member.running_at = None  # Running for the user once the route exists
     member.idle_deadline = now + timedelta(seconds=spec.idle_timeout_s)
     member.expires_at = now + timedelta(seconds=spec.max_lifetime_s)

@@ -33,6 +33,7 @@ from app.runtimes.local import RUNTIME_MARKER, SESSION_MARKER
 from harness.browser_viewer import READ_STATS, chromium
 from tests.cluster.test_x_authority import x_handshake
 from tests.conftest import TEST_SECRET_KEY, TEST_TURN_SECRET
+from tests.instants import disorder
 from tests.test_cli import free_port
 from tests.tools import REPO, VENV_BIN, tool
 
@@ -268,6 +269,10 @@ def test_two_users_at_once_each_on_their_own_desktop(server: Server) -> None:
         assert accounts["bob"] != accounts["bea"]
         assert 0 not in accounts.values()
         assert os.getuid() not in accounts.values()
+        for session in (bob, bea):  # real desktops, cold: instants and events in order
+            current = server.get(f"/v1/sessions/{session['id']}")
+            events = server.get(f"/v1/sessions/{session['id']}/events")["items"]
+            assert disorder(current, events) == []
 
 
 def test_a_killed_selkies_is_restarted_and_the_restart_reported(server: Server) -> None:
@@ -364,8 +369,11 @@ def test_a_warm_pool_of_local_desktops_hands_one_out_at_once(server: Server) -> 
     assert httpx.put(f"{server.base}/v1/templates/pool", json=template, headers=HEADERS).is_success
     deleted = httpx.delete(f"{server.base}/v1/sessions/{claimed['id']}", headers=HEADERS)
     assert deleted.status_code == 202
-    assert server.wait(claimed["id"], {"Terminated"}, timeout_s=60)["phase"] == "Terminated"
+    ended = server.wait(claimed["id"], {"Terminated"}, timeout_s=60)
+    assert ended["phase"] == "Terminated"
     assert server.processes(claimed["id"]) == []
+    # from a warm pool: instants in order (the claim is its start), its log too
+    assert disorder(ended, server.get(f"/v1/sessions/{claimed['id']}/events")["items"]) == []
 
 
 async def test_a_restarted_server_ends_the_sessions_of_its_previous_run(
