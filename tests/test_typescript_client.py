@@ -32,7 +32,8 @@ SOURCES = ("portal.ts", "resume.ts", "tsconfig.json", "package.json")
 
 def _node_tools() -> tuple[str, str]:
     node, npm = shutil.which("node"), shutil.which("npm")
-    assert node and npm, "node and npm are needed (apt-get install nodejs npm; .ci/run does)"
+    assert node, "node is needed (apt-get install nodejs npm; .ci/run does)"
+    assert npm, "npm is needed (apt-get install nodejs npm; .ci/run does)"
     return node, npm
 
 
@@ -144,7 +145,7 @@ class CuttingProxy:
                     # the headers, then one whole event: drop the connection here
                     body = seen.split(b"\r\n\r\n", 1)[-1]
                     if b"\n\n" in body and b"data: " in body:
-                        await asyncio.sleep(0.5)  # read by the client, then dropped
+                        await asyncio.sleep(2.0)  # read by the client, then dropped
                         break
         writer.close()
 
