@@ -129,3 +129,15 @@ async def start_fake_api(
     started.append(fake)
     assert fake.stdout is not None
     return fake, (await asyncio.to_thread(fake.stdout.readline)).strip()
+
+
+def collect_closed_sockets() -> None:
+    """Collect now, with ResourceWarning off, the sockets an in-process simulated cluster leaves
+    to the garbage collector when its server stops (its stand-in agents' connections, cut at
+    shutdown; not yet tracked down): otherwise pytest reports them at exit as unraisable."""
+    import gc
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()

@@ -22,7 +22,7 @@ import pytest
 
 from app.config import Settings
 from app.main import create_app
-from harness.servers import free_port, serve
+from harness.servers import collect_closed_sockets, free_port, serve
 from tests.conftest import ADMIN, TEST_BOOTSTRAP_TOKEN, _truncate
 from tests.tools import REPO
 
@@ -90,6 +90,7 @@ async def server(settings: Settings, database_url: str) -> AsyncIterator[str]:
         async with serve(app, port) as url:
             yield url
     finally:
+        collect_closed_sockets()
         await _truncate(database_url)
 
 
@@ -131,6 +132,7 @@ class CuttingProxy:
         self.upstream_port = upstream_port
         self.requests: list[bytes] = []
         self.server: asyncio.Server | None = None
+        self.writers: list[asyncio.StreamWriter] = []
 
     async def _pipe(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, cut: bool
@@ -153,6 +155,7 @@ class CuttingProxy:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         first = not self.requests
+        self.writers.append(writer)
         head = await reader.readuntil(b"\r\n\r\n")
         self.requests.append(head)
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
@@ -172,6 +175,10 @@ class CuttingProxy:
         return int(self.server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
+        for writer in self.writers:  # Server.close() leaves accepted connections open
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
         if self.server is not None:
             self.server.close()
             with contextlib.suppress(Exception):
@@ -230,3 +237,26 @@ async def test_a_stock_event_source_resumes_with_last_event_id_and_misses_nothin
         for line in head.decode().split("\r\n"):
             if line.lower().startswith("last-event-id:"):
                 assert line.split(":", 1)[1].strip() in received_ids
+
+
+async def test_the_stream_is_lf_framed_with_id_event_and_json_data(server: str) -> None:
+    async with httpx.AsyncClient(base_url=server, headers=ADMIN, timeout=10) as api:
+        await api.put("/v1/templates/desktop", json={"image": "registry.test/vdi:1"})
+        session = (
+            await api.post("/v1/sessions", json={"user": "bob", "template": "desktop"})
+        ).json()
+        raw = b""
+        async with api.stream("GET", f"/v1/sessions/{session['id']}/events/stream") as answer:
+            assert answer.headers["content-type"].startswith("text/event-stream")
+            async for chunk in answer.aiter_bytes():
+                raw += chunk
+                if raw.count(b"\n\n") >= 2:
+                    break
+        await api.delete(f"/v1/sessions/{session['id']}")
+    assert b"\r" not in raw
+    frames = [frame for frame in raw.decode().split("\n\n") if frame.startswith("id: ")]
+    lines = dict(line.split(": ", 1) for line in frames[0].split("\n"))
+    assert set(lines) == {"id", "event", "data"}
+    event = json.loads(lines["data"])
+    assert (str(event["id"]), event["type"]) == (lines["id"], lines["event"])
+    assert event["data"] == {"from": None, "to": "Pending"}

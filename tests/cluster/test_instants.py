@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from app.config import Settings
 from app.main import create_app
-from harness.servers import free_port, serve
+from harness.servers import collect_closed_sockets, free_port, serve
 from tests.conftest import ADMIN, _truncate
 from tests.instants import disorder
 
@@ -113,5 +113,6 @@ async def test_instants_and_events_stay_in_order_whatever_races_the_reconciler(
     try:
         problems = await _fleet(settings, database_url, fleet)
     finally:
+        collect_closed_sockets()
         await _truncate(database_url)
     assert problems == [], "\n".join(problems)
