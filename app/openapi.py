@@ -294,10 +294,8 @@ def _request_schemas_without_defaults(document: dict[str, Any]) -> None:
                 continue
             default = field.pop("default")
             said = f"Default: `{json.dumps(default)}`."
-            field["description"] = (
-                f"{field['description']}. {said}" if field.get("description") else said
-            )
-            field["description"] = field["description"].replace(".. Default", ". Default")
+            described = field.get("description", "").rstrip(".")
+            field["description"] = f"{described}. {said}" if described else said
 
 
 def document_of(app: FastAPI, extra_schemas: list[type[BaseModel]]) -> dict[str, Any]:

@@ -220,3 +220,21 @@ def set_phase(app: FastAPI) -> Callable[..., Awaitable[None]]:
             await eventlog.add_events(db, session, events, now)
 
     return _set
+
+
+def simulated_app(settings: Settings, database_url: str, port: int, **overrides: Any) -> FastAPI:
+    """The app on the in-process simulated cluster, its stand-in agents reporting (every second)
+    to it on `port`: sessions run, as they do under `vdi-control serve`."""
+    return create_app(
+        settings.model_copy(
+            update={
+                "cluster": "simulated",
+                "callback_url": f"http://127.0.0.1:{port}",
+                "reconciler": True,
+                "reconcile_interval_s": 0.2,
+                "heartbeat_timeout_s": 3,
+                **overrides,
+            }
+        ),
+        database_url,
+    )

@@ -21,9 +21,8 @@ import httpx
 import pytest
 
 from app.config import Settings
-from app.main import create_app
 from harness.servers import collect_closed_sockets, free_port, serve
-from tests.conftest import ADMIN, TEST_BOOTSTRAP_TOKEN, _truncate
+from tests.conftest import ADMIN, TEST_BOOTSTRAP_TOKEN, _truncate, simulated_app
 from tests.tools import REPO
 
 PROJECT = REPO / "clients" / "typescript"
@@ -74,18 +73,7 @@ def compiled(tmp_path_factory: pytest.TempPathFactory) -> Path:
 async def server(settings: Settings, database_url: str) -> AsyncIterator[str]:
     """vdi-control on the simulated cluster, its stand-in agents reporting: sessions run."""
     port = free_port()
-    app = create_app(
-        settings.model_copy(
-            update={
-                "cluster": "simulated",
-                "callback_url": f"http://127.0.0.1:{port}",
-                "reconciler": True,
-                "reconcile_interval_s": 0.2,
-                "heartbeat_timeout_s": 3,
-            }
-        ),
-        database_url,
-    )
+    app = simulated_app(settings, database_url, port)
     try:
         async with serve(app, port) as url:
             yield url

@@ -17,9 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.config import Settings
-from app.main import create_app
 from harness.servers import collect_closed_sockets, free_port, serve
-from tests.conftest import ADMIN, _truncate
+from tests.conftest import ADMIN, _truncate, simulated_app
 from tests.instants import disorder
 
 FLEETS = st.fixed_dictionaries(
@@ -42,20 +41,7 @@ async def _until(check: Any, timeout_s: float) -> None:
 
 async def _fleet(base: Settings, database_url: str, fleet: dict[str, Any]) -> list[str]:
     port = free_port()
-    app = create_app(
-        base.model_copy(
-            update={
-                "cluster": "simulated",
-                "callback_url": f"http://127.0.0.1:{port}",
-                "reconciler": True,
-                "reconcile_interval_s": 0.2,
-                "pool_interval_s": 0.2,
-                "heartbeat_timeout_s": 3,  # the stand-in agents report every second
-                "simulated_gpus": 64,
-            }
-        ),
-        database_url,
-    )
+    app = simulated_app(base, database_url, port, pool_interval_s=0.2, simulated_gpus=64)
     problems: list[str] = []
     async with serve(app, port) as url, httpx.AsyncClient(base_url=url, headers=ADMIN) as api:
         cold = {"image": "registry.test/vdi:1", "gpu": 1}
