@@ -1,4 +1,4 @@
-"""The command line: vdi-control serve | migrate | token create | openapi | settings."""
+"""The command line: vdi-control serve | migrate | token create | openapi | settings | problems."""
 
 from __future__ import annotations
 
@@ -246,6 +246,13 @@ def cmd_settings(_args: argparse.Namespace) -> None:
     print(settings_reference(), end="")
 
 
+def cmd_problems(_args: argparse.Namespace) -> None:
+    import app.main  # noqa: F401  (defines every problem type)
+    from app.openapi import problems_reference
+
+    print(problems_reference(), end="")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vdi-control", description=__doc__)
     parser.add_argument("--version", action="version", version=__version__)
@@ -282,6 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
         "settings", help="print every VDI_ setting, its default and meaning (Markdown)"
     )
     settings.set_defaults(handler=cmd_settings)
+
+    problems = commands.add_parser(
+        "problems", help="print every problem type the API sends, and its meaning (Markdown)"
+    )
+    problems.set_defaults(handler=cmd_problems)
     return parser
 
 

@@ -82,6 +82,9 @@ class AppError(Exception):
 
 
 class Unauthorized(AppError):
+    """No token, or one that is unknown, revoked or expired: send `Authorization: Bearer
+    <token>`."""
+
     status, slug, title = 401, "unauthorized", "Authentication required"
     sends_headers = ("WWW-Authenticate",)
 
@@ -90,6 +93,9 @@ class Unauthorized(AppError):
 
 
 class Forbidden(AppError):
+    """The token lacks the scope this operation needs (`detail` names it), or an agent token
+    used for another session."""
+
     status, slug, title = 403, "forbidden", "Not allowed"
 
 
@@ -102,14 +108,21 @@ class Conflict(AppError, abstract=True):
 
 
 class PayloadTooLarge(AppError):
+    """The request body is over `VDI_MAX_BODY_BYTES` (64 KiB by default): send less."""
+
     status, slug, title = 413, "payload-too-large", "Request body too large"
 
 
 class UnsupportedEncoding(AppError):
+    """A JSON body that is not UTF-8 (NUL bytes, a UTF-16 or UTF-32 byte order mark): send
+    UTF-8."""
+
     status, slug, title = 415, "unsupported-encoding", "Unsupported media type"
 
 
 class ValidationFailed(AppError):
+    """A field is missing or wrong: `errors` lists each one, where it is and what it must be."""
+
     status, slug, title = 422, "validation-failed", "Invalid request"
     extensions = {
         "errors": (
@@ -135,6 +148,9 @@ class ValidationFailed(AppError):
 
 
 class TooManyRequests(AppError):
+    """Over a limit (streams per token or per replica, agent reports per session): retry after
+    `Retry-After` seconds."""
+
     status, slug, title = 429, "too-many-requests", "Too many requests"
     sends_headers = ("Retry-After",)
 
@@ -143,10 +159,16 @@ class TooManyRequests(AppError):
 
 
 class InternalError(AppError):
+    """A fault of the server's: the body has no trace; quote `request_id`, under which the trace
+    is logged."""
+
     status, slug, title = 500, "internal-error", "Internal server error"
 
 
 class ServiceUnavailable(AppError):
+    """Not ready to serve (starting, stopping, the pod watch not caught up): retry after
+    `Retry-After` seconds."""
+
     status, slug, title = 503, "service-unavailable", "Service unavailable"
     sends_headers = ("Retry-After",)
 
@@ -155,10 +177,16 @@ class ServiceUnavailable(AppError):
 
 
 class DatabaseUnavailable(ServiceUnavailable):
+    """The database is away (stopped, restarting, starting up, out of disk): nothing was
+    changed; retry after `Retry-After` seconds."""
+
     slug = "database-unavailable"
 
 
 class DatabaseBusy(ServiceUnavailable):
+    """Every database connection of this replica is in use: nothing was changed; retry after
+    `Retry-After` seconds."""
+
     slug = "database-busy"
 
 
@@ -169,6 +197,8 @@ class RouteNotFound(AppError):
 
 
 class MethodNotAllowed(AppError):
+    """The path exists but not with this method: `Allow` lists the methods it has."""
+
     status, slug, title = 405, "http-405", "Method not allowed"
     sends_headers = ("Allow",)
 

@@ -95,11 +95,30 @@ def problem_model(error: type[AppError]) -> type[BaseModel]:
     return create_model(  # type: ignore[call-overload, no-any-return]
         schema_name(error),
         __base__=_ProblemBase,
-        __doc__=f"{error.title} (`{problem_type(error.slug)}`, {error.status}).",
+        __doc__=f"{error.title} (`{problem_type(error.slug)}`, {error.status}): " + _meaning(error),
         type=(Literal[problem_type(error.slug)], Field(description="The problem type")),
         status=status,
         **error.extensions,
     )
+
+
+def _meaning(error: type[AppError]) -> str:
+    return " ".join((error.__doc__ or "").split())
+
+
+def problems_reference() -> str:
+    """The problem types as a Markdown table (docs/api.md carries it, so it cannot drift)."""
+    rows = [
+        "| `type` | status | members beyond RFC 9457 | headers | meaning |",
+        "|---|---|---|---|---|",
+    ]
+    for urn, error in problem_types():
+        status = str(error.status) if error.fixed_status else "the HTTP status"
+        members = ", ".join(f"`{name}`" for name in error.extensions) or "-"
+        headers = ", ".join(f"`{name}`" for name in error.sends_headers) or "-"
+        meaning = _meaning(error).replace("|", "\\|")
+        rows.append(f"| `{urn}` | {status} | {members} | {headers} | {meaning} |")
+    return "\n".join(rows) + "\n"
 
 
 def problem_types() -> list[tuple[str, type[AppError]]]:

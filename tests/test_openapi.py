@@ -74,6 +74,25 @@ def test_errors_are_documented_as_problems_and_auth_as_bearer(document: dict[str
     assert "HTTPValidationError" not in document["components"]["schemas"]
 
 
+def test_the_api_page_lists_every_problem_type(document: dict[str, Any]) -> None:
+    """docs/api.md carries the table `vdi-control problems` prints, and that table is the
+    document's ProblemType enum, each type with a meaning: a type added, renamed or re-described
+    without regenerating the page fails here."""
+    import app.main  # noqa: F401  (defines every problem type)
+    from app.openapi import problem_types, problems_reference
+
+    page = (Path(__file__).parent.parent / "docs" / "api.md").read_text()
+    table = problems_reference()
+    assert table in page, "regenerate the table in docs/api.md: vdi-control problems"
+    enum = document["components"]["schemas"]["ProblemType"]["enum"]
+    assert [urn for urn, _error in problem_types()] == enum
+    for urn, error in problem_types():
+        assert f"| `{urn}` |" in table
+        assert (error.__doc__ or "").strip(), f"{urn} has no meaning (its class's docstring)"
+        schema = document["components"]["schemas"][f"{error.__name__}Problem"]
+        assert " ".join(error.__doc__.split()) in schema["description"]
+
+
 def test_cli_prints_the_same_document(
     capsys: pytest.CaptureFixture[str], document: dict[str, Any]
 ) -> None:

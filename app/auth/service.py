@@ -57,6 +57,8 @@ class TokenCache:
 
 
 class TokenNotFound(NotFound):
+    """No API token has this id (or it was deleted)."""
+
     slug, title = "token-not-found", "Token not found"
 
 

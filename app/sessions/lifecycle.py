@@ -78,6 +78,8 @@ _FAILED_REASON = {
 
 
 class InvalidTransition(Conflict):
+    """The session's phase does not allow this change (a lifecycle rule, named in `detail`)."""
+
     slug, title = "invalid-transition", "Invalid phase transition"
 
 

@@ -51,10 +51,15 @@ CURSOR_YEARS = (1970, 9998)
 
 
 class SessionNotFound(NotFound):
+    """No session has this id, or it is not one this token may see."""
+
     slug, title = "session-not-found", "Session not found"
 
 
 class UserSessionLimit(Conflict):
+    """The user already has as many live sessions as allowed: `live_session_ids` names them, to
+    send the user to one or end one."""
+
     slug, title = "user-session-limit", "User has a live session"
     extensions = {
         "live_session_ids": (
@@ -65,6 +70,9 @@ class UserSessionLimit(Conflict):
 
 
 class SessionEnded(Conflict):
+    """The session has ended (or is ending): it takes no more keepalives, reports or TURN
+    renewals."""
+
     slug, title = "session-ended", "Session has ended"
 
 
@@ -79,6 +87,9 @@ class SessionNotStarted(Conflict):
 
 
 class IdempotencyKeyReused(AppError):
+    """This `Idempotency-Key` was used before with another body: use a new key for a new
+    request."""
+
     status, slug, title = 422, "idempotency-key-reused", "Idempotency key reused"
 
 

@@ -16,10 +16,14 @@ from app.templates.schemas import TemplateOut, TemplateSpec
 
 
 class TemplateNotFound(NotFound):
+    """No template has this name: `PUT /v1/templates/{name}` makes one."""
+
     slug, title = "template-not-found", "Template not found"
 
 
 class TemplateInUse(Conflict):
+    """Live sessions use the template: end them before deleting it."""
+
     slug, title = "template-in-use", "Template in use"
 
 
