@@ -122,7 +122,10 @@ def check_report(
                 f"; not supported by this {choice.encoder}: {', '.join(pipeline.dropped)}"
             )
     elif choice.encoder:
-        config = agent.stream_config(choice, agent.framerate, agent.bitrate_kbps)
+        try:
+            config = agent.stream_config(choice, agent.framerate, agent.bitrate_kbps)
+        except UnsafeConfiguration:
+            return report, choice  # the stream check says why, when the streamer would start
         for what in streamer.not_applied(config):
             report["checks"][1]["detail"] += f"; not applied: {what}"
     return report, choice
@@ -205,23 +208,24 @@ class Agent:
             await asyncio.Event().wait()
         if self.streamer.line == "selkies-gstreamer":
             self.pipeline_latency_ms = await asyncio.to_thread(measure_pipeline_latency, choice)
-        self.config = self.agent.stream_config(
-            choice, self.throttle.framerate, self.latency.bitrate_kbps
-        )
-        try:
-            env = self.streamer.environment(self.config, self.agent.env)
+        try:  # a setting the streamer cannot be trusted with (a policy it cannot hold, ...)
+            config = self.agent.stream_config(
+                choice, self.throttle.framerate, self.latency.bitrate_kbps
+            )
+            env = self.streamer.environment(config, self.agent.env)
         except UnsafeConfiguration as error:
             await self._streamer_failed(str(error))
             await asyncio.Event().wait()
-        if self.config.transport == "webrtc" and not self.config.turn:
+        self.config = config
+        if config.transport == "webrtc" and not config.turn:
             self.no_relay = NoRelay()
             env[RTC_CONFIG_ENV] = str(self.no_relay.path)
-        elif self.config.transport == "webrtc":
+        elif config.transport == "webrtc":
             self.turn = TurnRenewal(
                 self.agent.callback_url,
                 self.agent.session_id,
                 self.agent.token,
-                self.config,
+                config,
                 on_secret=self._new_secret,
             )
             env[RTC_CONFIG_ENV] = str(await self.turn.start())

@@ -54,6 +54,18 @@ def stored_conditions(draw: st.DrawFn) -> list[dict[str, Any]]:
     return conditions
 
 
+# as jsonb_build_object gives it from the stored spec: a member the spec lacks is null
+policies = st.fixed_dictionaries(
+    {
+        "clipboard": st.none() | st.sampled_from(["both", "in", "out", "off"]),
+        "file_transfer": st.none() | st.sampled_from(["both", "upload", "download", "off"]),
+        "file_transfer_limit_mbps": st.none() | st.sampled_from([0, 0.5, 20]),
+        "audio": st.none() | st.booleans(),
+        "microphone": st.none() | st.booleans(),
+        "printing": st.none() | st.booleans(),
+        "gamepads": st.none() | st.booleans(),
+    }
+)
 rows = st.fixed_dictionaries(
     {
         # what asyncpg hands back (a subclass of uuid.UUID) and what the ORM does
@@ -68,6 +80,7 @@ rows = st.fixed_dictionaries(
         "encoder": st.none() | texts,
         "streamer": st.none() | texts,
         "gpu": st.integers(0, 8),
+        "policy": policies,
         "warm": st.booleans(),
         "created_at": instants,
         "updated_at": instants,
@@ -103,6 +116,7 @@ def test_a_page_of_documents_is_the_models_json() -> None:
         "encoder": None,
         "streamer": None,
         "gpu": 1,
+        "policy": {"clipboard": "off", "audio": None},
         "warm": False,
         "created_at": now,
         "updated_at": now,

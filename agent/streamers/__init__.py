@@ -26,6 +26,8 @@ STREAMER_FAILED = "STREAMER_FAILED"
 LINES = ("selkies-gstreamer", "selkies")
 DEFAULT_PASSWORD = "mypasswd"  # Selkies-GStreamer's own default: never acceptable
 PORT = 8080
+CLIPBOARD_VALUES = ("both", "in", "out", "off")
+FILE_TRANSFER_VALUES = ("both", "upload", "download", "off")
 
 
 class UnsafeConfiguration(Exception):
@@ -34,6 +36,51 @@ class UnsafeConfiguration(Exception):
 
 class UnknownStreamer(Exception):
     """VDI_STREAMER names no line, or the line it names is not in this image."""
+
+
+@dataclass(frozen=True)
+class Permissions:
+    """The template's desktop policy (the control plane's `VDI_CLIPBOARD`, `VDI_FILE_TRANSFER`,
+    ...): what the user may do. Each line enforces it with its own settings, or refuses to start
+    when it cannot."""
+
+    clipboard: str = "both"  # both, in, out, off
+    file_transfer: str = "both"  # both, upload, download, off
+    file_transfer_limit_mbps: float = 0.0
+    audio: bool = True
+    microphone: bool = False
+    printing: bool = True
+    gamepads: bool = True
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Permissions:
+        def flag(name: str, default: bool) -> bool:
+            value = env.get(name, "")
+            return default if value == "" else value.lower() == "true"
+
+        clipboard = env.get("VDI_CLIPBOARD") or "both"
+        transfer = env.get("VDI_FILE_TRANSFER") or "both"
+        if clipboard not in CLIPBOARD_VALUES:
+            raise UnsafeConfiguration(
+                f"VDI_CLIPBOARD={clipboard!r}: expected one of {', '.join(CLIPBOARD_VALUES)}"
+            )
+        if transfer not in FILE_TRANSFER_VALUES:
+            raise UnsafeConfiguration(
+                f"VDI_FILE_TRANSFER={transfer!r}: expected one of {', '.join(FILE_TRANSFER_VALUES)}"
+            )
+        try:
+            limit = float(env.get("VDI_FILE_TRANSFER_LIMIT_MBPS") or 0)
+        except ValueError as error:
+            raise UnsafeConfiguration(f"VDI_FILE_TRANSFER_LIMIT_MBPS: {error}") from error
+        return cls(
+            clipboard=clipboard,
+            file_transfer=transfer,
+            file_transfer_limit_mbps=max(0.0, limit),
+            audio=flag("VDI_AUDIO", True),
+            microphone=flag("VDI_MICROPHONE", False),
+            printing=flag("VDI_PRINTING", True),
+            gamepads=flag("VDI_GAMEPADS", True),
+        )
 
 
 @dataclass(frozen=True)
@@ -59,6 +106,7 @@ class StreamConfig:
     turn: bool = True
     port: int = PORT
     listen_addr: str = ""  # empty: every interface (the pod's); else only this address
+    permissions: Permissions = Permissions()
 
     @property
     def local_url(self) -> str:
@@ -88,6 +136,7 @@ class StreamConfig:
             turn=env.get("VDI_TURN", "") != "none",
             port=int(env.get("SELKIES_PORT") or PORT),
             listen_addr=env.get("VDI_LISTEN_ADDR", ""),
+            permissions=Permissions.from_env(env),
         )
 
     def turn_settings(self, stun_host: str) -> dict[str, str]:

@@ -21,7 +21,7 @@ import structlog
 
 from agent import checks, metrics
 from agent.metrics import StreamStats
-from agent.streamers import StreamConfig, Streamer, _beside, _version
+from agent.streamers import Permissions, StreamConfig, Streamer, _beside, _version
 
 log = structlog.get_logger("vdi.agent.selkies")
 
@@ -36,6 +36,42 @@ PROBE_TIMEOUT_S = 60
 # The spec's nvh264enc settings that 2.x exposes no setting for: pixelflux configures its
 # encoders itself.
 SPEC_SETTINGS_NOT_SETTABLE = ("preset=low-latency-hq", "bframes=0", "aud=false")
+
+
+CLIPBOARD = {"both": "true", "in": "in", "out": "out", "off": "false"}
+FILE_TRANSFERS = {"both": "upload,download", "upload": "upload", "download": "download", "off": ""}
+
+
+def locked(value: bool) -> str:
+    """A boolean setting the page cannot change (settings.py: the `|locked` suffix)."""
+    return f"{'true' if value else 'false'}|locked"
+
+
+def policy_settings(permissions: Permissions) -> dict[str, str]:
+    """The template's policy as Selkies 2.x settings, each locked: the page's menus cannot turn
+    back on what the template turned off. Selkies' own sharing stays off: a desktop is shared
+    through the control plane only. A string or list setting is enforced by the server whatever
+    the page asks (a list with one value, or none, is locked by definition)."""
+    transfers = FILE_TRANSFERS[permissions.file_transfer]
+    return {
+        "SELKIES_ENABLE_CLIPBOARD": CLIPBOARD[permissions.clipboard],
+        "SELKIES_ENABLE_BINARY_CLIPBOARD": locked(permissions.clipboard != "off"),
+        # "" would mean "the built-in default" (both): "none" disables them
+        "SELKIES_FILE_TRANSFERS": transfers or "none",
+        "SELKIES_FILE_TRANSFER_LIMIT_MBPS": f"{permissions.file_transfer_limit_mbps:g}",
+        "SELKIES_AUDIO_ENABLED": locked(permissions.audio),
+        "SELKIES_MICROPHONE_ENABLED": locked(permissions.audio and permissions.microphone),
+        "SELKIES_PRINTING_ENABLED": locked(permissions.printing),
+        "SELKIES_GAMEPAD_ENABLED": locked(permissions.gamepads),
+        "SELKIES_WEBCAM_ENABLED": locked(False),
+        "SELKIES_COMMAND_ENABLED": locked(False),
+        "SELKIES_ENABLE_SHARING": locked(False),
+        "SELKIES_ENABLE_SHARED": locked(False),
+        "SELKIES_ENABLE_COLLAB": locked(False),
+        "SELKIES_ENABLE_PLAYER2": locked(False),
+        "SELKIES_ENABLE_PLAYER3": locked(False),
+        "SELKIES_ENABLE_PLAYER4": locked(False),
+    }
 
 
 class Selkies(Streamer):
@@ -161,6 +197,7 @@ class Selkies(Streamer):
             env["SELKIES_PUBLIC"] = "true"
         if config.transport == "webrtc" and config.turn:
             env.update(config.turn_settings(config.stun_host or config.turn_host))
+        env.update(policy_settings(config.permissions))
         return env
 
     def not_applied(self, config: StreamConfig) -> list[str]:

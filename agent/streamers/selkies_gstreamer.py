@@ -12,10 +12,33 @@ import httpx
 
 from agent import checks, metrics
 from agent.metrics import StreamStats
-from agent.streamers import StreamConfig, Streamer, _beside, _version
+from agent.streamers import (
+    Permissions,
+    StreamConfig,
+    Streamer,
+    UnsafeConfiguration,
+    _beside,
+    _version,
+)
 
 METRICS_PORT = 9081
 DISTRIBUTION = "selkies-gstreamer"
+
+
+CLIPBOARD = {"both": "true", "in": "in", "out": "out", "off": "false"}  # --enable_clipboard
+
+
+def unenforceable_by_1x(permissions: Permissions, *, has_sound_server: bool) -> list[str]:
+    """What 1.x cannot hold to: it streams whatever sound server it is given and takes every
+    gamepad; it has no microphone, file transfer or printing at all (nothing to turn off)."""
+    problems = []
+    if not permissions.audio and has_sound_server:
+        problems.append("audio: false (1.x streams the sound server it is given)")
+    if not permissions.gamepads:
+        problems.append("gamepads: false (1.x always takes gamepads)")
+    if permissions.microphone:
+        problems.append("microphone: true (1.x has no microphone)")
+    return problems
 
 
 class SelkiesGStreamer(Streamer):
@@ -69,6 +92,15 @@ class SelkiesGStreamer(Streamer):
         )
         if config.turn:
             env.update(config.turn_settings(config.stun_host))
+        permissions = config.permissions
+        unenforceable = unenforceable_by_1x(permissions, has_sound_server="PULSE_SERVER" in env)
+        if unenforceable:
+            raise UnsafeConfiguration(
+                "Selkies-GStreamer 1.x cannot enforce the template's "
+                + "; ".join(unenforceable)
+                + ": pin streamer 'selkies' (2.x) in the template, or use an image with it"
+            )
+        env["SELKIES_ENABLE_CLIPBOARD"] = CLIPBOARD[permissions.clipboard]
         return env
 
     async def healthy(self, http: httpx.AsyncClient, config: StreamConfig) -> bool:

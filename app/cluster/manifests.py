@@ -158,6 +158,10 @@ def _secret_env(name: str, key: str, session: SessionView) -> dict[str, Any]:
     }
 
 
+def _flag(value: bool) -> str:
+    return "true" if value else "false"
+
+
 def _env(session: SessionView, settings: Settings) -> list[dict[str, Any]]:
     spec = session.spec
     plain = {
@@ -180,6 +184,14 @@ def _env(session: SessionView, settings: Settings) -> list[dict[str, Any]]:
         "SELKIES_FRAMERATE": str(spec.framerate),
         "VDI_GOP_SIZE": str(spec.gop_size),
         "VDI_ENCODER_FALLBACK": "true" if spec.encoder_fallback else "false",
+        # the template's desktop policy, which the agent maps onto its Selkies line's settings
+        "VDI_CLIPBOARD": spec.clipboard,
+        "VDI_FILE_TRANSFER": spec.file_transfer,
+        "VDI_FILE_TRANSFER_LIMIT_MBPS": f"{spec.file_transfer_limit_mbps:g}",
+        "VDI_AUDIO": _flag(spec.audio),
+        "VDI_MICROPHONE": _flag(spec.microphone),
+        "VDI_PRINTING": _flag(spec.printing),
+        "VDI_GAMEPADS": _flag(spec.gamepads),
         # what the agent needs
         "VDI_SESSION_ID": str(session.id),
         "VDI_CALLBACK_URL": settings.callback_url,

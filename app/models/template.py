@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, Integer, String, Text, false, true
+from sqlalchemy import Boolean, Float, Integer, String, Text, false, true
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -39,5 +39,13 @@ class Template(Base):
     warm_pool: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     warm_max_age_s: Mapped[int] = mapped_column(Integer, default=3600, server_default="3600")
     prepull: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # the desktop's policy (migration 0009)
+    clipboard: Mapped[str] = mapped_column(String(8), default="both", server_default="both")
+    file_transfer: Mapped[str] = mapped_column(String(8), default="both", server_default="both")
+    file_transfer_limit_mbps: Mapped[float] = mapped_column(Float, default=0, server_default="0")
+    audio: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    microphone: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    printing: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    gamepads: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)

@@ -358,7 +358,7 @@ class LocalDesktops:
                 "SELKIES_PORT": str(desktop.port),
                 "VDI_LISTEN_ADDR": self.settings.local_address,
                 "VDI_SELKIES_COMMAND": self.tools.selkies,
-                "SELKIES_AUDIO_ENABLED": "false",  # no PulseAudio is started for it
+                "VDI_AUDIO": "false",  # no PulseAudio is started for a local desktop yet
                 SESSION_MARKER: desktop.session_id,
                 RUNTIME_MARKER: str(self.root),
             }

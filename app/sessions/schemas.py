@@ -9,9 +9,10 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, RootModel
+from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator
 
 from app.config import DNS_LABEL_PATTERN
+from app.templates.schemas import DesktopPolicy, policy_document
 
 UserName = Annotated[
     str,
@@ -187,6 +188,10 @@ class Session(BaseModel):
         default=None, description="The Selkies line and version in use, e.g. `selkies 2.1.0`"
     )
     gpu: int = Field(description="GPUs asked for (0: a CPU session)")
+    policy: DesktopPolicy = Field(
+        description="What the desktop allows (its template's policy when it was created), "
+        "enforced by the streamer: a portal can tell its user"
+    )
     warm: bool = Field(
         default=False, description="Claimed from the template's warm pool (already checked)"
     )
@@ -202,6 +207,12 @@ class Session(BaseModel):
     ended_at: datetime | None = Field(description="When it became unusable (Failed or Terminating)")
     idle_deadline: datetime = Field(description="Terminated after this unless kept alive")
     expires_at: datetime = Field(description="The maximum lifetime's end")
+
+    @field_validator("policy", mode="before")
+    @classmethod
+    def _stored_policy(cls, value: Any) -> Any:
+        """A stored spec's members, the defaults for those it lacks (as session_document)."""
+        return policy_document(value) if isinstance(value, Mapping) else value
 
 
 class SessionPage(BaseModel):
@@ -241,6 +252,7 @@ def session_document(row: Mapping[str, Any]) -> dict[str, Any]:
         "encoder": row["encoder"],
         "streamer": row["streamer"],
         "gpu": row["gpu"],
+        "policy": policy_document(row["policy"]),
         "warm": row["warm"],
         "created_at": row["created_at"],
         "updated_at": row["updated_at"],

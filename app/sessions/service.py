@@ -44,7 +44,7 @@ from app.sessions.schemas import (
     dump_json,
     session_document,
 )
-from app.templates.schemas import TemplateSpec
+from app.templates.schemas import DesktopPolicy, TemplateSpec, policy_document
 from app.templates.service import find_template, template_spec
 
 CURSOR_YEARS = (1970, 9998)
@@ -115,6 +115,7 @@ def to_schema(session: VDISession) -> Session:
         encoder=session.encoder,
         streamer=session.streamer,
         gpu=session.gpu,
+        policy=DesktopPolicy.model_validate(policy_document(session.template_spec)),
         warm=session.warm,
         created_at=session.created_at,
         updated_at=session.updated_at,

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -30,6 +31,73 @@ class Toleration(BaseModel):
     value: str | None = Field(default=None, max_length=63)
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
     toleration_seconds: int | None = Field(default=None, ge=0)
+
+
+Clipboard = Literal["both", "in", "out", "off"]
+FileTransfer = Literal["both", "upload", "download", "off"]
+# What each line can enforce beyond Selkies-GStreamer 1.x's clipboard (true/false/in/out): 1.x
+# always streams audio and takes gamepads, and has no microphone, file transfer or printing.
+POLICY_FIELDS = (
+    "clipboard",
+    "file_transfer",
+    "file_transfer_limit_mbps",
+    "audio",
+    "microphone",
+    "printing",
+    "gamepads",
+)
+
+
+def policy_document(stored: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A session's policy from its template's stored spec: a session created before policies
+    existed (or a member missing) has the defaults, which are what it was given then."""
+    stored = stored or {}
+    document = {
+        name: stored[name] if stored.get(name) is not None else POLICY_DEFAULTS[name]
+        for name in POLICY_FIELDS
+    }
+    # a number stored as 0 is written 0.0, as the model writes it
+    document["file_transfer_limit_mbps"] = float(document["file_transfer_limit_mbps"])
+    return document
+
+
+class DesktopPolicy(BaseModel):
+    """What the desktop lets its user do, as the template sets it and the streamer enforces it
+    (Selkies 2.x: each setting locked, so the page cannot change it; Selkies' own sharing is
+    always off)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    clipboard: Clipboard = Field(
+        default="both",
+        description="Clipboard between the browser and the desktop: `both`, `in` (browser to "
+        "desktop only), `out` (desktop to browser only) or `off`",
+    )
+    file_transfer: FileTransfer = Field(
+        default="both",
+        description="Selkies 2.x file transfers: `both`, `upload` (into the desktop), "
+        "`download` (out of it) or `off`",
+    )
+    file_transfer_limit_mbps: float = Field(
+        default=0,
+        ge=0,
+        le=100_000,
+        description="A cap on the file transfers' rate in Mbit/s (Selkies 2.x); 0: no cap",
+    )
+    audio: bool = Field(default=True, description="Stream the desktop's sound to the browser")
+    microphone: bool = Field(
+        default=False, description="Forward the browser's microphone into the desktop (2.x)"
+    )
+    printing: bool = Field(
+        default=True,
+        description="Hand the documents printed in the desktop to the browser as PDFs (2.x)",
+    )
+    gamepads: bool = Field(default=True, description="Forward the browser's gamepads")
+
+
+POLICY_DEFAULTS: dict[str, Any] = {
+    name: field.default for name, field in DesktopPolicy.model_fields.items()
+}
 
 
 class TemplateSpec(BaseModel):
@@ -78,6 +146,33 @@ class TemplateSpec(BaseModel):
         default="webrtc",
         description="`webrtc` (through TURN, always) or `websockets` (Selkies 2.x only; no TURN)",
     )
+    clipboard: Clipboard = Field(
+        default="both",
+        description="Clipboard between the browser and the desktop: `both`, `in` (browser to "
+        "desktop only), `out` (desktop to browser only) or `off`",
+    )
+    file_transfer: FileTransfer = Field(
+        default="both",
+        description="File transfers (Selkies 2.x): `both`, `upload` (into the desktop), "
+        "`download` (out of it) or `off`",
+    )
+    file_transfer_limit_mbps: float = Field(
+        default=0,
+        ge=0,
+        le=100_000,
+        description="A cap on the file transfers' rate in Mbit/s (Selkies 2.x); 0: no cap",
+    )
+    audio: bool = Field(default=True, description="Stream the desktop's sound to the browser")
+    microphone: bool = Field(
+        default=False,
+        description="Forward the browser's microphone into the desktop (Selkies 2.x)",
+    )
+    printing: bool = Field(
+        default=True,
+        description="Hand the documents printed in the desktop to the browser as PDFs "
+        "(Selkies 2.x)",
+    )
+    gamepads: bool = Field(default=True, description="Forward the browser's gamepads")
     persistent_home: bool = Field(
         default=True,
         description="The user's home is a PVC (`home-<user>`) kept across sessions; false: an "
@@ -132,6 +227,30 @@ class TemplateSpec(BaseModel):
                 "set persistent_home to false (an emptyDir home of home_size) or warm_pool to 0"
             )
         return self
+
+    @model_validator(mode="after")
+    def _policy_the_streamer_enforces(self) -> Self:
+        """Selkies-GStreamer 1.x enforces the clipboard's four values and nothing else: a
+        template on that line may not ask it to restrict what it cannot."""
+        if self.streamer != "selkies-gstreamer":
+            return self
+        problems = []
+        if not self.audio:
+            problems.append("audio: false (1.x always streams the desktop's sound)")
+        if not self.gamepads:
+            problems.append("gamepads: false (1.x always takes gamepads)")
+        if self.microphone:
+            problems.append("microphone: true (1.x has no microphone)")
+        if problems:
+            raise ValueError(
+                "streamer 'selkies-gstreamer' cannot enforce "
+                + "; ".join(problems)
+                + ": use streamer 'selkies' (2.x), or leave these at their defaults"
+            )
+        return self
+
+    def policy(self) -> DesktopPolicy:
+        return DesktopPolicy.model_validate({name: getattr(self, name) for name in POLICY_FIELDS})
 
     @model_validator(mode="after")
     def _websockets_only_on_selkies_2(self) -> Self:

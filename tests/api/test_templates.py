@@ -170,3 +170,78 @@ async def test_fields_kubernetes_would_refuse_are_422_at_put(
     assert response.status_code == 422, response.text
     assert said in response.text
     assert (await client.get("/v1/templates/bad", headers=ADMIN)).status_code == 404
+
+
+async def test_the_desktop_policy_defaults_and_shows_in_the_session(
+    client: httpx.AsyncClient,
+) -> None:
+    made = await client.put("/v1/templates/t", json={"image": "i"}, headers=ADMIN)
+    defaults = {
+        "clipboard": "both",
+        "file_transfer": "both",
+        "file_transfer_limit_mbps": 0.0,
+        "audio": True,
+        "microphone": False,
+        "printing": True,
+        "gamepads": True,
+    }
+    assert {name: made.json()[name] for name in defaults} == defaults
+    locked_down = {"clipboard": "in", "file_transfer": "off", "printing": False}
+    replaced = await client.put(
+        "/v1/templates/t", json={"image": "i", **locked_down}, headers=ADMIN
+    )
+    assert replaced.status_code == 200, replaced.text
+
+    created = await client.post(
+        "/v1/sessions", json={"user": "alice", "template": "t"}, headers=ADMIN
+    )
+    assert created.status_code == 202, created.text
+    session = created.json()
+    assert session["policy"] == {**defaults, **locked_down}
+    fetched = await client.get(f"/v1/sessions/{session['id']}", headers=ADMIN)
+    assert fetched.json()["policy"] == session["policy"]
+    listed = await client.get("/v1/sessions?template=t", headers=ADMIN)
+    assert listed.json()["items"][0]["policy"] == session["policy"]
+    # a session keeps the policy it was created with, which is what its pod enforces
+    await client.put("/v1/templates/t", json={"image": "i", "clipboard": "off"}, headers=ADMIN)
+    fetched = await client.get(f"/v1/sessions/{session['id']}", headers=ADMIN)
+    assert fetched.json()["policy"] == session["policy"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "said"),
+    [
+        ({"clipboard": "sometimes"}, "'both', 'in', 'out' or 'off'"),
+        ({"file_transfer": "sideways"}, "'both', 'upload', 'download' or 'off'"),
+        ({"file_transfer_limit_mbps": -1}, "greater than or equal to 0"),
+        ({"audio": "loud"}, "valid boolean"),
+    ],
+)
+async def test_a_bad_policy_is_422_naming_the_allowed_values(
+    client: httpx.AsyncClient, fields: dict[str, Any], said: str
+) -> None:
+    response = await client.put("/v1/templates/bad", json={"image": "i", **fields}, headers=ADMIN)
+    assert response.status_code == 422, response.text
+    error = response.json()["errors"][0]
+    assert error["field"] == next(iter(fields))
+    assert said in error["message"]
+    assert (await client.get("/v1/templates/bad", headers=ADMIN)).status_code == 404
+
+
+@pytest.mark.parametrize(
+    "fields", [{"audio": False}, {"gamepads": False}, {"microphone": True}], ids=str
+)
+async def test_a_policy_selkies_gstreamer_cannot_enforce_is_refused(
+    client: httpx.AsyncClient, fields: dict[str, Any]
+) -> None:
+    body = {"image": "i", "streamer": "selkies-gstreamer", **fields}
+    response = await client.put("/v1/templates/one", json=body, headers=ADMIN)
+    assert response.status_code == 422, response.text
+    assert next(iter(fields)) in response.text
+    assert "streamer 'selkies'" in response.text
+    # what 1.x can hold to is taken; the same policy on 2.x or auto is taken
+    clipboard = {"image": "i", "streamer": "selkies-gstreamer", "clipboard": "off"}
+    assert (await client.put("/v1/templates/one", json=clipboard, headers=ADMIN)).is_success
+    for streamer in ("selkies", "auto"):
+        body = {"image": "i", "streamer": streamer, **fields}
+        assert (await client.put("/v1/templates/two", json=body, headers=ADMIN)).is_success

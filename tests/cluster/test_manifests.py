@@ -272,6 +272,50 @@ def test_agent_environment_and_template_stream_settings() -> None:
     assert variables["VDI_ENCODER_FALLBACK"] == "false"
 
 
+def test_the_desktop_policy_reaches_the_agent() -> None:
+    defaults = env(created_pod())
+    assert {name: defaults[name] for name in POLICY_ENV} == {
+        "VDI_CLIPBOARD": "both",
+        "VDI_FILE_TRANSFER": "both",
+        "VDI_FILE_TRANSFER_LIMIT_MBPS": "0",
+        "VDI_AUDIO": "true",
+        "VDI_MICROPHONE": "false",
+        "VDI_PRINTING": "true",
+        "VDI_GAMEPADS": "true",
+    }
+    locked = env(
+        created_pod(
+            clipboard="out",
+            file_transfer="upload",
+            file_transfer_limit_mbps=12.5,
+            audio=False,
+            microphone=True,
+            printing=False,
+            gamepads=False,
+        )
+    )
+    assert [locked[name] for name in POLICY_ENV] == [
+        "out",
+        "upload",
+        "12.5",
+        "false",
+        "true",
+        "false",
+        "false",
+    ]
+
+
+POLICY_ENV = (
+    "VDI_CLIPBOARD",
+    "VDI_FILE_TRANSFER",
+    "VDI_FILE_TRANSFER_LIMIT_MBPS",
+    "VDI_AUDIO",
+    "VDI_MICROPHONE",
+    "VDI_PRINTING",
+    "VDI_GAMEPADS",
+)
+
+
 def test_probes_are_tcp_on_8080_without_credentials() -> None:
     probe = container(created_pod())["readinessProbe"]
     assert probe["tcpSocket"] == {"port": 8080}

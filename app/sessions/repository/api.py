@@ -30,6 +30,7 @@ from app.db import json_dumps
 from app.models import IdempotencyKey, SessionEvent, VDISession
 from app.sessions.records import SessionRef
 from app.sessions.repository.eventlog import EVENTS_CHANNEL
+from app.templates.schemas import POLICY_FIELDS
 
 
 async def get(
@@ -91,9 +92,18 @@ SHOWN_NAMES = (
 )
 
 
+# the session's desktop policy: those members of its template's spec (absent: null)
+POLICY_SQL = (
+    "jsonb_build_object("
+    + ", ".join(f"'{name}', \"template_spec\" -> '{name}'" for name in POLICY_FIELDS)
+    + ') AS "policy"'
+)
 SHOWN_SQL = ", ".join(
-    '"template_name" AS "template"' if name == "template_name" else f'"{name}"'
-    for name in SHOWN_NAMES
+    [
+        '"template_name" AS "template"' if name == "template_name" else f'"{name}"'
+        for name in SHOWN_NAMES
+    ]
+    + [POLICY_SQL]
 )
 
 
