@@ -1,0 +1,279 @@
+"""A person using a local desktop through Chromium: keys typed in the page reach the desktop's
+terminal, a click lands where it was made, resizing the window resizes the display, and the
+template's clipboard and file-transfer policy holds both ways. The browser is real headless
+Chromium on Selkies 2.x's own page; what the desktop saw is read on its display (xdotool, xclip,
+xdpyinfo, with the session's X cookie) and in the user's home.
+
+One server for the module (as tests/e2e/test_local_desktops.py), a template per policy; each test
+makes the desktops it needs, for users of its own, and ends them.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from harness.browser_viewer import READ_STATS, chromium
+from tests.e2e.test_local_desktops import HEADERS, Server, _server
+from tests.tools import tool
+
+pytestmark = pytest.mark.e2e
+
+TEMPLATES = {
+    "desktop": {},
+    "sealed": {"clipboard": "off", "file_transfer": "off"},
+    "inbound": {"clipboard": "in", "file_transfer": "upload"},
+}
+# the terminal the local desktop opens (xterm -geometry 100x32+60+60), well inside it
+IN_THE_TERMINAL = (300, 200)
+# how long a direction the policy closes is watched for a leak (an open one takes about 1 s)
+CLOSED_WATCH_S = 6
+
+READ_CLIPBOARD = """
+const done = arguments[0];
+navigator.clipboard.readText().then(done, error => done('error: ' + error));
+"""
+WRITE_CLIPBOARD = """
+const [text, done] = arguments;
+navigator.clipboard.writeText(text).then(() => done('written'), error => done('error: ' + error));
+"""
+UPLOAD = """
+const [name, body, done] = arguments;
+fetch('api/upload', {method: 'POST', headers: {'X-Upload-Path': name}, body})
+  .then(async response => done({status: response.status, body: await response.text()}),
+        error => done({status: 0, body: String(error)}));
+"""
+
+
+@pytest.fixture(scope="module")
+async def use_database(make_database: Callable[[str], Awaitable[str]]) -> str:
+    return await make_database("vdi_desktop_use")
+
+
+@pytest.fixture(scope="module")
+def server(use_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    tool("xdotool")
+    tool("xclip")
+    with _server(use_database, tmp_path_factory.mktemp("desktop-use")) as served:
+        for name, policy in TEMPLATES.items():
+            body = {"image": "local", "gpu": 1, "idle_timeout_s": 600, **policy}
+            put = httpx.put(
+                f"{served.base}/v1/templates/{name}", json=body, headers=HEADERS, timeout=10
+            )
+            assert put.status_code in (200, 201), put.text
+        yield served
+
+
+class Display:
+    """The session's X display, as a client holding its cookie (root on this host)."""
+
+    def __init__(self, server: Server, session_id: str) -> None:
+        displays = {p.info["environ"].get("DISPLAY") for p in server.processes(session_id)}
+        [display] = displays - {None}
+        authority = server.data_dir / "desktops" / "sessions" / session_id / "Xauthority"
+        assert authority.exists(), authority
+        self.env = {"DISPLAY": display, "XAUTHORITY": str(authority), "PATH": "/usr/bin:/bin"}
+        self.owners: list[subprocess.Popen[bytes]] = []
+
+    def run(self, *command: str) -> str:
+        done = subprocess.run(
+            command, env=self.env, capture_output=True, text=True, timeout=15, check=False
+        )
+        return done.stdout.strip()
+
+    def size(self) -> tuple[int, int]:
+        found = re.search(r"dimensions:\s+(\d+)x(\d+) pixels", self.run("xdpyinfo"))
+        assert found, "xdpyinfo printed no dimensions"
+        return int(found[1]), int(found[2])
+
+    def pointer(self) -> tuple[int, int]:
+        found = re.search(r"x:(\d+) y:(\d+)", self.run("xdotool", "getmouselocation"))
+        assert found, "xdotool printed no location"
+        return int(found[1]), int(found[2])
+
+    def copy(self, text: str) -> None:
+        """Copy as a desktop application does: xclip owns the CLIPBOARD selection until it is
+        stopped (by its PID, in close)."""
+        owner = subprocess.Popen(
+            ["xclip", "-quiet", "-selection", "clipboard"],
+            env=self.env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        assert owner.stdin is not None
+        owner.stdin.write(text.encode())
+        owner.stdin.close()
+        self.owners.append(owner)
+
+    def clipboard(self) -> str:
+        return self.run("xclip", "-o", "-selection", "clipboard")
+
+    def close(self) -> None:
+        for owner in self.owners:
+            owner.kill()
+            owner.wait(timeout=10)
+
+
+@contextmanager
+def using(server: Server, user: str, template: str) -> Iterator[tuple[Any, Display, Path]]:
+    """A Running desktop of `template` for `user`, open in Chromium (decoding, the clipboard
+    permission granted as a user grants it), its display and the user's home; all ended
+    afterwards."""
+    session = server.create(user, template)
+    display: Display | None = None
+    try:
+        running = server.wait(session["id"], {"Running", "Failed"})
+        assert running["phase"] == "Running", running
+        connection = server.get(f"/v1/sessions/{session['id']}/connection")
+        display = Display(server, session["id"])
+        with chromium(connection["username"], connection["password"], relay_only=False) as driver:
+            driver.execute_cdp_cmd(
+                "Browser.grantPermissions",
+                {
+                    "permissions": ["clipboardReadWrite", "clipboardSanitizedWrite"],
+                    "origin": connection["url"].rstrip("/"),
+                },
+            )
+            driver.get(connection["url"])
+            deadline = time.monotonic() + 60
+            while (driver.execute_async_script(READ_STATS).get("frames_decoded") or 0) < 30:
+                assert time.monotonic() < deadline, "Chromium decoded no desktop"
+                time.sleep(0.5)
+            yield driver, display, server.data_dir / "desktops" / "homes" / user
+    finally:
+        if display is not None:
+            display.close()
+        httpx.delete(f"{server.base}/v1/sessions/{session['id']}", headers=HEADERS, timeout=10)
+        server.wait(session["id"], {"Terminated"}, timeout_s=60)
+
+
+def click(driver: Any, x: int, y: int) -> None:
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+
+    actions = ActionBuilder(driver)
+    actions.pointer_action.move_to_location(x, y)
+    actions.pointer_action.click()
+    actions.perform()
+
+
+def type_keys(driver: Any, text: str) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    ActionChains(driver).send_keys(text).perform()
+
+
+def paste(driver: Any, text: str) -> None:
+    """The page's clipboard holds `text`, and the user pastes (Ctrl+V) into the desktop."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    assert driver.execute_async_script(WRITE_CLIPBOARD, text) == "written"
+    ActionChains(driver).key_down(Keys.CONTROL).send_keys("v").key_up(Keys.CONTROL).perform()
+
+
+def page_clipboard(driver: Any) -> str:
+    return str(driver.execute_async_script(READ_CLIPBOARD))
+
+
+def arrives(read: Callable[[], str], text: str, within_s: float) -> bool:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if read() == text:
+            return True
+        time.sleep(0.25)
+    return False
+
+
+def viewport(driver: Any) -> tuple[int, int]:
+    """The page's size as the display takes it: even, as the H.264 encoder needs."""
+    size = driver.execute_script("return [window.innerWidth, window.innerHeight]")
+    return int(size[0]) // 2 * 2, int(size[1]) // 2 * 2
+
+
+def lands(display: Display, x: int, y: int, within_s: float = 10) -> bool:
+    """The desktop's pointer is where the page was clicked (to the pixel the scaling of an odd
+    page size onto the even display may take)."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        at = display.pointer()
+        if abs(at[0] - x) <= 1 and abs(at[1] - y) <= 1:
+            return True
+        time.sleep(0.25)
+    return False
+
+
+def test_typing_clicking_and_resizing_reach_the_desktop(server: Server) -> None:
+    with using(server, "ivy", "desktop") as (driver, display, home):
+        # resize on: the display took the page's size, so page and desktop pixels are the same
+        assert display.size() == viewport(driver)
+        click(driver, *IN_THE_TERMINAL)
+        assert lands(display, *IN_THE_TERMINAL), display.pointer()
+        click(driver, 517, 333)  # and a second click, elsewhere, lands there too
+        assert lands(display, 517, 333), display.pointer()
+
+        click(driver, *IN_THE_TERMINAL)  # focus the terminal, then type a command into it
+        marker = uuid.uuid4().hex
+        type_keys(driver, f"echo typed {marker} > ~/typed.txt\n")
+        typed = home / "typed.txt"
+        assert arrives(lambda: typed.read_text() if typed.exists() else "", f"typed {marker}\n", 15)
+
+        before = display.size()
+        driver.set_window_size(1000, 700)
+        assert arrives(lambda: str(display.size()), str(viewport(driver)), 15)
+        assert display.size() != before
+
+
+def test_with_the_default_policy_the_clipboard_works_both_ways_and_uploads_land(
+    server: Server,
+) -> None:
+    with using(server, "jon", "desktop") as (driver, display, home):
+        click(driver, *IN_THE_TERMINAL)
+        display.copy("copied on the desktop")
+        assert arrives(lambda: page_clipboard(driver), "copied on the desktop", 15)
+        paste(driver, "pasted from the browser")
+        assert arrives(display.clipboard, "pasted from the browser", 15)
+
+        uploaded = driver.execute_async_script(UPLOAD, "report.txt", "from the browser")
+        assert uploaded["status"] == 200, uploaded
+        landed = home / "Desktop" / "report.txt"
+        assert landed.read_text() == "from the browser"
+
+
+def test_clipboard_off_and_file_transfer_off_hold_both_ways(server: Server) -> None:
+    with using(server, "kim", "sealed") as (driver, display, home):
+        click(driver, *IN_THE_TERMINAL)
+        assert driver.execute_async_script(WRITE_CLIPBOARD, "the browser's own") == "written"
+        display.copy("secret on the desktop")
+        assert not arrives(lambda: page_clipboard(driver), "secret on the desktop", CLOSED_WATCH_S)
+        assert page_clipboard(driver) == "the browser's own"
+        paste(driver, "pasted from the browser")
+        assert not arrives(display.clipboard, "pasted from the browser", CLOSED_WATCH_S)
+
+        refused = driver.execute_async_script(UPLOAD, "report.txt", "from the browser")
+        assert refused["status"] == 403, refused
+        assert "disabled" in refused["body"]
+        assert not (home / "Desktop" / "report.txt").exists()
+
+
+def test_clipboard_in_lets_only_the_browser_to_desktop_direction_through(server: Server) -> None:
+    with using(server, "lee", "inbound") as (driver, display, home):
+        click(driver, *IN_THE_TERMINAL)
+        paste(driver, "pasted from the browser")
+        assert arrives(display.clipboard, "pasted from the browser", 15)
+        display.copy("secret on the desktop")
+        assert not arrives(lambda: page_clipboard(driver), "secret on the desktop", CLOSED_WATCH_S)
+        assert page_clipboard(driver) == "pasted from the browser"
+        # file_transfer: upload lets files in
+        uploaded = driver.execute_async_script(UPLOAD, "in.txt", "into the desktop")
+        assert uploaded["status"] == 200, uploaded
+        assert (home / "Desktop" / "in.txt").read_text() == "into the desktop"
