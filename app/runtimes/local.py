@@ -5,12 +5,13 @@ The reconciler, the API and the lifecycle are the ones a cluster gets: they crea
 Secret, Pod and Service through the same client. What a container runtime would do, this does:
 when a pod is admitted it reserves a free port on `VDI_LOCAL_ADDRESS` and annotates the pod with
 the desktop's address (the session's `url`); when the kubelet starts the pod it starts, in one
-process group of their own, Xvfb on a free display (`-displayfd`), the desktop (openbox and an
-xterm where installed) and the real `vdi-agent run` with the pod's environment (the Secret's
-values resolved, nothing of this server's own environment), which checks, starts and supervises
-the real Selkies 2.x on that port and reports to this server. The user's home is a directory
-under the data dir, kept across sessions (the PVC's meaning); a template without a persistent
-home gets one that goes with the pod.
+process group of their own, Xvfb on a free display (`-displayfd`), a PulseAudio of the session's
+own on a socket in the session's directory (`PULSE_SERVER`, never the host's sound server), the
+desktop (openbox and an xterm where installed) and the real `vdi-agent run` with the pod's
+environment (the Secret's values resolved, nothing of this server's own environment), which
+checks, starts and supervises the real Selkies 2.x on that port and reports to this server. The
+user's home is a directory under the data dir, kept across sessions (the PVC's meaning); a
+template without a persistent home gets one that goes with the pod.
 
 Crashes map as on a node: Selkies dying is the agent's business (restarted, `StreamerRestarted`;
 `STREAMER_FAILED` when it keeps dying); Xvfb or the agent dying is the container dying: the pod
@@ -35,6 +36,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +68,7 @@ log = structlog.get_logger("vdi.local")
 SESSION_MARKER = "VDI_LOCAL_SESSION"  # in every process of a session: what the sweep looks for
 RUNTIME_MARKER = "VDI_LOCAL_RUNTIME"  # the desktops directory: another data dir's are not ours
 SCREEN = "1920x1080x24"
+SOUND_TIMEOUT_S = 15
 DISPLAY_TIMEOUT_S = 15.0
 STOP_GRACE_S = 10.0
 AGENT_LOG_TAIL = 3
@@ -92,6 +95,7 @@ class Tools:
     openbox: str | None
     xterm: str | None
     no_gpu: str  # empty: nvidia-smi works and sessions get the host's GPU; else why not
+    pulseaudio: str | None = None  # none installed: desktops without sound (VDI_AUDIO=false)
 
 
 def find_selkies(settings: Settings) -> str | None:
@@ -138,7 +142,14 @@ def find_tools(settings: Settings) -> Tools:
     xvfb, selkies = system_tool("Xvfb"), find_selkies(settings)
     if xvfb is None or selkies is None:
         raise RuntimeError("local desktops need " + ", ".join(missing_tools(settings)))
-    return Tools(xvfb, selkies, system_tool("openbox"), system_tool("xterm"), gpu_on_host())
+    return Tools(
+        xvfb,
+        selkies,
+        system_tool("openbox"),
+        system_tool("xterm"),
+        gpu_on_host(),
+        system_tool("pulseaudio"),
+    )
 
 
 def _die_with_parent(process_group: int | None) -> Any:
@@ -233,6 +244,7 @@ class Desktop:
     port: int
     pgid: int = 0
     display: str = ""
+    pulse_server: str = ""  # its PulseAudio (`unix:<socket>` as its processes see it), if any
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     sandbox: Sandbox | None = None  # when isolated: its account, home and directories
     mounted_home: Path | None = None  # its home's filesystem image is mounted there
@@ -358,11 +370,14 @@ class LocalDesktops:
                 "SELKIES_PORT": str(desktop.port),
                 "VDI_LISTEN_ADDR": self.settings.local_address,
                 "VDI_SELKIES_COMMAND": self.tools.selkies,
-                "VDI_AUDIO": "false",  # no PulseAudio is started for a local desktop yet
                 SESSION_MARKER: desktop.session_id,
                 RUNTIME_MARKER: str(self.root),
             }
         )
+        if desktop.pulse_server:
+            env["PULSE_SERVER"] = desktop.pulse_server
+        else:  # no sound server on this machine: nothing to stream, whatever the template says
+            env["VDI_AUDIO"] = "false"
         if not self.settings.turn_enabled:
             for name in TURN_ENV:
                 env.pop(name, None)
@@ -482,6 +497,9 @@ class LocalDesktops:
                 os.close(write_end)
         base["DISPLAY"] = desktop.display
         quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "cwd": home}
+        if self.tools.pulseaudio:
+            desktop.pulse_server = await self._start_sound(desktop, base, quiet)
+            base["PULSE_SERVER"] = desktop.pulse_server
         if self.tools.openbox:
             self._spawn(desktop, "openbox", [self.tools.openbox], base, **quiet)
         if self.tools.xterm:
@@ -509,6 +527,46 @@ class LocalDesktops:
             pgid=desktop.pgid,
             agent_log=str(log_path),
         )
+
+    async def _start_sound(
+        self, desktop: Desktop, base: dict[str, str], quiet: dict[str, Any]
+    ) -> str:
+        """The session's PulseAudio: its socket, state and runtime files in the session's
+        directory (0700, the session's account), so only the session's own processes reach it;
+        the host's sound server is never used. Selkies makes its own null sinks on it and
+        streams their monitor; the session's applications play into it."""
+        assert self.tools.pulseaudio is not None
+        directory = desktop.directory / "pulse"
+        directory.mkdir(mode=0o700, exist_ok=True)
+        if desktop.sandbox is not None:
+            await asyncio.to_thread(give, directory, desktop.sandbox.uid)
+        inside = desktop.inside(directory)
+        listening = directory / "native"
+        env = {
+            **base,
+            "PULSE_RUNTIME_PATH": inside,
+            "PULSE_STATE_PATH": inside,
+            "XDG_RUNTIME_DIR": inside,
+            "XDG_CONFIG_HOME": inside,
+        }
+        command = [
+            self.tools.pulseaudio,
+            "--daemonize=no",
+            "--use-pid-file=no",
+            "--exit-idle-time=-1",
+            "--disable-shm=yes",  # its clients share no memory segment with other accounts
+            "-n",  # no default.pa: no hardware, no X11 or D-Bus modules, nothing of the host's
+            f"--load=module-native-protocol-unix socket={inside}/native auth-anonymous=1",
+        ]
+        process = self._spawn(desktop, "pulseaudio", command, env, **quiet)
+        deadline = time.monotonic() + SOUND_TIMEOUT_S
+        while not listening.exists():
+            if process.poll() is not None:
+                raise RuntimeError(f"PulseAudio exited ({process.returncode}) before its socket")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"PulseAudio made no socket within {SOUND_TIMEOUT_S:g} s")
+            await asyncio.sleep(0.05)
+        return f"unix:{inside}/native"
 
     # --- crashes ------------------------------------------------------------------------------
 

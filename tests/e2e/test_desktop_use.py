@@ -1,6 +1,7 @@
-"""A person using a local desktop through Chromium: keys typed in the page reach the desktop's
-terminal, a click lands where it was made, resizing the window resizes the display, and the
-template's clipboard and file-transfer policy holds both ways. The browser is real headless
+"""A person using a local desktop through Chromium: a tone played on the desktop is heard in the
+page, keys typed in the page reach the desktop's terminal, a click lands where it was made,
+resizing the window resizes the display, and the template's sound, clipboard and file-transfer
+policy holds both ways. The browser is real headless
 Chromium on Selkies 2.x's own page; what the desktop saw is read on its display (xdotool, xclip,
 xdpyinfo, with the session's X cookie) and in the user's home.
 
@@ -10,8 +11,14 @@ makes the desktops it needs, for users of its own, and ends them.
 
 from __future__ import annotations
 
+import array
+import contextlib
+import math
 import re
+import shutil
 import subprocess
+import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -32,6 +39,7 @@ TEMPLATES = {
     "desktop": {},
     "sealed": {"clipboard": "off", "file_transfer": "off"},
     "inbound": {"clipboard": "in", "file_transfer": "upload"},
+    "silent": {"audio": False},
 }
 # the terminal the local desktop opens (xterm -geometry 100x32+60+60), well inside it
 IN_THE_TERMINAL = (300, 200)
@@ -45,6 +53,25 @@ navigator.clipboard.readText().then(done, error => done('error: ' + error));
 WRITE_CLIPBOARD = """
 const [text, done] = arguments;
 navigator.clipboard.writeText(text).then(() => done('written'), error => done('error: ' + error));
+"""
+# the page's audio: its receivers' kinds and Chromium's inbound-rtp audio figures
+READ_AUDIO = """
+const done = arguments[arguments.length - 1];
+const peers = window.__vdiPeers || [];
+if (!peers.length) { done({kinds: []}); return; }
+const pc = peers[peers.length - 1];
+pc.getStats().then(stats => {
+  const out = {kinds: pc.getReceivers().map(r => r.track.kind),
+               media: ((pc.remoteDescription || {}).sdp || '').split('\\r\\n')
+                 .filter(line => line.startsWith('m='))};
+  stats.forEach(r => {
+    if (r.type === 'inbound-rtp' && r.kind === 'audio') {
+      Object.assign(out, {packets: r.packetsReceived, samples: r.totalSamplesReceived,
+                          level: r.audioLevel, energy: r.totalAudioEnergy});
+    }
+  });
+  done(out);
+});
 """
 UPLOAD = """
 const [name, body, done] = arguments;
@@ -63,6 +90,8 @@ async def use_database(make_database: Callable[[str], Awaitable[str]]) -> str:
 def server(use_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tool("xdotool")
     tool("xclip")
+    tool("pacat")
+    tool("pulseaudio")
     with _server(use_database, tmp_path_factory.mktemp("desktop-use")) as served:
         for name, policy in TEMPLATES.items():
             body = {"image": "local", "gpu": 1, "idle_timeout_s": 600, **policy}
@@ -79,10 +108,47 @@ class Display:
     def __init__(self, server: Server, session_id: str) -> None:
         displays = {p.info["environ"].get("DISPLAY") for p in server.processes(session_id)}
         [display] = displays - {None}
-        authority = server.data_dir / "desktops" / "sessions" / session_id / "Xauthority"
+        directory = server.data_dir / "desktops" / "sessions" / session_id
+        authority = directory / "Xauthority"
         assert authority.exists(), authority
         self.env = {"DISPLAY": display, "XAUTHORITY": str(authority), "PATH": "/usr/bin:/bin"}
+        # the session's own sound server, as the session's applications reach it (through a
+        # link with a short name: a socket's path is at most 107 bytes, and pytest's are long)
+        self.links = Path(tempfile.mkdtemp(prefix="vdi-pulse-"))
+        (self.links / "native").symlink_to(directory / "pulse" / "native")
+        self.sound = {"PULSE_SERVER": f"unix:{self.links / 'native'}", "HOME": str(self.links)}
         self.owners: list[subprocess.Popen[bytes]] = []
+
+    def play_tone(self, hz: int = 440, amplitude: float = 0.4) -> subprocess.Popen[bytes]:
+        """A sine tone into the session's default sink, as an application plays sound (pacat,
+        48 kHz stereo), until stopped by its PID."""
+        second = array.array(
+            "h",
+            (
+                int(amplitude * 32767 * math.sin(2 * math.pi * hz * n / 48000))
+                for n in range(48000)
+                for _channel in (0, 1)
+            ),
+        ).tobytes()
+        player = subprocess.Popen(
+            ["pacat", "--rate=48000", "--channels=2", "--format=s16le"],
+            env={"PATH": "/usr/bin:/bin", **self.sound},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.owners.append(player)
+
+        def feed() -> None:
+            assert player.stdin is not None
+            try:
+                while player.poll() is None:
+                    player.stdin.write(second)  # pacat takes it at the tone's own pace
+            except (BrokenPipeError, ValueError, OSError):
+                return  # stopped
+
+        threading.Thread(target=feed, daemon=True).start()
+        return player
 
     def run(self, *command: str) -> str:
         done = subprocess.run(
@@ -122,6 +188,10 @@ class Display:
         for owner in self.owners:
             owner.kill()
             owner.wait(timeout=10)
+            if owner.stdin is not None:
+                with contextlib.suppress(OSError):
+                    owner.stdin.close()
+        shutil.rmtree(self.links, ignore_errors=True)
 
 
 @contextmanager
@@ -210,6 +280,49 @@ def lands(display: Display, x: int, y: int, within_s: float = 10) -> bool:
             return True
         time.sleep(0.25)
     return False
+
+
+def audio_until(
+    driver: Any, check: Callable[[dict[str, Any]], bool], within_s: float
+) -> dict[str, Any]:
+    deadline = time.monotonic() + within_s
+    while True:
+        audio: dict[str, Any] = driver.execute_async_script(READ_AUDIO)
+        if check(audio) or time.monotonic() > deadline:
+            return audio
+        time.sleep(0.5)
+
+
+def test_a_tone_played_on_the_desktop_is_heard_in_chromium(server: Server) -> None:
+    with using(server, "hal", "desktop") as (driver, display, home):
+        # the session's own sound server: its socket where only the session's account reaches
+        pulse = (display.links / "native").resolve().parent
+        assert oct(pulse.stat().st_mode & 0o777) == "0o700"
+        assert pulse.stat().st_uid == home.stat().st_uid != 0
+        assert "audio" in driver.execute_async_script(READ_AUDIO)["kinds"]
+        player = display.play_tone(amplitude=0.4)
+        heard = audio_until(driver, lambda a: (a.get("level") or 0) > 0.1, 20)
+        assert heard.get("packets", 0) > 0, heard
+        assert heard.get("samples", 0) > 0, heard
+        # Chromium's audioLevel is the decoded signal's level (0..1): a 0.4 sine reads ~0.4
+        assert 0.2 < heard["level"] < 0.6, heard
+        playing = audio_until(driver, lambda a: a["packets"] > heard["packets"] + 50, 10)
+        assert playing["samples"] > heard["samples"], playing
+        player.kill()
+        player.wait(timeout=10)
+        quiet = audio_until(driver, lambda a: (a.get("level") or 0) < 0.01, 15)
+        assert quiet["level"] < 0.01, quiet  # silence when nothing plays: the level was the tone
+
+
+def test_a_template_without_audio_streams_no_sound(server: Server) -> None:
+    """Selkies 2.1.0 still offers an audio m-line (its track is made whatever the setting), but
+    with audio off it captures nothing: a tone played on the desktop sends not one packet."""
+    with using(server, "ian", "silent") as (driver, display, _home):
+        display.play_tone()
+        audio = audio_until(driver, lambda a: (a.get("packets") or 0) > 0, 8)
+        assert (audio.get("packets") or 0) == 0, audio
+        assert (audio.get("samples") or 0) == 0, audio
+        assert not audio.get("level"), audio
 
 
 def test_typing_clicking_and_resizing_reach_the_desktop(server: Server) -> None:
