@@ -182,6 +182,7 @@ class Agent:
         self.config: StreamConfig | None = None
         self.report: dict[str, Any] = {}
         self.changes: list[Change] = []
+        self.adaptations: list[dict[str, Any]] = []  # applied, not yet taken by the control plane
         self.pipeline_latency_ms: float | None = None
         self.turn: TurnRenewal | None = None
         self.no_relay: NoRelay | None = None
@@ -230,7 +231,7 @@ class Agent:
             )
             env[RTC_CONFIG_ENV] = str(await self.turn.start())
         self.supervisor = Supervisor(
-            self.streamer.command,
+            self.streamer.launch(config, env),
             env,
             on_restart=self._restarted,
             config_error_codes=self.streamer.config_error_codes,
@@ -352,18 +353,27 @@ class Agent:
                 changed = self._observe(now, psutil.cpu_percent(), await self._scrape(http))
                 await self._apply(self.changes[before:])
                 if changed or now - last_sent >= self.reporter.interval_s:
-                    await self.reporter.send(self.wire_report(), attempts=3)
+                    taken = self.adaptations
+                    report = {**self.wire_report(), "adaptations": taken[-16:]}
+                    if await self.reporter.send(report, attempts=3):
+                        self.adaptations = self.adaptations[len(taken) :]
                     last_sent = now
 
     async def _apply(self, changes: list[Change]) -> None:
-        """Frame rate and bitrate go to the streamer (restarted with them); resolution through
-        its own resize tool (xrandr on the virtual display)."""
+        """Frame rate and bitrate go to the running streamer where its line takes them live
+        (Selkies 2.x over WebRTC: the viewer stays connected), else it is restarted with them
+        (1.x takes both only at start); resolution through its own resize tool (xrandr on the
+        virtual display)."""
         settings = {}
+        live: dict[str, int | None] = {}
+        resized = [c for c in changes if c.what == "resolution"]
         for change in changes:
             if change.what == "framerate":
                 settings["SELKIES_FRAMERATE"] = change.after
+                live["framerate"] = int(change.after)
             elif change.what == "bitrate_kbps":
                 settings["SELKIES_VIDEO_BITRATE"] = change.after
+                live["bitrate_kbps"] = int(change.after)
             elif change.what == "resolution" and change.after != "native":
                 command = self.streamer.resize_command(change.after)
                 if command is None:
@@ -374,8 +384,27 @@ class Agent:
                 )
                 if await resize.wait() != 0:
                     log.warning("resize failed", size=change.after, exit_code=resize.returncode)
-        if settings and self.supervisor is not None:
-            await self.supervisor.reconfigure(settings)
+        self._adapted(resized, live=False)
+        if not settings or self.supervisor is None:
+            return
+        streamed = [c for c in changes if c.what in ("framerate", "bitrate_kbps")]
+        applied = await self.streamer.apply_live(live)
+        if applied is not None:
+            log.info("applied live, the viewer kept", settings=applied)
+            self.supervisor.env.update(settings)  # and a restart after a crash starts so
+            self._adapted(streamed, live=True)
+            return
+        await self.supervisor.reconfigure(settings)
+        self._adapted(streamed, live=False)
+
+    def _adapted(self, changes: list[Change], *, live: bool) -> None:
+        """Keep what was changed, and how, for the next report (the newest 64 while the
+        control plane takes none)."""
+        made = [
+            {"what": c.what, "before": c.before, "after": c.after, "why": c.why[:200], "live": live}
+            for c in changes
+        ]
+        self.adaptations = (self.adaptations + made)[-64:]
 
     async def _scrape(self, http: httpx.AsyncClient) -> metrics.StreamStats | None:
         assert self.config is not None

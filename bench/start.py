@@ -79,11 +79,13 @@ class Bench:
         ids = [c["id"] for c in created]
         while True:
             phases = await self.db.fetch(
-                "SELECT phase FROM sessions WHERE id = ANY($1::uuid[])", ids
+                "SELECT phase, running_at FROM sessions WHERE id = ANY($1::uuid[])", ids
             )
             if any(p["phase"] == "Failed" for p in phases):
                 raise RuntimeError("a session failed")
-            if all(p["phase"] == "Running" for p in phases):
+            # a claimed warm member is Running before its route exists; running_at is when
+            # its user can reach it
+            if all(p["phase"] == "Running" and p["running_at"] for p in phases):
                 break
             await asyncio.sleep(0.05)
         shown = [(await self.http.get(f"/v1/sessions/{i}")).json() for i in ids]

@@ -16,6 +16,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -199,6 +200,15 @@ class Streamer(ABC):
     def not_applied(self, config: StreamConfig) -> list[str]:
         """The spec's settings this line has no way to honour, said in the report."""
         return []
+
+    def launch(self, config: StreamConfig, env: dict[str, str]) -> list[str]:
+        """The command that starts it (`env` may gain what that command needs)."""
+        return self.command
+
+    async def apply_live(self, settings: Mapping[str, int | None]) -> dict[str, Any] | None:
+        """Apply `framerate` / `video_bitrate` ceilings to the running stream, keeping its
+        viewers; None where this line (or this start) cannot, and it must be restarted."""
+        return None
 
     @abstractmethod
     async def healthy(self, http: httpx.AsyncClient, config: StreamConfig) -> bool:

@@ -10,11 +10,14 @@ CBR at the template's bitrate; the GOP as a key-frame interval in seconds.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import httpx
 import structlog
@@ -74,13 +77,62 @@ def policy_settings(permissions: Permissions) -> dict[str, str]:
     }
 
 
+# Selkies started with a live control socket (see selkies_live.py), run by Selkies' own Python
+LIVE_LAUNCHER = Path(__file__).with_name("selkies_live.py")
+LIVE_TIMEOUT_S = 10
+
+
 class Selkies(Streamer):
     line = "selkies"
-    config_error_codes = frozenset({2, 78})  # argparse usage; EX_CONFIG (e.g. no password)
+    # argparse usage; EX_SOFTWARE (the live launcher found no setters); EX_CONFIG (no password)
+    config_error_codes = frozenset({2, 70, 78})
 
     def __init__(self, command: list[str], version: str) -> None:
         super().__init__(command, version)
         self.python = _beside(command[0], "python3")
+        self.live_socket: str | None = None
+
+    def launch(self, config: StreamConfig, env: dict[str, str]) -> list[str]:
+        """Over WebRTC, Selkies through the live launcher, run by the Python of its own venv
+        (the one beside the `selkies` command), so that frame rate and bitrate change on the
+        running stream; else (no such Python, WebSockets) `selkies` itself."""
+        own_python = Path(self.command[0]).parent / "python3"
+        if config.transport != "webrtc" or not own_python.is_file():
+            return self.command
+        if self.live_socket is None:
+            directory = tempfile.mkdtemp(prefix="vdi-live-")  # 0700, the agent's
+            self.live_socket = str(Path(directory) / "live.sock")
+        env["VDI_LIVE_SOCKET"] = self.live_socket
+        # -I: not the launcher's own directory on its path (this module is named selkies too),
+        # nor any PYTHON* setting of the pod's
+        return [str(own_python), "-I", str(LIVE_LAUNCHER), *self.command[1:]]
+
+    async def apply_live(self, settings: Mapping[str, int | None]) -> dict[str, Any] | None:
+        if self.live_socket is None:
+            return None
+        request = {
+            {"bitrate_kbps": "video_bitrate"}.get(name, name): value
+            for name, value in settings.items()
+        }
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_unix_connection(self.live_socket), LIVE_TIMEOUT_S
+            )
+            try:
+                writer.write(json.dumps(request).encode() + b"\n")
+                await writer.drain()
+                line = await asyncio.wait_for(reader.readline(), LIVE_TIMEOUT_S)
+            finally:
+                writer.close()
+            answer = json.loads(line)
+        except (OSError, TimeoutError, json.JSONDecodeError) as error:
+            log.warning("live settings not applied", error=str(error))
+            return None
+        if not isinstance(answer, dict) or "applied" not in answer:
+            log.warning("live settings refused", answer=answer)
+            return None
+        applied: dict[str, Any] = answer["applied"]
+        return applied
 
     @classmethod
     def find(cls, configured: list[str]) -> Selkies | None:

@@ -72,13 +72,14 @@ class Admitted:
 
 def report_digest(report: HealthReport) -> str:
     """What in a report can change a session: each check's verdict and code, the encoder, the
-    streamer, the fallback. Figures (frames, jitter, CPU) and details refresh the conditions'
-    messages only when one of these changes."""
+    streamer, the fallback, and any adaptation it carries (each an event). Figures (frames,
+    jitter, CPU) and details refresh the conditions' messages only when one of these changes."""
     meaning = [
         sorted((c.name.value, c.ok, c.code) for c in report.checks),
         report.encoder,
         report.streamer,
         report.fallback,
+        [a.model_dump(mode="json") for a in report.adaptations],
     ]
     return hashlib.sha256(json.dumps(meaning).encode()).hexdigest()
 

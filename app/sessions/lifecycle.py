@@ -17,6 +17,7 @@ from app.sessions.schemas import (
     ConditionReason,
     ConditionStatus,
     ConditionType,
+    EventType,
     HealthCheck,
     HealthReport,
     Phase,
@@ -327,6 +328,19 @@ def apply_health_report(
         )
         if event is not None:
             events.append(event)
+
+    for adaptation in report.adaptations:
+        how = "live, its viewers kept" if adaptation.live else "the streamer restarted"
+        events.append(
+            EventDraft(
+                type=EventType.stream_adapted.value,
+                phase=session.phase,
+                reason=adaptation.what.value,
+                message=f"{adaptation.what.value} {adaptation.before} -> {adaptation.after} "
+                f"({how}): {adaptation.why}",
+                data=adaptation.model_dump(mode="json"),
+            )
+        )
 
     failure = _failure(session, checks, report, fallback_allowed)
     if failure is not None:

@@ -117,6 +117,37 @@ class EventType(StrEnum):
     condition_changed = "ConditionChanged"
     pod_event = "PodEvent"
     claimed = "Claimed"
+    stream_adapted = "StreamAdapted"
+
+
+class AdaptedSetting(StrEnum):
+    """What the agent's adaptation rules change (spec Fallback 3: the frame rate under CPU
+    load; Check 4: bitrate, then resolution, under latency)."""
+
+    framerate = "framerate"
+    bitrate_kbps = "bitrate_kbps"
+    resolution = "resolution"
+
+
+class Adaptation(BaseModel):
+    """One change the agent made to the stream, and how."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    what: AdaptedSetting
+    before: str = Field(max_length=32, pattern=r"^[A-Za-z0-9.]+$", examples=["60"])
+    after: str = Field(max_length=32, pattern=r"^[A-Za-z0-9.]+$", examples=["30"])
+    why: str = Field(max_length=200, examples=["host CPU above 80% for 10 s"])
+    live: bool = Field(
+        description="Applied to the running stream, its viewers kept (Selkies 2.x's frame "
+        "rate and bitrate); false: the streamer was restarted with it, or the display resized"
+    )
+
+
+class AdaptationOut(Adaptation):
+    """One change the agent made to the stream, and how (as an event's data)."""
+
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
 
 
 class PodEventReason(StrEnum):
@@ -382,10 +413,23 @@ class ClaimedEvent(_EventBase):
     data: Claim
 
 
+class StreamAdaptedEvent(_EventBase):
+    """The agent changed the stream to keep the desktop usable (and back when the cause went):
+    its `reason` is what it changed."""
+
+    type: Literal[EventType.stream_adapted]
+    reason: AdaptedSetting | None
+    data: AdaptationOut
+
+
 class SessionEventOut(
     RootModel[
         Annotated[
-            PhaseChangedEvent | ConditionChangedEvent | PodEvent | ClaimedEvent,
+            PhaseChangedEvent
+            | ConditionChangedEvent
+            | PodEvent
+            | ClaimedEvent
+            | StreamAdaptedEvent,
             Field(discriminator="type"),
         ]
     ]
@@ -471,6 +515,11 @@ class HealthReport(BaseModel):
     frames_decoded: int | None = Field(default=None, ge=0)
     jitter_ms: float | None = Field(default=None, ge=0)
     latency_ms: float | None = Field(default=None, ge=0)
+    adaptations: list[Adaptation] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Changes made to the stream since the last report the control plane took",
+    )
     streamer: str | None = Field(
         default=None,
         max_length=64,

@@ -667,3 +667,52 @@ def test_a_port_taken_by_another_account_is_never_taken_for_selkies() -> None:
         own.bind(("127.0.0.1", port))
         own.listen()
         assert port_is_ours(port) is True
+
+
+class _LiveSelkies(Selkies):
+    """Selkies 2.x whose live control answers as the launcher does (or, with `live=False`,
+    is not there)."""
+
+    def __init__(self, live: bool) -> None:
+        super().__init__(["selkies"], "2.1.0")
+        self.live = live
+        self.asked: list[dict[str, int | None]] = []
+
+    async def apply_live(self, settings: Any) -> dict[str, Any] | None:
+        self.asked.append(dict(settings))
+        return {"framerate": settings.get("framerate")} if self.live else None
+
+
+@pytest.mark.parametrize("live", [True, False], ids=["live", "restart"])
+async def test_the_cpu_rule_changes_the_frame_rate_live_where_it_can_else_restarts(
+    live: bool,
+) -> None:
+    from agent.policy import Change
+
+    streamer = _LiveSelkies(live)
+    agent = Agent(agent_env(str(uuid.uuid4()), "http://unused", gpus=0), streamer)
+    restarts: list[dict[str, str]] = []
+
+    class Supervised:
+        def __init__(self) -> None:
+            self.env = {"SELKIES_FRAMERATE": "60"}
+
+        async def reconfigure(self, changes: dict[str, str]) -> None:
+            restarts.append(changes)
+            self.env.update(changes)  # as the real one: the restart starts with them
+
+    agent.supervisor = Supervised()  # type: ignore[assignment]
+    cap = Change("framerate", "60", "30", "host CPU above 80% for 10 s")
+    await agent._apply([cap])
+    assert streamer.asked == [{"framerate": 30}]
+    assert restarts == ([] if live else [{"SELKIES_FRAMERATE": "30"}])
+    assert agent.supervisor.env["SELKIES_FRAMERATE"] == "30"  # a later restart keeps it
+    assert agent.adaptations == [
+        {
+            "what": "framerate",
+            "before": "60",
+            "after": "30",
+            "why": "host CPU above 80% for 10 s",
+            "live": live,
+        }
+    ]

@@ -585,3 +585,43 @@ async def test_a_direct_pool_closed_under_twice_is_the_database_away(
     assert response.status_code == 503
     assert response.json()["type"].endswith(":database-unavailable")
     assert response.headers["retry-after"].isdigit()
+
+
+async def test_adaptations_the_agent_made_are_session_events(
+    client: httpx.AsyncClient, make_session: MakeSession, set_phase: SetPhase
+) -> None:
+    session = await make_session()
+    await set_phase(session["id"], "Provisioning", "Starting")
+    await report(client, session["id"], READY)
+    capped = {
+        "what": "framerate",
+        "before": "60",
+        "after": "30",
+        "why": "host CPU above 80% for 10 s",
+        "live": True,
+    }
+    restarted = {
+        "what": "bitrate_kbps",
+        "before": "8000",
+        "after": "6000",
+        "why": "latency 120 ms above 100 ms",
+        "live": False,
+    }
+    body = await report(client, session["id"], {**READY, "adaptations": [capped, restarted]})
+    assert body.json()["phase"] == "Running", body.text
+    events = (await client.get(f"/v1/sessions/{session['id']}/events", headers=ADMIN)).json()
+    adapted = [e for e in events["items"] if e["type"] == "StreamAdapted"]
+    assert [(e["reason"], e["data"]) for e in adapted] == [
+        ("framerate", capped),
+        ("bitrate_kbps", restarted),
+    ]
+    assert adapted[0]["message"] == (
+        "framerate 60 -> 30 (live, its viewers kept): host CPU above 80% for 10 s"
+    )
+    assert "the streamer restarted" in adapted[1]["message"]
+    # a value that is no stream setting is refused, and nothing of it is stored
+    bad = {**READY, "adaptations": [{**capped, "what": "volume"}]}
+    refused = await report(client, session["id"], bad)
+    assert refused.status_code == 422
+    after = (await client.get(f"/v1/sessions/{session['id']}/events", headers=ADMIN)).json()
+    assert len(after["items"]) == len(events["items"])

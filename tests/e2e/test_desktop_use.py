@@ -14,6 +14,7 @@ from __future__ import annotations
 import array
 import contextlib
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -40,6 +41,8 @@ TEMPLATES = {
     "sealed": {"clipboard": "off", "file_transfer": "off"},
     "inbound": {"clipboard": "in", "file_transfer": "upload"},
     "silent": {"audio": False},
+    # at 30 fps the agent's CPU rule (above 30 fps only) never moves the rate under the test
+    "steady": {"framerate": 30},
 }
 # the terminal the local desktop opens (xterm -geometry 100x32+60+60), well inside it
 IN_THE_TERMINAL = (300, 200)
@@ -109,6 +112,7 @@ class Display:
         displays = {p.info["environ"].get("DISPLAY") for p in server.processes(session_id)}
         [display] = displays - {None}
         directory = server.data_dir / "desktops" / "sessions" / session_id
+        self.directory = directory
         authority = directory / "Xauthority"
         assert authority.exists(), authority
         self.env = {"DISPLAY": display, "XAUTHORITY": str(authority), "PATH": "/usr/bin:/bin"}
@@ -390,3 +394,117 @@ def test_clipboard_in_lets_only_the_browser_to_desktop_direction_through(server:
         uploaded = driver.execute_async_script(UPLOAD, "in.txt", "into the desktop")
         assert uploaded["status"] == 200, uploaded
         assert (home / "Desktop" / "in.txt").read_text() == "into the desktop"
+
+
+def live(display: Display, request: dict[str, int | None]) -> dict[str, Any]:
+    """Ask the session's Selkies for new ceilings through its live control socket, as the
+    agent does (as root, through a short link to the socket in the sandbox's /tmp)."""
+    import json
+    import socket
+
+    [path] = (display.directory / "tmp").glob("vdi-live-*/live.sock")
+    link = display.links / "live.sock"
+    if not link.exists():
+        link.symlink_to(path)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.settimeout(10)
+        client.connect(str(link))
+        client.sendall(json.dumps(request).encode() + b"\n")
+        answer: dict[str, Any] = json.loads(client.makefile().readline())
+    return answer
+
+
+def decoding(driver: Any, seconds: float = 4) -> tuple[float, dict[str, Any]]:
+    """Frames decoded per second over `seconds` (Chromium's own counter), and the stats after."""
+    before = driver.execute_async_script(READ_STATS)
+    time.sleep(seconds)
+    after = driver.execute_async_script(READ_STATS)
+    rate = (after["frames_decoded"] - before["frames_decoded"]) / seconds
+    assert after["frames_decoded"] > before["frames_decoded"], (before, after)
+    return rate, after
+
+
+def test_the_frame_rate_changes_live_and_the_viewer_stays_connected(server: Server) -> None:
+    with using(server, "max", "steady") as (driver, display, _home):
+        click(driver, *IN_THE_TERMINAL)  # a desktop that changes all the time: every frame new
+        type_keys(driver, "while :; do date +%N; sleep 0.005; done\n")
+        assert arrives(lambda: str(decoding(driver, 2)[0] > 15), "True", 30)
+
+        assert live(display, {"framerate": 10}) == {"applied": {"framerate": 10}}
+        time.sleep(2)  # the jitter buffer's frames of the old rate
+        capped, stats = decoding(driver)
+        assert capped <= 12, capped
+        assert (stats["peers"], stats["state"]) == (1, "connected")  # the same connection
+
+        assert live(display, {"framerate": None}) == {"applied": {"framerate": 30}}
+        time.sleep(2)
+        restored, stats = decoding(driver)
+        assert restored > 15, restored
+        assert (stats["peers"], stats["state"]) == (1, "connected")
+        refused = live(display, {"volume": 3})
+        assert "expected an object of framerate, video_bitrate" in refused["error"]
+
+
+def adapted(server: Server, session_id: str, what: str, after: str) -> dict[str, Any] | None:
+    """The session's StreamAdapted event changing `what` to `after`, if stored yet."""
+    events = server.get(f"/v1/sessions/{session_id}/events?limit=500")["items"]
+    return next(
+        (
+            e
+            for e in events
+            if e["type"] == "StreamAdapted"
+            and e["data"]["what"] == what
+            and e["data"]["after"] == after
+        ),
+        None,
+    )
+
+
+def waited(check: Callable[[], Any], what: str, timeout_s: float) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while not (found := check()):
+        assert time.monotonic() < deadline, f"{what}: not within {timeout_s:.0f} s"
+        time.sleep(1)
+    return found
+
+
+def test_a_load_on_the_cores_caps_the_frame_rate_live_and_its_end_restores_it(
+    server: Server,
+) -> None:
+    """The CPU rule (spec Fallback 3) against real Selkies with Chromium watching, with a real
+    load: a busy loop per core, at nice 19 so that the desktop and the browser still get the
+    CPU they need, while the host's CPU (what the agent reads) stays at 100%."""
+    with using(server, "cpu", "desktop") as (driver, display, _home):
+        session_id = display.directory.name
+        click(driver, *IN_THE_TERMINAL)
+        type_keys(driver, "while :; do date +%N; sleep 0.005; done\n")
+        assert arrives(lambda: str(decoding(driver, 2)[0] > 15), "True", 30)
+        before, _ = decoding(driver)
+        spin = "while True: pass"
+        load = [
+            subprocess.Popen(["nice", "-n", "19", "python3", "-c", spin])
+            for _ in range(os.cpu_count() or 2)
+        ]
+        try:
+            capped_event = waited(
+                lambda: adapted(server, session_id, "framerate", "30"), "capped", 60
+            )
+            time.sleep(2)  # the jitter buffer's frames of the old rate
+            capped, stats = decoding(driver)
+            assert (stats["peers"], stats["state"]) == (1, "connected")  # the same connection
+        finally:
+            for process in load:
+                process.kill()
+                process.wait(timeout=10)
+        assert capped <= 31, (before, capped)
+        assert capped_event["data"]["live"] is True, capped_event
+        assert "host CPU above 80%" in capped_event["message"], capped_event
+        restored_event = waited(
+            lambda: adapted(server, session_id, "framerate", "60"), "restored", 90
+        )
+        assert restored_event["data"]["live"] is True, restored_event
+        assert restored_event["id"] > capped_event["id"]
+        time.sleep(2)
+        restored, stats = decoding(driver)
+        assert (stats["peers"], stats["state"]) == (1, "connected")
+        print(f"received fps: {before:.1f} before, {capped:.1f} under load, {restored:.1f} after")
