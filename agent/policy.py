@@ -32,13 +32,17 @@ class CpuThrottle:
         self._samples: deque[tuple[float, float]] = deque()
 
     def observe(self, now: float, cpu_percent: float) -> Change | None:
+        # A sample measures the time since the one before it (psutil.cpu_percent()), so the
+        # newest one at or before the window's start stays: its successor's measure reaches
+        # back over that start. Dropping it left a window sampled every 2 s plus the loop's
+        # own time (the agent's cadence) never covered, and the rule never fired.
         self._samples.append((now, cpu_percent))
-        while self._samples and self._samples[0][0] < now - self.window_s:
+        while len(self._samples) > 1 and self._samples[1][0] <= now - self.window_s:
             self._samples.popleft()
         covered = now - self._samples[0][0] >= self.window_s * 0.9
         if not covered:
             return None
-        values = [value for _, value in self._samples]
+        values = [value for _, value in list(self._samples)[1:]]
         if self.framerate > THROTTLED_FPS and min(values) > CPU_LIMIT_PERCENT:
             before, self.framerate = self.framerate, THROTTLED_FPS
             return Change(

@@ -21,6 +21,18 @@ def test_sustained_cpu_above_80_caps_at_30_fps_and_restores() -> None:
     assert [(c.before, c.after) for c in restored] == [("30", "60")]
 
 
+def test_the_rule_fires_and_restores_at_the_agents_own_cadence() -> None:
+    """The agent samples every MONITOR_S (2 s) plus the time its loop takes: a window that
+    drops its oldest sample as soon as it is older than 10 s never spans 10 s at that pace."""
+    throttle = CpuThrottle(60, window_s=10)
+    instants = [i * 2.04 for i in range(40)]
+    loaded = [throttle.observe(t, 99.5) for t in instants[:8]]
+    assert [c.after for c in loaded if c] == ["30"]
+    assert loaded.index(next(c for c in loaded if c)) <= 5  # within ~10 s of load
+    quiet = [throttle.observe(t, 40.0) for t in instants[8:16]]
+    assert [c.after for c in quiet if c] == ["60"]
+
+
 def test_a_short_cpu_spike_does_not_throttle() -> None:
     throttle = CpuThrottle(60, window_s=10)
     samples = [(t, 99.0 if t % 4 == 0 else 40.0) for t in range(0, 30)]
