@@ -62,34 +62,42 @@ class CpuThrottle:
         return None
 
 
-# Each step down: (width, height, bitrate factor). Step 0 is the configured stream.
+# Each step down: (scale of the display's own size, bitrate factor). Step 0 is the configured
+# stream. On a 1920x1080 display the steps are 1600x900, 1280x720 and 960x540; on a smaller one
+# (a viewer's window, with resize on) as much smaller, never larger than the display was.
 LADDER = (
-    (None, None, 1.0),
-    (None, None, 0.75),
-    (1600, 900, 0.6),
-    (1280, 720, 0.5),
-    (960, 540, 0.35),
+    (1.0, 1.0),
+    (1.0, 0.75),
+    (5 / 6, 0.6),
+    (2 / 3, 0.5),
+    (1 / 2, 0.35),
 )
+NATIVE = (1920, 1080)  # until the runner has read the display's size
 
 
 class LatencyAdapter:
     """Steps down while latency stays above the limit, back up while it stays under the target.
-    One step per `hold_s`, so a step has time to show its effect."""
+    One step per `hold_s`, so a step has time to show its effect. `native` is the display's size
+    before the first step, which the steps scale and "native" restores."""
 
     def __init__(self, bitrate_kbps: int, *, hold_s: float = 5.0) -> None:
         self.base_bitrate_kbps = bitrate_kbps
         self.step = 0
         self.hold_s = hold_s
+        self.native = NATIVE
         self._last_change = float("-inf")
 
     @property
     def bitrate_kbps(self) -> int:
-        return int(self.base_bitrate_kbps * LADDER[self.step][2])
+        return int(self.base_bitrate_kbps * LADDER[self.step][1])
 
     @property
     def resolution(self) -> tuple[int, int] | None:
-        width, height, _ = LADDER[self.step]
-        return (width, height) if width and height else None
+        scale = LADDER[self.step][0]
+        if scale == 1.0:
+            return None
+        # even sizes: what H.264 encoders take
+        return (round(self.native[0] * scale / 2) * 2, round(self.native[1] * scale / 2) * 2)
 
     def observe(self, now: float, latency_ms: float | None) -> list[Change]:
         if latency_ms is None or now - self._last_change < self.hold_s:

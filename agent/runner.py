@@ -9,6 +9,7 @@ import asyncio
 import collections
 import contextlib
 import os
+import re
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from agent import checks, latency, metrics
 from agent.callbacks import Reporter
 from agent.listeners import port_is_ours
 from agent.pipeline import Element, StreamSettings, build
-from agent.policy import Change, CpuThrottle, LatencyAdapter
+from agent.policy import LATENCY_LIMIT_MS, Change, CpuThrottle, LatencyAdapter
 from agent.streamers import STREAMER_FAILED, StreamConfig, Streamer, UnsafeConfiguration
 from agent.streamers.selkies_gstreamer import SelkiesGStreamer
 from agent.supervisor import Outcome, Supervisor
@@ -37,6 +38,7 @@ NO_GPU_ENV = "VDI_NO_GPU"
 NO_GPU_ON_HOST = "NoGpuOnHost"
 
 MONITOR_S = 2.0
+SIZE_TIMEOUT_S = 10.0  # reading the display's size (a Python start and one X round trip)
 
 
 @dataclass(frozen=True)
@@ -350,7 +352,9 @@ class Agent:
                 await asyncio.sleep(MONITOR_S)
                 now = time.monotonic()
                 before = len(self.changes)
-                changed = self._observe(now, psutil.cpu_percent(), await self._scrape(http))
+                stats = await self._scrape(http)
+                await self._read_native_size(stats)
+                changed = self._observe(now, psutil.cpu_percent(), stats)
                 await self._apply(self.changes[before:])
                 if changed or now - last_sent >= self.reporter.interval_s:
                     taken = self.adaptations
@@ -358,6 +362,30 @@ class Agent:
                     if await self.reporter.send(report, attempts=3):
                         self.adaptations = self.adaptations[len(taken) :]
                     last_sent = now
+
+    async def _read_native_size(self, stats: metrics.StreamStats | None) -> None:
+        """Before the latency rule's first step down, the display's size: what the steps scale
+        and what "native" restores (with resize on, the viewer's window, not a fixed 1080p)."""
+        if stats is None or self.latency.step != 0:
+            return
+        latency_ms = self._latency_ms(stats)
+        command = self.streamer.size_command()
+        if latency_ms is None or latency_ms <= LATENCY_LIMIT_MS or command is None:
+            return
+        process = await asyncio.create_subprocess_exec(
+            *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+        )
+        try:
+            out, _ = await asyncio.wait_for(process.communicate(), SIZE_TIMEOUT_S)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+            out = b""
+        size = re.fullmatch(r"(\d+)x(\d+)", out.decode(errors="replace").strip())
+        if size is None:
+            log.warning("display size unknown: the steps scale 1920x1080", exit=process.returncode)
+            return
+        self.latency.native = (int(size[1]), int(size[2]))
 
     async def _apply(self, changes: list[Change]) -> None:
         """Frame rate and bitrate go to the running streamer where its line takes them live
@@ -374,8 +402,10 @@ class Agent:
             elif change.what == "bitrate_kbps":
                 settings["SELKIES_VIDEO_BITRATE"] = change.after
                 live["bitrate_kbps"] = int(change.after)
-            elif change.what == "resolution" and change.after != "native":
-                command = self.streamer.resize_command(change.after)
+            elif change.what == "resolution":
+                native = "{}x{}".format(*self.latency.native)
+                size = native if change.after == "native" else change.after
+                command = self.streamer.resize_command(size)
                 if command is None:
                     log.warning("no resize tool in this image", streamer=self.streamer.label)
                     continue
@@ -383,7 +413,7 @@ class Agent:
                     *command, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
                 )
                 if await resize.wait() != 0:
-                    log.warning("resize failed", size=change.after, exit_code=resize.returncode)
+                    log.warning("resize failed", size=size, exit_code=resize.returncode)
         self._adapted(resized, live=False)
         if not settings or self.supervisor is None:
             return

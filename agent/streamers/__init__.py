@@ -29,6 +29,12 @@ DEFAULT_PASSWORD = "mypasswd"  # Selkies-GStreamer's own default: never acceptab
 PORT = 8080
 CLIPBOARD_VALUES = ("both", "in", "out", "off")
 FILE_TRANSFER_VALUES = ("both", "upload", "download", "off")
+# The display's size, printed as WxH by the streamer's own Python with the Xlib module it has
+# (`%s`), on the DISPLAY of the environment it runs in
+DISPLAY_SIZE = (
+    "from %s import display; s = display.Display().screen(); "
+    "print(f'{s.width_in_pixels}x{s.height_in_pixels}')"
+)
 
 
 class UnsafeConfiguration(Exception):
@@ -221,6 +227,10 @@ class Streamer(ABC):
     @abstractmethod
     def resize_command(self, size: str) -> list[str] | None:
         """How to resize the display to `size` (WxH); None where this image cannot."""
+
+    def size_command(self) -> list[str] | None:
+        """A command that prints the display's size (WxH); None where this image has none."""
+        return None
 
 
 def _beside(command: str, name: str) -> str | None:

@@ -24,7 +24,14 @@ import structlog
 
 from agent import checks, metrics
 from agent.metrics import StreamStats
-from agent.streamers import Permissions, StreamConfig, Streamer, _beside, _version
+from agent.streamers import (
+    DISPLAY_SIZE,
+    Permissions,
+    StreamConfig,
+    Streamer,
+    _beside,
+    _version,
+)
 
 log = structlog.get_logger("vdi.agent.selkies")
 
@@ -278,3 +285,7 @@ class Selkies(Streamer):
     def resize_command(self, size: str) -> list[str] | None:
         program = _beside(self.command[0], "selkies-resize")
         return [program, size] if program else None
+
+    def size_command(self) -> list[str] | None:
+        # the X client library Selkies 2.x carries inside its package
+        return [self.python, "-I", "-c", DISPLAY_SIZE % "selkies.Xlib"] if self.python else None

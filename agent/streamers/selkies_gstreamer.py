@@ -13,6 +13,7 @@ import httpx
 from agent import checks, metrics
 from agent.metrics import StreamStats
 from agent.streamers import (
+    DISPLAY_SIZE,
     Permissions,
     StreamConfig,
     Streamer,
@@ -124,3 +125,8 @@ class SelkiesGStreamer(Streamer):
     def resize_command(self, size: str) -> list[str] | None:
         program = shutil.which("selkies-gstreamer-resize")
         return [program, size] if program else None
+
+    def size_command(self) -> list[str] | None:
+        # python-xlib, which selkies-gstreamer depends on, in its own interpreter
+        python = _beside(self.command[0], "python3")
+        return [python, "-I", "-c", DISPLAY_SIZE % "Xlib"] if python else None

@@ -716,3 +716,58 @@ async def test_the_cpu_rule_changes_the_frame_rate_live_where_it_can_else_restar
             "live": live,
         }
     ]
+
+
+class _SizedSelkies(Selkies):
+    """Selkies 2.x on a display of `size`, whose resizes are written to `resized`."""
+
+    def __init__(self, size: str, resized: Path) -> None:
+        super().__init__(["selkies"], "2.1.0")
+        self.display_size = size
+        self.resized = resized
+
+    def size_command(self) -> list[str] | None:
+        return [sys.executable, "-c", f"print({self.display_size!r})"]
+
+    def resize_command(self, size: str) -> list[str] | None:
+        script = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\n')"
+        return [sys.executable, "-c", script, str(self.resized), size]
+
+
+async def test_the_latency_rule_scales_the_display_it_has_and_restores_that_size(
+    tmp_path: Path,
+) -> None:
+    """A viewer's 1280x656 window (resize on) is stepped down to 5/6 of itself, never up to a
+    fixed 1600x900, and "native" gives it back that size (it used to leave the display as it
+    was stepped)."""
+    resized = tmp_path / "resized"
+    agent = Agent(
+        agent_env(str(uuid.uuid4()), "http://unused", gpus=0), _SizedSelkies("1280x656", resized)
+    )
+    slow = StreamStats(frames_decoded=100, jitter_ms=1.0, fps=30, rtt_latency_ms=180.0)
+    await agent._read_native_size(slow)
+    assert agent.latency.native == (1280, 656)
+    agent.latency.observe(0, 180.0)  # bitrate only
+    down = agent.latency.observe(6, 180.0)
+    assert [(c.what, c.before, c.after) for c in down if c.what == "resolution"] == [
+        ("resolution", "native", "1066x546")
+    ]
+    await agent._apply([c for c in down if c.what == "resolution"])
+    agent.streamer.display_size = "1066x546"  # type: ignore[attr-defined]
+    await agent._read_native_size(slow)  # stepped: the size it had before stays the native one
+    assert agent.latency.native == (1280, 656)
+    up = agent.latency.observe(12, 20.0)
+    await agent._apply([c for c in up if c.what == "resolution"])
+    assert resized.read_text().split() == ["1066x546", "1280x656"]
+    assert [a["after"] for a in agent.adaptations] == ["1066x546", "native"]
+
+
+async def test_a_display_size_that_cannot_be_read_keeps_the_default(tmp_path: Path) -> None:
+    agent = Agent(
+        agent_env(str(uuid.uuid4()), "http://unused", gpus=0),
+        _SizedSelkies("no display", tmp_path / "resized"),
+    )
+    await agent._read_native_size(
+        StreamStats(frames_decoded=100, jitter_ms=1.0, fps=30, rtt_latency_ms=180.0)
+    )
+    assert agent.latency.native == (1920, 1080)

@@ -199,10 +199,12 @@ class Display:
 
 
 @contextmanager
-def using(server: Server, user: str, template: str) -> Iterator[tuple[Any, Display, Path]]:
+def using(
+    server: Server, user: str, template: str, *, relay_only: bool = False
+) -> Iterator[tuple[Any, Display, Path]]:
     """A Running desktop of `template` for `user`, open in Chromium (decoding, the clipboard
-    permission granted as a user grants it), its display and the user's home; all ended
-    afterwards."""
+    permission granted as a user grants it; through TURN alone with `relay_only`), its display
+    and the user's home; all ended afterwards."""
     session = server.create(user, template)
     display: Display | None = None
     try:
@@ -210,7 +212,9 @@ def using(server: Server, user: str, template: str) -> Iterator[tuple[Any, Displ
         assert running["phase"] == "Running", running
         connection = server.get(f"/v1/sessions/{session['id']}/connection")
         display = Display(server, session["id"])
-        with chromium(connection["username"], connection["password"], relay_only=False) as driver:
+        with chromium(
+            connection["username"], connection["password"], relay_only=relay_only
+        ) as driver:
             driver.execute_cdp_cmd(
                 "Browser.grantPermissions",
                 {

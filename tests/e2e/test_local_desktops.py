@@ -148,11 +148,14 @@ async def local_database(make_database: Callable[[str], Awaitable[str]]) -> str:
 
 
 @contextmanager
-def _server(database_url: str, directory: Path) -> Iterator[Server]:
+def _server(
+    database_url: str, directory: Path, settings: dict[str, str] | None = None
+) -> Iterator[Server]:
+    """`vdi-control serve` with local desktops; `settings` are more VDI_* variables."""
     tool("Xvfb")
     if not (VENV_BIN / "selkies").exists():
         pytest.fail(f"no Selkies 2.x beside {sys.executable}: pip install -e '.[desktop]'")
-    env = _environment(directory / "data", database_url)
+    env = {**_environment(directory / "data", database_url), **(settings or {})}
     port = free_port()
     log = directory / "serve.log"
     with _serving(env, port, log) as process:
