@@ -41,6 +41,7 @@ TEMPLATES = {
     "sealed": {"clipboard": "off", "file_transfer": "off"},
     "inbound": {"clipboard": "in", "file_transfer": "upload"},
     "silent": {"audio": False},
+    "speaking": {"microphone": True},
     # at 30 fps the agent's CPU rule (above 30 fps only) never moves the rate under the test
     "steady": {"framerate": 30},
 }
@@ -64,9 +65,14 @@ const peers = window.__vdiPeers || [];
 if (!peers.length) { done({kinds: []}); return; }
 const pc = peers[peers.length - 1];
 pc.getStats().then(stats => {
+  // the audio m-sections of Selkies' offer and of the page's answer, by direction
+  const sections = d => ((d || {}).sdp || '').split('\\r\\nm=').slice(1);
+  const audio = d => sections(d).filter(section => section.startsWith('audio'))
+    .map(section => (section.match(/a=(sendonly|recvonly|sendrecv|inactive)/) || ['', '?'])[1]);
   const out = {kinds: pc.getReceivers().map(r => r.track.kind),
-               media: ((pc.remoteDescription || {}).sdp || '').split('\\r\\n')
-                 .filter(line => line.startsWith('m='))};
+               media: sections(pc.remoteDescription).map(section => section.split(' ')[0]),
+               offered_audio: audio(pc.remoteDescription),
+               answered_audio: audio(pc.localDescription)};
   stats.forEach(r => {
     if (r.type === 'inbound-rtp' && r.kind === 'audio') {
       Object.assign(out, {packets: r.packetsReceived, samples: r.totalSamplesReceived,
@@ -307,7 +313,11 @@ def test_a_tone_played_on_the_desktop_is_heard_in_chromium(server: Server) -> No
         pulse = (display.links / "native").resolve().parent
         assert oct(pulse.stat().st_mode & 0o777) == "0o700"
         assert pulse.stat().st_uid == home.stat().st_uid != 0
-        assert "audio" in driver.execute_async_script(READ_AUDIO)["kinds"]
+        offered = driver.execute_async_script(READ_AUDIO)
+        assert "audio" in offered["kinds"]
+        # the microphone is off by default: one audio m-line, which the page only receives on
+        assert offered["offered_audio"] == ["sendrecv"], offered
+        assert offered["answered_audio"] == ["recvonly"], offered
         player = display.play_tone(amplitude=0.4)
         heard = audio_until(driver, lambda a: (a.get("level") or 0) > 0.1, 20)
         assert heard.get("packets", 0) > 0, heard
@@ -320,6 +330,14 @@ def test_a_tone_played_on_the_desktop_is_heard_in_chromium(server: Server) -> No
         player.wait(timeout=10)
         quiet = audio_until(driver, lambda a: (a.get("level") or 0) < 0.01, 15)
         assert quiet["level"] < 0.01, quiet  # silence when nothing plays: the level was the tone
+
+
+def test_a_template_that_allows_the_microphone_offers_the_page_a_way_back(server: Server) -> None:
+    """Selkies 2.x negotiates the microphone as an audio m-line of its own, which it withholds
+    when the microphone is locked off (the default: the tone test above has one)."""
+    with using(server, "meg", "speaking") as (driver, _display, _home):
+        offered = driver.execute_async_script(READ_AUDIO)
+        assert len(offered["offered_audio"]) == 2, offered  # the desktop's sound, the microphone
 
 
 def test_a_template_without_audio_streams_no_sound(server: Server) -> None:
