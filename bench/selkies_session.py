@@ -38,6 +38,19 @@ from bench.glass_to_glass import REPO, screen
 from harness import browser_viewer
 from harness import traefik as proxying
 from harness.browser_viewer import READ_STATS, chromium, chromium_processes
+from harness.desktop_use import (
+    READ_AUDIO,
+    arrives,
+    audio_until,
+    click,
+    display_size,
+    lands,
+    play_tone,
+    pointer,
+    sound_server,
+    type_keys,
+    viewport,
+)
 from harness.network import PEER_IP, coturn, reexec_in_private_network, set_up_network, stop
 from harness.plane import NAMESPACE, ControlPlane, control_plane, start_session
 from kubefake import FakeKubernetes, start_fake_cluster
@@ -164,6 +177,49 @@ def agent(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
         stop(process, 20)
 
 
+@dataclass
+class Desktop:
+    """The session's desktop as its applications reach it: its X display, its sound server
+    and the user's home."""
+
+    x: dict[str, str]
+    sound: dict[str, str]
+    home: Path
+
+
+# inside the desktop's terminal (xterm 90x30+520+60), clear of the painter's window at 0,0
+IN_THE_TERMINAL = (700, 250)
+
+
+def use_the_desktop(driver: Any, desktop: Desktop) -> dict[str, Any]:
+    """What a person does on Selkies' page, and what the desktop saw: the page's size taken by
+    the display (resize on), a click where it was made, a command typed into the terminal
+    writing into the home, and a tone played on the desktop heard in the page (Chromium's
+    inbound-rtp audio), silent again once it stops."""
+    used: dict[str, Any] = {"viewport": viewport(driver)}
+    used["resized"] = arrives(lambda: display_size(desktop.x), used["viewport"], 15)
+    used["display_size"] = display_size(desktop.x)
+    click(driver, *IN_THE_TERMINAL)
+    used["click_landed"] = lands(desktop.x, *IN_THE_TERMINAL)
+    used["pointer"] = pointer(desktop.x)
+    marker = uuid.uuid4().hex[:8]
+    typed = desktop.home / "typed.txt"
+    type_keys(driver, f"echo typed {marker} > typed.txt\n")
+    used["typed"] = arrives(
+        lambda: typed.read_text() if typed.exists() else "", f"typed {marker}\n", 15
+    )
+    offered = driver.execute_async_script(READ_AUDIO)
+    used["audio_offered"] = offered.get("offered_audio")
+    used["audio_answered"] = offered.get("answered_audio")
+    player = play_tone(desktop.sound, amplitude=0.4)
+    try:
+        used["tone"] = audio_until(driver, lambda a: (a.get("level") or 0) > 0.1, 20)
+    finally:
+        stop(player)
+    used["after_tone"] = audio_until(driver, lambda a: (a.get("level") or 0) < 0.01, 15)
+    return used
+
+
 def conditions(session: dict[str, Any]) -> dict[str, dict[str, str]]:
     return {
         c["type"]: {"status": c["status"], "reason": c["reason"], "message": c["message"]}
@@ -204,16 +260,20 @@ class Pod:
             f"--ignore-certificate-errors-spki-list={self.certificates.spki_sha256}",
         )
 
-    def agent_environment(self, display: str, **extra: str) -> dict[str, str]:
+    def agent_environment(
+        self, display: str, sound: str | None = None, **extra: str
+    ) -> dict[str, str]:
         """The pod's environment plus what the session image provides: the display, the home,
-        the Selkies 2.x install, no audio (no PulseAudio here)."""
+        the Selkies 2.x install, and its PulseAudio where `sound` names one (PULSE_SERVER, as
+        the entrypoint runs it), else no audio."""
+        audio = {"PULSE_SERVER": sound} if sound else {"SELKIES_AUDIO_ENABLED": "false"}
         return {
             **self.env,
             "DISPLAY": display,
             "HOME": str(self.home),
             "PATH": f"{Path(sys.executable).parent}:/usr/sbin:/usr/bin:/sbin:/bin",
             "VDI_SELKIES_COMMAND": str(SELKIES_VENV / "bin" / "selkies"),
-            "SELKIES_AUDIO_ENABLED": "false",
+            **audio,
             **extra,
         }
 
@@ -278,16 +338,23 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     async with selkies_pod({}, routed=True) as pod:
         # A moving picture in a window keeps frames flowing on an idle desktop.
         async with screen(1280, 720, 30, "ball", 0, window=(480, 270)) as display:
-            env = pod.agent_environment(display)
-            log = pod.workdir / "agent.log"
-            with desktop(display, pod.home), agent(env, log) as agent_process:
-                try:
-                    await session_checks(
-                        args, pod, agent_process, report, env["SELKIES_TURN_USERNAME"]
-                    )
-                except Exception:
-                    report["agent_log"] = log.read_text()[-6000:]
-                    raise
+            pulse = pod.workdir / "pulse"
+            with sound_server(pulse) as sound:
+                env = pod.agent_environment(display, sound)
+                log = pod.workdir / "agent.log"
+                with desktop(display, pod.home), agent(env, log) as agent_process:
+                    try:
+                        used = Desktop(
+                            {"DISPLAY": display, "PATH": "/usr/bin:/bin"},
+                            {"PULSE_SERVER": sound, "HOME": str(pulse)},
+                            pod.home,
+                        )
+                        await session_checks(
+                            args, pod, agent_process, report, env["SELKIES_TURN_USERNAME"], used
+                        )
+                    except Exception:
+                        report["agent_log"] = log.read_text()[-6000:]
+                        raise
         await routing_checks(pod, report)
     return report
 
@@ -359,6 +426,7 @@ async def session_checks(
     agent_process: subprocess.Popen[bytes],
     report: dict[str, Any],
     pod_turn_username: str,
+    used: Desktop,
 ) -> None:
     plane, session_id = pod.plane, pod.session_id
     running = await plane.wait_phase(session_id, {"Running", "Failed"}, 120)
@@ -430,6 +498,8 @@ async def session_checks(
             "phase": healthy["phase"],
             "conditions": conditions(healthy),
         }
+        # in a thread: the fake cluster answers on this loop meanwhile
+        report["desktop_use"] = await asyncio.to_thread(use_the_desktop, driver, used)
         if args.screenshot:
             await asyncio.to_thread(driver.save_screenshot, str(args.screenshot))
 
@@ -611,6 +681,13 @@ def print_table(report: dict[str, Any]) -> None:
         f"Chromium {browser['chromium_cpu_percent']:.0f}%"
     )
     print(f"StreamHealthy: {report['session_streaming']['conditions']['StreamHealthy']}")
+    used = report["desktop_use"]
+    print(
+        f"desktop use: display {used['display_size']} for a {used['viewport']} page (resized "
+        f"{used['resized']}), click landed {used['click_landed']}, typed {used['typed']}; tone "
+        f"in Chromium: level {used['tone'].get('level')}, packets {used['tone'].get('packets')}, "
+        f"samples {used['tone'].get('samples')}; after it {used['after_tone'].get('level')}"
+    )
     print(
         f"wrong password: {report['wrong_password_status']}, in a browser "
         f"{report['wrong_password_browser']['frames_decoded']} frames; restart reported: "

@@ -11,15 +11,11 @@ makes the desktops it needs, for users of its own, and ends them.
 
 from __future__ import annotations
 
-import array
 import contextlib
-import math
 import os
-import re
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -31,6 +27,18 @@ import httpx
 import pytest
 
 from harness.browser_viewer import READ_STATS, chromium
+from harness.desktop_use import (
+    READ_AUDIO,
+    arrives,
+    audio_until,
+    click,
+    display_size,
+    lands,
+    play_tone,
+    pointer,
+    type_keys,
+    viewport,
+)
 from tests.e2e.test_local_desktops import HEADERS, Server, _server
 from tests.tools import tool
 
@@ -57,30 +65,6 @@ navigator.clipboard.readText().then(done, error => done('error: ' + error));
 WRITE_CLIPBOARD = """
 const [text, done] = arguments;
 navigator.clipboard.writeText(text).then(() => done('written'), error => done('error: ' + error));
-"""
-# the page's audio: its receivers' kinds and Chromium's inbound-rtp audio figures
-READ_AUDIO = """
-const done = arguments[arguments.length - 1];
-const peers = window.__vdiPeers || [];
-if (!peers.length) { done({kinds: []}); return; }
-const pc = peers[peers.length - 1];
-pc.getStats().then(stats => {
-  // the audio m-sections of Selkies' offer and of the page's answer, by direction
-  const sections = d => ((d || {}).sdp || '').split('\\r\\nm=').slice(1);
-  const audio = d => sections(d).filter(section => section.startsWith('audio'))
-    .map(section => (section.match(/a=(sendonly|recvonly|sendrecv|inactive)/) || ['', '?'])[1]);
-  const out = {kinds: pc.getReceivers().map(r => r.track.kind),
-               media: sections(pc.remoteDescription).map(section => section.split(' ')[0]),
-               offered_audio: audio(pc.remoteDescription),
-               answered_audio: audio(pc.localDescription)};
-  stats.forEach(r => {
-    if (r.type === 'inbound-rtp' && r.kind === 'audio') {
-      Object.assign(out, {packets: r.packetsReceived, samples: r.totalSamplesReceived,
-                          level: r.audioLevel, energy: r.totalAudioEnergy});
-    }
-  });
-  done(out);
-});
 """
 UPLOAD = """
 const [name, body, done] = arguments;
@@ -130,34 +114,8 @@ class Display:
         self.owners: list[subprocess.Popen[bytes]] = []
 
     def play_tone(self, hz: int = 440, amplitude: float = 0.4) -> subprocess.Popen[bytes]:
-        """A sine tone into the session's default sink, as an application plays sound (pacat,
-        48 kHz stereo), until stopped by its PID."""
-        second = array.array(
-            "h",
-            (
-                int(amplitude * 32767 * math.sin(2 * math.pi * hz * n / 48000))
-                for n in range(48000)
-                for _channel in (0, 1)
-            ),
-        ).tobytes()
-        player = subprocess.Popen(
-            ["pacat", "--rate=48000", "--channels=2", "--format=s16le"],
-            env={"PATH": "/usr/bin:/bin", **self.sound},
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        player = play_tone(self.sound, hz, amplitude)
         self.owners.append(player)
-
-        def feed() -> None:
-            assert player.stdin is not None
-            try:
-                while player.poll() is None:
-                    player.stdin.write(second)  # pacat takes it at the tone's own pace
-            except (BrokenPipeError, ValueError, OSError):
-                return  # stopped
-
-        threading.Thread(target=feed, daemon=True).start()
         return player
 
     def run(self, *command: str) -> str:
@@ -167,14 +125,10 @@ class Display:
         return done.stdout.strip()
 
     def size(self) -> tuple[int, int]:
-        found = re.search(r"dimensions:\s+(\d+)x(\d+) pixels", self.run("xdpyinfo"))
-        assert found, "xdpyinfo printed no dimensions"
-        return int(found[1]), int(found[2])
+        return display_size(self.env)
 
     def pointer(self) -> tuple[int, int]:
-        found = re.search(r"x:(\d+) y:(\d+)", self.run("xdotool", "getmouselocation"))
-        assert found, "xdotool printed no location"
-        return int(found[1]), int(found[2])
+        return pointer(self.env)
 
     def copy(self, text: str) -> None:
         """Copy as a desktop application does: xclip owns the CLIPBOARD selection until it is
@@ -241,21 +195,6 @@ def using(
         server.wait(session["id"], {"Terminated"}, timeout_s=60)
 
 
-def click(driver: Any, x: int, y: int) -> None:
-    from selenium.webdriver.common.actions.action_builder import ActionBuilder
-
-    actions = ActionBuilder(driver)
-    actions.pointer_action.move_to_location(x, y)
-    actions.pointer_action.click()
-    actions.perform()
-
-
-def type_keys(driver: Any, text: str) -> None:
-    from selenium.webdriver.common.action_chains import ActionChains
-
-    ActionChains(driver).send_keys(text).perform()
-
-
 def paste(driver: Any, text: str) -> None:
     """The page's clipboard holds `text`, and the user pastes (Ctrl+V) into the desktop."""
     from selenium.webdriver.common.action_chains import ActionChains
@@ -267,44 +206,6 @@ def paste(driver: Any, text: str) -> None:
 
 def page_clipboard(driver: Any) -> str:
     return str(driver.execute_async_script(READ_CLIPBOARD))
-
-
-def arrives(read: Callable[[], str], text: str, within_s: float) -> bool:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if read() == text:
-            return True
-        time.sleep(0.25)
-    return False
-
-
-def viewport(driver: Any) -> tuple[int, int]:
-    """The page's size as the display takes it: even, as the H.264 encoder needs."""
-    size = driver.execute_script("return [window.innerWidth, window.innerHeight]")
-    return int(size[0]) // 2 * 2, int(size[1]) // 2 * 2
-
-
-def lands(display: Display, x: int, y: int, within_s: float = 10) -> bool:
-    """The desktop's pointer is where the page was clicked (to the pixel the scaling of an odd
-    page size onto the even display may take)."""
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        at = display.pointer()
-        if abs(at[0] - x) <= 1 and abs(at[1] - y) <= 1:
-            return True
-        time.sleep(0.25)
-    return False
-
-
-def audio_until(
-    driver: Any, check: Callable[[dict[str, Any]], bool], within_s: float
-) -> dict[str, Any]:
-    deadline = time.monotonic() + within_s
-    while True:
-        audio: dict[str, Any] = driver.execute_async_script(READ_AUDIO)
-        if check(audio) or time.monotonic() > deadline:
-            return audio
-        time.sleep(0.5)
 
 
 def test_a_tone_played_on_the_desktop_is_heard_in_chromium(server: Server) -> None:
@@ -356,9 +257,9 @@ def test_typing_clicking_and_resizing_reach_the_desktop(server: Server) -> None:
         # resize on: the display took the page's size, so page and desktop pixels are the same
         assert display.size() == viewport(driver)
         click(driver, *IN_THE_TERMINAL)
-        assert lands(display, *IN_THE_TERMINAL), display.pointer()
+        assert lands(display.env, *IN_THE_TERMINAL), display.pointer()
         click(driver, 517, 333)  # and a second click, elsewhere, lands there too
-        assert lands(display, 517, 333), display.pointer()
+        assert lands(display.env, 517, 333), display.pointer()
 
         click(driver, *IN_THE_TERMINAL)  # focus the terminal, then type a command into it
         marker = uuid.uuid4().hex

@@ -17,17 +17,10 @@ from typing import Any
 import httpx
 import pytest
 
+from harness.desktop_use import click, type_keys
 from harness.network import DelayedLink, coturn
 from tests.conftest import TEST_TURN_SECRET
-from tests.e2e.test_desktop_use import (
-    IN_THE_TERMINAL,
-    LINES,
-    click,
-    decoding,
-    type_keys,
-    using,
-    waited,
-)
+from tests.e2e.test_desktop_use import IN_THE_TERMINAL, LINES, decoding, using, waited
 from tests.e2e.test_local_desktops import HEADERS, Server, _server
 from tests.tools import tool
 

@@ -4,7 +4,8 @@ a real Traefik v3 routes `https://alice.vdi.test:<port>/` to the pod's address f
 EndpointSlice (the page and the signaling WebSocket; Chromium resolves the host to Traefik and
 accepts the test CA's certificate by its public key), a real coturn relays the media, and a
 real headless Chromium decodes the desktop from Selkies' own page with the credentials the API
-hands out. Needs root, coturn, Xvfb, chromium and chromium-driver,
+hands out, and uses it: typing, clicking, resizing, and a tone played into the pod's PulseAudio.
+Needs root, coturn, Xvfb, pulseaudio, xdotool, chromium and chromium-driver,
 and .venv-selkies (.ci/run installs them all). The browser's view is saved to
 .artifacts/selkies-session.png."""
 
@@ -113,3 +114,28 @@ def test_after_delete_the_route_is_gone_and_the_host_404(report: dict[str, Any])
 
 def test_traefik_logged_no_error_about_our_objects(report: dict[str, Any]) -> None:
     assert report["traefik"]["errors"] == []
+
+
+def test_typing_clicking_and_resizing_reach_the_pods_desktop(report: dict[str, Any]) -> None:
+    """The Kubernetes path's desktop, used through Traefik and the relay: the display takes the
+    page's size (resize on), a click lands where it was made (xdotool getmouselocation), and a
+    command typed in the page runs in the terminal and writes into the user's home."""
+    used = report["desktop_use"]
+    assert used["resized"], used
+    assert tuple(used["display_size"]) == tuple(used["viewport"]) != (1280, 720)
+    assert used["click_landed"], used
+    assert used["typed"], used
+
+
+def test_a_tone_played_in_the_pod_is_heard_in_chromium(report: dict[str, Any]) -> None:
+    """The pod's PulseAudio (as the image's entrypoint runs it, at PULSE_SERVER) streamed by
+    Selkies: packets, samples and a level near the tone's 0.4 in Chromium's inbound-rtp audio,
+    silence once it stops; the microphone (off by default) has no m-line of its own."""
+    used = report["desktop_use"]
+    tone = used["tone"]
+    assert tone["packets"] > 0, tone
+    assert tone["samples"] > 0, tone
+    assert 0.2 < tone["level"] < 0.6, tone
+    assert used["after_tone"]["level"] < 0.01, used["after_tone"]
+    assert used["after_tone"]["samples"] > tone["samples"]
+    assert (used["audio_offered"], used["audio_answered"]) == (["sendrecv"], ["recvonly"])
