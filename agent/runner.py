@@ -383,7 +383,12 @@ class Agent:
             out = b""
         size = re.fullmatch(r"(\d+)x(\d+)", out.decode(errors="replace").strip())
         if size is None:
-            log.warning("display size unknown: the steps scale 1920x1080", exit=process.returncode)
+            known = "{}x{}".format(*self.latency.native)
+            log.warning(
+                "display size unknown: the steps scale the last known",
+                size=known,
+                exit_code=process.returncode,
+            )
             return
         self.latency.native = (int(size[1]), int(size[2]))
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from app.runtimes.local import sound_server as local_sound_server
 from harness.network import stop
 
 SOUND_TIMEOUT_S = 15
@@ -51,30 +52,16 @@ pc.getStats().then(stats => {
 
 @contextlib.contextmanager
 def sound_server(directory: Path) -> Iterator[str]:
-    """PulseAudio as the session image's entrypoint runs it, on a socket in `directory` (no
-    default script: nothing of the host's); yields its PULSE_SERVER. Selkies makes its own
-    null sinks on it and streams their monitor."""
+    """PulseAudio, as a local desktop runs it, on a socket in `directory` (no default script:
+    nothing of the host's), standing in for the one the session image's entrypoint starts at
+    PULSE_SERVER; yields its PULSE_SERVER. Selkies makes its own null sinks on it and streams
+    their monitor."""
     directory.mkdir(mode=0o700, exist_ok=True)
     socket = directory / "native"
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "HOME": str(directory),
-        "PULSE_RUNTIME_PATH": str(directory),
-        "PULSE_STATE_PATH": str(directory),
-        "XDG_RUNTIME_DIR": str(directory),
-        "XDG_CONFIG_HOME": str(directory),
-    }
+    command, own = local_sound_server("pulseaudio", str(directory))
     process = subprocess.Popen(
-        [
-            "pulseaudio",
-            "--daemonize=no",
-            "--use-pid-file=no",
-            "--exit-idle-time=-1",
-            "--disable-shm=yes",
-            "-n",
-            f"--load=module-native-protocol-unix socket={socket} auth-anonymous=1",
-        ],
-        env=env,
+        command,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(directory), **own},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -86,6 +86,22 @@ TURN_ENV = (
 )
 
 
+def sound_server(pulseaudio: str, directory: str) -> tuple[list[str], dict[str, str]]:
+    """A desktop's own PulseAudio: the command and the environment that keep its socket
+    (`directory`/native), state and runtime files in `directory`, and nothing of the host's."""
+    command = [
+        pulseaudio,
+        "--daemonize=no",
+        "--use-pid-file=no",
+        "--exit-idle-time=-1",
+        "--disable-shm=yes",  # its clients share no memory segment with other accounts
+        "-n",  # no default.pa: no hardware, no X11 or D-Bus modules, nothing of the host's
+        f"--load=module-native-protocol-unix socket={directory}/native auth-anonymous=1",
+    ]
+    names = ("PULSE_RUNTIME_PATH", "PULSE_STATE_PATH", "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME")
+    return command, dict.fromkeys(names, directory)
+
+
 @dataclass(frozen=True)
 class Tools:
     """What local desktops run, as found on this machine."""
@@ -542,22 +558,8 @@ class LocalDesktops:
             await asyncio.to_thread(give, directory, desktop.sandbox.uid)
         inside = desktop.inside(directory)
         listening = directory / "native"
-        env = {
-            **base,
-            "PULSE_RUNTIME_PATH": inside,
-            "PULSE_STATE_PATH": inside,
-            "XDG_RUNTIME_DIR": inside,
-            "XDG_CONFIG_HOME": inside,
-        }
-        command = [
-            self.tools.pulseaudio,
-            "--daemonize=no",
-            "--use-pid-file=no",
-            "--exit-idle-time=-1",
-            "--disable-shm=yes",  # its clients share no memory segment with other accounts
-            "-n",  # no default.pa: no hardware, no X11 or D-Bus modules, nothing of the host's
-            f"--load=module-native-protocol-unix socket={inside}/native auth-anonymous=1",
-        ]
+        command, own = sound_server(self.tools.pulseaudio, inside)
+        env = {**base, **own}
         process = self._spawn(desktop, "pulseaudio", command, env, **quiet)
         deadline = time.monotonic() + SOUND_TIMEOUT_S
         while not listening.exists():

@@ -38,6 +38,7 @@ from harness.desktop_use import (
     pointer,
     type_keys,
     viewport,
+    x_output,
 )
 from tests.e2e.test_local_desktops import HEADERS, Server, _server
 from tests.tools import tool
@@ -119,10 +120,7 @@ class Display:
         return player
 
     def run(self, *command: str) -> str:
-        done = subprocess.run(
-            command, env=self.env, capture_output=True, text=True, timeout=15, check=False
-        )
-        return done.stdout.strip()
+        return x_output(self.env, *command)
 
     def size(self) -> tuple[int, int]:
         return display_size(self.env)
