@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -65,10 +66,27 @@ async def serve_on(
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port free on `host` now (the caller binds it soon after)."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A port free on `host` now (the caller binds it soon after), drawn from below the
+    kernel's ephemeral range: a process that binds port 0 meanwhile (the simulated cluster's
+    API, any client socket) cannot take it before the caller does, as one drawn by binding 0
+    itself could be (seen in CI: serve and its simulated cluster on one port)."""
+    low = _ephemeral_low()
+    for _ in range(100):
+        port = random.randrange(max(1024, low - 12000), low)
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port below {low} on {host}")
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 def start(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
