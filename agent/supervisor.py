@@ -75,6 +75,10 @@ class Supervisor:
         self.lines = 0
         self._stopping = False
         self._reconfiguring = False
+        # Counts reconfigurations. New settings that come while a process is being started
+        # (the child may already run before run() holds it) restart it as soon as it is held,
+        # rather than waiting for its next restart.
+        self._generation = 0
 
     def mask(self, text: str) -> str:
         for secret in self.secrets:
@@ -85,9 +89,13 @@ class Supervisor:
         """Restart the streamer with new settings (frame rate, bitrate): it takes them at
         start. The viewer reconnects by itself."""
         self.env.update(changes)
+        self._generation += 1
         if self.process is not None and self.process.returncode is None:
-            self._reconfiguring = True
-            self._signal_group(signal.SIGTERM)
+            self._restart_for_settings()
+
+    def _restart_for_settings(self) -> None:
+        self._reconfiguring = True
+        self._signal_group(signal.SIGTERM)
 
     async def _pass_output(self, stream: asyncio.StreamReader) -> None:
         while line := await stream.readline():
@@ -103,9 +111,10 @@ class Supervisor:
         backoff = self.first_backoff_s
         code: int | None = None
         while not self._stopping:
+            generation = self._generation
             self.process = await asyncio.create_subprocess_exec(
                 *self.command,
-                env=self.env,
+                env=dict(self.env),
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 preexec_fn=_die_with_parent,
@@ -113,6 +122,8 @@ class Supervisor:
             log.info("streamer started", pid=self.process.pid, command=self.command[0])
             if self._stopping:  # stop() came while it was being started: it found no process
                 self._signal_group(signal.SIGTERM)
+            elif self._generation != generation:  # so did new settings: apply them now
+                self._restart_for_settings()
             assert self.process.stdout is not None
             output = asyncio.create_task(self._pass_output(self.process.stdout))
             code = await self.process.wait()

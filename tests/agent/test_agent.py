@@ -286,6 +286,46 @@ async def test_reconfigure_restarts_selkies_with_new_settings_without_counting_a
     await asyncio.wait_for(running, timeout=15)
 
 
+async def test_settings_that_come_while_selkies_is_being_started_are_applied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The child can run (and Selkies read its settings) before the supervisor holds its
+    process: a reconfiguration in that window once did nothing (CI saw only the old frame rate)."""
+    seen = tmp_path / "seen"
+    script = tmp_path / "selkies"
+    script.write_text(f'#!/bin/sh\necho "$SELKIES_FRAMERATE" >> {seen}\nexec sleep 60\n')
+    script.chmod(0o755)
+
+    async def on_restart(count: int, code: int | None) -> None:
+        raise AssertionError("a reconfiguration is not a failure")
+
+    supervised = supervisor.Supervisor(
+        [str(script)], {"SELKIES_FRAMERATE": "60"}, on_restart=on_restart
+    )
+    real_exec = asyncio.create_subprocess_exec
+    starts = 0
+
+    async def exec_then_reconfigure(*args: Any, **kwargs: Any) -> asyncio.subprocess.Process:
+        nonlocal starts
+        process = await real_exec(*args, **kwargs)
+        starts += 1
+        if starts == 1:  # the child is started, run() does not hold it yet
+            assert supervised.process is None
+            await supervised.reconfigure({"SELKIES_FRAMERATE": "30"})
+        return process
+
+    monkeypatch.setattr(supervisor.asyncio, "create_subprocess_exec", exec_then_reconfigure)
+    running = asyncio.create_task(supervised.run())
+    for _ in range(600):
+        if seen.exists() and len(seen.read_text().split()) == 2:
+            break
+        await asyncio.sleep(0.05)
+    assert seen.read_text().split() == ["60", "30"]
+    assert supervised.restarts == 0
+    await supervised.stop()
+    await asyncio.wait_for(running, timeout=15)
+
+
 def test_pipeline_latency_is_measured_with_the_tracer(fake_gpu: Callable[..., None]) -> None:
     from agent import checks
     from agent.runner import measure_pipeline_latency
