@@ -11,7 +11,7 @@ from typing import Any
 
 from kubefake.events import EventRecorder
 from kubefake.resources import K8S_VERSION
-from kubefake.scheduler import Scheduler
+from kubefake.scheduler import NODE_CPU, NODE_MEMORY, Scheduler
 from kubefake.store import Key, Raw, Store, condition, now
 
 NODE_NAME = "fake-gpu-node-1"
@@ -24,12 +24,19 @@ NODE_LABELS = {
 }
 
 
-def node(gpu_capacity: int, resource_version: str) -> Raw:
-    """The node, as its kubelet registers it: its labels (which node selectors are matched
+def node(
+    gpu_capacity: int,
+    resource_version: str,
+    *,
+    name: str = NODE_NAME,
+    ip: str = NODE_IP,
+    labels: dict[str, str] | None = None,
+) -> Raw:
+    """A node, as its kubelet registers it: its labels (which node selectors are matched
     against), its GPU capacity, Ready."""
     capacity = {
-        "cpu": "64",
-        "memory": "503Gi",
+        "cpu": NODE_CPU,
+        "memory": NODE_MEMORY,
         "pods": "110",
         "ephemeral-storage": "1Ti",
         "nvidia.com/gpu": str(gpu_capacity),
@@ -38,11 +45,11 @@ def node(gpu_capacity: int, resource_version: str) -> Raw:
         "apiVersion": "v1",
         "kind": "Node",
         "metadata": {
-            "name": NODE_NAME,
+            "name": name,
             "uid": str(uuid.uuid4()),
             "resourceVersion": resource_version,
             "creationTimestamp": now(),
-            "labels": dict(NODE_LABELS),
+            "labels": {**NODE_LABELS, **(labels or {}), "kubernetes.io/hostname": name},
         },
         "spec": {"podCIDR": "10.42.0.0/16", "podCIDRs": ["10.42.0.0/16"]},
         "status": {
@@ -56,8 +63,8 @@ def node(gpu_capacity: int, resource_version: str) -> Raw:
                 }
             ],
             "addresses": [
-                {"type": "InternalIP", "address": NODE_IP},
-                {"type": "Hostname", "address": NODE_NAME},
+                {"type": "InternalIP", "address": ip},
+                {"type": "Hostname", "address": name},
             ],
             "nodeInfo": {
                 "machineID": uuid.uuid4().hex,
@@ -322,8 +329,8 @@ class Kubelet:
                 "phase": "Running",
                 "podIP": (address := self._address(raw)),
                 "podIPs": [{"ip": address}],
-                "hostIP": NODE_IP,
-                "hostIPs": [{"ip": NODE_IP}],
+                "hostIP": (host := self._scheduler.host_ip(raw) or NODE_IP),
+                "hostIPs": [{"ip": host}],
                 "startTime": now(),
                 "conditions": [scheduled, condition("Ready", "True")],
                 "containerStatuses": [container_status(image, running=True)],

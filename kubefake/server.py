@@ -32,10 +32,11 @@ from kmock import Bus  # type: ignore[attr-defined]  # exported at its top level
 
 from kubefake import errors, kubelet, openapi, resources, selectors, tables, tls
 from kubefake.admission import Admission
+from kubefake.autoscaler import Autoscaler, NodeGroup
 from kubefake.controllers import DaemonSets, EndpointSlices, collect_garbage
 from kubefake.events import EventRecorder
 from kubefake.faults import FaultInjector, FaultPlan
-from kubefake.kubelet import NODE_NAME, Kubelet
+from kubefake.kubelet import NODE_IP, NODE_NAME, Kubelet
 from kubefake.resources import K8S_VERSION, Kind
 from kubefake.scheduler import Scheduler
 from kubefake.store import (
@@ -98,6 +99,9 @@ _CURRENT_REQUEST: contextvars.ContextVar[kmock.Request | None] = contextvars.Con
 @attrs.define(kw_only=True)
 class FakeKubernetes(kmock.KubernetesEmulator):
     gpu_capacity: int = 4
+    # A cluster autoscaler's node group (kubefake.autoscaler): nodes that join later for the
+    # pods left Pending for lack of GPUs. None: a cluster without one (no scale-up, no events).
+    autoscaler_group: NodeGroup | None = None
     faults: FaultPlan = attrs.field(factory=FaultPlan)
     kubelet_interval_s: float = 0.02
     termination_delay_s: float = 0.05
@@ -132,6 +136,7 @@ class FakeKubernetes(kmock.KubernetesEmulator):
     injector: FaultInjector = attrs.field(init=False)
     events: EventRecorder = attrs.field(init=False)
     scheduler: Scheduler = attrs.field(init=False)
+    autoscaler: Autoscaler | None = attrs.field(default=None, init=False)
     kubelet: Kubelet = attrs.field(init=False)
     endpoint_slices: EndpointSlices = attrs.field(init=False)
     daemonsets: DaemonSets = attrs.field(init=False)
@@ -154,8 +159,14 @@ class FakeKubernetes(kmock.KubernetesEmulator):
         self.injector = FaultInjector(self.faults.seed)
         self.events = EventRecorder(self, NODE_NAME)
         self.scheduler = Scheduler(
-            self, self.events, node_name=NODE_NAME, gpu_capacity=self.gpu_capacity
+            self,
+            self.events,
+            node_name=NODE_NAME,
+            node_ip=NODE_IP,
+            gpu_capacity=self.gpu_capacity,
         )
+        if self.autoscaler_group is not None:
+            self.autoscaler = Autoscaler(self, self.events, self.scheduler, self.autoscaler_group)
         self.kubelet = Kubelet(
             self,
             self.events,
@@ -191,6 +202,19 @@ class FakeKubernetes(kmock.KubernetesEmulator):
     def faults_injected(self) -> int:
         """How many calls the fault plan failed or held so far."""
         return self.injector.injected
+
+    async def add_node(self, gpus: int) -> str:
+        """A GPU node joins now (Ready, its GPUs advertised): its name."""
+        async with self._lock:
+            number = len(self.scheduler.nodes) + 1
+            name, ip = f"fake-gpu-node-{number}", f"10.0.0.{10 + number % 240}"
+            self.scheduler.add_node(name, ip, gpus)
+            key: Key = (NODE, None, name)
+            self.objects[key] = kubelet.node(gpus, self.next_version(), name=name, ip=ip)
+            self.remember(key)
+            raw = self.objects[key].raw
+        await self._buses[NODE].put({"type": "ADDED", "object": raw})
+        return name
 
     # --- inspection, for tests and the simulated agent ------------------------------------
 
@@ -619,6 +643,7 @@ class FakeKubernetes(kmock.KubernetesEmulator):
             async with self._lock:
                 changes = self.kubelet.step(at)
                 daemonsets = self.daemonsets.step(at)
+                nodes = self.autoscaler.step(at) if self.autoscaler is not None else []
                 events = self.events.drain()
                 slices = self.endpoint_slices.step()
             gone = []
@@ -635,6 +660,8 @@ class FakeKubernetes(kmock.KubernetesEmulator):
                     asyncio.create_task(self.on_pod_running(raw))
             for raw in daemonsets:
                 await self._buses[DAEMONSET].put({"type": "MODIFIED", "object": raw})
+            for change, raw in nodes:
+                await self._buses[NODE].put({"type": change, "object": raw})
             for raw in events:
                 await self._buses[EVENT].put({"type": "ADDED", "object": raw})
             for change, raw in slices:

@@ -66,6 +66,18 @@ policies = st.fixed_dictionaries(
         "gamepads": st.none() | st.booleans(),
     }
 )
+# as app.sessions.capacity stores it: its instant as ISO text
+capacity_waits = st.none() | st.fixed_dictionaries(
+    {
+        "resources": st.lists(st.sampled_from(["nvidia.com/gpu", "cpu", "memory"]), max_size=3),
+        "since": instants.map(lambda instant: instant.isoformat()),
+        "scheduler_message": texts,
+        "autoscaler": st.none() | st.sampled_from(["TriggeredScaleUp", "NotTriggerScaleUp"]),
+        "autoscaler_message": st.none() | texts,
+        "position": st.none() | st.integers(1, 500),
+        "waiting": st.none() | st.integers(1, 500),
+    }
+)
 rows = st.fixed_dictionaries(
     {
         # what asyncpg hands back (a subclass of uuid.UUID) and what the ORM does
@@ -90,6 +102,7 @@ rows = st.fixed_dictionaries(
         "ended_at": st.none() | instants,
         "idle_deadline": instants,
         "expires_at": instants,
+        "capacity_wait": capacity_waits,
     }
 )
 
@@ -126,6 +139,7 @@ def test_a_page_of_documents_is_the_models_json() -> None:
         "ended_at": None,
         "idle_deadline": now + timedelta(hours=1),
         "expires_at": now + timedelta(days=1),
+        "capacity_wait": None,
     }
     page = SessionPage.model_validate({"items": [row, row], "next_cursor": "abc"})
     ours = dump_json({"items": [session_document(row)] * 2, "next_cursor": "abc"})

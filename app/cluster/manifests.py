@@ -444,6 +444,9 @@ class PodObservation:
     schedule_message: str
     failure_reason: str | None
     failure_message: str
+    # Unschedulable for lack of a resource ("Insufficient nvidia.com/gpu"): the session waits
+    # for capacity (app.sessions.capacity) rather than failing.
+    short_of_capacity: bool = False
 
 
 def observe_pod(pod: Manifest) -> PodObservation:
@@ -457,19 +460,19 @@ def observe_pod(pod: Manifest) -> PodObservation:
     schedule_message = ""
     failure_reason: str | None = None
     failure_message = ""
+    short = False
     for condition in status.get("conditions") or []:
         if condition.get("type") == "PodScheduled":
             scheduled = condition.get("status") == "True"
             schedule_message = condition.get("message") or condition.get("reason") or ""
-            unschedulable = condition.get("reason") == "Unschedulable"
-            # A shortage (e.g. "Insufficient nvidia.com/gpu") fails the session at once; other
-            # reasons (a PVC still binding) may pass, and the start timeout bounds them.
-            if (
-                unschedulable
+            # A shortage (e.g. "Insufficient nvidia.com/gpu") is how a cluster autoscaler's
+            # scale-up starts: the session waits for capacity, bounded by its start timeout, as
+            # it waits for other reasons (a PVC still binding).
+            short = (
+                condition.get("reason") == "Unschedulable"
                 and condition.get("status") == "False"
                 and "Insufficient" in schedule_message
-            ):
-                failure_reason, failure_message = "Unschedulable", schedule_message
+            )
     for container in status.get("containerStatuses") or []:
         waiting = (container.get("state") or {}).get("waiting") or {}
         reason = waiting.get("reason")
@@ -480,4 +483,6 @@ def observe_pod(pod: Manifest) -> PodObservation:
     if status.get("phase") == "Failed":
         failure_reason = "PodFailed"
         failure_message = status.get("message") or status.get("reason") or "The pod failed"
-    return PodObservation(session_id, scheduled, schedule_message, failure_reason, failure_message)
+    return PodObservation(
+        session_id, scheduled, schedule_message, failure_reason, failure_message, short
+    )

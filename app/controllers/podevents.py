@@ -13,10 +13,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.cluster import manifests
 from app.cluster.kube import KubeCluster
+from app.config import Settings
+from app.controllers.queue import WorkQueue
 from app.models._types import utcnow
+from app.sessions import capacity, lifecycle
 from app.sessions.records import PodEventRow
+from app.sessions.repository import api as repository
 from app.sessions.repository import eventlog
-from app.sessions.schemas import PodEventReason
+from app.sessions.schemas import AutoscalerVerdict, Phase, PodEventReason
+from app.sessions.service import reschedule
 
 log = structlog.get_logger("vdi.reconciler")
 
@@ -25,9 +30,12 @@ POD_EVENTS_SELECTOR = "involvedObject.kind=Pod"
 # (probe failures every few seconds, ...) would flood the log.
 POD_EVENT_REASONS = frozenset(reason.value for reason in PodEventReason)
 EVENT_BATCH_WAIT_S = 0.05
-# Whose events are forwarded into a session's log: the scheduler's and the kubelets' only (any
-# principal that may create Events in the namespace could write others).
-TRUSTED_EVENT_SOURCES = frozenset({"default-scheduler", "kubelet"})
+# Whose events are forwarded into a session's log: the scheduler's, the kubelets' and the
+# cluster autoscaler's only (any principal that may create Events in the namespace could write
+# others).
+AUTOSCALER = "cluster-autoscaler"
+TRUSTED_EVENT_SOURCES = frozenset({"default-scheduler", "kubelet", AUTOSCALER})
+AUTOSCALER_VERDICTS = frozenset(verdict.value for verdict in AutoscalerVerdict)
 # An event may come before this replica has seen its pod: it waits this long for the pod's uid.
 EVENT_UID_WAIT_S = 10.0
 
@@ -39,9 +47,13 @@ class PodEventForwarder:
         cluster: KubeCluster,
         *,
         uid_of: Callable[[str], str | None],
+        settings: Settings,
+        queue: WorkQueue,
     ) -> None:
         self.sessionmaker = sessionmaker
         self.cluster = cluster
+        self.settings = settings
+        self.queue = queue  # a template may fail a session the autoscaler cannot help
         self.uid_of = uid_of  # a session pod's uid, as the pod watch saw it
         self._queue: list[tuple[float, manifests.Manifest]] = []  # (queued at, event)
         self._queued = asyncio.Event()
@@ -97,10 +109,30 @@ class PodEventForwarder:
             try:
                 async with self.sessionmaker() as db, db.begin():
                     await eventlog.add_pod_events(db, rows, utcnow())
+                    for row in rows:
+                        if row.data["source"] == AUTOSCALER and row.reason in AUTOSCALER_VERDICTS:
+                            await self.autoscaler_said(db, row)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("pod events not recorded", events=len(rows))
+
+    async def autoscaler_said(self, db: AsyncSession, row: PodEventRow) -> None:
+        """The cluster autoscaler's verdict on a session's pod: into its wait for capacity
+        (idempotent: every replica forwards every event)."""
+        session = await repository.get(db, row.session_id, for_update=True)
+        if session is None:
+            return
+        now = lifecycle.instant(session, utcnow())
+        verdict = AutoscalerVerdict(row.reason)
+        events = capacity.autoscaler_said(session, verdict, row.message, now)
+        if not events:
+            return
+        await eventlog.add_events(db, session, events, now)
+        self.queue.capacity_changed.set()
+        if (failure := capacity.fails_now(session)) is not None:
+            await self.queue.move(db, session, Phase.failed, *failure, now)
+            reschedule(session, self.settings, now)
 
     def is_the_pods(self, event: manifests.Manifest) -> bool | None:
         """Whether an event is the scheduler's or a kubelet's about the session pod itself (its

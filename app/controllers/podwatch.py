@@ -16,11 +16,11 @@ from app.cluster.kube import KubeCluster
 from app.config import Settings
 from app.controllers.queue import WorkQueue
 from app.models._types import utcnow
-from app.sessions import lifecycle
+from app.sessions import capacity, lifecycle
 from app.sessions.records import ScheduledFact
 from app.sessions.repository import api as repository
 from app.sessions.repository import eventlog, workqueue
-from app.sessions.schemas import ConditionStatus, ConditionType, Phase
+from app.sessions.schemas import ConditionStatus, ConditionType, EventType, Phase
 from app.sessions.service import reschedule
 
 log = structlog.get_logger("vdi.reconciler")
@@ -35,9 +35,15 @@ class Seen(NamedTuple):
     deleted: bool
     scheduled: bool | None
     failure_reason: str | None
+    waiting_for: str = ""  # the scheduler's message while it waits for capacity
 
 
 NOTHING = Seen(False, None, None)
+
+
+def seen_of(observation: manifests.PodObservation, *, deleted: bool = False) -> Seen:
+    waiting_for = observation.schedule_message if observation.short_of_capacity else ""
+    return Seen(deleted, observation.scheduled, observation.failure_reason, waiting_for)
 
 
 class PodWatch:
@@ -114,7 +120,7 @@ class PodWatch:
                 state = states.get(observation.session_id) if observation.session_id else None
                 if state is not None and _needs_write(observation, state.phase, state.scheduled):
                     await self.apply_observation(observation, deleted=False)
-                self._seen[name] = Seen(False, observation.scheduled, observation.failure_reason)
+                self._seen[name] = seen_of(observation)
         self.prune()
 
     async def observe_pod(self, pod: manifests.Manifest, *, deleted: bool) -> None:
@@ -126,7 +132,7 @@ class PodWatch:
         self._remember_uid(pod)  # kept after its deletion: its last events come after
         if deleted:
             self._gone[name] = asyncio.get_running_loop().time()
-        seen = Seen(deleted, observation.scheduled, observation.failure_reason)
+        seen = seen_of(observation, deleted=deleted)
         if not deleted and seen in (self._seen.get(name), NOTHING):
             return  # nothing new: most pod events are status noise for us
         await self.apply_observation(observation, deleted=deleted)
@@ -192,8 +198,17 @@ class PodWatch:
                 )
                 if event is not None:
                     events.append(event)
+                if observation.scheduled:
+                    events += capacity.capacity_came(session, "the pod is on a node", now)
+                elif observation.short_of_capacity:
+                    events += capacity.wait_for_capacity(session, observation.schedule_message, now)
             await eventlog.add_events(db, session, events, now)
-            if observation.failure_reason is not None:
+            if any(e.type == EventType.capacity_changed for e in events):
+                self.queue.capacity_changed.set()
+            if (failure := capacity.fails_now(session)) is not None:
+                await self.queue.move(db, session, Phase.failed, *failure, now)
+                reschedule(session, self.settings, now)
+            elif observation.failure_reason is not None:
                 await self.queue.move(
                     db,
                     session,

@@ -143,6 +143,10 @@ class PoolKeeper:
             templates = {t.name: template_spec(t) for t in pooled}
             batch: list[tuple[VDISession, list[lifecycle.EventDraft]]] = []
             ending: list[tuple[VDISession, str, str]] = []  # (member, reason, message)
+            # Members never take capacity from users: while users' sessions wait for it, no
+            # member is added, and members not on a node yet end (one on a node stays: a user
+            # can claim it), so that the capacity that comes goes to the users first.
+            users_waiting = await workqueue.users_waiting_for_capacity(db)
 
             for name in sorted(set(templates) | set(members)):
                 spec = templates.get(name)
@@ -160,6 +164,15 @@ class PoolKeeper:
                         ending.append(
                             (member, "TemplateChanged", f"Template '{name}' changed: replaced")
                         )
+                    elif users_waiting and phase in LIVE_MEMBER_PHASES and not member.scheduled_at:
+                        ending.append(
+                            (
+                                member,
+                                SessionReason.warm_pool_yielded.value,
+                                f"Ended to leave capacity to the {users_waiting} users' "
+                                "sessions waiting for it",
+                            )
+                        )
                     elif phase in LIVE_MEMBER_PHASES:
                         live.append(member)
                 wanted = spec.warm_pool if spec is not None else 0
@@ -170,7 +183,7 @@ class PoolKeeper:
                         ending.append(
                             (member, "WarmPoolShrunk", f"warm_pool of '{name}' is {wanted}")
                         )
-                for _ in range(wanted - len(live)):
+                for _ in range(0 if users_waiting else wanted - len(live)):
                     assert spec is not None
                     member, created = new_session_row(
                         self.settings, name, spec, "", now, member=True

@@ -16,6 +16,7 @@ from app.config import Settings
 from app.controllers.queue import Apply, Claim, WorkQueue, retry_or_fail
 from app.models import VDISession
 from app.security import SecretBox, agent_token
+from app.sessions import capacity
 from app.sessions.records import SessionRef
 from app.sessions.schemas import Phase
 from app.templates.schemas import TemplateSpec
@@ -95,7 +96,8 @@ class Provisioner:
             if local_url:
                 row.url = local_url
             message = "Secret, PVC, Pod, Service and IngressRoute exist; waiting for the agent"
-            await self.queue.move(db, row, Phase.starting, "ObjectsCreated", message, now)
+            reason, message = capacity.starting(row, "ObjectsCreated", message)
+            await self.queue.move(db, row, Phase.starting, reason, message, now)
             return None
 
         await self.queue.finish(claim, started)

@@ -56,6 +56,7 @@ class WorkQueue:
         self.settings = settings
         self.sessionmaker = sessionmaker
         self.wake = wake  # set: there may be work due now
+        self.capacity_changed = asyncio.Event()  # set: a wait for capacity began or ended
 
     async def claim(self, limit: int, *, pool_busy: int = 0) -> list[Claim]:
         """Up to `limit` due sessions, claimed; those Pending move to Provisioning. Warm pool

@@ -32,10 +32,15 @@ from app.controllers.terminate import Terminator
 from app.models import VDISession
 from app.models._types import utcnow
 from app.sessions import lifecycle
+from app.sessions.repository import workqueue
 from app.sessions.schemas import Phase
 from app.sessions.service import deadlines
 
 log = structlog.get_logger("vdi.reconciler")
+
+# How often the waiting sessions' places are ranked again (and at once when a wait begins or
+# ends here); cheap when none waits (a partial index).
+CAPACITY_RANK_INTERVAL_S = 2.0
 
 
 class Reconciler:
@@ -55,7 +60,9 @@ class Reconciler:
         self.identity = uuid.uuid4().hex[:8]
         self.queue = WorkQueue(settings, sessionmaker, self.wake)
         self.pods = PodWatch(settings, sessionmaker, cluster, self.queue)
-        self.pod_events = PodEventForwarder(sessionmaker, cluster, uid_of=self.pods.uid_of)
+        self.pod_events = PodEventForwarder(
+            sessionmaker, cluster, uid_of=self.pods.uid_of, settings=settings, queue=self.queue
+        )
         self.provisioner = Provisioner(settings, cluster, self.queue)
         self.terminator = Terminator(cluster, self.queue, pod_gone=self.pods.pod_gone)
         self.sweeper = OrphanSweeper(settings, sessionmaker, cluster)
@@ -83,6 +90,10 @@ class Reconciler:
             ),
             asyncio.create_task(
                 self._loop("pools", self._keep_pools_once, self.pools.kick), name="vdi-pools"
+            ),
+            asyncio.create_task(
+                self._loop("capacity", self._rank_once, self.queue.capacity_changed),
+                name="vdi-capacity-ranks",
             ),
             asyncio.create_task(self.pod_events.watch(), name="vdi-event-watch"),
             asyncio.create_task(self.pod_events.forward(), name="vdi-event-forward"),
@@ -171,6 +182,10 @@ class Reconciler:
         finally:
             structlog.contextvars.unbind_contextvars("session_id")
 
+    async def _rank_once(self) -> float:
+        await self.rank_capacity_waits()
+        return CAPACITY_RANK_INTERVAL_S
+
     async def _sweep_once(self) -> float:
         await self.sweep_orphans()
         await self.sweep_idempotency_keys()
@@ -186,6 +201,11 @@ class Reconciler:
 
     async def observe_relist(self, pods: list[manifests.Manifest]) -> None:
         await self.pods.observe_relist(pods)
+
+    async def rank_capacity_waits(self) -> int:
+        """Each waiting session's place among those waiting for the same resources."""
+        async with self.sessionmaker() as db, db.begin():
+            return await workqueue.rank_capacity_waits(db)
 
     async def sweep_orphans(self) -> int:
         swept = await self.sweeper.sweep_orphans()

@@ -53,6 +53,11 @@ class VDISession(Base):
             postgresql_where=text("pool_member"),
         ),
         Index(
+            "ix_sessions_capacity_wait",
+            "created_at",
+            postgresql_where=text("capacity_wait IS NOT NULL"),
+        ),
+        Index(
             "ix_sessions_next_reconcile_at",
             "next_reconcile_at",
             postgresql_where=text("next_reconcile_at IS NOT NULL"),
@@ -104,3 +109,7 @@ class VDISession(Base):
     claim_token: Mapped[uuid.UUID | None] = mapped_column()
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     force_delete: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Its pod cannot be scheduled for lack of a resource (migration 0010): what is short, since
+    # when, what the cluster autoscaler said, its place among the sessions waiting for the same
+    # (`schemas.CapacityWait`). None once the pod is on a node.
+    capacity_wait: Mapped[dict[str, Any] | None] = mapped_column(JSONB(none_as_null=True))

@@ -29,6 +29,9 @@ class Template(Base):
     gop_size: Mapped[int] = mapped_column(Integer)
     encoder_fallback: Mapped[bool] = mapped_column(Boolean)
     start_timeout_s: Mapped[int] = mapped_column(Integer)
+    fail_without_scale_up: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false()
+    )
     idle_timeout_s: Mapped[int] = mapped_column(Integer)
     max_lifetime_s: Mapped[int] = mapped_column(Integer)
     node_selector: Mapped[dict[str, str]] = mapped_column(JSONB)

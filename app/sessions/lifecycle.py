@@ -169,6 +169,8 @@ def transition(
         session.running_at = now
     if target in (Phase.failed, Phase.terminating) and session.ended_at is None:
         session.ended_at = now
+    if target not in (Phase.provisioning, Phase.starting):
+        session.capacity_wait = None  # no longer waiting (a failure's message says for what)
     return EventDraft(
         type="PhaseChanged",
         phase=target.value,
@@ -425,6 +427,8 @@ def deadline_passed(
         return Phase.terminating, "MaxLifetimeReached", "The session reached its maximum lifetime"
     if phase in (Phase.provisioning, Phase.starting) and now >= _start_deadline(session):
         timeout = session.template_spec["start_timeout_s"]
+        if session.capacity_wait is not None:
+            return Phase.failed, SessionReason.no_capacity.value, _no_capacity(session)
         return Phase.failed, "START_TIMEOUT", f"Not Running within the start timeout ({timeout} s)"
     if phase is Phase.running:
         if now >= session.idle_deadline:
@@ -439,3 +443,17 @@ def deadline_passed(
         if now >= session.ended_at + timedelta(seconds=deadlines.failed_grace_s):
             return Phase.terminating, "FailedCleanup", f"Cleaning up after {session.reason}"
     return None
+
+
+def _no_capacity(session: VDISession) -> str:
+    """Why a session that waited for capacity until its start timeout failed: what was short,
+    and what the cluster autoscaler last said."""
+    wait = session.capacity_wait or {}
+    timeout = session.template_spec["start_timeout_s"]
+    resources = ", ".join(wait.get("resources") or []) or "capacity"
+    said = wait.get("autoscaler_message")
+    autoscaler = f"; the cluster autoscaler said: {said}" if said else ""
+    return (
+        f"No node had room for the pod within the start timeout ({timeout} s): short of "
+        f"{resources}{autoscaler}"
+    )

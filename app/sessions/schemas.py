@@ -56,6 +56,8 @@ class SessionReason(StrEnum):
     created = "Created"
     provisioning = "Provisioning"
     waiting_for_previous_session = "WaitingForPreviousSession"
+    waiting_for_capacity = "WaitingForCapacity"
+    capacity_available = "CapacityAvailable"
     objects_created = "ObjectsCreated"
     agent_ready = "AgentReady"
     warm_ready = "WarmReady"
@@ -69,6 +71,7 @@ class SessionReason(StrEnum):
     control_plane_restarted = "ControlPlaneRestarted"
     warm_pool_member_failed = "WarmPoolMemberFailed"
     warm_pool_shrunk = "WarmPoolShrunk"
+    warm_pool_yielded = "WarmPoolYielded"
     template_deleted = "TemplateDeleted"
     template_changed = "TemplateChanged"
     # failures
@@ -76,6 +79,7 @@ class SessionReason(StrEnum):
     encoder_unavailable = "ENCODER_UNAVAILABLE"
     streamer_failed = "STREAMER_FAILED"
     start_timeout = "START_TIMEOUT"
+    no_capacity = "NO_CAPACITY"
     agent_lost = "AGENT_LOST"
     provisioning_failed = "ProvisioningFailed"
     unschedulable = "Unschedulable"
@@ -118,6 +122,23 @@ class EventType(StrEnum):
     pod_event = "PodEvent"
     claimed = "Claimed"
     stream_adapted = "StreamAdapted"
+    capacity_changed = "CapacityChanged"
+
+
+class AutoscalerVerdict(StrEnum):
+    """What the cluster autoscaler said about a pod waiting for capacity (its events' reasons)."""
+
+    triggered_scale_up = "TriggeredScaleUp"
+    not_trigger_scale_up = "NotTriggerScaleUp"
+
+
+class CapacityReason(StrEnum):
+    """Why a session's wait for capacity changed (`CapacityChanged` events)."""
+
+    waiting_for_capacity = "WaitingForCapacity"
+    triggered_scale_up = "TriggeredScaleUp"
+    not_trigger_scale_up = "NotTriggerScaleUp"
+    capacity_available = "CapacityAvailable"
 
 
 class AdaptedSetting(StrEnum):
@@ -201,6 +222,31 @@ class SessionCreate(BaseModel):
     template: TemplateRef
 
 
+class CapacityWait(BaseModel):
+    """A session whose pod waits for a node with room: what is short, what the cluster
+    autoscaler said, and its place among the sessions waiting for the same."""
+
+    model_config = OUT
+
+    resources: list[str] = Field(
+        description="What no node has enough of, e.g. `nvidia.com/gpu` (empty until the "
+        "scheduler's word is seen)"
+    )
+    since: datetime = Field(description="When the wait began")
+    scheduler_message: str = Field(description="What the scheduler said, as it said it")
+    autoscaler: AutoscalerVerdict | None = Field(
+        description="`TriggeredScaleUp`: a node is on its way; `NotTriggerScaleUp`: no node "
+        "group can help; null: no word from a cluster autoscaler (there may be none)"
+    )
+    autoscaler_message: str | None
+    position: int | None = Field(
+        description="Its place (1: next) among the users' sessions waiting for the same "
+        "resources, in the order their pods were made (as the scheduler takes them), as the "
+        "reconciler last ranked them (null until then)"
+    )
+    waiting: int | None = Field(description="How many users' sessions wait for the same")
+
+
 class Session(BaseModel):
     model_config = OUT
 
@@ -238,6 +284,11 @@ class Session(BaseModel):
     ended_at: datetime | None = Field(description="When it became unusable (Failed or Terminating)")
     idle_deadline: datetime = Field(description="Terminated after this unless kept alive")
     expires_at: datetime = Field(description="The maximum lifetime's end")
+    capacity_wait: CapacityWait | None = Field(
+        default=None,
+        description="Set while its pod waits for a node with room (reason "
+        "`WaitingForCapacity`); null otherwise",
+    )
 
     @field_validator("policy", mode="before")
     @classmethod
@@ -293,6 +344,22 @@ def session_document(row: Mapping[str, Any]) -> dict[str, Any]:
         "ended_at": row["ended_at"],
         "idle_deadline": row["idle_deadline"],
         "expires_at": row["expires_at"],
+        "capacity_wait": capacity_wait_document(row["capacity_wait"]),
+    }
+
+
+def capacity_wait_document(stored: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A stored `capacity_wait` as the `CapacityWait` document (its instant parsed)."""
+    if stored is None:
+        return None
+    return {
+        "resources": list(stored.get("resources") or []),
+        "since": datetime.fromisoformat(stored["since"]),
+        "scheduler_message": stored.get("scheduler_message") or "",
+        "autoscaler": stored.get("autoscaler"),
+        "autoscaler_message": stored.get("autoscaler_message"),
+        "position": stored.get("position"),
+        "waiting": stored.get("waiting"),
     }
 
 
@@ -422,6 +489,23 @@ class StreamAdaptedEvent(_EventBase):
     data: AdaptationOut
 
 
+class CapacityChange(BaseModel):
+    model_config = OUT
+
+    resources: list[str]
+    autoscaler: AutoscalerVerdict | None
+    waited_s: float | None = Field(description="How long it waited (on CapacityAvailable)")
+
+
+class CapacityChangedEvent(_EventBase):
+    """The session's wait for capacity began, heard from the cluster autoscaler, or ended
+    (`CapacityAvailable`: its pod is on a node)."""
+
+    type: Literal[EventType.capacity_changed]
+    reason: CapacityReason | None
+    data: CapacityChange
+
+
 class SessionEventOut(
     RootModel[
         Annotated[
@@ -429,7 +513,8 @@ class SessionEventOut(
             | ConditionChangedEvent
             | PodEvent
             | ClaimedEvent
-            | StreamAdaptedEvent,
+            | StreamAdaptedEvent
+            | CapacityChangedEvent,
             Field(discriminator="type"),
         ]
     ]

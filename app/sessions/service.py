@@ -41,6 +41,7 @@ from app.sessions.schemas import (
     Session,
     SessionCreate,
     TurnCredentials,
+    capacity_wait_document,
     dump_json,
     session_document,
 )
@@ -125,6 +126,7 @@ def to_schema(session: VDISession) -> Session:
         ended_at=session.ended_at,
         idle_deadline=session.idle_deadline,
         expires_at=session.expires_at,
+        capacity_wait=capacity_wait_document(session.capacity_wait),
     )
 
 

@@ -130,7 +130,19 @@ class TemplateSpec(BaseModel):
     encoder_fallback: bool = Field(
         default=True, description="Allow x264enc when NVENC is unusable; false fails the session"
     )
-    start_timeout_s: int = Field(default=300, ge=30, le=3600)
+    start_timeout_s: int = Field(
+        default=300,
+        ge=30,
+        le=3600,
+        description="Seconds from the reconciler's claim to Running; a session still waiting "
+        "for capacity then fails with NO_CAPACITY, any other with START_TIMEOUT",
+    )
+    fail_without_scale_up: bool = Field(
+        default=False,
+        description="Fail a session waiting for capacity at once (NO_CAPACITY) when the "
+        "cluster autoscaler says no node group can help (NotTriggerScaleUp), rather than "
+        "waiting for nodes an operator may add until the start timeout",
+    )
     idle_timeout_s: int = Field(default=3600, ge=60, le=7 * 86400)
     max_lifetime_s: int = Field(default=43200, ge=300, le=30 * 86400)
     node_selector: dict[LabelKey, Annotated[str, Field(max_length=63)]] = Field(

@@ -78,6 +78,13 @@ function untilPhase(id: string, phases: Phase[]): Promise<Phase> {
       const event: SessionEventOut = JSON.parse(message.data);
       if (event.type === "PodEvent") console.log(`pod: ${event.reason} (${event.data.source})`);
     });
+    // a wait for GPUs (or CPU, memory): what is short, what the cluster autoscaler said
+    stream.addEventListener("CapacityChanged", (message) => {
+      const event: SessionEventOut = JSON.parse(message.data);
+      if (event.type !== "CapacityChanged") return;
+      const waited = event.data.waited_s === null ? "" : ` after ${event.data.waited_s} s`;
+      console.log(`capacity: ${event.reason} ${event.data.resources.join(", ")}${waited}`);
+    });
     stream.onerror = (error) => {
       if (error.code !== undefined && error.code >= 400) {
         stream.close();

@@ -4,6 +4,7 @@ the app with its reconciler running against it."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,7 +18,7 @@ from app.cluster.kube import KubeCluster
 from app.config import Settings
 from app.main import create_app
 from kubefake import FakeKubernetes, start_fake_cluster
-from tests.conftest import ADMIN, _truncate, client_for, running
+from tests.conftest import ADMIN, _truncate, bearer, client_for, running
 
 
 @pytest.fixture
@@ -109,3 +110,23 @@ def new_session(api: httpx.AsyncClient) -> Callable[..., Awaitable[dict[str, Any
 
 def name_of(session_id: str) -> str:
     return f"vdi-{uuid.UUID(session_id)}"
+
+
+async def report_ready_pods(
+    api: httpx.AsyncClient, emulator: FakeKubernetes, *, checks: list[dict[str, Any]] | None = None
+) -> None:
+    """Be the agent of every running pod whose Secret exists: report its checks passed."""
+    for pod in list(emulator.live("pods")):
+        if (pod.get("status") or {}).get("phase") != "Running":
+            continue
+        name = pod["metadata"]["name"]
+        secret = emulator.find("secrets", "vdi", name)
+        if secret is None:
+            continue
+        token = base64.b64decode(secret["data"]["VDI_AGENT_TOKEN"]).decode()
+        session_id = name.removeprefix("vdi-")
+        report = {
+            "checks": checks or [{"name": "gpu", "ok": True}, {"name": "encoder", "ok": True}],
+            "encoder": "nvh264enc",
+        }
+        await api.post(f"/v1/sessions/{session_id}/health", json=report, headers=bearer(token))

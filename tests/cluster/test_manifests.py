@@ -395,7 +395,8 @@ def test_observe_pod_maps_failures() -> None:
     )
     seen = manifests.observe_pod(insufficient)
     assert seen.session_id == session().id
-    assert (seen.scheduled, seen.failure_reason) == (False, "Unschedulable")
+    # a shortage is not a failure: the session waits for capacity (tests/cluster/test_capacity)
+    assert (seen.scheduled, seen.failure_reason, seen.short_of_capacity) == (False, None, True)
     binding = _pod_with(
         {
             "phase": "Pending",
@@ -409,9 +410,11 @@ def test_observe_pod_maps_failures() -> None:
             ],
         }
     )
-    assert (
-        manifests.observe_pod(binding).failure_reason is None
-    )  # transient: the start timeout bounds it
+    waiting_for_a_volume = manifests.observe_pod(binding)  # the start timeout bounds it
+    assert (waiting_for_a_volume.failure_reason, waiting_for_a_volume.short_of_capacity) == (
+        None,
+        False,
+    )
     pulling = _pod_with(
         {
             "phase": "Pending",

@@ -94,18 +94,6 @@ async def test_create_run_delete_terminated_and_the_home_is_reused(
     assert reused["metadata"]["uid"] == home["metadata"]["uid"]
 
 
-@pytest.mark.parametrize("fake_options", [{"gpu_capacity": 1}])
-async def test_insufficient_gpu_fails_with_the_pods_message(
-    api: httpx.AsyncClient, new_session: NewSession
-) -> None:
-    session = await new_session("bob", gpu=2)
-    failed = await eventually(phase_is(api, session["id"], "Failed"))
-    assert failed["reason"] == "Unschedulable"
-    assert "Insufficient nvidia.com/gpu" in failed["message"]
-    scheduled = {c["type"]: c for c in failed["conditions"]}["PodScheduled"]
-    assert (scheduled["status"], scheduled["reason"]) == ("False", "Unschedulable")
-
-
 async def test_image_pull_error_fails(api: httpx.AsyncClient, new_session: NewSession) -> None:
     session = await new_session("carol", image="registry.test/does-not-exist:1")
     failed = await eventually(phase_is(api, session["id"], "Failed"))

@@ -4,7 +4,6 @@ client against the fake cluster (DESIGN "Time to desktop")."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -27,8 +26,8 @@ from app.sessions.router import warm_router
 from app.templates import repository as templates_repository
 from harness.servers import serve
 from kubefake import FakeKubernetes
-from tests.cluster.conftest import eventually, name_of, phase_is
-from tests.conftest import ADMIN, bearer, client_for, running
+from tests.cluster.conftest import eventually, name_of, phase_is, report_ready_pods
+from tests.conftest import ADMIN, client_for, running
 
 Fake = tuple[FakeKubernetes, KubeCluster]
 POOLED = {
@@ -48,26 +47,6 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
         yield connection
     finally:
         await connection.close()
-
-
-async def report_ready_pods(
-    api: httpx.AsyncClient, emulator: FakeKubernetes, *, checks: list[dict[str, Any]] | None = None
-) -> None:
-    """Be the agent of every running pod whose Secret exists: report its checks passed."""
-    for pod in list(emulator.live("pods")):
-        if (pod.get("status") or {}).get("phase") != "Running":
-            continue
-        name = pod["metadata"]["name"]
-        secret = emulator.find("secrets", "vdi", name)
-        if secret is None:
-            continue
-        token = base64.b64decode(secret["data"]["VDI_AGENT_TOKEN"]).decode()
-        session_id = name.removeprefix("vdi-")
-        report = {
-            "checks": checks or [{"name": "gpu", "ok": True}, {"name": "encoder", "ok": True}],
-            "encoder": "nvh264enc",
-        }
-        await api.post(f"/v1/sessions/{session_id}/health", json=report, headers=bearer(token))
 
 
 async def members(db: asyncpg.Connection, template: str = "pooled") -> list[asyncpg.Record]:

@@ -89,6 +89,7 @@ SHOWN_NAMES = (
     "ended_at",
     "idle_deadline",
     "expires_at",
+    "capacity_wait",
 )
 
 

@@ -233,3 +233,51 @@ async def next_due(db: AsyncSession, *, new_pool_members: bool = True) -> dateti
     if not new_pool_members:
         query = query.where(~(VDISession.pool_member & (VDISession.phase == "Pending")))
     return (await db.execute(query)).scalar_one_or_none()
+
+
+# The users' sessions waiting for capacity, ranked within each set of resources short in the
+# order their pods were made (the reconciler's claim), as kube-scheduler takes the pods of one
+# priority in the order they came: each one's
+# place and the number waiting, written only where they changed, on rows no one holds locked
+# (a locked one is ranked on the next pass).
+_RANK_CAPACITY_WAITS = text(
+    """
+    WITH waiting AS (
+        SELECT id,
+               row_number() OVER (
+                   PARTITION BY capacity_wait -> 'resources'
+                   ORDER BY claimed_at, created_at, id
+               ) AS position,
+               count(*) OVER (PARTITION BY capacity_wait -> 'resources') AS waiting
+        FROM sessions
+        WHERE capacity_wait IS NOT NULL AND NOT pool_member
+          AND phase IN ('Provisioning', 'Starting')
+    ),
+    changed AS (
+        SELECT s.id, w.position, w.waiting FROM sessions s JOIN waiting w ON w.id = s.id
+        WHERE (s.capacity_wait ->> 'position') IS DISTINCT FROM w.position::text
+           OR (s.capacity_wait ->> 'waiting') IS DISTINCT FROM w.waiting::text
+        FOR UPDATE OF s SKIP LOCKED
+    )
+    UPDATE sessions s
+    SET capacity_wait = s.capacity_wait
+        || jsonb_build_object('position', changed.position, 'waiting', changed.waiting)
+    FROM changed WHERE s.id = changed.id
+    """
+)
+
+
+async def rank_capacity_waits(db: AsyncSession) -> int:
+    """Rank the waiting sessions (see `_RANK_CAPACITY_WAITS`): how many changed."""
+    result = await db.execute(_RANK_CAPACITY_WAITS)
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+async def users_waiting_for_capacity(db: AsyncSession) -> int:
+    """How many users' sessions wait for capacity (warm pool members yield to them)."""
+    query = select(func.count()).where(
+        VDISession.capacity_wait.is_not(None),
+        VDISession.pool_member.is_(False),
+        VDISession.phase.in_(["Provisioning", "Starting"]),
+    )
+    return int((await db.execute(query)).scalar_one())
