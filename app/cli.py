@@ -150,10 +150,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
         url, server = stack.enter_context(database_server(settings))
         ensure_schema(settings, url)
         app = create_app(settings, url, database_server=server)
-        asyncio.run(_serve(app, host, port, settings.agent_port))
+        asyncio.run(_serve(app, host, port, settings.agent_port, settings.shutdown_grace_s))
 
 
-async def _serve(app: Any, host: str, port: int, agent_port: int) -> None:
+async def _serve(app: Any, host: str, port: int, agent_port: int, grace_s: float = 20.0) -> None:
     """The API on `port` and, with `agent_port`, once the API has started, the agents'
     callbacks alone there (app.httpserver.agent_only), both in this event loop and process."""
     import uvicorn
@@ -162,7 +162,13 @@ async def _serve(app: Any, host: str, port: int, agent_port: int) -> None:
 
     main = uvicorn.Server(
         uvicorn.Config(
-            app, host=host, port=port, log_config=None, proxy_headers=True, **uvicorn_options()
+            app,
+            host=host,
+            port=port,
+            log_config=None,
+            proxy_headers=True,
+            timeout_graceful_shutdown=int(grace_s),
+            **uvicorn_options(),
         )
     )
     agents = uvicorn.Server(
@@ -172,6 +178,7 @@ async def _serve(app: Any, host: str, port: int, agent_port: int) -> None:
             port=agent_port,
             log_config=None,
             lifespan="off",  # the app's lifespan is the main server's
+            timeout_graceful_shutdown=int(grace_s),
             **uvicorn_options(),
         )
     )

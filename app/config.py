@@ -261,6 +261,13 @@ class Settings(BaseSettings):
     port: int = Field(
         default=8080, ge=1, le=65535, description="The API's port (`serve --port` overrides)"
     )
+    shutdown_grace_s: float = Field(
+        default=20.0,
+        ge=1,
+        le=600,
+        description="On SIGTERM, how long open requests (event streams included) have to end "
+        "before the server closes them; the chart's terminationGracePeriodSeconds covers it",
+    )
     agent_port: int = Field(
         default=0,
         ge=0,

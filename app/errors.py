@@ -283,6 +283,9 @@ def _field_errors(exc: RequestValidationError) -> list[FieldError]:
 
 
 def _database_unavailable(request: Request) -> JSONResponse:
+    metrics = getattr(request.app.state, "metrics", None)
+    if metrics is not None:
+        metrics.database_errors.labels("request").inc()
     return problem_response(
         request,
         status=DatabaseUnavailable.status,

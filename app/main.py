@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
+import asyncpg
 import structlog
 from asgi_correlation_id import CorrelationIdMiddleware
 from fastapi import FastAPI
@@ -25,14 +26,15 @@ from app.controllers import Reconciler
 from app.cors import ApiCors
 from app.db import asyncpg_dsn, create_engine, create_sessionmaker, open_direct_pool
 from app.errors import install_error_handlers
-from app.observability import EdgeMiddleware, Metrics
+from app.observability import KNOWN_REASONS, EdgeMiddleware, Metrics
 from app.ops.router import router as ops_router
 from app.ratelimit import PerKeyLimit
 from app.runtimes import start_runtime
 from app.sessions.events import EventHub
 from app.sessions.lane import HeartbeatLane
+from app.sessions.repository import eventlog
 from app.sessions.router import router as sessions_router
-from app.sessions.schemas import SessionEventFrame
+from app.sessions.schemas import Phase, SessionEventFrame
 from app.sessions.streams import StreamRegistry
 from app.templates.router import router as templates_router
 from app.textguard import TextGuardMiddleware
@@ -68,13 +70,26 @@ async def _start_cluster_side(
     assert cluster is not None
     app.state.cluster = cluster
     app.state.cluster_mode = mode
-    histogram = app.state.metrics.session_start_seconds
+    metrics = app.state.metrics
+    histogram = metrics.session_start_seconds
 
     def on_ready(template: str, warm: bool, seconds: float) -> None:
         histogram.labels(template=template, warm="true" if warm else "false").observe(seconds)
 
+    def on_step_error(step: str, error: BaseException) -> None:
+        if isinstance(error, DBAPIError | asyncpg.PostgresError | ConnectionError):
+            metrics.database_errors.labels("reconciler").inc()
+
+    cluster.on_error = lambda verb, kind, error: metrics.cluster_errors.labels(
+        verb, kind, error
+    ).inc()
     reconciler = Reconciler(
-        settings, app.state.sessionmaker, cluster, wake=hub.work_event, on_ready=on_ready
+        settings,
+        app.state.sessionmaker,
+        cluster,
+        wake=hub.work_event,
+        on_ready=on_ready,
+        on_step_error=on_step_error,
     )
     app.state.reconciler = reconciler
     if mode in ("local", "simulated"):
@@ -191,6 +206,14 @@ def create_app(
                 stack.callback(retry.cancel)
             await hub.start()
             stack.push_async_callback(hub.stop)
+            failures = app.state.metrics.failures
+
+            def on_phase(phase: str, reason: str | None) -> None:
+                if phase == Phase.failed.value:
+                    failures.labels(reason if reason in KNOWN_REASONS else "Other").inc()
+
+            eventlog.phase_observers.append(on_phase)
+            stack.callback(eventlog.phase_observers.remove, on_phase)
             if database_server is not None:
                 supervisor = asyncio.create_task(_supervise_database(app, database_server))
                 stack.callback(supervisor.cancel)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
+from datetime import datetime
 from typing import Any, TextIO
 
 import structlog
@@ -13,6 +15,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import InternalError, PayloadTooLarge, problem_response
+from app.sessions.schemas import Phase, SessionReason
+
+# The reasons a session may have (app.sessions.schemas.SessionReason, and the warm pools' own):
+# labels of vdi_sessions_by_reason; any other is counted as Other, so a label never grows.
+KNOWN_REASONS = frozenset({*(r.value for r in SessionReason), "WarmPoolMemberExpired"})
+ALL_PHASES = tuple(phase.value for phase in Phase)
 
 SENSITIVE_KEYS = ("password", "token", "secret", "authorization", "credential", "cookie")
 
@@ -121,6 +129,125 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        # Read from the database at scrape time, as vdi_sessions: every replica reports the
+        # same numbers (aggregate them with max, not sum).
+        self.sessions_by_reason = Gauge(
+            "vdi_sessions_by_reason",
+            "Sessions by phase and reason (Terminated left out; an unknown reason is Other)",
+            ["phase", "reason"],
+            registry=self.registry,
+        )
+        self.capacity_waiting = Gauge(
+            "vdi_sessions_waiting_for_capacity",
+            "Users' sessions whose pod waits for a node with room, by what is short",
+            ["resources"],
+            registry=self.registry,
+        )
+        self.capacity_oldest = Gauge(
+            "vdi_capacity_wait_oldest_seconds",
+            "How long the longest wait for capacity has lasted (0: none waits)",
+            registry=self.registry,
+        )
+        self.reconciler_due = Gauge(
+            "vdi_reconciler_due_sessions",
+            "Sessions whose reconciler work is due now (the work queue's depth)",
+            registry=self.registry,
+        )
+        self.reconciler_oldest_due = Gauge(
+            "vdi_reconciler_oldest_due_seconds",
+            "How long the oldest due work has waited for a replica (0: none due)",
+            registry=self.registry,
+        )
+        self.pool_members = Gauge(
+            "vdi_pool_members",
+            "Warm pool members by template and state (ready: Running, waiting for a user)",
+            ["template", "state"],
+            registry=self.registry,
+        )
+        self.pool_size = Gauge(
+            "vdi_pool_size",
+            "Warm pool size wanted, by template",
+            ["template"],
+            registry=self.registry,
+        )
+        self.database_up = Gauge(
+            "vdi_database_up",
+            "1 when this replica's last scrape read the database, 0 when it could not",
+            registry=self.registry,
+        )
+        self.ready = Gauge(
+            "vdi_ready",
+            "1 when this replica serves (database read, pod watch caught up), else 0",
+            registry=self.registry,
+        )
+        # Counted in this process: sum them over the replicas.
+        self.failures = Counter(
+            "vdi_session_failures",
+            "Sessions that became Failed, by reason (GPU_INIT_ERROR, AGENT_LOST, NO_CAPACITY...)",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.cluster_errors = Counter(
+            "vdi_cluster_errors",
+            "Kubernetes API calls that failed after their retries, by verb, object kind and "
+            "error (timeout, connection, 429, 4xx, 5xx; a 404 or 409 a caller expects is none)",
+            ["verb", "kind", "error"],
+            registry=self.registry,
+        )
+        self.database_errors = Counter(
+            "vdi_database_errors",
+            "Database errors seen, by where (request, reconciler, scrape)",
+            ["where"],
+            registry=self.registry,
+        )
+
+    def fold_snapshot(
+        self, rows: list[tuple[str, str, str, int, datetime | None]], now: datetime
+    ) -> None:
+        """The scrape-time gauges from `sessions.repository.api.metrics_snapshot`'s rows."""
+        phases: dict[str, int] = {}
+        for gauge in (self.sessions_by_reason, self.capacity_waiting, self.pool_members):
+            gauge.clear()
+        self.pool_size.clear()
+        self.capacity_oldest.set(0)
+        self.reconciler_due.set(0)
+        self.reconciler_oldest_due.set(0)
+        oldest_wait: datetime | None = None
+        pools: dict[tuple[str, str], int] = {}
+        for part, a, b, count, at in rows:
+            if part == "phase":
+                phases[a] = phases.get(a, 0) + count
+                reason = b if b in KNOWN_REASONS else ("none" if not b else "Other")
+                self.sessions_by_reason.labels(a, reason).inc(count)
+            elif part == "waiting":
+                resources = ",".join(sorted(json.loads(a))) if a else ""
+                self.capacity_waiting.labels(_bounded_resources(resources)).inc(count)
+                if at is not None and (oldest_wait is None or at < oldest_wait):
+                    oldest_wait = at
+            elif part == "due":
+                self.reconciler_due.set(count)
+                if at is not None and count:
+                    self.reconciler_oldest_due.set(max(0.0, (now - at).total_seconds()))
+            elif part == "pool":
+                state = "ready" if b == "Running" else "starting"
+                pools[(a, state)] = pools.get((a, state), 0) + count
+            elif part == "pool_size":
+                self.pool_size.labels(a).set(count)
+                for state in ("ready", "starting"):
+                    pools.setdefault((a, state), 0)
+        for (template, state), count in pools.items():
+            self.pool_members.labels(template, state).set(count)
+        if oldest_wait is not None:
+            self.capacity_oldest.set(max(0.0, (now - oldest_wait).total_seconds()))
+        for phase in ALL_PHASES:
+            self.sessions.labels(phase=phase).set(phases.get(phase, 0))
+
+
+def _bounded_resources(resources: str) -> str:
+    """What is short, as a label with a bounded set of values."""
+    known = {"nvidia.com/gpu", "cpu", "memory"}
+    parts = [p if p in known else "other" for p in resources.split(",") if p]
+    return ",".join(sorted(set(parts))) or "unknown"
 
 
 class BodyTooLarge(Exception):

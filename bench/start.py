@@ -6,13 +6,20 @@ agent reports the checks passed `--agent-s` after the container starts. For each
 `--sessions` sessions for as many users, created all at once (a burst) and one at a time:
 - cold: a template without a pool;
 - warm: a template whose pool has a member for every user (refilled between the two runs);
-- exhausted: a pool of a fifth of them: the rest fall back to cold starts.
+- exhausted: a pool of a fifth of them: the rest fall back to cold starts;
+- capacity: a cluster with no GPU left, whose autoscaler adds nodes of `--gpus-per-node` that
+  are Ready `--node-join-s` after the scale-up and advertise their GPUs `--gpu-advertise-s`
+  after that (the device plugin): the sessions wait (`WaitingForCapacity`), none fails, each
+  runs once a node has its GPU. Its note: nodes added, how long the sessions waited for
+  capacity (their `CapacityAvailable` events), and the start p50 vs the node's join and
+  advertisement plus the pull and the checks (the floor: what no control plane can beat).
 It prints p50/p95 of created -> Running (the sessions' own `created_at` and `running_at`, what
 `vdi_session_start_seconds` observes) and, as the floor, the API's own latency for a cold create
 (its 202) in the same run; the warm p95 vs that floor; and how long the pool took to be full
 again after the warm burst, vs one cold start.
 
-    python -m bench.start [--sessions 50] [--pull-s 20] [--agent-s 2]
+    python -m bench.start [--sessions 50] [--pull-s 20] [--agent-s 2] [--node-join-s 30]
+        [--gpu-advertise-s 10] [--gpus-per-node 8]
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import socket
 import statistics
 import time
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -37,7 +45,9 @@ from app.observability import configure_logging
 from app.runtimes.simulated import StandInAgent
 from harness.database import bench_database
 from harness.servers import serve_on
-from kubefake import start_fake_cluster
+from kubefake import FakeKubernetes, start_fake_cluster
+from kubefake.autoscaler import Autoscaler, NodeGroup
+from kubefake.scheduler import GPU
 
 ADMIN = "vdi_bench-admin-" + "a" * 32
 IMAGE = "registry.example/vdi/session:1"
@@ -160,7 +170,7 @@ async def run(args: argparse.Namespace, url: str) -> None:
             headers = {"Authorization": f"Bearer {ADMIN}"}
             async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60) as http:
                 bench = Bench(http, db, args.sessions)
-                rows = await scenarios(bench, http, args, split)
+                rows = await scenarios(bench, http, args, split, fake)
         await agent.stop()
         cluster.close()
     await db.close()
@@ -205,7 +215,11 @@ def instrument(app: FastAPI, cluster: KubeCluster) -> Split:
 
 
 async def scenarios(
-    bench: Bench, http: httpx.AsyncClient, args: argparse.Namespace, split: Split
+    bench: Bench,
+    http: httpx.AsyncClient,
+    args: argparse.Namespace,
+    split: Split,
+    fake: FakeKubernetes,
 ) -> list[tuple[str, list[float], str]]:
     n = args.sessions
     rows: list[tuple[str, list[float], str]] = []
@@ -241,7 +255,51 @@ async def scenarios(
     )
     rows.append(("pool of n/5 exhausted, at once", _starts(shown), note))
     await bench.end(shown)
+    await http.put("/v1/templates/short", json={**cold, "warm_pool": 0})
+    rows.append(await capacity_scenario(bench, http, args, fake, statistics.median(rows[0][1])))
     return rows
+
+
+async def capacity_scenario(
+    bench: Bench,
+    http: httpx.AsyncClient,
+    args: argparse.Namespace,
+    fake: FakeKubernetes,
+    cold_p50: float,
+) -> tuple[str, list[float], str]:
+    """A burst on a cluster with no GPU free, served by nodes the autoscaler adds."""
+    for room in fake.scheduler.nodes.values():  # the nodes there have no GPU to give
+        room.allocatable[GPU] = Decimal(0)
+    group = NodeGroup(
+        max_nodes=-(-args.sessions // args.gpus_per_node),
+        gpus_per_node=args.gpus_per_node,
+        join_s=args.node_join_s,
+        gpus_after_s=args.gpu_advertise_s,
+    )
+    fake.autoscaler = Autoscaler(fake, fake.events, fake.scheduler, group)
+    await http.put("/v1/templates/capacity", json={"image": IMAGE, "persistent_home": False})
+    shown, _began = await bench.wave_of("capacity", burst=True)
+    failed = [s for s in shown if s["phase"] != "Running"]
+    waits = []
+    for session in shown:
+        log = (await http.get(f"/v1/sessions/{session['id']}/events")).json()["items"]
+        waits += [
+            e["data"]["waited_s"]
+            for e in log
+            if e["type"] == "CapacityChanged" and e["reason"] == "CapacityAvailable"
+        ]
+    starts = _starts(shown)
+    # what no control plane can beat: the node's join and advertisement, the pull, the checks
+    floor = args.node_join_s + args.gpu_advertise_s + args.pull_s + args.agent_s
+    note = (
+        f"{fake.autoscaler.nodes_added} nodes added, {len(failed)} failed; waited for capacity "
+        f"p50 {_fmt(statistics.median(waits)) if waits else '-'} ({len(waits)} waits); start "
+        f"p50 vs join + advertise + pull + checks ({_fmt(floor)}): "
+        f"{statistics.median(starts) / floor:.2f}x (a cold start alone: {_fmt(cold_p50)})"
+    )
+    await bench.end(shown)
+    name = f"cold, node joins after {args.node_join_s:g}+{args.gpu_advertise_s:g} s"
+    return name, starts, note
 
 
 def print_table(
@@ -299,6 +357,9 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=50)
     parser.add_argument("--pull-s", type=float, default=20.0)
     parser.add_argument("--agent-s", type=float, default=2.0)
+    parser.add_argument("--node-join-s", type=float, default=30.0)
+    parser.add_argument("--gpu-advertise-s", type=float, default=10.0)
+    parser.add_argument("--gpus-per-node", type=int, default=8)
     args = parser.parse_args()
     configure_logging("WARNING", json=False)
     with bench_database() as url:

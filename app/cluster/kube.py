@@ -94,6 +94,9 @@ class KubeCluster:
         self.ingress_group, self.ingress_version = ingress_api_version.split("/")
         # Its own threads: blocking cluster calls never starve asyncio.to_thread's small pool.
         self._executor = ThreadPoolExecutor(max_workers=CALL_THREADS, thread_name_prefix="vdi-kube")
+        # Told of each call that failed for good (verb, kind, error class): the metrics'
+        # `vdi_cluster_errors_total`. A 404 or a 409, which callers expect, is not an error.
+        self.on_error: Callable[[str, str, str], None] | None = None
 
     @classmethod
     def for_host(
@@ -132,14 +135,23 @@ class KubeCluster:
                     loop = asyncio.get_running_loop()
                     return await loop.run_in_executor(self._executor, function)
         except ApiException as error:
+            if error.status not in (404, 409):
+                self._count_error(action, _error_class(error.status))
             raise ClusterError(
                 f"{action}: {_message(error)}", status=error.status, temporary=_is_temporary(error)
             ) from None
         except (urllib3.exceptions.HTTPError, OSError, TimeoutError) as error:
+            timeout = isinstance(error, TimeoutError | urllib3.exceptions.TimeoutError)
+            self._count_error(action, "timeout" if timeout else "connection")
             raise ClusterError(
                 f"{action}: {type(error).__name__}: {error}", temporary=True
             ) from None
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _count_error(self, action: str, error: str) -> None:
+        if self.on_error is not None:
+            verb, _, rest = action.partition(" ")
+            self.on_error(verb, rest.split(" ")[0] or "-", error)
 
     def _path(self, kind: Kind, name: str | None = None) -> str:
         if kind == "IngressRoute":
@@ -390,3 +402,12 @@ def real_cluster(namespace: str, ingress_api_version: str) -> KubeCluster:
     configuration = client.Configuration.get_default_copy()
     configuration.connection_pool_maxsize = POOL_CONNECTIONS
     return KubeCluster(client.ApiClient(configuration), namespace, ingress_api_version)
+
+
+def _error_class(status: int | None) -> str:
+    """A failed call's status as a bounded label: 429, 5xx, 4xx (or `connection`)."""
+    if status is None:
+        return "connection"
+    if status == 429:
+        return "429"
+    return "5xx" if status >= 500 else "4xx"

@@ -52,11 +52,13 @@ class Reconciler:
         *,
         wake: asyncio.Event | None = None,
         on_ready: OnReady | None = None,
+        on_step_error: Callable[[str, BaseException], None] | None = None,
     ) -> None:
         self.settings = settings
         self.sessionmaker = sessionmaker
         self.cluster = cluster
         self.wake = wake or asyncio.Event()
+        self.on_step_error = on_step_error  # a loop's step failed (the metrics count them)
         self.identity = uuid.uuid4().hex[:8]
         self.queue = WorkQueue(settings, sessionmaker, self.wake)
         self.pods = PodWatch(settings, sessionmaker, cluster, self.queue)
@@ -118,8 +120,10 @@ class Reconciler:
                 delay = await step()
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as error:
                 log.exception("reconciler step failed; retrying", step=name)
+                if self.on_step_error is not None:
+                    self.on_step_error(name, error)
                 delay = 1.0
             wake.clear()
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation

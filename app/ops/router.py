@@ -12,8 +12,8 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import text
 
 from app.errors import DATABASE_FULL_READY_S, ServiceUnavailable, problem_responses
-from app.sessions.schemas import Phase
-from app.sessions.service import phase_counts
+from app.models._types import utcnow
+from app.sessions.service import metrics_snapshot
 
 router = APIRouter(tags=["operations"])
 log = structlog.get_logger("vdi.ops")
@@ -106,13 +106,22 @@ async def readyz(request: Request) -> Health:
     summary="Prometheus metrics",
 )
 async def metrics(request: Request) -> Response:
-    registry_metrics = request.app.state.metrics
+    """The in-process counters, and gauges read from the database now (one query): the same
+    numbers from every replica, so aggregate those with max."""
+    state = request.app.state
+    registry_metrics = state.metrics
     try:
         async with asyncio.timeout(READY_TIMEOUT_S):
-            async with request.app.state.sessionmaker() as db:
-                counts = await phase_counts(db)
-        for phase in Phase:
-            registry_metrics.sessions.labels(phase=phase.value).set(counts.get(phase.value, 0))
+            async with state.sessionmaker() as db:
+                rows = await metrics_snapshot(db)
+        registry_metrics.fold_snapshot(rows, utcnow())
+        registry_metrics.database_up.set(1)
+        reconciler = getattr(state, "reconciler", None)
+        caught_up = reconciler is None or reconciler.watch_connected.is_set()
+        registry_metrics.ready.set(1 if caught_up else 0)
     except Exception as error:
-        log.warning("metrics: session counts unavailable", error=type(error).__name__)
+        log.warning("metrics: the database's figures unavailable", error=type(error).__name__)
+        registry_metrics.database_up.set(0)
+        registry_metrics.ready.set(0)
+        registry_metrics.database_errors.labels("scrape").inc()
     return Response(generate_latest(registry_metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -483,8 +483,10 @@ async def list_events(
     return await eventlog.list_events(db, session_id, after=after, limit=limit)
 
 
-async def phase_counts(db: AsyncSession) -> dict[str, int]:
-    return await repository.count_by_phase(db)
+async def metrics_snapshot(db: AsyncSession) -> list[tuple[str, str, str, int, datetime | None]]:
+    """What /metrics reads from the database (sessions by phase and reason, waits for
+    capacity, due work, warm pools)."""
+    return await repository.metrics_snapshot(db)
 
 
 POLL_INTERVAL_S = 5.0  # only while the hub's listener is down

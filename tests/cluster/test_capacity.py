@@ -73,6 +73,14 @@ async def _shift(app: FastAPI, session_id: str, **values: Any) -> None:
     app.state.reconciler.wake.set()
 
 
+def _sample(metrics: str, name: str) -> float:
+    """The value of one sample of Prometheus's text format, by its name and labels."""
+    for line in metrics.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{name} not in the metrics")
+
+
 def test_what_is_short_is_read_from_the_schedulers_message() -> None:
     assert short_resources(
         "0/3 nodes are available: 1 Insufficient cpu, 2 Insufficient nvidia.com/gpu. preemption: "
@@ -188,6 +196,10 @@ async def test_a_wait_no_autoscaler_can_help_lasts_until_the_start_timeout_then_
     assert "nvidia.com/gpu" in failed["message"]
     assert "max node group size reached" in failed["message"]
     assert failed["capacity_wait"] is None
+    metrics = (await api.get("/metrics")).text
+    assert _sample(metrics, 'vdi_session_failures_total{reason="NO_CAPACITY"}') == 1.0
+    assert "vdi_sessions_waiting_for_capacity{" not in metrics  # none waits now
+    assert _sample(metrics, "vdi_capacity_wait_oldest_seconds") == 0.0
 
 
 @pytest.mark.parametrize(
@@ -217,6 +229,11 @@ async def test_a_session_deleted_while_waiting_leaves_nothing_behind(
     body = await eventually(waiting(api, session["id"]))
     assert body["capacity_wait"]["autoscaler"] is None  # no autoscaler on this cluster
     assert "no word from a cluster autoscaler" in body["message"]
+    metrics = (await api.get("/metrics")).text
+    assert 'vdi_sessions_waiting_for_capacity{resources="nvidia.com/gpu"} 1.0' in metrics
+    assert 'vdi_sessions_by_reason{phase="Starting",reason="WaitingForCapacity"} 1.0' in metrics
+    oldest = _sample(metrics, "vdi_capacity_wait_oldest_seconds")
+    assert 0 < oldest < 60
     assert (await api.delete(f"/v1/sessions/{session['id']}", headers=ADMIN)).status_code == 202
     ended = await eventually(phase_is(api, session["id"], "Terminated"))
     assert ended["capacity_wait"] is None
@@ -267,3 +284,78 @@ async def test_warm_pool_members_never_take_capacity_from_a_waiting_user(
     log = await events(api, user["id"])
     capacity = [e["reason"] for e in log if e["type"] == "CapacityChanged"]
     assert capacity[-1] == "CapacityAvailable"
+
+
+def _gpu_pod(name: str, gpus: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "vdi"},
+        "spec": {
+            "containers": [
+                {
+                    "name": "desktop",
+                    "image": "registry.test/vdi/session:1",
+                    "resources": {"limits": {"nvidia.com/gpu": str(gpus)}},
+                }
+            ]
+        },
+    }
+
+
+def _events_of(emulator: FakeKubernetes, pod: str) -> list[tuple[str, str, str]]:
+    return [
+        (e["source"]["component"], e["reason"], e["message"])
+        for e in emulator.live("events")
+        if e["involvedObject"]["name"] == pod
+    ]
+
+
+@pytest.mark.parametrize(
+    "fake_options",
+    [
+        {
+            "gpu_capacity": 0,
+            "autoscaler_group": NodeGroup(
+                max_nodes=1, gpus_per_node=2, join_s=0.3, gpus_after_s=1.5
+            ),
+        }
+    ],
+)
+async def test_the_fakes_autoscaler_adds_a_node_that_is_ready_before_its_gpus(fake: Fake) -> None:
+    """As on a real cluster (kubernetes/autoscaler#2232): the node joins Ready, the device plugin
+    advertises its GPUs later, and only then is the GPU pod scheduled there."""
+    emulator, cluster = fake
+    await cluster.create("Pod", _gpu_pod("wants-one", 1))
+    await cluster.create("Pod", _gpu_pod("wants-three", 3))  # more than any node of the group
+
+    async def joined() -> dict[str, Any] | None:
+        nodes = emulator.live("nodes")
+        return next((n for n in nodes if n["metadata"]["name"] == "gpu-pool-1"), None)
+
+    node = await eventually(joined)
+    ready = {c["type"]: c["status"] for c in node["status"]["conditions"]}["Ready"]
+    assert (ready, node["status"]["allocatable"]["nvidia.com/gpu"]) == ("True", "0")
+    pod = emulator.find("pods", "vdi", "wants-one")
+    assert pod is not None
+    assert not pod["spec"].get("nodeName")  # Ready, but no GPU advertised yet
+
+    async def bound() -> str:
+        found = emulator.find("pods", "vdi", "wants-one")
+        return str((found or {}).get("spec", {}).get("nodeName") or "")
+
+    assert await eventually(bound) == "gpu-pool-1"
+    node = await eventually(joined)
+    assert node["status"]["allocatable"]["nvidia.com/gpu"] == "2"
+    assert (
+        "cluster-autoscaler",
+        "TriggeredScaleUp",
+        "pod triggered scale-up: [{gpu-pool 0->1 (max: 1)}]",
+    ) in _events_of(emulator, "wants-one")
+    assert (
+        "cluster-autoscaler",
+        "NotTriggerScaleUp",
+        "pod didn't trigger scale-up: 1 Insufficient nvidia.com/gpu",
+    ) in _events_of(emulator, "wants-three")
+    scheduler = [e for e in _events_of(emulator, "wants-three") if e[1] == "FailedScheduling"]
+    assert scheduler[-1][2].startswith("0/2 nodes are available: 2 Insufficient nvidia.com/gpu.")

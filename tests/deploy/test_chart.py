@@ -339,3 +339,77 @@ def test_a_render_that_cannot_see_the_cluster_never_generates_keys() -> None:
     assert by_kind(render(existing, keys=False), "Secret") == []
     [secret] = by_kind(render({}), "Secret")
     assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+
+
+MONITORING_CRDS = Path(__file__).parent / "crds"
+
+
+def monitoring_schema(plural: str) -> dict[str, Any]:
+    crd = yaml.safe_load((MONITORING_CRDS / f"monitoring.coreos.com_{plural}.yaml").read_text())
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+    schema: dict[str, Any] = version["schema"]["openAPIV3Schema"]
+    return schema
+
+
+def test_a_drain_never_takes_every_replica_and_shutdown_has_its_grace() -> None:
+    objects = render({})
+    (budget,) = by_kind(objects, "PodDisruptionBudget")
+    (deployment,) = by_kind(objects, "Deployment")
+    pod = deployment["spec"]["template"]
+    assert budget["spec"]["maxUnavailable"] == 1
+    assert (
+        budget["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    )
+    spread = pod["spec"]["topologySpreadConstraints"]
+    assert [c["topologyKey"] for c in spread] == [
+        "kubernetes.io/hostname",
+        "topology.kubernetes.io/zone",
+    ]
+    assert all(c["labelSelector"]["matchLabels"] == pod["metadata"]["labels"] for c in spread)
+    env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+    assert env["VDI_SHUTDOWN_GRACE_S"] == "20"
+    # the server's grace for open requests, then the reconciler's and the pools' stop
+    assert pod["spec"]["terminationGracePeriodSeconds"] == 35
+    assert by_kind(render({"replicaCount": 1}), "PodDisruptionBudget") == []
+    longer = render({"shutdownGraceSeconds": 45})
+    assert (
+        by_kind(longer, "Deployment")[0]["spec"]["template"]["spec"][
+            "terminationGracePeriodSeconds"
+        ]
+        == 60
+    )
+
+
+def test_monitoring_objects_need_their_crds_and_match_the_operators_schemas() -> None:
+    wanted = {
+        "servicemonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+        "podmonitor": {"enabled": True},
+        "rules": {"enabled": True},
+    }
+    # no CRDs seen (a render with no cluster, nor assumeCRDs): nothing that would not apply
+    kinds = {o["kind"] for o in render({"prometheus": wanted})}
+    assert not kinds & {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
+    objects = render({"prometheus": {"assumeCRDs": True, **wanted}})
+    (monitor,) = by_kind(objects, "ServiceMonitor")
+    (pods,) = by_kind(objects, "PodMonitor")
+    (rule,) = by_kind(objects, "PrometheusRule")
+    for manifest, plural in (
+        (monitor, "servicemonitors"),
+        (pods, "podmonitors"),
+        (rule, "prometheusrules"),
+    ):
+        # the schema as Kubernetes reads it: its patterns are Go's (RE2), not all Python's, so
+        # the schema itself is not checked against JSON Schema's metaschema
+        jsonschema.Draft202012Validator(monitoring_schema(plural)).validate(manifest)
+    (service,) = [
+        s for s in by_kind(objects, "Service") if s["metadata"]["name"] == "vdi-vdi-control"
+    ]
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["http"]
+    assert "http" in [p["name"] for p in service["spec"]["ports"]]
+    # with a PodMonitor, the alerts select its job (<namespace>/<name>)
+    expressions = [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    assert all('job="vdi-system/vdi-vdi-control"' in e for e in expressions)

@@ -18,7 +18,6 @@ from sqlalchemy import (
     String,
     bindparam,
     delete,
-    func,
     select,
     text,
     update,
@@ -143,11 +142,6 @@ async def list_page(
         *args,
     )
     return rows
-
-
-async def count_by_phase(db: AsyncSession) -> dict[str, int]:
-    rows = await db.execute(select(VDISession.phase, func.count()).group_by(VDISession.phase))
-    return {phase: int(count) for phase, count in rows.all()}
 
 
 # A new session, its first event and the reconciler's notice in one statement, stored only while
@@ -414,3 +408,35 @@ async def mark_routed(
 async def delete_idempotency_keys_before(db: AsyncSession, cutoff: datetime) -> int:
     result = await db.execute(delete(IdempotencyKey).where(IdempotencyKey.created_at < cutoff))
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+# What /metrics reads at each scrape, in one round trip: sessions by phase and reason (the
+# Terminated, history, left out), the users' waits for capacity by resources, the reconciler's
+# due work, and the warm pools' members by template and phase with each pool's size.
+_METRICS_SNAPSHOT = text(
+    """
+    SELECT 'phase' AS part, phase AS a, COALESCE(reason, '') AS b, count(*) AS n, NULL AS at
+    FROM sessions WHERE phase <> 'Terminated' GROUP BY phase, reason
+    UNION ALL
+    SELECT 'waiting', CAST(capacity_wait -> 'resources' AS text), '', count(*),
+           min(CAST(capacity_wait ->> 'since' AS timestamptz))
+    FROM sessions
+    WHERE capacity_wait IS NOT NULL AND NOT pool_member AND phase IN ('Provisioning', 'Starting')
+    GROUP BY capacity_wait -> 'resources'
+    UNION ALL
+    SELECT 'due', '', '', count(*), min(next_reconcile_at)
+    FROM sessions WHERE next_reconcile_at <= now()
+    UNION ALL
+    SELECT 'pool', template_name, phase, count(*), NULL
+    FROM sessions WHERE pool_member AND phase IN ('Pending', 'Provisioning', 'Starting', 'Running')
+    GROUP BY template_name, phase
+    UNION ALL
+    SELECT 'pool_size', name, '', warm_pool, NULL FROM templates WHERE warm_pool > 0
+    """
+)
+
+
+async def metrics_snapshot(db: AsyncSession) -> list[tuple[str, str, str, int, datetime | None]]:
+    """The rows of `_METRICS_SNAPSHOT`: (part, a, b, count, instant)."""
+    rows = await db.execute(_METRICS_SNAPSHOT)
+    return [(r.part, r.a, r.b, int(r.n), r.at) for r in rows]

@@ -5,7 +5,7 @@ each."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -22,6 +22,13 @@ from app.models import SessionEvent, VDISession
 from app.sessions.records import PodEventRow
 
 EVENTS_CHANNEL = "vdi_session_events"
+
+# Told of every phase change appended (its target phase and reason), after it is queued for the
+# transaction: the process's metrics count failures by reason with it (app.main registers one
+# while an app runs). A rolled-back transaction was counted still: failures are rare, retried
+# writes rarer.
+PhaseObserver = Callable[[str, str | None], None]
+phase_observers: list[PhaseObserver] = []
 
 
 async def add_events(
@@ -69,6 +76,10 @@ async def add_events_of(
     for session, drafts in batch:
         if any(draft.type != "PhaseChanged" for draft in drafts):
             await _trim_details(db, session.id)
+    for _session, draft, _at in rows:
+        if draft.type == "PhaseChanged":
+            for observer in phase_observers:
+                observer(draft.phase, draft.reason)
 
 
 # The session's previous event: the (session_id, id) index's last entry for it.

@@ -23,6 +23,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 
 {{- define "vdi.env" -}}
+- name: VDI_SHUTDOWN_GRACE_S
+  value: {{ .Values.shutdownGraceSeconds | quote }}
 - name: VDI_NAMESPACE
   value: {{ .Values.sessions.namespace | quote }}
 - name: VDI_CLUSTER
@@ -82,4 +84,16 @@ runAsUser: 1000
 runAsGroup: 1000
 capabilities:
   drop: ["ALL"]
+{{- end -}}
+
+{{/* The monitoring.coreos.com/v1 CRDs (prometheus-operator) are there, or the values say to
+assume them (a render that sees no cluster: helm template, Argo CD). */}}
+{{- define "vdi.hasMonitoringCRDs" -}}
+{{- if or (.Capabilities.APIVersions.Has "monitoring.coreos.com/v1") .Values.prometheus.assumeCRDs -}}true{{- end -}}
+{{- end -}}
+
+{{/* The scrape job's label, as prometheus-operator names it: the Service's name for a
+ServiceMonitor, <namespace>/<name> for a PodMonitor. */}}
+{{- define "vdi.metricsJob" -}}
+{{- if .Values.prometheus.rules.job -}}{{ .Values.prometheus.rules.job }}{{- else if .Values.prometheus.podmonitor.enabled -}}{{ printf "%s/%s" .Release.Namespace (include "vdi.fullname" .) }}{{- else -}}{{ include "vdi.fullname" . }}{{- end -}}
 {{- end -}}
