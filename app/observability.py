@@ -21,6 +21,14 @@ from app.sessions.schemas import Phase, SessionReason
 # labels of vdi_sessions_by_reason; any other is counted as Other, so a label never grows.
 KNOWN_REASONS = frozenset({*(r.value for r in SessionReason), "WarmPoolMemberExpired"})
 ALL_PHASES = tuple(phase.value for phase in Phase)
+FAILURE_REASONS = (
+    *(r.value for r in SessionReason if r.value.isupper()),  # the spec's codes
+    "ProvisioningFailed",
+    "ImagePullError",
+    "CrashLoopBackOff",
+    "PodFailed",
+    "PodDeleted",
+)
 
 SENSITIVE_KEYS = ("password", "token", "secret", "authorization", "credential", "cookie")
 
@@ -200,6 +208,13 @@ class Metrics:
             ["where"],
             registry=self.registry,
         )
+
+        # every failure reason at 0 from the start: increase() and rate() see a session's
+        # first failure of a kind (a series born at 1 has no increase)
+        for reason in FAILURE_REASONS:
+            self.failures.labels(reason)
+        for where in ("request", "reconciler", "scrape"):  # found missing by a real Prometheus
+            self.database_errors.labels(where)
 
     def fold_snapshot(
         self, rows: list[tuple[str, str, str, int, datetime | None]], now: datetime
