@@ -413,3 +413,13 @@ def test_monitoring_objects_need_their_crds_and_match_the_operators_schemas() ->
     # with a PodMonitor, the alerts select its job (<namespace>/<name>)
     expressions = [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
     assert all('job="vdi-system/vdi-vdi-control"' in e for e in expressions)
+
+
+def test_uninstalling_keeps_the_users_homes_and_the_keys() -> None:
+    objects = render({})
+    (namespace,) = by_kind(objects, "Namespace")  # the sessions namespace: the home PVCs
+    assert namespace["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    secrets = [s for s in by_kind(objects, "Secret") if "annotations" in s["metadata"]]
+    assert any(
+        s["metadata"]["annotations"].get("helm.sh/resource-policy") == "keep" for s in secrets
+    )
