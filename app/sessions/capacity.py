@@ -40,6 +40,19 @@ def short_resources(scheduler_message: str) -> list[str]:
     return sorted(found)
 
 
+def _new_wait(now: datetime) -> dict[str, Any]:
+    """A wait that begins now, before the scheduler's or the autoscaler's word is known."""
+    return {
+        "resources": [],
+        "since": now.isoformat(),
+        "scheduler_message": "",
+        "autoscaler": None,
+        "autoscaler_message": None,
+        "position": None,
+        "waiting": None,
+    }
+
+
 def _draft(session: VDISession, reason: CapacityReason, message: str, **data: Any) -> EventDraft:
     wait = session.capacity_wait or {}
     return EventDraft(
@@ -89,18 +102,14 @@ def wait_for_capacity(
     if session.phase not in WAITING_PHASES or session.scheduled_at is not None:
         return []
     now = instant(session, now)
-    resources = short_resources(scheduler_message)
+    first = not (session.capacity_wait or {}).get("resources")
+    session.capacity_wait = {
+        **_new_wait(now),
+        **(session.capacity_wait or {}),
+        "resources": short_resources(scheduler_message),
+        "scheduler_message": scheduler_message,
+    }
     events = []
-    wait = dict(session.capacity_wait or {})
-    if not wait or not wait.get("resources"):
-        wait.setdefault("since", now.isoformat())
-        wait.setdefault("autoscaler", None)
-        wait.setdefault("autoscaler_message", None)
-        wait.setdefault("position", None)
-        wait.setdefault("waiting", None)
-    first = not session.capacity_wait or not session.capacity_wait.get("resources")
-    wait.update(resources=resources, scheduler_message=scheduler_message)
-    session.capacity_wait = wait
     if first:
         events.append(
             _draft(
@@ -121,16 +130,7 @@ def autoscaler_said(
     if session.phase not in WAITING_PHASES or session.scheduled_at is not None:
         return []
     now = instant(session, now)
-    wait = dict(
-        session.capacity_wait
-        or {
-            "resources": [],
-            "since": now.isoformat(),
-            "scheduler_message": "",
-            "position": None,
-            "waiting": None,
-        }
-    )
+    wait = {**_new_wait(now), **(session.capacity_wait or {})}
     if wait.get("autoscaler") == verdict.value and wait.get("autoscaler_message") == message:
         return []
     wait.update(autoscaler=verdict.value, autoscaler_message=message)

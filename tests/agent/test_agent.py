@@ -251,9 +251,9 @@ def test_check_and_pipeline_commands(fake_gpu: Callable[..., None]) -> None:
     assert json.loads(failed.stdout)["checks"][0]["code"] == "GPU_INIT_ERROR"
 
 
-async def test_reconfigure_restarts_selkies_with_new_settings_without_counting_a_failure(
-    tmp_path: Path,
-) -> None:
+def _frame_rate_streamer(tmp_path: Path) -> tuple[Path, supervisor.Supervisor]:
+    """A streamer that writes the frame rate it was started with to `seen` (one line a start),
+    supervised at 60 fps; a restart counted as a failure fails the test."""
     seen = tmp_path / "seen"
     script = tmp_path / "selkies"
     script.write_text(f'#!/bin/sh\necho "$SELKIES_FRAMERATE" >> {seen}\nexec sleep 60\n')
@@ -262,9 +262,15 @@ async def test_reconfigure_restarts_selkies_with_new_settings_without_counting_a
     async def on_restart(count: int, code: int | None) -> None:
         raise AssertionError("a reconfiguration is not a failure")
 
-    supervised = supervisor.Supervisor(
+    return seen, supervisor.Supervisor(
         [str(script)], {"SELKIES_FRAMERATE": "60"}, on_restart=on_restart
     )
+
+
+async def test_reconfigure_restarts_selkies_with_new_settings_without_counting_a_failure(
+    tmp_path: Path,
+) -> None:
+    seen, supervised = _frame_rate_streamer(tmp_path)
     running = asyncio.create_task(supervised.run())
 
     async def lines() -> list[str]:
@@ -291,17 +297,7 @@ async def test_settings_that_come_while_selkies_is_being_started_are_applied(
 ) -> None:
     """The child can run (and Selkies read its settings) before the supervisor holds its
     process: a reconfiguration in that window once did nothing (CI saw only the old frame rate)."""
-    seen = tmp_path / "seen"
-    script = tmp_path / "selkies"
-    script.write_text(f'#!/bin/sh\necho "$SELKIES_FRAMERATE" >> {seen}\nexec sleep 60\n')
-    script.chmod(0o755)
-
-    async def on_restart(count: int, code: int | None) -> None:
-        raise AssertionError("a reconfiguration is not a failure")
-
-    supervised = supervisor.Supervisor(
-        [str(script)], {"SELKIES_FRAMERATE": "60"}, on_restart=on_restart
-    )
+    seen, supervised = _frame_rate_streamer(tmp_path)
     real_exec = asyncio.create_subprocess_exec
     starts = 0
 
