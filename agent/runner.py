@@ -20,6 +20,7 @@ import psutil
 import structlog
 
 from agent import checks, latency, metrics
+from agent.access import AccessKeeper
 from agent.callbacks import Reporter
 from agent.listeners import port_is_ours
 from agent.pipeline import Element, StreamSettings, build
@@ -39,6 +40,7 @@ NO_GPU_ON_HOST = "NoGpuOnHost"
 
 MONITOR_S = 2.0
 SIZE_TIMEOUT_S = 10.0  # reading the display's size (a Python start and one X round trip)
+ACCESS_READY_S = 10.0  # for Selkies to take its first token table (secure mode)
 
 
 @dataclass(frozen=True)
@@ -190,6 +192,8 @@ class Agent:
         self.no_relay: NoRelay | None = None
         self.turn_passwords: collections.deque[str] = collections.deque(maxlen=8)
         self._foreign_listener_logged = False
+        self.access: AccessKeeper | None = None
+        self.viewers: list[dict[str, Any]] | None = None
 
     def wire_report(self) -> dict[str, Any]:
         report = {k: v for k, v in self.report.items() if k != "pipeline"}
@@ -241,12 +245,21 @@ class Agent:
         )
         supervised = asyncio.create_task(self.supervisor.run())
         watcher: asyncio.Task[None] | None = None
+        kept: asyncio.Task[None] | None = None
         renewal = asyncio.create_task(self.turn.run()) if self.turn else None
         try:
             if not await self._wait_healthy(supervised):
                 await self._streamer_failed(self._failure_detail(supervised))
                 await self.supervisor.stop()
                 await asyncio.Event().wait()
+            if self.streamer.line == "selkies":  # shares, disconnects: Selkies 2.x's API
+                self.access = AccessKeeper(
+                    self.agent.callback_url, self.agent.session_id, self.agent.token, config
+                )
+                kept = asyncio.create_task(self.access.run(), name="vdi-access")
+                with contextlib.suppress(TimeoutError):  # the user's token first, then Running
+                    async with asyncio.timeout(ACCESS_READY_S):
+                        await self.access.ready.wait()
             await self.reporter.send(self.wire_report())
             watcher = asyncio.create_task(self.watch())
             await asyncio.wait([supervised, watcher], return_when=asyncio.FIRST_COMPLETED)
@@ -255,7 +268,7 @@ class Agent:
                 await asyncio.Event().wait()
             return 0
         finally:
-            for task in (watcher, renewal):
+            for task in (watcher, renewal, kept):
                 if task is not None:
                     task.cancel()
             await self.supervisor.stop()
@@ -333,6 +346,8 @@ class Agent:
         await self.reporter.send(self.wire_report())
 
     async def _restarted(self, restarts: int, exit_code: int | None) -> None:
+        if self.access is not None:
+            self.access.invalidate()  # the new streamer's token table is empty
         self._set_check(
             {
                 "name": "stream",
@@ -355,6 +370,7 @@ class Agent:
                 stats = await self._scrape(http)
                 await self._read_native_size(stats)
                 changed = self._observe(now, psutil.cpu_percent(), stats)
+                changed = await self._watch_viewers(http) or changed
                 await self._apply(self.changes[before:])
                 if changed or now - last_sent >= self.reporter.interval_s:
                     taken = self.adaptations
@@ -362,6 +378,34 @@ class Agent:
                     if await self.reporter.send(report, attempts=3):
                         self.adaptations = self.adaptations[len(taken) :]
                     last_sent = now
+
+    async def _watch_viewers(self, http: httpx.AsyncClient) -> bool:
+        """The pages connected now, into the report; True when who is connected changed."""
+        assert self.config is not None
+        pages = await self.streamer.viewers(http, self.config) if self._port_is_ours() else None
+        if pages is None:
+            return False  # unknown this round: the last report's list stands
+        viewers = [self._viewer(page) for page in pages]
+        before = self.viewers
+        self.viewers = viewers
+        self.report["viewers"] = viewers
+        meaning = [(v["id"], v["role"], v["share"]) for v in viewers]
+        return before is None or meaning != [(v["id"], v["role"], v["share"]) for v in before]
+
+    def _viewer(self, page: dict[str, Any]) -> dict[str, Any]:
+        """A page as the control plane names it: the user's own (`owner`), a share's viewer or
+        collaborator, or, whose token is none of ours, the role Selkies gave it."""
+        assert self.config is not None
+        who = self.access.who(page.get("token")) if self.access is not None else None
+        if who is None:
+            # without secure mode only the session's credentials open the desktop: the user's
+            who = ("owner", None) if not self.config.secure else (page["role"], None)
+        role, share = who
+        viewer: dict[str, Any] = {"id": page["id"], "role": role, "share": share}
+        for name in ("since", "address"):
+            if page.get(name):
+                viewer[name] = page[name]
+        return viewer
 
     async def _read_native_size(self, stats: metrics.StreamStats | None) -> None:
         """Before the latency rule's first step down, the display's size: what the steps scale

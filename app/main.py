@@ -36,6 +36,7 @@ from app.sessions.repository import eventlog
 from app.sessions.router import router as sessions_router
 from app.sessions.schemas import Phase, SessionEventFrame
 from app.sessions.streams import StreamRegistry
+from app.shares.router import router as shares_router
 from app.templates.router import router as templates_router
 from app.textguard import TextGuardMiddleware
 
@@ -243,7 +244,7 @@ def create_app(
         settings.max_streams_per_token, settings.max_streams_per_replica
     )
     install_error_handlers(app)
-    for router in (tokens_router, templates_router, sessions_router, ops_router):
+    for router in (tokens_router, templates_router, sessions_router, shares_router, ops_router):
         app.include_router(router)
     openapi.install(app, extra_schemas=[SessionEventFrame])
     app.add_middleware(HeartbeatLane, state=app.state)  # innermost: after the body checks

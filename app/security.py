@@ -45,6 +45,21 @@ def check_agent_token(secret_key: str, session_id: uuid.UUID, presented: str) ->
     return hmac.compare_digest(agent_token(secret_key, session_id), presented)
 
 
+def selkies_master_token(secret_key: str, session_id: uuid.UUID) -> str:
+    """The master token of a session's Selkies (its secure mode): the agent's alone, to set the
+    token table, list and disconnect viewers; a Secret key of the session like the password."""
+    key = _derive(secret_key, b"vdi-control selkies master token v1")
+    return hmac.new(key, f"session:{session_id}".encode(), hashlib.sha256).hexdigest()
+
+
+def share_token(secret_key: str, share_id: uuid.UUID) -> str:
+    """The token that opens a share's desktop with its role: derived, so none is stored; it
+    stops working when the agent drops it from Selkies' table (revoked, expired)."""
+    key = _derive(secret_key, b"vdi-control share token v1")
+    digest = hmac.new(key, f"share:{share_id}".encode(), hashlib.sha256).digest()
+    return "vdis_" + base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
 @dataclass(frozen=True)
 class SessionSecrets:
     password: str

@@ -55,7 +55,7 @@ async def calls_only(sessions: int, latency_ms: float, concurrency: int) -> floa
         namespace="vdi",
     )
     spec = TemplateSpec(image="registry.example/vdi:1")
-    credentials = manifests.SessionCredentials("p" * 32, "token", "1:x", "y")
+    credentials = manifests.SessionCredentials("p" * 32, "token", "1:x", "y", "m" * 64)
     with processes() as started:
         _fake, server = await start_fake_api(started, *fake_options(latency_ms, validate=False))
         cluster = KubeCluster.for_host(server, "vdi", settings.ingress_api_version)

@@ -25,7 +25,14 @@ from app.main import create_app
 TEST_SECRET_KEY = "test-secret-key-" + "k" * 32
 TEST_TURN_SECRET = "test-turn-secret-" + "t" * 32
 TEST_BOOTSTRAP_TOKEN = "vdi_test-bootstrap-" + "b" * 32
-TABLES = ("session_events", "idempotency_keys", "sessions", "templates", "api_tokens")
+TABLES = (
+    "session_events",
+    "session_shares",
+    "idempotency_keys",
+    "sessions",
+    "templates",
+    "api_tokens",
+)
 
 
 def _with_database(url: str, name: str) -> str:

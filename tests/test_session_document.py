@@ -64,6 +64,7 @@ policies = st.fixed_dictionaries(
         "microphone": st.none() | st.booleans(),
         "printing": st.none() | st.booleans(),
         "gamepads": st.none() | st.booleans(),
+        "sharing": st.none() | st.sampled_from(["off", "view", "collab"]),
     }
 )
 # as app.sessions.capacity stores it: its instant as ISO text
@@ -77,6 +78,19 @@ capacity_waits = st.none() | st.fixed_dictionaries(
         "position": st.none() | st.integers(1, 500),
         "waiting": st.none() | st.integers(1, 500),
     }
+)
+# as app.sessions.lifecycle.apply_viewers stores them: instants as ISO text
+viewers = st.none() | st.lists(
+    st.fixed_dictionaries(
+        {
+            "id": st.from_regex(r"client-[0-9a-f]{8}", fullmatch=True),
+            "role": st.sampled_from(["owner", "viewer", "collaborator", "controller"]),
+            "share": st.none() | st.uuids().map(str),
+            "since": st.none() | instants.map(lambda instant: instant.isoformat()),
+            "address": st.none() | st.sampled_from(["127.0.0.1", "::1", "10.1.2.3"]),
+        }
+    ),
+    max_size=4,
 )
 rows = st.fixed_dictionaries(
     {
@@ -103,6 +117,7 @@ rows = st.fixed_dictionaries(
         "idle_deadline": instants,
         "expires_at": instants,
         "capacity_wait": capacity_waits,
+        "viewers": viewers,
     }
 )
 
@@ -140,6 +155,7 @@ def test_a_page_of_documents_is_the_models_json() -> None:
         "idle_deadline": now + timedelta(hours=1),
         "expires_at": now + timedelta(days=1),
         "capacity_wait": None,
+        "viewers": None,
     }
     page = SessionPage.model_validate({"items": [row, row], "next_cursor": "abc"})
     ours = dump_json({"items": [session_document(row)] * 2, "next_cursor": "abc"})

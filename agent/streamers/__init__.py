@@ -9,6 +9,7 @@ or takes the template's pin (`VDI_STREAMER`).
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import subprocess
@@ -29,6 +30,7 @@ DEFAULT_PASSWORD = "mypasswd"  # Selkies-GStreamer's own default: never acceptab
 PORT = 8080
 CLIPBOARD_VALUES = ("both", "in", "out", "off")
 FILE_TRANSFER_VALUES = ("both", "upload", "download", "off")
+SHARING_VALUES = ("off", "view", "collab")
 # The display's size, printed as WxH by the streamer's own Python with the Xlib module it has
 # (`%s`), on the DISPLAY of the environment it runs in
 DISPLAY_SIZE = (
@@ -58,6 +60,7 @@ class Permissions:
     microphone: bool = False
     printing: bool = True
     gamepads: bool = True
+    sharing: str = "off"  # off, view, collab: shares through the control plane (2.x's secure mode)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Permissions:
@@ -75,6 +78,11 @@ class Permissions:
             raise UnsafeConfiguration(
                 f"VDI_FILE_TRANSFER={transfer!r}: expected one of {', '.join(FILE_TRANSFER_VALUES)}"
             )
+        sharing = env.get("VDI_SHARING") or "off"
+        if sharing not in SHARING_VALUES:
+            raise UnsafeConfiguration(
+                f"VDI_SHARING={sharing!r}: expected one of {', '.join(SHARING_VALUES)}"
+            )
         try:
             limit = float(env.get("VDI_FILE_TRANSFER_LIMIT_MBPS") or 0)
         except ValueError as error:
@@ -87,6 +95,7 @@ class Permissions:
             microphone=flag("VDI_MICROPHONE", False),
             printing=flag("VDI_PRINTING", True),
             gamepads=flag("VDI_GAMEPADS", True),
+            sharing=sharing,
         )
 
 
@@ -114,6 +123,14 @@ class StreamConfig:
     port: int = PORT
     listen_addr: str = ""  # empty: every interface (the pod's); else only this address
     permissions: Permissions = Permissions()
+    # Selkies 2.x's secure mode (a template that shares): every page presents a token, the
+    # agent holds this one, which sets the token table and reads the metrics
+    master_token: str = ""
+
+    @property
+    def secure(self) -> bool:
+        """Secure mode: the template shares, and the session's master token came with it."""
+        return self.permissions.sharing != "off"
 
     @property
     def local_url(self) -> str:
@@ -144,6 +161,7 @@ class StreamConfig:
             port=int(env.get("SELKIES_PORT") or PORT),
             listen_addr=env.get("VDI_LISTEN_ADDR", ""),
             permissions=Permissions.from_env(env),
+            master_token=env.get("SELKIES_MASTER_TOKEN", ""),
         )
 
     def turn_settings(self, stun_host: str) -> dict[str, str]:
@@ -161,7 +179,11 @@ class StreamConfig:
     @property
     def secrets(self) -> tuple[str, ...]:
         """Values that must never reach a log line, a report or an error."""
-        return tuple(s for s in (self.password, self.turn_password, self.turn_username) if s)
+        return tuple(
+            s
+            for s in (self.password, self.turn_password, self.turn_username, self.master_token)
+            if s
+        )
 
     def require_safe(self) -> None:
         if not self.password or self.password == DEFAULT_PASSWORD:
@@ -175,6 +197,19 @@ class StreamConfig:
                 "SELKIES_TURN_HOST and the session's TURN credentials must be set: "
                 "without them Selkies falls back to a public relay"
             )
+        if self.secure and len(self.master_token) < 32:
+            raise UnsafeConfiguration(
+                f"sharing: {self.permissions.sharing} needs SELKIES_MASTER_TOKEN (the session "
+                "Secret's key; at least 32 characters): without it no token table can be set"
+            )
+
+    def streamer_auth(self) -> dict[str, str]:
+        """How the agent itself authenticates to the streamer's API: the master token in
+        secure mode (Basic auth is off there), else the session's basic-auth credentials."""
+        if self.secure:
+            return {"Authorization": f"Bearer {self.master_token}"}
+        token = base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
+        return {"Authorization": f"Basic {token}"}
 
 
 class Streamer(ABC):
@@ -223,6 +258,14 @@ class Streamer(ABC):
     @abstractmethod
     async def stats(self, http: httpx.AsyncClient, config: StreamConfig) -> StreamStats | None:
         """The viewer's figures where this line serves them; None when unreachable."""
+
+    async def viewers(
+        self, http: httpx.AsyncClient, config: StreamConfig
+    ) -> list[dict[str, Any]] | None:
+        """The pages connected now (`id`, `role` controller|viewer, `since`, and where the
+        line can tell: `token` the digest of the token it opened with, `address`); None where
+        this line cannot say."""
+        return None
 
     @abstractmethod
     def resize_command(self, size: str) -> list[str] | None:

@@ -59,9 +59,12 @@ def locked(value: bool) -> str:
 
 def policy_settings(permissions: Permissions) -> dict[str, str]:
     """The template's policy as Selkies 2.x settings, each locked: the page's menus cannot turn
-    back on what the template turned off. Selkies' own sharing stays off: a desktop is shared
-    through the control plane only. A string or list setting is enforced by the server whatever
-    the page asks (a list with one value, or none, is locked by definition)."""
+    back on what the template turned off. A desktop is shared through the control plane only:
+    with `sharing` on, Selkies' sharing lets the pages of several tokens stay side by side
+    (secure mode: the token table says who is a viewer), with no `#shared` links and no
+    viewer promoted to input (`enable_collab`: a collaborator's token is a controller's). A
+    string or list setting is enforced by the server whatever the page asks (a list with one
+    value, or none, is locked by definition)."""
     transfers = FILE_TRANSFERS[permissions.file_transfer]
     return {
         "SELKIES_ENABLE_CLIPBOARD": CLIPBOARD[permissions.clipboard],
@@ -75,7 +78,7 @@ def policy_settings(permissions: Permissions) -> dict[str, str]:
         "SELKIES_GAMEPAD_ENABLED": locked(permissions.gamepads),
         "SELKIES_WEBCAM_ENABLED": locked(False),
         "SELKIES_COMMAND_ENABLED": locked(False),
-        "SELKIES_ENABLE_SHARING": locked(False),
+        "SELKIES_ENABLE_SHARING": locked(permissions.sharing != "off"),
         "SELKIES_ENABLE_SHARED": locked(False),
         "SELKIES_ENABLE_COLLAB": locked(False),
         "SELKIES_ENABLE_PLAYER2": locked(False),
@@ -121,6 +124,17 @@ class Selkies(Streamer):
             {"bitrate_kbps": "video_bitrate"}.get(name, name): value
             for name, value in settings.items()
         }
+        answer = await self._ask_live(request)
+        if answer is None or "applied" not in answer:
+            log.warning("live settings refused", answer=answer)
+            return None
+        applied: dict[str, Any] = answer["applied"]
+        return applied
+
+    async def _ask_live(self, request: dict[str, Any]) -> dict[str, Any] | None:
+        """One request to the live launcher's socket; None when it cannot be asked."""
+        if self.live_socket is None:
+            return None
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_unix_connection(self.live_socket), LIVE_TIMEOUT_S
@@ -133,13 +147,41 @@ class Selkies(Streamer):
                 writer.close()
             answer = json.loads(line)
         except (OSError, TimeoutError, json.JSONDecodeError) as error:
-            log.warning("live settings not applied", error=str(error))
+            log.warning("live launcher not reached", error=str(error))
             return None
-        if not isinstance(answer, dict) or "applied" not in answer:
-            log.warning("live settings refused", answer=answer)
+        return answer if isinstance(answer, dict) else None
+
+    async def viewers(
+        self, http: httpx.AsyncClient, config: StreamConfig
+    ) -> list[dict[str, Any]] | None:
+        """Selkies' `/api/sessions` (the pages on the active transport), with the digest of
+        each page's token and its address from the live launcher where it runs (WebRTC)."""
+        try:
+            response = await http.get(
+                f"{config.local_url}/api/sessions", headers=config.streamer_auth()
+            )
+            pages = response.json()["sessions"] if response.is_success else None
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
             return None
-        applied: dict[str, Any] = answer["applied"]
-        return applied
+        if not isinstance(pages, list):
+            return None
+        peers = (await self._ask_live({"peers": True}) or {}).get("peers") or {}
+        found = []
+        for page in pages:
+            if not isinstance(page, dict) or not isinstance(page.get("id"), str):
+                continue
+            peer = peers.get(page["id"]) if isinstance(peers, dict) else None
+            peer = peer if isinstance(peer, dict) else {}
+            found.append(
+                {
+                    "id": page["id"],
+                    "role": "controller" if page.get("role") == "controller" else "viewer",
+                    "since": page.get("connected_at"),
+                    "token": peer.get("token"),
+                    "address": peer.get("address"),
+                }
+            )
+        return found
 
     @classmethod
     def find(cls, configured: list[str]) -> Selkies | None:
@@ -257,6 +299,13 @@ class Selkies(Streamer):
         if config.transport == "webrtc" and config.turn:
             env.update(config.turn_settings(config.stun_host or config.turn_host))
         env.update(policy_settings(config.permissions))
+        if config.secure:
+            # Secure mode: every page presents a token of the table the agent keeps (the user's
+            # own is the session's password); Basic auth off, or a shared page could not load
+            env["SELKIES_ENABLE_BASIC_AUTH"] = "false"
+            env["SELKIES_MASTER_TOKEN"] = config.master_token
+        else:
+            env.pop("SELKIES_MASTER_TOKEN", None)
         return env
 
     def not_applied(self, config: StreamConfig) -> list[str]:
@@ -276,7 +325,7 @@ class Selkies(Streamer):
     async def stats(self, http: httpx.AsyncClient, config: StreamConfig) -> StreamStats | None:
         try:
             response = await http.get(
-                f"{config.local_url}/api/metrics", auth=(config.user, config.password)
+                f"{config.local_url}/api/metrics", headers=config.streamer_auth()
             )
         except httpx.HTTPError:
             return None

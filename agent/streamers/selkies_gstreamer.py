@@ -39,6 +39,8 @@ def unenforceable_by_1x(permissions: Permissions, *, has_sound_server: bool) -> 
         problems.append("gamepads: false (1.x always takes gamepads)")
     if permissions.microphone:
         problems.append("microphone: true (1.x has no microphone)")
+    if permissions.sharing != "off":
+        problems.append(f"sharing: {permissions.sharing} (1.x has no secure mode, no shares)")
     return problems
 
 
@@ -93,6 +95,7 @@ class SelkiesGStreamer(Streamer):
         )
         if config.turn:
             env.update(config.turn_settings(config.stun_host))
+        env.pop("SELKIES_MASTER_TOKEN", None)  # a 2.x setting: nothing of 1.x's reads it
         permissions = config.permissions
         unenforceable = unenforceable_by_1x(permissions, has_sound_server="PULSE_SERVER" in env)
         if unenforceable:

@@ -3,12 +3,15 @@ the `selkies` command (`python selkies_live.py`), it starts Selkies unchanged an
 unix socket `VDI_LIVE_SOCKET` (0600, in a directory of the agent's), one JSON request per line:
 
     {"framerate": 30, "video_bitrate": 4000}  ->  {"applied": {"framerate": 30, ...}}
+    {"peers": true}  ->  {"peers": {"<page id>": {"token": "<digest>", "address": "<ip>"}}}
 
 Each value is a ceiling the agent holds (spec Fallback 3: 30 fps under CPU load; Check 4: a lower
 bitrate under latency), applied to the running stream through Selkies' own live setters (the
 `_VIDEO_SETTING_APPLIERS` of `selkies/webrtc_mode.py`): the viewer stays connected. A setting the
 page sends later is held under the ceiling too; `null` lifts a ceiling and restores the value
-the agent started Selkies with.
+the agent started Selkies with. `peers` names the token each connected page opened with (by
+the first 32 hex digits of its SHA-256, as the agent names it: never the token itself) and the
+address its signaling came from: who is watching, which Selkies' `/api/sessions` does not say.
 
 Standalone on purpose: it runs in Selkies' interpreter, which has Selkies and not the agent.
 It touches two internals of Selkies 2.1.0 (`WebRTCService._apply_display_setting`,
@@ -74,6 +77,8 @@ def main() -> None:
             request = json.loads(line)
         except json.JSONDecodeError as error:
             return {"error": f"not JSON: {error}"}
+        if request == {"peers": True}:
+            return {"peers": _peers(services[-1]) if services else {}}
         if not isinstance(request, dict) or not set(request) <= set(LIVE):
             return {"error": f"expected an object of {', '.join(LIVE)}"}
         if not services:
@@ -106,6 +111,38 @@ def main() -> None:
     sys.argv[0] = "selkies"
     _name_process("selkies")  # what ps, pgrep and the agent's own checks look for
     selkies_main.main()
+
+
+def _digest(token: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(token.encode()).hexdigest()[:32]
+
+
+def _peers(service: Any) -> dict[str, dict[str, str | None]]:
+    """The WebRTC pages (`rtc_app.peer_connections`, the ids `/api/sessions` lists), each with
+    its token's digest and its signaling peer's address (`peer_manager.peers`)."""
+    addresses: dict[str, str | None] = {}
+    untokened: list[str | None] = []
+    manager = getattr(service, "peer_manager", None)
+    for peer in list(getattr(manager, "peers", {}).values()):
+        if getattr(peer, "peer_type", None) != "client":
+            continue
+        raddr = getattr(peer, "raddr", None)
+        address = str(raddr[0]) if isinstance(raddr, tuple | list) and raddr else None
+        token = getattr(peer, "client_token", None)
+        if token:
+            addresses[token] = address
+        else:
+            untokened.append(address)
+    pages: dict[str, dict[str, str | None]] = {}
+    connections = getattr(getattr(service, "rtc_app", None), "peer_connections", {}) or {}
+    for page_id, page in list(connections.items()):
+        token = page.get("client_token") if isinstance(page, dict) else None
+        # without tokens (no secure mode) an address is known only when one page connects
+        address = addresses.get(token) if token else (untokened[0] if len(untokened) == 1 else None)
+        pages[str(page_id)] = {"token": _digest(token) if token else None, "address": address}
+    return pages
 
 
 def _name_process(name: str) -> None:

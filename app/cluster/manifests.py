@@ -42,7 +42,15 @@ PASSWORD_KEY = "SELKIES_BASIC_AUTH_PASSWORD"
 AGENT_TOKEN_KEY = "VDI_AGENT_TOKEN"
 TURN_USERNAME_KEY = "SELKIES_TURN_USERNAME"
 TURN_PASSWORD_KEY = "SELKIES_TURN_PASSWORD"
-SECRET_KEYS = (PASSWORD_KEY, AGENT_TOKEN_KEY, TURN_USERNAME_KEY, TURN_PASSWORD_KEY)
+# Selkies' secure mode (a template that shares): the agent's alone, never the desktop user's
+MASTER_TOKEN_KEY = "SELKIES_MASTER_TOKEN"
+SECRET_KEYS = (
+    PASSWORD_KEY,
+    AGENT_TOKEN_KEY,
+    TURN_USERNAME_KEY,
+    TURN_PASSWORD_KEY,
+    MASTER_TOKEN_KEY,
+)
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,7 @@ class SessionCredentials:
     agent_token: str
     turn_username: str
     turn_password: str
+    master_token: str
 
 
 def object_name(session_id: uuid.UUID) -> str:
@@ -123,6 +132,7 @@ def secret(
             AGENT_TOKEN_KEY: credentials.agent_token,
             TURN_USERNAME_KEY: credentials.turn_username,
             TURN_PASSWORD_KEY: credentials.turn_password,
+            MASTER_TOKEN_KEY: credentials.master_token,
         },
     }
 
@@ -192,6 +202,7 @@ def _env(session: SessionView, settings: Settings) -> list[dict[str, Any]]:
         "VDI_MICROPHONE": _flag(spec.microphone),
         "VDI_PRINTING": _flag(spec.printing),
         "VDI_GAMEPADS": _flag(spec.gamepads),
+        "VDI_SHARING": spec.sharing,
         # what the agent needs
         "VDI_SESSION_ID": str(session.id),
         "VDI_CALLBACK_URL": settings.callback_url,
@@ -210,6 +221,7 @@ def _env(session: SessionView, settings: Settings) -> list[dict[str, Any]]:
         _secret_env(TURN_USERNAME_KEY, TURN_USERNAME_KEY, session),
         _secret_env(TURN_PASSWORD_KEY, TURN_PASSWORD_KEY, session),
         _secret_env(AGENT_TOKEN_KEY, AGENT_TOKEN_KEY, session),
+        _secret_env(MASTER_TOKEN_KEY, MASTER_TOKEN_KEY, session),
     ]
     return env
 

@@ -15,7 +15,7 @@ from app.cluster.kube import ClusterError, KubeCluster
 from app.config import Settings
 from app.controllers.queue import Apply, Claim, WorkQueue, retry_or_fail
 from app.models import VDISession
-from app.security import SecretBox, agent_token
+from app.security import SecretBox, agent_token, selkies_master_token
 from app.sessions import capacity
 from app.sessions.records import SessionRef
 from app.sessions.schemas import Phase
@@ -81,6 +81,7 @@ class Provisioner:
             agent_token=agent_token(self.settings.require_secret_key(), session.id),
             turn_username=secrets.turn_username,
             turn_password=secrets.turn_password,
+            master_token=selkies_master_token(self.settings.require_secret_key(), session.id),
         )
         try:
             pod = await create_session_objects(self.cluster, view, credentials, self.settings)

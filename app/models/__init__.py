@@ -4,6 +4,7 @@ from app.models.api_token import ApiToken
 from app.models.idempotency_key import IdempotencyKey
 from app.models.session import VDISession
 from app.models.session_event import SessionEvent
+from app.models.session_share import SessionShare
 from app.models.template import Template
 
-__all__ = ["ApiToken", "IdempotencyKey", "SessionEvent", "Template", "VDISession"]
+__all__ = ["ApiToken", "IdempotencyKey", "SessionEvent", "SessionShare", "Template", "VDISession"]

@@ -113,3 +113,6 @@ class VDISession(Base):
     # when, what the cluster autoscaler said, its place among the sessions waiting for the same
     # (`schemas.CapacityWait`). None once the pod is on a node.
     capacity_wait: Mapped[dict[str, Any] | None] = mapped_column(JSONB(none_as_null=True))
+    # The pages connected to its desktop as the agent last reported them (migration 0011):
+    # `schemas.Viewer` each. None: the agent never said (a streamer that cannot tell).
+    viewers: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB(none_as_null=True))

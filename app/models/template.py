@@ -50,5 +50,7 @@ class Template(Base):
     microphone: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     printing: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     gamepads: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    # who may watch (migration 0011): off, view (view-only shares), collab (and collaborators)
+    sharing: Mapped[str] = mapped_column(String(8), default="off", server_default="off")
     created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)

@@ -72,14 +72,19 @@ class Admitted:
 
 def report_digest(report: HealthReport) -> str:
     """What in a report can change a session: each check's verdict and code, the encoder, the
-    streamer, the fallback, and any adaptation it carries (each an event). Figures (frames,
-    jitter, CPU) and details refresh the conditions' messages only when one of these changes."""
+    streamer, the fallback, any adaptation it carries (each an event), and who is connected.
+    Figures (frames, jitter, CPU) and details refresh the conditions' messages only when one
+    of these changes."""
     meaning = [
         sorted((c.name.value, c.ok, c.code) for c in report.checks),
         report.encoder,
         report.streamer,
         report.fallback,
         [a.model_dump(mode="json") for a in report.adaptations],
+        # who is connected (each arrival and departure an event), not since when or from where
+        None
+        if report.viewers is None
+        else sorted((v.id, v.role.value, str(v.share)) for v in report.viewers),
     ]
     return hashlib.sha256(json.dumps(meaning).encode()).hexdigest()
 

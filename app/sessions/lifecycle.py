@@ -22,6 +22,7 @@ from app.sessions.schemas import (
     HealthReport,
     Phase,
     SessionReason,
+    ViewerReport,
 )
 
 TRANSITIONS: dict[Phase, frozenset[Phase]] = {
@@ -344,6 +345,9 @@ def apply_health_report(
             )
         )
 
+    if report.viewers is not None:
+        events += apply_viewers(session, report.viewers)
+
     failure = _failure(session, checks, report, fallback_allowed)
     if failure is not None:
         code, detail = failure
@@ -367,6 +371,54 @@ def apply_health_report(
         events.append(
             transition(session, Phase.running, reason="AgentReady", message=message, now=now)
         )
+    return events
+
+
+def _viewer_change(viewer: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "viewer": viewer["id"],
+        "role": viewer["role"],
+        "share": viewer.get("share"),
+        "address": viewer.get("address"),
+    }
+
+
+def _viewer_words(viewer: dict[str, Any]) -> str:
+    who = {"owner": "The user's page"}.get(viewer["role"], f"A {viewer['role']}'s page")
+    share = f" (share {viewer['share']})" if viewer.get("share") else ""
+    address = f" from {viewer['address']}" if viewer.get("address") else ""
+    return f"{who}{share}{address}"
+
+
+def apply_viewers(session: VDISession, reported: list[ViewerReport]) -> list[EventDraft]:
+    """The pages connected now, as the agent saw them: stored, and each arrival and departure
+    an event (ViewerConnected, ViewerDisconnected)."""
+    now_viewers = [viewer.model_dump(mode="json") for viewer in reported]
+    before = {viewer["id"]: viewer for viewer in session.viewers or []}
+    after = {viewer["id"]: viewer for viewer in now_viewers}
+    events = [
+        EventDraft(
+            type=EventType.viewer_disconnected.value,
+            phase=session.phase,
+            reason=viewer["role"],
+            message=f"{_viewer_words(viewer)} left the desktop",
+            data=_viewer_change(viewer),
+        )
+        for viewer_id, viewer in before.items()
+        if viewer_id not in after
+    ]
+    events += [
+        EventDraft(
+            type=EventType.viewer_connected.value,
+            phase=session.phase,
+            reason=viewer["role"],
+            message=f"{_viewer_words(viewer)} connected",
+            data=_viewer_change(viewer),
+        )
+        for viewer_id, viewer in after.items()
+        if viewer_id not in before
+    ]
+    session.viewers = now_viewers
     return events
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -123,6 +123,27 @@ class EventType(StrEnum):
     claimed = "Claimed"
     stream_adapted = "StreamAdapted"
     capacity_changed = "CapacityChanged"
+    share_created = "ShareCreated"
+    share_revoked = "ShareRevoked"
+    viewer_connected = "ViewerConnected"
+    viewer_disconnected = "ViewerDisconnected"
+    viewer_disconnect_requested = "ViewerDisconnectRequested"
+
+
+class ViewerRole(StrEnum):
+    """Who a connected page is: the session's user (`owner`, the connection's credentials), a
+    share's `viewer` or `collaborator`, or a `controller` / `viewer` page whose share the
+    streamer cannot tell."""
+
+    owner = "owner"
+    viewer = "viewer"
+    collaborator = "collaborator"
+    controller = "controller"
+
+
+class ShareRole(StrEnum):
+    viewer = "viewer"
+    collaborator = "collaborator"
 
 
 class AutoscalerVerdict(StrEnum):
@@ -247,6 +268,32 @@ class CapacityWait(BaseModel):
     waiting: int | None = Field(description="How many users' sessions wait for the same")
 
 
+VIEWER_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,100}$"
+
+
+class ViewerReport(BaseModel):
+    """A page connected to the desktop, as the agent saw it in its streamer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=VIEWER_ID_PATTERN, description="The streamer's id of the page")
+    role: ViewerRole
+    share: uuid.UUID | None = Field(default=None, description="The share it opened with")
+    since: datetime | None = Field(default=None, description="When it connected")
+    address: str | None = Field(
+        default=None,
+        max_length=64,
+        pattern=r"^[0-9A-Fa-f.:]+$",
+        description="Its IP address as the streamer saw it (a proxy's, behind one)",
+    )
+
+
+class Viewer(ViewerReport):
+    """A page connected to the desktop now (as the agent last reported)."""
+
+    model_config = OUT
+
+
 class Session(BaseModel):
     model_config = OUT
 
@@ -288,6 +335,12 @@ class Session(BaseModel):
         default=None,
         description="Set while its pod waits for a node with room (reason "
         "`WaitingForCapacity`); null otherwise",
+    )
+    viewers: list[Viewer] | None = Field(
+        default=None,
+        description="The pages connected to its desktop, as its agent last reported (every "
+        "few seconds while Running); null until the agent has said (a streamer that cannot "
+        "tell, or before Running)",
     )
 
     @field_validator("policy", mode="before")
@@ -345,7 +398,24 @@ def session_document(row: Mapping[str, Any]) -> dict[str, Any]:
         "idle_deadline": row["idle_deadline"],
         "expires_at": row["expires_at"],
         "capacity_wait": capacity_wait_document(row["capacity_wait"]),
+        "viewers": viewers_document(row["viewers"]),
     }
+
+
+def viewers_document(stored: Sequence[Mapping[str, Any]] | None) -> list[dict[str, Any]] | None:
+    """Stored `viewers` as the `Viewer` documents (their instants parsed)."""
+    if stored is None:
+        return None
+    return [
+        {
+            "id": viewer["id"],
+            "role": viewer["role"],
+            "share": viewer.get("share"),
+            "since": datetime.fromisoformat(viewer["since"]) if viewer.get("since") else None,
+            "address": viewer.get("address"),
+        }
+        for viewer in stored
+    ]
 
 
 def capacity_wait_document(stored: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -383,8 +453,17 @@ class Connection(BaseModel):
 
     url: str
     username: str = Field(description="Selkies basic-auth user")
-    password: str = Field(description="Selkies basic-auth password, unique to this session")
+    password: str = Field(
+        description="Selkies basic-auth password, unique to this session; in a session whose "
+        "template shares, the user's own token instead (Selkies' secure mode has no Basic "
+        "auth): `launch_url` carries it"
+    )
     ice_servers: list[IceServer]
+    launch_url: str = Field(
+        description="What to open in the user's browser: `url`, and in a session whose "
+        "template shares, with the user's token in its fragment (`#token=`, never sent to a "
+        "server)"
+    )
 
 
 class TurnCredentials(BaseModel):
@@ -506,6 +585,68 @@ class CapacityChangedEvent(_EventBase):
     data: CapacityChange
 
 
+class ShareChange(BaseModel):
+    model_config = OUT
+
+    share: uuid.UUID
+    role: ShareRole
+    expires_at: datetime
+    by: str | None = Field(description="The name of the API token that did it")
+
+
+class ShareCreatedEvent(_EventBase):
+    """A share of the desktop was made (its token is never in the log)."""
+
+    type: Literal[EventType.share_created]
+    reason: ShareRole | None
+    data: ShareChange
+
+
+class ShareRevokedEvent(_EventBase):
+    """A share was revoked: its pages are disconnected and its token opens nothing."""
+
+    type: Literal[EventType.share_revoked]
+    reason: ShareRole | None
+    data: ShareChange
+
+
+class ViewerChange(BaseModel):
+    model_config = OUT
+
+    viewer: str
+    role: ViewerRole
+    share: uuid.UUID | None
+    address: str | None
+    by: str | None = Field(
+        default=None, description="On a disconnect request: the name of the API token"
+    )
+
+
+class ViewerConnectedEvent(_EventBase):
+    """A page connected to the desktop (as the agent saw it)."""
+
+    type: Literal[EventType.viewer_connected]
+    reason: ViewerRole | None
+    data: ViewerChange
+
+
+class ViewerDisconnectedEvent(_EventBase):
+    """A page left the desktop, or was disconnected."""
+
+    type: Literal[EventType.viewer_disconnected]
+    reason: ViewerRole | None
+    data: ViewerChange
+
+
+class ViewerDisconnectRequestedEvent(_EventBase):
+    """Someone asked for a page to be disconnected (`DELETE .../viewers/{viewer}`); the agent
+    disconnects it, and its `ViewerDisconnected` follows."""
+
+    type: Literal[EventType.viewer_disconnect_requested]
+    reason: ViewerRole | None
+    data: ViewerChange
+
+
 class SessionEventOut(
     RootModel[
         Annotated[
@@ -514,7 +655,12 @@ class SessionEventOut(
             | PodEvent
             | ClaimedEvent
             | StreamAdaptedEvent
-            | CapacityChangedEvent,
+            | CapacityChangedEvent
+            | ShareCreatedEvent
+            | ShareRevokedEvent
+            | ViewerConnectedEvent
+            | ViewerDisconnectedEvent
+            | ViewerDisconnectRequestedEvent,
             Field(discriminator="type"),
         ]
     ]
@@ -617,4 +763,9 @@ class HealthReport(BaseModel):
         description="False: the streamer offers no TURN relay (a local desktop without "
         "VDI_TURN_HOST, reached on this machine's own addresses); sessions on Kubernetes "
         "always relay",
+    )
+    viewers: list[ViewerReport] | None = Field(
+        default=None,
+        max_length=256,
+        description="The pages connected to the desktop now; absent: the agent cannot tell",
     )

@@ -44,6 +44,7 @@ from app.sessions.schemas import (
     capacity_wait_document,
     dump_json,
     session_document,
+    viewers_document,
 )
 from app.templates.schemas import DesktopPolicy, TemplateSpec, policy_document
 from app.templates.service import find_template, template_spec
@@ -127,6 +128,7 @@ def to_schema(session: VDISession) -> Session:
         idle_deadline=session.idle_deadline,
         expires_at=session.expires_at,
         capacity_wait=capacity_wait_document(session.capacity_wait),
+        viewers=viewers_document(session.viewers),
     )
 
 
@@ -404,7 +406,7 @@ async def delete_session(
     return session
 
 
-def _refuse_if_ended(session: VDISession, action: str) -> None:
+def refuse_if_ended(session: VDISession, action: str) -> None:
     if Phase(session.phase) in ENDED_PHASES:
         raise SessionEnded(
             f"Session {session.id} is {session.phase} ({session.reason}); cannot {action}. "
@@ -414,7 +416,7 @@ def _refuse_if_ended(session: VDISession, action: str) -> None:
 
 async def keepalive(db: AsyncSession, settings: Settings, session_id: uuid.UUID) -> VDISession:
     session = await _get(db, session_id, for_update=True)
-    _refuse_if_ended(session, "keep it alive")
+    refuse_if_ended(session, "keep it alive")
     now = utcnow()
     idle_timeout_s = int(session.template_spec["idle_timeout_s"])
     session.idle_deadline = min(now + timedelta(seconds=idle_timeout_s), session.expires_at)
@@ -457,14 +459,26 @@ def fresh_turn_credentials(settings: Settings, session: VDISession) -> TurnCrede
 
 async def connection(db: AsyncSession, settings: Settings, session_id: uuid.UUID) -> Connection:
     session = await _get(db, session_id)
-    _refuse_if_ended(session, "connect to it")
+    refuse_if_ended(session, "connect to it")
     secrets = SecretBox(settings.require_secret_key()).open(session.secrets_encrypted)
     return Connection(
         url=session.url,
         username=SELKIES_BASIC_AUTH_USER,
         password=secrets.password,
         ice_servers=fresh_turn_credentials(settings, session).ice_servers,
+        launch_url=launch_url(session.url, secrets.password, sharing(session)),
     )
+
+
+def sharing(session: VDISession) -> str:
+    """The session's `sharing` policy (its template's when it was created)."""
+    return str(policy_document(session.template_spec)["sharing"])
+
+
+def launch_url(url: str, token: str, sharing: str) -> str:
+    """Where a page opens with `token`: in secure mode (a template that shares) the token in
+    the URL's fragment, where Selkies' page takes it from and no server or log sees it."""
+    return url if sharing == "off" else f"{url.split('#', 1)[0]}#token={token}"
 
 
 async def turn_for_agent(
@@ -472,7 +486,7 @@ async def turn_for_agent(
 ) -> TurnCredentials:
     """The agent's renewal: fresh credentials while the session is live, none after."""
     session = await _get(db, session_id)
-    _refuse_if_ended(session, "renew its TURN credentials")
+    refuse_if_ended(session, "renew its TURN credentials")
     return fresh_turn_credentials(settings, session)
 
 

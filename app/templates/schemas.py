@@ -35,6 +35,14 @@ class Toleration(BaseModel):
 
 Clipboard = Literal["both", "in", "out", "off"]
 FileTransfer = Literal["both", "upload", "download", "off"]
+Sharing = Literal["off", "view", "collab"]
+SHARING_DESCRIPTION = (
+    "Who besides the user may open the desktop: `off` (no one: no shares), `view` (view-only "
+    "shares: video and sound, no keyboard, mouse, clipboard or files) or `collab` (view-only "
+    "shares and collaborator shares, whose keyboard and mouse reach the desktop). Selkies 2.x "
+    "only (its secure mode): every page then opens with a token, the user's own being "
+    "`launch_url` of the connection"
+)
 # What each line can enforce beyond Selkies-GStreamer 1.x's clipboard (true/false/in/out): 1.x
 # always streams audio and takes gamepads, and has no microphone, file transfer or printing.
 POLICY_FIELDS = (
@@ -45,6 +53,7 @@ POLICY_FIELDS = (
     "microphone",
     "printing",
     "gamepads",
+    "sharing",
 )
 
 
@@ -63,8 +72,8 @@ def policy_document(stored: Mapping[str, Any] | None) -> dict[str, Any]:
 
 class DesktopPolicy(BaseModel):
     """What the desktop lets its user do, as the template sets it and the streamer enforces it
-    (Selkies 2.x: each setting locked, so the page cannot change it; Selkies' own sharing is
-    always off)."""
+    (Selkies 2.x: each setting locked, so the page cannot change it; sharing through the
+    control plane's shares only)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -93,6 +102,7 @@ class DesktopPolicy(BaseModel):
         description="Hand the documents printed in the desktop to the browser as PDFs (2.x)",
     )
     gamepads: bool = Field(default=True, description="Forward the browser's gamepads")
+    sharing: Sharing = Field(default="off", description=SHARING_DESCRIPTION)
 
 
 POLICY_DEFAULTS: dict[str, Any] = {
@@ -185,6 +195,7 @@ class TemplateSpec(BaseModel):
         "(Selkies 2.x)",
     )
     gamepads: bool = Field(default=True, description="Forward the browser's gamepads")
+    sharing: Sharing = Field(default="off", description=SHARING_DESCRIPTION)
     persistent_home: bool = Field(
         default=True,
         description="The user's home is a PVC (`home-<user>`) kept across sessions; false: an "
@@ -253,6 +264,8 @@ class TemplateSpec(BaseModel):
             problems.append("gamepads: false (1.x always takes gamepads)")
         if self.microphone:
             problems.append("microphone: true (1.x has no microphone)")
+        if self.sharing != "off":
+            problems.append(f"sharing: {self.sharing} (1.x has no secure mode, no shares)")
         if problems:
             raise ValueError(
                 "streamer 'selkies-gstreamer' cannot enforce "

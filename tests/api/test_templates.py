@@ -184,6 +184,7 @@ async def test_the_desktop_policy_defaults_and_shows_in_the_session(
         "microphone": False,
         "printing": True,
         "gamepads": True,
+        "sharing": "off",
     }
     assert {name: made.json()[name] for name in defaults} == defaults
     locked_down = {"clipboard": "in", "file_transfer": "off", "printing": False}

@@ -121,7 +121,7 @@ async def test_metadata_selectors_secret_data_and_owner_gc(
     assert pod["metadata"]["uid"]
     assert pod["metadata"]["resourceVersion"]
     assert pod["metadata"]["creationTimestamp"]
-    credentials = manifests.SessionCredentials("pw", "token", "1:x", "tp")
+    credentials = manifests.SessionCredentials("pw", "token", "1:x", "tp", "mt")
     secret = await cluster.create("Secret", manifests.secret(mine, credentials, SETTINGS, pod))
     assert "stringData" not in secret
     assert set(secret["data"]) == set(manifests.SECRET_KEYS)
@@ -166,7 +166,9 @@ async def test_watch_streams_pod_changes_with_a_selector(
     pod = await cluster.create("Pod", manifests.pod(mine, SETTINGS))
     await cluster.create(
         "Secret",
-        manifests.secret(mine, manifests.SessionCredentials("a", "b", "c", "d"), SETTINGS, pod),
+        manifests.secret(
+            mine, manifests.SessionCredentials("a", "b", "c", "d", "e"), SETTINGS, pod
+        ),
     )
     await asyncio.wait_for(watcher, timeout=20)
     assert seen[0] == ("ADDED", "Pending")

@@ -29,7 +29,7 @@ SETTINGS = Settings(
     turn_host="turn.example.com",
 )
 CREDENTIALS = manifests.SessionCredentials(
-    "pw-" + "p" * 29, "agent-" + "a" * 58, "1:x", "turnpw-" + "y" * 21
+    "pw-" + "p" * 29, "agent-" + "a" * 58, "1:x", "turnpw-" + "y" * 21, "master-" + "m" * 57
 )
 
 
@@ -242,7 +242,12 @@ def test_secrets_come_by_secret_key_ref_never_as_literals() -> None:
             "secretKeyRef": {"name": "vdi-6f1c0b9e-1d2a-4c3b-9e8f-0a1b2c3d4e5f", "key": key}
         }
     text = str(pod)
-    for value in (CREDENTIALS.password, CREDENTIALS.agent_token, CREDENTIALS.turn_password):
+    for value in (
+        CREDENTIALS.password,
+        CREDENTIALS.agent_token,
+        CREDENTIALS.turn_password,
+        CREDENTIALS.master_token,
+    ):
         assert value not in text
 
 

@@ -89,6 +89,7 @@ SHOWN_NAMES = (
     "idle_deadline",
     "expires_at",
     "capacity_wait",
+    "viewers",
 )
 
 

@@ -1,0 +1,60 @@
+"""Sharing a desktop: a template's `sharing` policy (off, view, collab), the shares of a session
+(a role, an expiry, a revocation; the token itself is derived from the share's id under the
+server key, never stored), and the viewers the agent last saw connected. Additive only: a
+defaulted column, a new table and a nullable column, which a replica of the previous version
+ignores during a rolling update.
+
+Revision ID: 0011
+Revises: 0010
+Create Date: 2026-12-07
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+from sqlalchemy.dialects import postgresql
+
+revision: str = "0011"
+down_revision: str | None = "0010"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    op.add_column(
+        "templates", sa.Column("sharing", sa.String(8), nullable=False, server_default="off")
+    )
+    op.add_column("sessions", sa.Column("viewers", postgresql.JSONB(), nullable=True))
+    op.create_table(
+        "session_shares",
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("session_id", sa.Uuid(), nullable=False),
+        sa.Column("role", sa.String(16), nullable=False),
+        sa.Column("created_by", sa.String(100), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["session_id"],
+            ["sessions.id"],
+            name=op.f("fk_session_shares_session_id_sessions"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_session_shares")),
+        sa.CheckConstraint(
+            "role IN ('viewer', 'collaborator')", name=op.f("ck_session_shares_role_known")
+        ),
+    )
+    op.create_index(
+        "ix_session_shares_session_id_created_at",
+        "session_shares",
+        ["session_id", "created_at"],
+    )
+
+
+def downgrade() -> None:
+    op.drop_index("ix_session_shares_session_id_created_at", table_name="session_shares")
+    op.drop_table("session_shares")
+    op.drop_column("sessions", "viewers")
+    op.drop_column("templates", "sharing")
