@@ -33,6 +33,8 @@ class Template(Base):
         Boolean, default=False, server_default=false()
     )
     idle_timeout_s: Mapped[int] = mapped_column(Integer)
+    # what keeps a session from its idle deadline (migration 0011): keepalive, viewers, both
+    idle: Mapped[str] = mapped_column(String(16), default="keepalive", server_default="keepalive")
     max_lifetime_s: Mapped[int] = mapped_column(Integer)
     node_selector: Mapped[dict[str, str]] = mapped_column(JSONB)
     tolerations: Mapped[list[dict[str, Any]]] = mapped_column(JSONB)

@@ -346,7 +346,7 @@ def apply_health_report(
         )
 
     if report.viewers is not None:
-        events += apply_viewers(session, report.viewers)
+        events += apply_viewers(session, report.viewers, now)
 
     failure = _failure(session, checks, report, fallback_allowed)
     if failure is not None:
@@ -371,6 +371,10 @@ def apply_health_report(
         events.append(
             transition(session, Phase.running, reason="AgentReady", message=message, now=now)
         )
+        if report.viewers is not None and idle_mode(session) != "keepalive":
+            # what keeps it alive, said from the start (the transition wrote its own message)
+            kept = _idle_by_viewers(session, session.viewers or [], now)
+            session.message = f"{message}. {kept}" if kept else message
     return events
 
 
@@ -390,9 +394,42 @@ def _viewer_words(viewer: dict[str, Any]) -> str:
     return f"{who}{share}{address}"
 
 
-def apply_viewers(session: VDISession, reported: list[ViewerReport]) -> list[EventDraft]:
-    """The pages connected now, as the agent saw them: stored, and each arrival and departure
-    an event (ViewerConnected, ViewerDisconnected)."""
+def idle_mode(session: VDISession) -> str:
+    """What keeps the session from its idle deadline: keepalive, viewers or both."""
+    return str(session.template_spec.get("idle") or "keepalive")
+
+
+def _idle_by_viewers(
+    session: VDISession, watching: list[dict[str, Any]], now: datetime
+) -> str | None:
+    """A template whose idleness is measured by viewers: no idle deadline while a page is
+    connected; from the moment the last one left, idle_timeout_s (keepalives extend it only
+    where the template says both count). The message says what keeps it alive."""
+    mode = idle_mode(session)
+    if mode == "keepalive" or session.pool_member:
+        return None
+    idle_s = int(session.template_spec["idle_timeout_s"])
+    if watching:
+        roles = ", ".join(sorted({viewer["role"] for viewer in watching}))
+        pages = f"{len(watching)} connected page{'s' if len(watching) != 1 else ''}"
+        session.idle_deadline = session.expires_at
+        session.message = f"Kept alive by {pages} ({roles}); idle: {mode}"
+        return session.message
+    session.idle_deadline = min(now + timedelta(seconds=idle_s), session.expires_at)
+    unless = "a page connects" + (" or a keepalive comes" if mode == "both" else "")
+    session.message = (
+        f"No page connected since {now.isoformat(timespec='seconds')}: idle at "
+        f"{session.idle_deadline.isoformat(timespec='seconds')} unless {unless}"
+    )
+    return session.message
+
+
+def apply_viewers(
+    session: VDISession, reported: list[ViewerReport], now: datetime
+) -> list[EventDraft]:
+    """The pages connected now, as the agent saw them: stored, each arrival and departure an
+    event (ViewerConnected, ViewerDisconnected), and where the template measures idleness by
+    viewers, the idle deadline moved."""
     now_viewers = [viewer.model_dump(mode="json") for viewer in reported]
     before = {viewer["id"]: viewer for viewer in session.viewers or []}
     after = {viewer["id"]: viewer for viewer in now_viewers}
@@ -418,6 +455,8 @@ def apply_viewers(session: VDISession, reported: list[ViewerReport]) -> list[Eve
         for viewer_id, viewer in after.items()
         if viewer_id not in before
     ]
+    if events or (session.viewers is None and not now_viewers):
+        _idle_by_viewers(session, now_viewers, now)
     session.viewers = now_viewers
     return events
 
@@ -484,7 +523,7 @@ def deadline_passed(
         return Phase.failed, "START_TIMEOUT", f"Not Running within the start timeout ({timeout} s)"
     if phase is Phase.running:
         if now >= session.idle_deadline:
-            return Phase.terminating, "IdleTimeout", "No keepalive before the idle deadline"
+            return Phase.terminating, "IdleTimeout", _idle_words(session)
         if now >= _heartbeat_deadline(session, deadlines):
             return (
                 Phase.failed,
@@ -495,6 +534,14 @@ def deadline_passed(
         if now >= session.ended_at + timedelta(seconds=deadlines.failed_grace_s):
             return Phase.terminating, "FailedCleanup", f"Cleaning up after {session.reason}"
     return None
+
+
+def _idle_words(session: VDISession) -> str:
+    idle_s = session.template_spec.get("idle_timeout_s")
+    return {
+        "viewers": f"No page connected to the desktop for idle_timeout_s ({idle_s} s)",
+        "both": f"No page connected and no keepalive for idle_timeout_s ({idle_s} s)",
+    }.get(idle_mode(session), "No keepalive before the idle deadline")
 
 
 def _no_capacity(session: VDISession) -> str:

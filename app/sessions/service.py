@@ -419,7 +419,10 @@ async def keepalive(db: AsyncSession, settings: Settings, session_id: uuid.UUID)
     refuse_if_ended(session, "keep it alive")
     now = utcnow()
     idle_timeout_s = int(session.template_spec["idle_timeout_s"])
-    session.idle_deadline = min(now + timedelta(seconds=idle_timeout_s), session.expires_at)
+    mode = lifecycle.idle_mode(session)
+    # idle: viewers counts no keepalive; idle: both, none while a page keeps it alive anyway
+    if mode == "keepalive" or (mode == "both" and not session.viewers):
+        session.idle_deadline = min(now + timedelta(seconds=idle_timeout_s), session.expires_at)
     session.updated_at = now
     reschedule(session, settings, now)
     await db.flush()

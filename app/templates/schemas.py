@@ -154,6 +154,13 @@ class TemplateSpec(BaseModel):
         "waiting for nodes an operator may add until the start timeout",
     )
     idle_timeout_s: int = Field(default=3600, ge=60, le=7 * 86400)
+    idle: Literal["keepalive", "viewers", "both"] = Field(
+        default="keepalive",
+        description="What keeps the session from its idle deadline: `keepalive` (the portal's "
+        "POST .../keepalive, each pushing it by idle_timeout_s), `viewers` (a page connected "
+        "to the desktop: the deadline runs from the moment the last one left; keepalives do not "
+        "count) or `both`. Viewers are reported by the agent of Selkies 2.x",
+    )
     max_lifetime_s: int = Field(default=43200, ge=300, le=30 * 86400)
     node_selector: dict[LabelKey, Annotated[str, Field(max_length=63)]] = Field(
         default_factory=dict, max_length=32
@@ -266,6 +273,8 @@ class TemplateSpec(BaseModel):
             problems.append("microphone: true (1.x has no microphone)")
         if self.sharing != "off":
             problems.append(f"sharing: {self.sharing} (1.x has no secure mode, no shares)")
+        if self.idle != "keepalive":
+            problems.append(f"idle: {self.idle} (1.x cannot tell who is connected)")
         if problems:
             raise ValueError(
                 "streamer 'selkies-gstreamer' cannot enforce "

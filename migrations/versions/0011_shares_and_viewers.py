@@ -1,8 +1,9 @@
-"""Sharing a desktop: a template's `sharing` policy (off, view, collab), the shares of a session
-(a role, an expiry, a revocation; the token itself is derived from the share's id under the
-server key, never stored), and the viewers the agent last saw connected. Additive only: a
-defaulted column, a new table and a nullable column, which a replica of the previous version
-ignores during a rolling update.
+"""Sharing a desktop and who watches it: a template's `sharing` policy (off, view, collab) and
+its `idle` (what keeps a session from its idle deadline: keepalives, viewers, or both), the
+shares of a session (a role, an expiry, a revocation; the token itself is derived from the
+share's id under the server key, never stored), and the viewers the agent last saw connected.
+Additive only: defaulted columns, a new table and a nullable column, which a replica of the
+previous version ignores during a rolling update.
 
 Revision ID: 0011
 Revises: 0010
@@ -24,6 +25,10 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     op.add_column(
         "templates", sa.Column("sharing", sa.String(8), nullable=False, server_default="off")
+    )
+    op.add_column(
+        "templates",
+        sa.Column("idle", sa.String(16), nullable=False, server_default="keepalive"),
     )
     op.add_column("sessions", sa.Column("viewers", postgresql.JSONB(), nullable=True))
     op.create_table(
@@ -57,4 +62,5 @@ def downgrade() -> None:
     op.drop_index("ix_session_shares_session_id_created_at", table_name="session_shares")
     op.drop_table("session_shares")
     op.drop_column("sessions", "viewers")
+    op.drop_column("templates", "idle")
     op.drop_column("templates", "sharing")

@@ -355,3 +355,37 @@ async def test_disconnecting_a_viewer_asks_the_agent(
         if e["type"] == "ViewerDisconnectRequested"
     ]
     assert requested[0]["data"]["by"] == "bootstrap"
+
+
+async def test_idle_both_counts_keepalives_and_viewers(
+    client: httpx.AsyncClient, make_session: MakeSession, set_phase: SetPhase
+) -> None:
+    session = await running_session(
+        make_session, set_phase, idle="both", idle_timeout_s=600, max_lifetime_s=7200
+    )
+    health = f"/v1/sessions/{session['id']}/health"
+    keepalive = f"/v1/sessions/{session['id']}/keepalive"
+    kept = (await client.post(keepalive, headers=ADMIN)).json()
+    assert datetime.fromisoformat(kept["idle_deadline"]) > datetime.fromisoformat(
+        session["idle_deadline"]
+    )  # no viewer: the keepalive pushed it
+    watched = await client.post(
+        health,
+        json={**READY, "viewers": [viewer("client-1", "owner")]},
+        headers=agent(session["id"]),
+    )
+    assert watched.json()["idle_deadline"] == watched.json()["expires_at"]
+    again = (await client.post(keepalive, headers=ADMIN)).json()
+    assert again["idle_deadline"] == again["expires_at"]  # a keepalive never shortens it
+    left = await client.post(health, json={**READY, "viewers": []}, headers=agent(session["id"]))
+    assert "unless a page connects or a keepalive comes" in left.json()["message"]
+
+
+async def test_idle_by_viewers_needs_selkies_2(client: httpx.AsyncClient) -> None:
+    refused = await client.put(
+        "/v1/templates/old",
+        json={"image": "i", "streamer": "selkies-gstreamer", "idle": "viewers"},
+        headers=ADMIN,
+    )
+    assert refused.status_code == 422
+    assert "idle: viewers (1.x cannot tell who is connected)" in refused.text

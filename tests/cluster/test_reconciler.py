@@ -150,6 +150,51 @@ async def test_silent_agent_is_agent_lost_and_idle_is_terminated(
     assert "IdleTimeout" in [e["reason"] for e in events]
 
 
+async def test_idle_measured_by_viewers_ends_the_unwatched_session_and_keeps_the_watched(
+    cluster_app: FastAPI, api: httpx.AsyncClient, fake: Fake, new_session: NewSession
+) -> None:
+    """A template with `idle: viewers`: no idle deadline while a page is connected; from the
+    moment the last one left, idle_timeout_s; keepalives do not count. The same minute passes
+    for both sessions (their deadlines moved back by it): the unwatched one ends."""
+    template = {"streamer": "selkies", "idle": "viewers", "idle_timeout_s": 60}
+    alone = await new_session("hal", "by-viewers", **template)
+    watched = await new_session("ida", "by-viewers", **template)
+    page = {"id": "client-1", "role": "owner", "since": "2026-12-07T12:00:00Z"}
+    for session, pages in ((alone, []), (watched, [page])):
+        await eventually(phase_is(api, session["id"], "Starting"))
+        reported = await agent_report(api, fake[1], session["id"], viewers=pages)
+        assert reported.json()["phase"] == "Running"
+    alone_now = (await api.get(f"/v1/sessions/{alone['id']}", headers=ADMIN)).json()
+    watched_now = (await api.get(f"/v1/sessions/{watched['id']}", headers=ADMIN)).json()
+    assert watched_now["idle_deadline"] == watched_now["expires_at"]
+    assert watched_now["message"] == (
+        "GPU and encoder ready (nvh264enc). Kept alive by 1 connected page (owner); idle: viewers"
+    )
+    left = datetime.fromisoformat(alone_now["idle_deadline"]) - utcnow()
+    assert timedelta(seconds=55) < left <= timedelta(seconds=60)
+    # a keepalive counts for nothing here
+    await api.post(f"/v1/sessions/{alone['id']}/keepalive", headers=ADMIN)
+    kept = (await api.get(f"/v1/sessions/{alone['id']}", headers=ADMIN)).json()
+    assert kept["idle_deadline"] == alone_now["idle_deadline"]
+
+    for session in (alone_now, watched_now):  # a minute and a second later, for both
+        deadline = datetime.fromisoformat(session["idle_deadline"]) - timedelta(seconds=61)
+        await _shift(cluster_app, session["id"], idle_deadline=deadline, next_reconcile_at=utcnow())
+    assert (await eventually(phase_is(api, alone["id"], "Terminated")))["phase"] == "Terminated"
+    events = (await api.get(f"/v1/sessions/{alone['id']}/events", headers=ADMIN)).json()["items"]
+    [idle] = [e for e in events if e["reason"] == "IdleTimeout"]
+    assert idle["message"] == "No page connected to the desktop for idle_timeout_s (60 s)"
+    still = (await api.get(f"/v1/sessions/{watched['id']}", headers=ADMIN)).json()
+    assert still["phase"] == "Running"
+
+    # its page leaves: the idle time runs from then
+    gone = await agent_report(api, fake[1], watched["id"], viewers=[])
+    body = gone.json()
+    assert body["message"].startswith("No page connected since ")
+    left = datetime.fromisoformat(body["idle_deadline"]) - utcnow()
+    assert timedelta(seconds=55) < left <= timedelta(seconds=60)
+
+
 @pytest.fixture
 def cluster_settings(cluster_settings: Any, request: pytest.FixtureRequest) -> Any:
     marker = request.node.get_closest_marker("settings")
