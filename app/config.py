@@ -7,7 +7,7 @@ import uuid
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIN_SECRET_CHARS = 32
@@ -268,6 +268,22 @@ class Settings(BaseSettings):
         description="On SIGTERM, how long open requests (event streams included) have to end "
         "before the server closes them; the chart's terminationGracePeriodSeconds covers it",
     )
+    audit_webhook_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s]+$",
+        description="Where each audit record is POSTed as it is stored (at least once, in order "
+        "per session, retried with backoff across restarts; dedupe by its `id`), signed with "
+        "VDI_AUDIT_WEBHOOK_SECRET: header `VDI-Signature: t=<unix time>,v1=<hex HMAC-SHA256 of "
+        '"<t>.<body>">`. Unset: records are only kept (GET /v1/audit)',
+    )
+    audit_webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="The key the audit webhook's deliveries are signed with (required with "
+        "VDI_AUDIT_WEBHOOK_URL); the receiver checks each signature with it",
+    )
+    audit_webhook_timeout_s: float = Field(
+        default=10.0, ge=0.5, le=120, description="How long one audit delivery may take"
+    )
     agent_port: int = Field(
         default=0,
         ge=0,
@@ -277,7 +293,7 @@ class Settings(BaseSettings):
         "reach it and nothing else of the API. 0: none (the chart sets 8081).",
     )
 
-    @field_validator("secret_key", "turn_secret", "bootstrap_token")
+    @field_validator("secret_key", "turn_secret", "bootstrap_token", "audit_webhook_secret")
     @classmethod
     def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and len(value.get_secret_value()) < MIN_SECRET_CHARS:
@@ -342,6 +358,16 @@ class Settings(BaseSettings):
         if self.turn_secret is None:
             raise ConfigError("VDI_TURN_SECRET is not set")
         return self.turn_secret.get_secret_value()
+
+    @model_validator(mode="after")
+    def _audit_webhook_signed(self) -> Settings:
+        if self.audit_webhook_url and self.audit_webhook_secret is None:
+            raise ValueError(
+                "VDI_AUDIT_WEBHOOK_URL needs VDI_AUDIT_WEBHOOK_SECRET, the key its deliveries "
+                "are signed with (generate one with: python3 -c 'import secrets; "
+                "print(secrets.token_urlsafe(48))')"
+            )
+        return self
 
 
 def _describe(error: ValidationError) -> str:

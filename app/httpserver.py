@@ -175,21 +175,22 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
 
 
-AGENT_ROUTES = re.compile(r"^/v1/sessions/[0-9a-fA-F-]{1,64}/(health|turn)$")
-AGENT_METHODS = {"health": "POST", "turn": "GET"}
+AGENT_ROUTES = re.compile(r"^/v1/sessions/[0-9a-fA-F-]{1,64}/(health|turn|access|desktop-audit)$")
+AGENT_METHODS = {"health": "POST", "turn": "GET", "access": "GET", "desktop-audit": "POST"}
 NOT_HERE = json.dumps(
     {
         "type": "https://vdi-control.dev/problems/not-found",
         "title": "Not found",
         "status": 404,
         "detail": "This listener serves only the agents' callbacks (POST /v1/sessions/{id}/health,"
-        " GET /v1/sessions/{id}/turn); the API is on the main port",
+        " GET /v1/sessions/{id}/turn, GET /v1/sessions/{id}/access, POST "
+        "/v1/sessions/{id}/desktop-audit); the API is on the main port",
     }
 ).encode()
 
 
 def agent_only(app: ASGIApp) -> ASGIApp:
-    """`app` as the agents' listener serves it: their two callbacks, nothing else (no
+    """`app` as the agents' listener serves it: their callbacks, nothing else (no
     /metrics, /docs or other routes reach the app from there)."""
 
     async def only_callbacks(scope: Scope, receive: Receive, send: Send) -> None:

@@ -18,6 +18,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import __version__, openapi
+from app.audit.delivery import AuditDeliverer
+from app.audit.router import router as audit_router
 from app.auth import service as auth_service
 from app.auth.router import router as tokens_router
 from app.cluster.kube import KubeCluster
@@ -220,6 +222,10 @@ def create_app(
                 stack.callback(supervisor.cancel)
             if settings.reconciler:
                 await _start_cluster_side(app, settings, hub, cluster, stack)
+            if settings.audit_webhook_url:
+                deliverer = AuditDeliverer(settings, database_url)
+                deliverer.start()
+                stack.push_async_callback(deliverer.stop)
             log.info(
                 "vdi-control ready",
                 version=__version__,
@@ -244,7 +250,8 @@ def create_app(
         settings.max_streams_per_token, settings.max_streams_per_replica
     )
     install_error_handlers(app)
-    for router in (tokens_router, templates_router, sessions_router, shares_router, ops_router):
+    routers = (tokens_router, templates_router, sessions_router, shares_router, audit_router)
+    for router in (*routers, ops_router):
         app.include_router(router)
     openapi.install(app, extra_schemas=[SessionEventFrame])
     app.add_middleware(HeartbeatLane, state=app.state)  # innermost: after the body checks

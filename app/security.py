@@ -60,6 +60,41 @@ def share_token(secret_key: str, share_id: uuid.UUID) -> str:
     return "vdis_" + base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 
+def desktop_audit_token(agent_token: str) -> str:
+    """The bearer token the session's Selkies sends with its audit webhook: derived from the
+    agent token (by the agent, which has it, and by the control plane), so the agent token
+    itself is not Selkies' to send, and this one authorizes that webhook alone."""
+    return hmac.new(
+        agent_token.encode(), b"vdi-control desktop audit v1", hashlib.sha256
+    ).hexdigest()
+
+
+SIGNATURE_HEADER = "VDI-Signature"
+
+
+def sign_delivery(secret: str, timestamp: int, body: bytes) -> str:
+    """The audit webhook's signature header value: `t=<unix time>,v1=<hex HMAC-SHA256 of
+    "<t>.<body>" under the webhook secret>`."""
+    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return f"t={timestamp},v1={digest.hexdigest()}"
+
+
+def verify_delivery(
+    secret: str, header: str, body: bytes, *, now: float, tolerance_s: float = 300
+) -> bool:
+    """What a receiver checks: a signature of this body under the secret, made recently (a
+    replayed old delivery fails the time check)."""
+    try:
+        parts = dict(item.split("=", 1) for item in header.split(","))
+        timestamp = int(parts["t"])
+    except (ValueError, KeyError):
+        return False
+    if abs(now - timestamp) > tolerance_s:
+        return False
+    expected = sign_delivery(secret, timestamp, body).split("v1=", 1)[1]
+    return hmac.compare_digest(expected, parts.get("v1", ""))
+
+
 @dataclass(frozen=True)
 class SessionSecrets:
     password: str

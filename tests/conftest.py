@@ -28,6 +28,7 @@ TEST_BOOTSTRAP_TOKEN = "vdi_test-bootstrap-" + "b" * 32
 TABLES = (
     "session_events",
     "session_shares",
+    "audit_records",
     "idempotency_keys",
     "sessions",
     "templates",

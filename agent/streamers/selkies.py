@@ -11,6 +11,8 @@ CBR at the template's bitrate; the GOP as a key-frame interval in seconds.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import shutil
 import subprocess
@@ -84,6 +86,28 @@ def policy_settings(permissions: Permissions) -> dict[str, str]:
         "SELKIES_ENABLE_PLAYER2": locked(False),
         "SELKIES_ENABLE_PLAYER3": locked(False),
         "SELKIES_ENABLE_PLAYER4": locked(False),
+    }
+
+
+def desktop_audit_token(agent_token: str) -> str:
+    """The bearer token of Selkies' audit webhook, derived from the agent token as the control
+    plane derives it (app.security.desktop_audit_token): it authorizes that webhook alone."""
+    purpose = b"vdi-control desktop audit v1"
+    return hmac.new(agent_token.encode(), purpose, hashlib.sha256).hexdigest()
+
+
+def audit_settings(base: Mapping[str, str]) -> dict[str, str]:
+    """Selkies' audit webhook to the control plane (connects, clipboard and file transfers,
+    recordings; metadata only), where the pod has its callback."""
+    callback, session, token = (
+        base.get(name, "") for name in ("VDI_CALLBACK_URL", "VDI_SESSION_ID", "VDI_AGENT_TOKEN")
+    )
+    if not (callback and session and token):
+        return {}
+    return {
+        "SELKIES_AUDIT_WEBHOOK_URL": f"{callback.rstrip('/')}/v1/sessions/{session}/desktop-audit",
+        "SELKIES_AUDIT_WEBHOOK_TOKEN": desktop_audit_token(token),
+        "SELKIES_AUDIT_WEBHOOK_TIMEOUT": "5",
     }
 
 
@@ -299,6 +323,7 @@ class Selkies(Streamer):
         if config.transport == "webrtc" and config.turn:
             env.update(config.turn_settings(config.stun_host or config.turn_host))
         env.update(policy_settings(config.permissions))
+        env.update(audit_settings(base))
         if config.secure:
             # Secure mode: every page presents a token of the table the agent keeps (the user's
             # own is the session's password); Basic auth off, or a shared page could not load

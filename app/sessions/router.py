@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 
+from app.audit import service as audit
 from app.auth.deps import (
     AUTH_ERRORS,
     BearerCredentials,
@@ -154,6 +155,15 @@ async def create_session(
     result = await service.create_session(
         db, settings, body, token_id=principal.token_id, idempotency_key=idempotency_key
     )
+    if not isinstance(result, service.Replay):
+        audit.record(
+            db,
+            "session.create",
+            actor=principal.name,
+            user=result.user,
+            session_id=result.id,
+            data={"template": result.template_name, "warm": result.warm},
+        )
     if isinstance(result, service.Replay):
         return JSONResponse(
             result.body,
@@ -229,14 +239,23 @@ async def get_session(session_id: uuid.UUID, db: DbSession, _: SessionsRead) -> 
 async def delete_session(
     session_id: uuid.UUID,
     db: DbSession,
-    _: SessionsWrite,
+    principal: SessionsWrite,
     settings: AppSettings,
     force: Annotated[
         bool,
         Query(description="End the session even if the cluster refuses to delete its objects"),
     ] = False,
 ) -> Session:
-    return service.to_schema(await service.delete_session(db, settings, session_id, force=force))
+    ended = await service.delete_session(db, settings, session_id, force=force)
+    audit.record(
+        db,
+        "session.delete",
+        actor=principal.name,
+        user=ended.user or None,
+        session_id=ended.id,
+        data={"force": force, "phase": ended.phase},
+    )
+    return service.to_schema(ended)
 
 
 @router.post(

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.audit import service as audit
 from app.config import Settings
 from app.errors import AppError, Conflict, NotFound
 from app.models import SessionShare, VDISession
@@ -149,6 +150,19 @@ async def create_share(
     await db.flush()
     event = _share_event(session, share, EventType.share_created, by)
     await eventlog.add_events(db, session, [event], now)
+    audit.record(
+        db,
+        "share.create",
+        actor=by,
+        user=session.user,
+        session_id=session.id,
+        data={
+            "share": str(share.id),
+            "role": share.role,
+            "expires_at": share.expires_at.isoformat(),
+        },
+        at=now,
+    )
     token = share_token(settings.require_secret_key(), share.id)
     shown = to_schema(share, session, now)
     return CreatedShare(
@@ -182,6 +196,15 @@ async def revoke_share(
         await db.flush()
         event = _share_event(session, share, EventType.share_revoked, by)
         await eventlog.add_events(db, session, [event], now)
+        audit.record(
+            db,
+            "share.revoke",
+            actor=by,
+            user=session.user,
+            session_id=session.id,
+            data={"share": str(share.id), "role": share.role},
+            at=now,
+        )
     return to_schema(share, session, now)
 
 
@@ -213,6 +236,15 @@ async def disconnect_viewer(
         },
     )
     await eventlog.add_events(db, session, [event], now)
+    audit.record(
+        db,
+        "viewer.disconnect",
+        actor=by,
+        user=session.user,
+        session_id=session.id,
+        data={k: v for k, v in event.data.items() if k != "by"},
+        at=now,
+    )
     return viewer
 
 

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response, status
 
+from app.audit import service as audit
 from app.auth.deps import AUTH_ERRORS, SessionsRead, TemplatesWrite
 from app.config import DNS_LABEL_PATTERN
 from app.db import DbSession
@@ -36,9 +37,15 @@ NamePath = Annotated[
     summary="Create or replace a template (200 replaced, 201 created)",
 )
 async def put_template(
-    name: NamePath, body: TemplateSpec, db: DbSession, _: TemplatesWrite, response: Response
+    name: NamePath, body: TemplateSpec, db: DbSession, principal: TemplatesWrite, response: Response
 ) -> TemplateOut:
     template, created = await service.put_template(db, name, body)
+    audit.record(
+        db,
+        "template.put",
+        actor=principal.name,
+        data={"template": name, "created": created, "spec": body.model_dump(mode="json")},
+    )
     if created:
         response.status_code = status.HTTP_201_CREATED
     [shown] = await service.shown(db, [template])
@@ -79,6 +86,7 @@ async def get_template(name: NamePath, db: DbSession, _: SessionsRead) -> Templa
     responses=problem_responses(*AUTH_ERRORS, service.TemplateNotFound, service.TemplateInUse),
     summary="Delete a template (409 while live sessions use it)",
 )
-async def delete_template(name: NamePath, db: DbSession, _: TemplatesWrite) -> Response:
+async def delete_template(name: NamePath, db: DbSession, principal: TemplatesWrite) -> Response:
     await service.delete_template(db, name)
+    audit.record(db, "template.delete", actor=principal.name, data={"template": name})
     return Response(status_code=status.HTTP_204_NO_CONTENT)

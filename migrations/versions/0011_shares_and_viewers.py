@@ -1,7 +1,8 @@
 """Sharing a desktop and who watches it: a template's `sharing` policy (off, view, collab) and
 its `idle` (what keeps a session from its idle deadline: keepalives, viewers, or both), the
 shares of a session (a role, an expiry, a revocation; the token itself is derived from the
-share's id under the server key, never stored), and the viewers the agent last saw connected.
+share's id under the server key, never stored), the viewers the agent last saw connected, and
+the audit trail (with its outgoing webhook's delivery state).
 Additive only: defaulted columns, a new table and a nullable column, which a replica of the
 previous version ignores during a rolling update.
 
@@ -56,9 +57,34 @@ def upgrade() -> None:
         "session_shares",
         ["session_id", "created_at"],
     )
+    # the audit trail: the control plane's own actions and its desktops' (Selkies' webhook),
+    # kept when their session ends, each delivered to the outgoing webhook at least once
+    op.create_table(
+        "audit_records",
+        sa.Column("id", sa.BigInteger(), sa.Identity(), nullable=False),
+        sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("type", sa.String(48), nullable=False),
+        sa.Column("actor", sa.String(100), nullable=True),
+        sa.Column("user", sa.String(63), nullable=True),
+        sa.Column("session_id", sa.Uuid(), nullable=True),
+        sa.Column("data", postgresql.JSONB(), nullable=False),
+        sa.Column("delivered_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_audit_records")),
+    )
+    op.create_index("ix_audit_records_session_id_id", "audit_records", ["session_id", "id"])
+    op.create_index("ix_audit_records_user_id", "audit_records", ["user", "id"])
+    op.create_index("ix_audit_records_at", "audit_records", ["at"])
+    op.create_index(
+        "ix_audit_records_undelivered",
+        "audit_records",
+        ["id"],
+        postgresql_where=sa.text("delivered_at IS NULL"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("audit_records")
     op.drop_index("ix_session_shares_session_id_created_at", table_name="session_shares")
     op.drop_table("session_shares")
     op.drop_column("sessions", "viewers")
