@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -299,3 +300,65 @@ def test_a_share_of_one_session_opens_no_other(server: Server) -> None:
             assert frames(intruder) == 0
             assert any("Invalid authentication token" in said for said in alerts(intruder))
         assert viewers(server, other["id"]) == []
+
+
+def audit_of(server: Server, session_id: str, kind: str) -> list[dict[str, Any]]:
+    response = httpx.get(
+        f"{server.base}/v1/audit",
+        params={"session": session_id, "type": kind},
+        headers=HEADERS,
+        timeout=10,
+    )
+    assert response.status_code == 200, response.text
+    return list(response.json()["items"])
+
+
+def test_a_clipboard_transfer_and_an_upload_in_chromium_are_audit_records(
+    server: Server,
+) -> None:
+    """Selkies' own audit webhook, pointed at the control plane by the agent: what the person
+    did in the browser is in the trail, with sizes and names and never the contents."""
+    from tests.e2e.test_desktop_use import UPLOAD, paste
+
+    session = server.create("hil")  # the default template: clipboard and files both ways
+    try:
+        running = server.wait(session["id"], {"Running", "Failed"})
+        assert running["phase"] == "Running", running
+        connection = server.get(f"/v1/sessions/{session['id']}/connection")
+        with chromium(connection["username"], connection["password"], relay_only=False) as page:
+            page.execute_cdp_cmd(
+                "Browser.grantPermissions",
+                {
+                    "permissions": ["clipboardReadWrite", "clipboardSanitizedWrite"],
+                    "origin": connection["url"].rstrip("/"),
+                },
+            )
+            decodes(opened(page, connection["url"]))
+            click(page, *IN_THE_TERMINAL)
+            secret_text = f"pasted {uuid.uuid4().hex}"
+            paste(page, secret_text)
+            uploaded = page.execute_async_script(UPLOAD, "audited.txt", "twelve bytes")
+            assert uploaded["status"] == 200, uploaded
+
+            def recorded() -> bool:
+                return bool(
+                    audit_of(server, session["id"], "desktop.clipboard.*")
+                    and audit_of(server, session["id"], "desktop.file.upload.end")
+                )
+
+            assert arrives(recorded, True, 20)
+        [upload] = audit_of(server, session["id"], "desktop.file.upload.end")
+        assert upload["data"]["filename"].endswith("audited.txt")
+        assert upload["data"]["size_bytes"] == len("twelve bytes")
+        assert upload["actor"] == "desktop"
+        assert upload["user"] == "hil"
+        clipboard = audit_of(server, session["id"], "desktop.clipboard.*")
+        assert any(r["data"].get("size_bytes") == len(secret_text) for r in clipboard), clipboard
+        connects = audit_of(server, session["id"], "desktop.session.connect")
+        assert connects, "the page's connection is in the trail"
+        everything = audit_of(server, session["id"], "desktop.*")
+        assert secret_text not in json.dumps(everything)
+        assert "twelve bytes" not in json.dumps(everything)
+    finally:
+        httpx.delete(f"{server.base}/v1/sessions/{session['id']}", headers=HEADERS, timeout=10)
+        server.wait(session["id"], {"Terminated"}, timeout_s=60)
