@@ -64,6 +64,10 @@ class AccessKeeper:
     grants: list[Grant] = field(default_factory=list)
     disconnect: list[str] = field(default_factory=list)
     pushed: dict[str, Any] | None = None
+    # the recording asked for ({wanted, request, name}) and what Selkies said of it (reported)
+    recording_asked: dict[str, Any] | None = None
+    recording: dict[str, Any] | None = None
+    _recording_done: tuple[str, bool] | None = None
     pushes: int = 0
     stopped: bool = False
     _digest: str | None = None
@@ -167,6 +171,8 @@ class AccessKeeper:
             grants = []  # no secure mode: Selkies has no table to keep
         self.grants = grants
         self.disconnect = [str(viewer) for viewer in document.get("disconnect") or []]
+        asked = document.get("recording")
+        self.recording_asked = dict(asked) if isinstance(asked, dict) else None
         if document["digest"] != self._digest:
             self._digest = str(document["digest"])
             self._changed.set()
@@ -188,6 +194,7 @@ class AccessKeeper:
                 try:
                     await self._push(http)
                     await self._disconnect(http)
+                    await self._record(http)
                 except httpx.HTTPError as error:
                     log.info("streamer not reached; retrying", error=type(error).__name__)
                     self._changed.set()
@@ -233,6 +240,48 @@ class AccessKeeper:
                 )
             log.info("page disconnected", viewer=viewer, found=response.status_code == 204)
             self._done = [*self._done, viewer][-DONE_KEPT:]
+
+    async def _record(self, http: httpx.AsyncClient) -> None:
+        """Start or stop Selkies' recording as asked, once per ask (`POST`/`DELETE
+        /api/recording`); what it answered is `recording`, for the next report."""
+        asked = self.recording_asked
+        if asked is None:
+            return
+        ask = (str(asked["request"]), bool(asked["wanted"]))
+        if ask == self._recording_done:
+            return
+        if not ask[1] and not (self.recording or {}).get("active"):
+            self._recording_done = ask  # nothing of ours records
+            return
+        url = f"{self.config.local_url}/api/recording"
+        if ask[1]:
+            body = {"path": asked["name"]} if asked.get("name") else {}
+            response = await http.post(url, json=body, headers=self.config.streamer_auth())
+        else:
+            response = await http.delete(url, headers=self.config.streamer_auth())
+        if response.status_code >= 500:
+            raise httpx.HTTPStatusError(
+                f"the recording request failed ({response.status_code})",
+                request=response.request,
+                response=response,
+            )
+        self._recording_done = ask
+        state: dict[str, Any] = {"request": ask[0], "active": False}
+        try:
+            status = response.json() if response.is_success else None
+        except ValueError:
+            status = None
+        if isinstance(status, dict):
+            state.update(
+                active=ask[1],
+                path=status.get("path"),
+                size_bytes=status.get("bytes"),
+                duration_s=status.get("duration_s"),
+            )
+        else:
+            state["error"] = f"Selkies refused ({response.status_code}): {response.text[:200]}"
+        self.recording = {k: v for k, v in state.items() if v is not None}
+        log.info("recording", **{k: v for k, v in self.recording.items() if k != "path"})
 
 
 def _epoch(instant: str) -> float:

@@ -371,6 +371,7 @@ class Agent:
                 await self._read_native_size(stats)
                 changed = self._observe(now, psutil.cpu_percent(), stats)
                 changed = await self._watch_viewers(http) or changed
+                changed = self._watch_recording() or changed
                 await self._apply(self.changes[before:])
                 if changed or now - last_sent >= self.reporter.interval_s:
                     taken = self.adaptations
@@ -391,6 +392,14 @@ class Agent:
         self.report["viewers"] = viewers
         meaning = [(v["id"], v["role"], v["share"]) for v in viewers]
         return before is None or meaning != [(v["id"], v["role"], v["share"]) for v in before]
+
+    def _watch_recording(self) -> bool:
+        """What Selkies said of the recording asked for, into the report; True when new."""
+        said = self.access.recording if self.access is not None else None
+        if said is None or said == self.report.get("recording"):
+            return False
+        self.report["recording"] = said
+        return True
 
     def _viewer(self, page: dict[str, Any]) -> dict[str, Any]:
         """A page as the control plane names it: the user's own (`owner`), a share's viewer or

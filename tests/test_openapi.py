@@ -43,7 +43,7 @@ def operations(document: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, A
 
 def test_every_operation_has_a_unique_readable_operation_id(document: dict[str, Any]) -> None:
     ids = [op["operationId"] for _, _, op in operations(document)]
-    assert len(ids) == len(set(ids)) == 27
+    assert len(ids) == len(set(ids)) == 29
     assert all(i.replace("_", "").isalpha() and i.islower() for i in ids)
     assert {
         "create_session",
@@ -58,6 +58,8 @@ def test_every_operation_has_a_unique_readable_operation_id(document: dict[str, 
         "get_session_access",
         "list_audit_records",
         "record_desktop_audit_event",
+        "start_session_recording",
+        "stop_session_recording",
     } <= set(ids)
 
 

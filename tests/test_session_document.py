@@ -92,6 +92,23 @@ viewers = st.none() | st.lists(
     ),
     max_size=4,
 )
+# as app.shares.service stores it, with what app.sessions.lifecycle took from the agent
+recordings = st.none() | st.fixed_dictionaries(
+    {
+        "wanted": st.booleans(),
+        "request": st.uuids().map(str),
+        "name": st.none() | st.just("talk.mp4"),
+        "requested_by": st.none() | texts,
+        "requested_at": instants.map(lambda instant: instant.isoformat()),
+    },
+    optional={
+        "active": st.none() | st.booleans(),
+        "path": st.none() | texts,
+        "size_bytes": st.none() | st.integers(0, 10**9),
+        "duration_s": st.none() | st.floats(0, 10**5),
+        "error": st.none() | texts,
+    },
+)
 rows = st.fixed_dictionaries(
     {
         # what asyncpg hands back (a subclass of uuid.UUID) and what the ORM does
@@ -118,6 +135,7 @@ rows = st.fixed_dictionaries(
         "expires_at": instants,
         "capacity_wait": capacity_waits,
         "viewers": viewers,
+        "recording": recordings,
     }
 )
 
@@ -156,6 +174,7 @@ def test_a_page_of_documents_is_the_models_json() -> None:
         "expires_at": now + timedelta(days=1),
         "capacity_wait": None,
         "viewers": None,
+        "recording": None,
     }
     page = SessionPage.model_validate({"items": [row, row], "next_cursor": "abc"})
     ours = dump_json({"items": [session_document(row)] * 2, "next_cursor": "abc"})

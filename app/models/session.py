@@ -116,3 +116,6 @@ class VDISession(Base):
     # The pages connected to its desktop as the agent last reported them (migration 0011):
     # `schemas.Viewer` each. None: the agent never said (a streamer that cannot tell).
     viewers: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB(none_as_null=True))
+    # Recording on demand (migration 0011): what was asked (wanted, name, by whom, the request's
+    # id) and what the agent last reported (active, path, size): `schemas.Recording`.
+    recording: Mapped[dict[str, Any] | None] = mapped_column(JSONB(none_as_null=True))

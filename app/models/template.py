@@ -54,5 +54,6 @@ class Template(Base):
     gamepads: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     # who may watch (migration 0011): off, view (view-only shares), collab (and collaborators)
     sharing: Mapped[str] = mapped_column(String(8), default="off", server_default="off")
+    recording: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)

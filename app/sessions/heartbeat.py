@@ -85,6 +85,7 @@ def report_digest(report: HealthReport) -> str:
         None
         if report.viewers is None
         else sorted((v.id, v.role.value, str(v.share)) for v in report.viewers),
+        None if report.recording is None else report.recording.model_dump(mode="json"),
     ]
     return hashlib.sha256(json.dumps(meaning).encode()).hexdigest()
 

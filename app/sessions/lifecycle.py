@@ -347,6 +347,8 @@ def apply_health_report(
 
     if report.viewers is not None:
         events += apply_viewers(session, report.viewers, now)
+    if report.recording is not None:
+        _apply_recording(session, report)
 
     failure = _failure(session, checks, report, fallback_allowed)
     if failure is not None:
@@ -392,6 +394,16 @@ def _viewer_words(viewer: dict[str, Any]) -> str:
     share = f" (share {viewer['share']})" if viewer.get("share") else ""
     address = f" from {viewer['address']}" if viewer.get("address") else ""
     return f"{who}{share}{address}"
+
+
+def _apply_recording(session: VDISession, report: HealthReport) -> None:
+    """What the agent says of the recording asked for (a report about an older ask is not)."""
+    assert report.recording is not None
+    asked = session.recording
+    if asked is None or str(report.recording.request) != asked.get("request"):
+        return
+    said = report.recording.model_dump(mode="json", exclude={"request"})
+    session.recording = {**asked, **said}
 
 
 def idle_mode(session: VDISession) -> str:

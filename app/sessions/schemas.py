@@ -128,6 +128,7 @@ class EventType(StrEnum):
     viewer_connected = "ViewerConnected"
     viewer_disconnected = "ViewerDisconnected"
     viewer_disconnect_requested = "ViewerDisconnectRequested"
+    recording_requested = "RecordingRequested"
 
 
 class ViewerRole(StrEnum):
@@ -294,6 +295,41 @@ class Viewer(ViewerReport):
     model_config = OUT
 
 
+RECORDING_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\.mp4$"
+
+
+class RecordingReport(BaseModel):
+    """What the agent's Selkies says of the recording it was asked for."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request: uuid.UUID = Field(description="The request it answers (`Recording.request`)")
+    active: bool
+    path: str | None = Field(default=None, max_length=500, description="The file, in the pod")
+    size_bytes: int | None = Field(default=None, ge=0)
+    duration_s: float | None = Field(default=None, ge=0)
+    error: str | None = Field(default=None, max_length=300)
+
+
+class Recording(BaseModel):
+    """A recording of the desktop asked for (POST .../recording) and what its agent reported."""
+
+    model_config = OUT
+
+    wanted: bool = Field(description="Asked to record (true) or to stop (false)")
+    request: uuid.UUID = Field(description="This ask's id: a new one for each start")
+    name: str | None = Field(description="The file's name asked for; null: Selkies names it")
+    requested_by: str | None
+    requested_at: datetime
+    active: bool | None = Field(
+        default=None, description="Recording now, as the agent last said (null: not yet)"
+    )
+    path: str | None = Field(default=None, description="Where the file is, in the session's home")
+    size_bytes: int | None = None
+    duration_s: float | None = None
+    error: str | None = Field(default=None, description="Why the desktop refused, if it did")
+
+
 class Session(BaseModel):
     model_config = OUT
 
@@ -341,6 +377,9 @@ class Session(BaseModel):
         description="The pages connected to its desktop, as its agent last reported (every "
         "few seconds while Running); null until the agent has said (a streamer that cannot "
         "tell, or before Running)",
+    )
+    recording: Recording | None = Field(
+        default=None, description="The last recording asked for (null: none ever)"
     )
 
     @field_validator("policy", mode="before")
@@ -399,6 +438,25 @@ def session_document(row: Mapping[str, Any]) -> dict[str, Any]:
         "expires_at": row["expires_at"],
         "capacity_wait": capacity_wait_document(row["capacity_wait"]),
         "viewers": viewers_document(row["viewers"]),
+        "recording": recording_document(row["recording"]),
+    }
+
+
+def recording_document(stored: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A stored `recording` as the `Recording` document (its instant parsed)."""
+    if stored is None:
+        return None
+    return {
+        "wanted": stored["wanted"],
+        "request": stored["request"],
+        "name": stored.get("name"),
+        "requested_by": stored.get("requested_by"),
+        "requested_at": datetime.fromisoformat(stored["requested_at"]),
+        "active": stored.get("active"),
+        "path": stored.get("path"),
+        "size_bytes": stored.get("size_bytes"),
+        "duration_s": stored.get("duration_s"),
+        "error": stored.get("error"),
     }
 
 
@@ -647,6 +705,24 @@ class ViewerDisconnectRequestedEvent(_EventBase):
     data: ViewerChange
 
 
+class RecordingChange(BaseModel):
+    model_config = OUT
+
+    wanted: bool
+    request: uuid.UUID
+    name: str | None
+    by: str | None
+
+
+class RecordingRequestedEvent(_EventBase):
+    """A recording was asked for (`reason` Start) or asked to stop (Stop); the agent drives
+    Selkies, and the session's `recording` says what it reported."""
+
+    type: Literal[EventType.recording_requested]
+    reason: Literal["Start", "Stop"] | None
+    data: RecordingChange
+
+
 class SessionEventOut(
     RootModel[
         Annotated[
@@ -660,7 +736,8 @@ class SessionEventOut(
             | ShareRevokedEvent
             | ViewerConnectedEvent
             | ViewerDisconnectedEvent
-            | ViewerDisconnectRequestedEvent,
+            | ViewerDisconnectRequestedEvent
+            | RecordingRequestedEvent,
             Field(discriminator="type"),
         ]
     ]
@@ -768,4 +845,7 @@ class HealthReport(BaseModel):
         default=None,
         max_length=256,
         description="The pages connected to the desktop now; absent: the agent cannot tell",
+    )
+    recording: RecordingReport | None = Field(
+        default=None, description="The state of the recording last asked for"
     )

@@ -43,6 +43,7 @@ from app.sessions.schemas import (
     TurnCredentials,
     capacity_wait_document,
     dump_json,
+    recording_document,
     session_document,
     viewers_document,
 )
@@ -129,6 +130,7 @@ def to_schema(session: VDISession) -> Session:
         expires_at=session.expires_at,
         capacity_wait=capacity_wait_document(session.capacity_wait),
         viewers=viewers_document(session.viewers),
+        recording=recording_document(session.recording),
     )
 
 

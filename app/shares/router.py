@@ -10,14 +10,21 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response, status
 
-from app.auth.deps import AUTH_ERRORS, SessionsConnect, SessionsRead
+from app.auth.deps import AUTH_ERRORS, SessionsConnect, SessionsRead, SessionsWrite
 from app.db import DbSession
 from app.errors import problem_responses
 from app.sessions import service as sessions
 from app.sessions.router import AgentOfSession, AppSettings
-from app.sessions.schemas import VIEWER_ID_PATTERN, Viewer
+from app.sessions.schemas import VIEWER_ID_PATTERN, Recording, Viewer, recording_document
 from app.shares import service
-from app.shares.schemas import AccessDocument, CreatedShare, Share, ShareCreate, ShareList
+from app.shares.schemas import (
+    AccessDocument,
+    CreatedShare,
+    RecordingCreate,
+    Share,
+    ShareCreate,
+    ShareList,
+)
 
 router = APIRouter(prefix="/v1/sessions", tags=["shares"])
 
@@ -101,6 +108,53 @@ async def disconnect_session_viewer(
 ) -> Viewer:
     viewer = await service.disconnect_viewer(db, session_id, viewer_id, principal.name)
     return Viewer.model_validate(viewer)
+
+
+RECORDING_ERRORS = (
+    sessions.SessionNotFound,
+    sessions.SessionEnded,
+    service.RecordingNotAllowed,
+    service.RecordingInProgress,
+    service.SessionNotReady,
+)
+
+
+@router.post(
+    "/{session_id}/recording",
+    name="start_session_recording",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=problem_responses(*AUTH_ERRORS, *RECORDING_ERRORS),
+    summary="Record the desktop (a template with `recording: true`)",
+    description="Accepted: the session's agent starts Selkies' recording within a second or "
+    "two: an MP4 (H.264, with the sound where the template streams it) in the user's "
+    "~/Desktop. The session's `recording` says when it is `active` and where; a "
+    "`desktop.recording.start` audit record names the file.",
+)
+async def start_session_recording(
+    session_id: uuid.UUID,
+    db: DbSession,
+    principal: SessionsWrite,
+    body: RecordingCreate | None = None,
+) -> Recording:
+    name = body.name if body is not None else None
+    asked = await service.start_recording(db, session_id, name, principal.name)
+    return Recording.model_validate(recording_document(asked))
+
+
+@router.delete(
+    "/{session_id}/recording",
+    name="stop_session_recording",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=problem_responses(*AUTH_ERRORS, sessions.SessionNotFound, service.RecordingNotFound),
+    summary="Stop recording the desktop (again is not an error)",
+    description="Accepted: the agent stops Selkies' recording; the session's `recording` then "
+    "says the file's size and duration, and a `desktop.recording.stop` audit record too.",
+)
+async def stop_session_recording(
+    session_id: uuid.UUID, db: DbSession, principal: SessionsWrite
+) -> Recording:
+    asked = await service.stop_recording(db, session_id, principal.name)
+    return Recording.model_validate(recording_document(asked))
 
 
 @router.get(

@@ -8,7 +8,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.sessions.schemas import OUT, ShareRole
+from app.sessions.schemas import OUT, RECORDING_NAME_PATTERN, ShareRole
 
 MAX_EXPIRES_IN_S = 7 * 86400
 
@@ -80,6 +80,26 @@ class AccessToken(BaseModel):
     expires_at: datetime
 
 
+class RecordingCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(
+        default=None,
+        pattern=RECORDING_NAME_PATTERN,
+        description="The MP4's name in the user's ~/Desktop; default recording-<UTC time>.mp4",
+    )
+
+
+class RecordingAsked(BaseModel):
+    """The recording the agent must make (or stop)."""
+
+    model_config = OUT
+
+    wanted: bool
+    request: uuid.UUID
+    name: str | None
+
+
 class AccessDocument(BaseModel):
     """What the session's agent keeps its Selkies to (secure mode): the live shares' tokens
     and the pages to disconnect. `digest` changes when any of it does."""
@@ -91,4 +111,7 @@ class AccessDocument(BaseModel):
     tokens: list[AccessToken]
     disconnect: list[str] = Field(
         description="Pages (viewer ids) asked to be disconnected in the last minutes"
+    )
+    recording: RecordingAsked | None = Field(
+        default=None, description="The recording asked for last (null: none)"
     )

@@ -8,6 +8,7 @@ import hashlib
 import json
 import uuid
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -26,6 +27,7 @@ from app.shares.schemas import (
     AccessDocument,
     AccessToken,
     CreatedShare,
+    RecordingAsked,
     Share,
     ShareCreate,
     ShareState,
@@ -60,6 +62,18 @@ class TooManyShares(Conflict):
     """The session has as many live shares as allowed: revoke one first."""
 
     slug, title = "too-many-shares", "Too many shares"
+
+
+class RecordingNotAllowed(AppError):
+    """The session's template does not allow recording (`recording: false`)."""
+
+    status, slug, title = 403, "recording-not-allowed", "Recording not allowed"
+
+
+class RecordingInProgress(Conflict):
+    """A recording is already asked for: stop it (DELETE .../recording) before another."""
+
+    slug, title = "recording-in-progress", "Recording in progress"
 
 
 class SessionNotReady(Conflict):
@@ -248,6 +262,97 @@ async def disconnect_viewer(
     return viewer
 
 
+def _recording_event(session: VDISession, asked: dict[str, Any], by: str) -> EventDraft:
+    wanted = bool(asked["wanted"])
+    return EventDraft(
+        type=EventType.recording_requested.value,
+        phase=session.phase,
+        reason="Start" if wanted else "Stop",
+        message=f"{'Recording' if wanted else 'Stopping the recording'}, asked by {by}",
+        data={"wanted": wanted, "request": asked["request"], "name": asked.get("name"), "by": by},
+    )
+
+
+async def start_recording(
+    db: AsyncSession, session_id: uuid.UUID, name: str | None, by: str
+) -> dict[str, Any]:
+    session = await sessions.get_locked(db, session_id)
+    if not session.template_spec.get("recording"):
+        raise RecordingNotAllowed(
+            f"Session {session_id}'s template {session.template_name!r} has recording: false; "
+            "set recording: true on the template for new sessions"
+        )
+    if Phase(session.phase) in ENDED_PHASES:
+        sessions.refuse_if_ended(session, "record it")
+    if Phase(session.phase) is not Phase.running:
+        raise SessionNotReady(f"Session {session_id} is {session.phase}: retry when it is Running")
+    if session.recording and session.recording.get("wanted"):
+        raise RecordingInProgress(
+            f"Session {session_id} is already being recorded (request "
+            f"{session.recording['request']}); stop it with DELETE "
+            f"/v1/sessions/{session_id}/recording first"
+        )
+    now = utcnow()
+    asked: dict[str, Any] = {
+        "wanted": True,
+        "request": str(uuid.uuid4()),
+        "name": name,
+        "requested_by": by,
+        "requested_at": now.isoformat(),
+        "active": None,
+        "path": None,
+        "size_bytes": None,
+        "duration_s": None,
+        "error": None,
+    }
+    session.recording = asked
+    session.updated_at = now
+    await db.flush()
+    await eventlog.add_events(db, session, [_recording_event(session, asked, by)], now)
+    audit.record(
+        db,
+        "recording.start",
+        actor=by,
+        user=session.user,
+        session_id=session.id,
+        data={"request": asked["request"], "name": name},
+        at=now,
+    )
+    return asked
+
+
+async def stop_recording(db: AsyncSession, session_id: uuid.UUID, by: str) -> dict[str, Any]:
+    """Ask to stop (again, or with none asked for, changes nothing and is no error)."""
+    session = await sessions.get_locked(db, session_id)
+    asked = session.recording
+    if asked is None or not asked.get("wanted"):
+        if asked is None:
+            raise RecordingNotFound(f"Session {session_id} was never recorded")
+        return asked
+    now = utcnow()
+    asked = {**asked, "wanted": False, "requested_by": by, "requested_at": now.isoformat()}
+    session.recording = asked
+    session.updated_at = now
+    await db.flush()
+    await eventlog.add_events(db, session, [_recording_event(session, asked, by)], now)
+    audit.record(
+        db,
+        "recording.stop",
+        actor=by,
+        user=session.user,
+        session_id=session.id,
+        data={"request": asked["request"]},
+        at=now,
+    )
+    return asked
+
+
+class RecordingNotFound(NotFound):
+    """The session was never recorded."""
+
+    slug, title = "recording-not-found", "No recording"
+
+
 async def access(db: AsyncSession, settings: Settings, session_id: uuid.UUID) -> AccessDocument:
     """The agent's document: the live shares' tokens (none once the session has ended) and
     the recent disconnect requests."""
@@ -272,12 +377,27 @@ async def access(db: AsyncSession, settings: Settings, session_id: uuid.UUID) ->
     disconnect = await repository.disconnect_requests(
         db, session_id, EventType.viewer_disconnect_requested.value, since
     )
+    asked = session.recording
+    recording = (
+        None
+        if asked is None or Phase(session.phase) in ENDED_PHASES
+        else RecordingAsked(
+            wanted=asked["wanted"], request=asked["request"], name=asked.get("name")
+        )
+    )
     meaning = json.dumps(
-        [sharing, [t.model_dump(mode="json") for t in tokens], disconnect], sort_keys=True
+        [
+            sharing,
+            [t.model_dump(mode="json") for t in tokens],
+            disconnect,
+            recording.model_dump(mode="json") if recording else None,
+        ],
+        sort_keys=True,
     )
     return AccessDocument(
         digest=hashlib.sha256(meaning.encode()).hexdigest()[:32],
         sharing=sharing,
         tokens=tokens,
         disconnect=disconnect,
+        recording=recording,
     )

@@ -203,6 +203,11 @@ class TemplateSpec(BaseModel):
     )
     gamepads: bool = Field(default=True, description="Forward the browser's gamepads")
     sharing: Sharing = Field(default="off", description=SHARING_DESCRIPTION)
+    recording: bool = Field(
+        default=False,
+        description="Allow recording the desktop on demand (POST .../recording; Selkies 2.x): "
+        "an MP4 in the user's home (the file manager's directory, ~/Desktop)",
+    )
     persistent_home: bool = Field(
         default=True,
         description="The user's home is a PVC (`home-<user>`) kept across sessions; false: an "
@@ -273,6 +278,8 @@ class TemplateSpec(BaseModel):
             problems.append("microphone: true (1.x has no microphone)")
         if self.sharing != "off":
             problems.append(f"sharing: {self.sharing} (1.x has no secure mode, no shares)")
+        if self.recording:
+            problems.append("recording: true (1.x cannot record)")
         if self.idle != "keepalive":
             problems.append(f"idle: {self.idle} (1.x cannot tell who is connected)")
         if problems:

@@ -2,7 +2,8 @@
 its `idle` (what keeps a session from its idle deadline: keepalives, viewers, or both), the
 shares of a session (a role, an expiry, a revocation; the token itself is derived from the
 share's id under the server key, never stored), the viewers the agent last saw connected, and
-the audit trail (with its outgoing webhook's delivery state).
+the audit trail (with its outgoing webhook's delivery state), and recording on demand (a
+template's `recording`, a session's wanted and reported recording).
 Additive only: defaulted columns, a new table and a nullable column, which a replica of the
 previous version ignores during a rolling update.
 
@@ -32,6 +33,11 @@ def upgrade() -> None:
         sa.Column("idle", sa.String(16), nullable=False, server_default="keepalive"),
     )
     op.add_column("sessions", sa.Column("viewers", postgresql.JSONB(), nullable=True))
+    op.add_column(
+        "templates",
+        sa.Column("recording", sa.Boolean(), nullable=False, server_default=sa.false()),
+    )
+    op.add_column("sessions", sa.Column("recording", postgresql.JSONB(), nullable=True))
     op.create_table(
         "session_shares",
         sa.Column("id", sa.Uuid(), nullable=False),
@@ -87,6 +93,8 @@ def downgrade() -> None:
     op.drop_table("audit_records")
     op.drop_index("ix_session_shares_session_id_created_at", table_name="session_shares")
     op.drop_table("session_shares")
+    op.drop_column("sessions", "recording")
+    op.drop_column("templates", "recording")
     op.drop_column("sessions", "viewers")
     op.drop_column("templates", "idle")
     op.drop_column("templates", "sharing")

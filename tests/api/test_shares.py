@@ -389,3 +389,52 @@ async def test_idle_by_viewers_needs_selkies_2(client: httpx.AsyncClient) -> Non
     )
     assert refused.status_code == 422
     assert "idle: viewers (1.x cannot tell who is connected)" in refused.text
+
+
+async def test_recording_is_asked_of_the_agent_and_its_answer_shown(
+    client: httpx.AsyncClient, make_session: MakeSession, set_phase: SetPhase
+) -> None:
+    plain = await running_session(make_session, set_phase, "bob")
+    refused = await client.post(f"/v1/sessions/{plain['id']}/recording", headers=ADMIN)
+    assert refused.status_code == 403
+    assert refused.json()["type"].endswith(":recording-not-allowed")
+
+    session = await running_session(make_session, set_phase, recording=True)
+    url = f"/v1/sessions/{session['id']}/recording"
+    never = await client.delete(url, headers=ADMIN)
+    assert never.status_code == 404
+    bad = await client.post(url, json={"name": "../etc/passwd"}, headers=ADMIN)
+    assert bad.status_code == 422
+    asked = await client.post(url, json={"name": "talk.mp4"}, headers=ADMIN)
+    assert asked.status_code == 202, asked.text
+    request = asked.json()["request"]
+    assert asked.json()["active"] is None
+    assert (await client.post(url, headers=ADMIN)).status_code == 409  # one at a time
+    access = f"/v1/sessions/{session['id']}/access"
+    document = (await client.get(access, headers=agent(session["id"]))).json()
+    assert document["recording"] == {"wanted": True, "request": request, "name": "talk.mp4"}
+
+    health = f"/v1/sessions/{session['id']}/health"
+    said = {"request": request, "active": True, "path": "/home/user/Desktop/talk.mp4"}
+    await client.post(health, json={**READY, "recording": said}, headers=agent(session["id"]))
+    shown = (await client.get(f"/v1/sessions/{session['id']}", headers=ADMIN)).json()
+    assert shown["recording"]["active"] is True
+    assert shown["recording"]["path"] == said["path"]
+    stale = {"request": str(uuid.uuid4()), "active": False}  # about another ask: not taken
+    await client.post(health, json={**READY, "recording": stale}, headers=agent(session["id"]))
+    assert (await client.get(f"/v1/sessions/{session['id']}", headers=ADMIN)).json()["recording"][
+        "active"
+    ]
+
+    stopped = await client.delete(url, headers=ADMIN)
+    assert stopped.status_code == 202
+    assert stopped.json()["wanted"] is False
+    assert (await client.delete(url, headers=ADMIN)).status_code == 202  # again: no error
+    document = (await client.get(access, headers=agent(session["id"]))).json()
+    assert document["recording"]["wanted"] is False
+    reasons = [
+        e["reason"]
+        for e in await events_of(client, session["id"])
+        if e["type"] == "RecordingRequested"
+    ]
+    assert reasons == ["Start", "Stop"]

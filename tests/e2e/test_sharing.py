@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
+import subprocess
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -28,6 +30,7 @@ from app.db import asyncpg_dsn
 from harness.browser_viewer import READ_STATS, chromium
 from harness.desktop_use import arrives, click, type_keys
 from tests.e2e.test_local_desktops import HEADERS, Server, _server
+from tests.tools import tool
 
 pytestmark = pytest.mark.e2e
 
@@ -45,10 +48,14 @@ async def sharing_database(make_database: Callable[[str], Awaitable[str]]) -> st
 @pytest.fixture(scope="module")
 def server(sharing_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     with _server(sharing_database, tmp_path_factory.mktemp("sharing")) as served:
-        for name, sharing in (("collab", "collab"), ("view", "view")):
+        for name, fields in (
+            ("collab", {"sharing": "collab"}),
+            ("view", {"sharing": "view"}),
+            ("recorder", {"recording": True}),
+        ):
             put = httpx.put(
                 f"{served.base}/v1/templates/{name}",
-                json={**TEMPLATE, "sharing": sharing},
+                json={**TEMPLATE, **fields},
                 headers=HEADERS,
                 timeout=10,
             )
@@ -362,3 +369,71 @@ def test_a_clipboard_transfer_and_an_upload_in_chromium_are_audit_records(
     finally:
         httpx.delete(f"{server.base}/v1/sessions/{session['id']}", headers=HEADERS, timeout=10)
         server.wait(session["id"], {"Terminated"}, timeout_s=60)
+
+
+def test_a_recording_started_and_stopped_through_the_api_is_an_mp4_that_decodes(
+    server: Server,
+) -> None:
+    session = server.create("ivy", "recorder")
+    try:
+        running = server.wait(session["id"], {"Running", "Failed"})
+        assert running["phase"] == "Running", running
+        connection = server.get(f"/v1/sessions/{session['id']}/connection")
+        url = f"{server.base}/v1/sessions/{session['id']}/recording"
+        with chromium(connection["username"], connection["password"], relay_only=False) as page:
+            decodes(opened(page, connection["url"]))
+            asked = httpx.post(url, json={"name": "meeting.mp4"}, headers=HEADERS, timeout=10)
+            assert asked.status_code == 202, asked.text
+
+            def recording() -> dict[str, Any]:
+                return dict(server.get(f"/v1/sessions/{session['id']}")["recording"] or {})
+
+            assert arrives(lambda: recording().get("active"), True, 15), recording()
+            again = httpx.post(url, json={}, headers=HEADERS, timeout=10)
+            assert again.status_code == 409  # one at a time
+            click(page, *IN_THE_TERMINAL)
+            type_keys(page, "ls -la /; date\n")  # something moves on the desktop
+            time.sleep(3)
+            stopped = httpx.delete(url, headers=HEADERS, timeout=10)
+            assert stopped.status_code == 202, stopped.text
+            assert arrives(lambda: recording().get("active"), False, 15), recording()
+        done = recording()
+        assert done["path"].endswith("meeting.mp4")
+        assert (done["size_bytes"] or 0) > 0
+        assert (done["duration_s"] or 0) > 1
+        landed = home(server, "ivy") / "Desktop" / "meeting.mp4"
+        assert landed.stat().st_size == done["size_bytes"]
+        discovered = subprocess.run(
+            [tool("gst-discoverer-1.0"), str(landed)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert discovered.returncode == 0, discovered.stdout + discovered.stderr
+        assert "H.264" in discovered.stdout, discovered.stdout
+        duration = re.search(r"Duration: (\d+):(\d+):(\d+\.\d+)", discovered.stdout)
+        assert duration is not None, discovered.stdout
+        assert float(duration[3]) + 60 * int(duration[2]) > 1
+        print(f"recording: {done['size_bytes']} bytes, {done['duration_s']:.1f} s")
+        started = audit_of(server, session["id"], "desktop.recording.start")
+        assert started[0]["data"]["filename"].endswith("meeting.mp4")
+        ended = audit_of(server, session["id"], "desktop.recording.stop")
+        assert ended[0]["data"]["size_bytes"] == done["size_bytes"]
+        asked_by = audit_of(server, session["id"], "recording.*")
+        assert [(r["type"], r["actor"]) for r in asked_by] == [
+            ("recording.start", "bootstrap"),
+            ("recording.stop", "bootstrap"),
+        ]
+    finally:
+        httpx.delete(f"{server.base}/v1/sessions/{session['id']}", headers=HEADERS, timeout=10)
+        server.wait(session["id"], {"Terminated"}, timeout_s=60)
+
+
+def test_a_template_without_recording_refuses_it(server: Server) -> None:
+    with shared_desktop(server, "jay", "view") as session:
+        refused = httpx.post(
+            f"{server.base}/v1/sessions/{session['id']}/recording", headers=HEADERS, timeout=10
+        )
+        assert refused.status_code == 403
+        assert refused.json()["type"].endswith(":recording-not-allowed")

@@ -90,6 +90,7 @@ SHOWN_NAMES = (
     "expires_at",
     "capacity_wait",
     "viewers",
+    "recording",
 )
 
 
