@@ -223,7 +223,9 @@ def create_app(
             if settings.reconciler:
                 await _start_cluster_side(app, settings, hub, cluster, stack)
             if settings.audit_webhook_url:
-                deliverer = AuditDeliverer(settings, database_url)
+                deliverer = AuditDeliverer(
+                    settings, database_url, app.state.metrics.audit_deliveries
+                )
                 deliverer.start()
                 stack.push_async_callback(deliverer.stop)
             log.info(

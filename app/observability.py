@@ -208,6 +208,12 @@ class Metrics:
             ["where"],
             registry=self.registry,
         )
+        self.audit_deliveries = Counter(
+            "vdi_audit_deliveries",
+            "Audit webhook deliveries by this replica, by outcome (delivered; failed: retried)",
+            ["outcome"],
+            registry=self.registry,
+        )
 
         # every failure reason at 0 from the start: increase() and rate() see a session's
         # first failure of a kind (a series born at 1 has no increase)
@@ -215,6 +221,8 @@ class Metrics:
             self.failures.labels(reason)
         for where in ("request", "reconciler", "scrape"):  # found missing by a real Prometheus
             self.database_errors.labels(where)
+        for outcome in ("delivered", "failed"):
+            self.audit_deliveries.labels(outcome)
 
     def fold_snapshot(
         self, rows: list[tuple[str, str, str, int, datetime | None]], now: datetime

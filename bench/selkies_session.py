@@ -540,6 +540,137 @@ async def session_checks(
     ]
 
 
+# -- sharing: the user, a viewer and a collaborator through Traefik -------------------------
+
+QUIET_S = 6  # how long the viewer's typing is watched for a leak
+
+
+async def sharing(args: argparse.Namespace) -> dict[str, Any]:
+    """A session of a template that shares (Selkies' secure mode), routed by Traefik and relayed
+    by coturn: the user's page (the connection's launch_url), a viewer's and a collaborator's
+    (their shares' links), each a Chromium; who typed what landing in the pod's home; the
+    viewer's share revoked."""
+    report: dict[str, Any] = {}
+    async with selkies_pod({"sharing": "collab"}, routed=True) as pod:
+        async with screen(1280, 720, 30, "ball", 0, window=(480, 270)) as display:
+            env = pod.agent_environment(display)
+            log = pod.workdir / "agent.log"
+            with desktop(display, pod.home), agent(env, log):
+                try:
+                    await sharing_checks(pod, report)
+                except Exception:
+                    report["agent_log"] = log.read_text()[-6000:]
+                    raise
+    return report
+
+
+async def sharing_checks(pod: Pod, report: dict[str, Any]) -> None:
+    plane, session_id = pod.plane, pod.session_id
+    running = await plane.wait_phase(session_id, {"Running", "Failed"}, 120)
+    report["session_running"] = {k: running[k] for k in ("phase", "reason", "streamer")}
+    assert pod.proxy is not None
+    alice = f"alice.{DOMAIN}"
+    await proxying.wait_router(pod.proxy, alice)
+
+    async def page_routed() -> httpx.Response | None:
+        response = await through_traefik(pod, alice, "/api/health")
+        return response if response.status_code == 200 else None
+
+    await wait_for("Selkies answering through Traefik", page_routed, 60)
+    connection = await plane.request("GET", f"/v1/sessions/{session_id}/connection")
+    shares = f"/v1/sessions/{session_id}/shares"
+    viewer = await plane.request("POST", shares, json={"role": "viewer"})
+    collaborator = await plane.request("POST", shares, json={"role": "collaborator"})
+    port = pod.proxy.https_port
+
+    def routed(url: str) -> str:  # the session's host on Traefik's port
+        return url.replace(f"{alice}/", f"{alice}:{port}/", 1)
+
+    # the page's token opens the API through Traefik, Basic auth is off, another token is not
+    token = connection["launch_url"].split("#token=", 1)[1]
+    report["api_status"] = {
+        name: (await through_traefik(pod, alice, "/api/turn", params=params)).status_code
+        for name, params in (
+            ("user_token", {"token": token}),
+            ("viewer_token", {"token": viewer["token"]}),
+            ("no_token", {}),
+            ("made_up_token", {"token": "vdis_made-up"}),
+        )
+    }
+    arguments = pod.browser_arguments()
+    pages: dict[str, Any] = {}
+    with (
+        chromium(arguments=arguments) as owner,
+        chromium(arguments=arguments) as watcher,
+        chromium(arguments=arguments) as helper,
+    ):
+        links = {
+            "owner": (owner, connection["launch_url"]),
+            "viewer": (watcher, viewer["link"]),
+            "collaborator": (helper, collaborator["link"]),
+        }
+        for driver, link in links.values():
+            await asyncio.to_thread(driver.get, routed(link))
+        for name, (driver, _link) in links.items():
+
+            async def decoding(driver: Any = driver) -> int | None:
+                count = await asyncio.to_thread(browser_viewer.frames_decoded, driver)
+                return count if count > 30 else None
+
+            pages[name] = {"frames_decoded": await wait_for(f"{name} decoding", decoding, 90)}
+
+        async def all_watching() -> list[dict[str, Any]] | None:
+            viewers = (await plane.session(session_id))["viewers"] or []
+            return viewers if len(viewers) == 3 else None
+
+        watching = await wait_for("three viewers reported", all_watching, 30)
+        report["viewers"] = sorted(
+            (v["role"], v["share"] is not None, v.get("address") is not None) for v in watching
+        )
+        marker = uuid.uuid4().hex[:8]
+        await asyncio.to_thread(click, owner, *IN_THE_TERMINAL)  # the terminal has the focus
+        await asyncio.to_thread(click, watcher, *IN_THE_TERMINAL)
+        await asyncio.to_thread(type_keys, watcher, f"echo viewer {marker} > viewer.txt\n")
+        viewer_file = pod.home / "viewer.txt"
+        report["viewer_typed"] = await asyncio.to_thread(
+            arrives, lambda: viewer_file.exists(), True, QUIET_S
+        )
+        await asyncio.to_thread(click, helper, *IN_THE_TERMINAL)
+        await asyncio.to_thread(type_keys, helper, f"echo collab {marker} > collab.txt\n")
+        collab_file = pod.home / "collab.txt"
+        report["collaborator_typed"] = await asyncio.to_thread(
+            arrives,
+            lambda: collab_file.read_text() if collab_file.exists() else "",
+            f"collab {marker}\n",
+            15,
+        )
+        asked = time.monotonic()
+        await plane.request("DELETE", f"{shares}/{viewer['id']}")
+        alerts: list[str] = []
+        stopped = await asyncio.to_thread(browser_viewer.video_stopped_after, watcher, 10, alerts)
+        report["revoked_video_stopped_s"] = None if stopped is None else round(stopped, 2)
+
+        async def two_left() -> bool | None:
+            viewers = (await plane.session(session_id))["viewers"] or []
+            return True if len(viewers) == 2 else None
+
+        await wait_for("the revoked viewer gone", two_left, 15)
+        report["revoked_gone_from_viewers_s"] = round(time.monotonic() - asked, 2)
+        before = await asyncio.to_thread(browser_viewer.frames_decoded, owner)
+        await asyncio.sleep(2)
+        report["owner_still_decoding"] = (
+            await asyncio.to_thread(browser_viewer.frames_decoded, owner) > before
+        )
+        await asyncio.to_thread(watcher.get, "about:blank")
+        await asyncio.to_thread(watcher.get, routed(viewer["link"]))
+        await asyncio.sleep(QUIET_S)
+        report["revoked_link_frames"] = await asyncio.to_thread(
+            browser_viewer.frames_decoded, watcher, alerts
+        )
+        report["revoked_link_alerts"] = alerts
+    report["pages"] = pages
+
+
 # -- glass to glass through Selkies' own page -----------------------------------------------
 
 
@@ -712,6 +843,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="measure glass to glass through Selkies' own page instead of the session checks",
     )
+    parser.add_argument(
+        "--sharing",
+        action="store_true",
+        help="the user, a viewer and a collaborator in three browsers instead of the checks",
+    )
     parser.add_argument("--resolutions", nargs="+", default=["1280x720", "1920x1080"])
     parser.add_argument("--framerate", type=int, default=60)
     parser.add_argument(
@@ -726,8 +862,9 @@ def main(argv: list[str] | None = None) -> int:
         reexec_in_private_network(argv, module="bench.selkies_session")
     set_up_network()
     set_up_pod_network()
-    report = asyncio.run(latency(args) if args.latency else run(args))
-    if args.json:
+    mode = latency if args.latency else sharing if args.sharing else run
+    report = asyncio.run(mode(args))
+    if args.json or args.sharing:
         print(json.dumps(report))
     elif args.latency:
         print_latency_table(report)

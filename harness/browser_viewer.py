@@ -382,6 +382,40 @@ def chromium(
         driver.quit()
 
 
+def frames_decoded(driver: Any, alerts: list[str] | None = None) -> int:
+    """The frames the page has decoded (0 once its peer connection is gone). An alert the page
+    raised (Selkies' page says a refusal in one, which blocks the driver) is taken down and
+    its text added to `alerts`."""
+    from selenium.common.exceptions import UnexpectedAlertPresentException
+
+    try:
+        stats = driver.execute_async_script(READ_STATS) or {}
+    except UnexpectedAlertPresentException as alert:
+        if alerts is not None:
+            alerts.append(str(alert.alert_text))
+        with contextlib.suppress(Exception):
+            driver.switch_to.alert.accept()
+        return 0
+    return int(stats.get("frames_decoded") or 0)
+
+
+def video_stopped_after(
+    driver: Any, within_s: float, alerts: list[str] | None = None
+) -> float | None:
+    """Seconds from now until the page's video stopped (no frame decoded for a second after
+    it); None if it kept playing for `within_s`."""
+    started = time.monotonic()
+    last, last_change = frames_decoded(driver, alerts), time.monotonic()
+    while time.monotonic() - started < within_s:
+        time.sleep(0.2)
+        now = frames_decoded(driver, alerts)
+        if now != last:
+            last, last_change = now, time.monotonic()
+        elif time.monotonic() - last_change >= 1.0:
+            return last_change - started
+    return None
+
+
 def chromium_processes(driver: Any) -> list[psutil.Process]:
     service = psutil.Process(driver.service.process.pid)
     return [service, *service.children(recursive=True)]

@@ -34,13 +34,6 @@ IDLE_S = 1.0  # with nothing to deliver (or another replica delivering), look ag
 BACKOFF_S = (0.5, 60.0)
 ID_HEADER = "VDI-Audit-Id"
 
-DELIVERIES = Counter(
-    "vdi_audit_deliveries",
-    "Audit webhook deliveries by this replica, by outcome (delivered, failed: retried)",
-    ["outcome"],
-)
-for _outcome in ("delivered", "failed"):
-    DELIVERIES.labels(_outcome)
 
 _SELECT = (
     'SELECT id, at, type, actor, "user", session_id, data FROM audit_records '
@@ -62,7 +55,7 @@ def document(row: asyncpg.Record) -> dict[str, Any]:
 
 
 class AuditDeliverer:
-    def __init__(self, settings: Settings, database_url: str) -> None:
+    def __init__(self, settings: Settings, database_url: str, deliveries: Counter) -> None:
         assert settings.audit_webhook_url
         assert settings.audit_webhook_secret
         self.url = settings.audit_webhook_url
@@ -71,6 +64,7 @@ class AuditDeliverer:
         self._dsn = asyncpg_dsn(database_url)
         self._task: asyncio.Task[None] | None = None
         self.delivered = 0
+        self.deliveries = deliveries  # vdi_audit_deliveries_total, by outcome
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="vdi-audit-delivery")
@@ -131,10 +125,10 @@ class AuditDeliverer:
                     "WHERE id = $1",
                     row["id"],
                 )
-                DELIVERIES.labels("delivered").inc()
+                self.deliveries.labels("delivered").inc()
                 self.delivered += 1
                 return
-            DELIVERIES.labels("failed").inc()
+            self.deliveries.labels("failed").inc()
             await connection.execute(
                 "UPDATE audit_records SET attempts = attempts + 1 WHERE id = $1", row["id"]
             )

@@ -11,7 +11,6 @@ The figures of revocation, expiry and disconnection are printed (`-s` shows them
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import re
 import subprocess
@@ -27,7 +26,7 @@ import httpx
 import pytest
 
 from app.db import asyncpg_dsn
-from harness.browser_viewer import READ_STATS, chromium
+from harness.browser_viewer import chromium, frames_decoded, video_stopped_after
 from harness.desktop_use import arrives, click, type_keys
 from tests.e2e.test_local_desktops import HEADERS, Server, _server
 from tests.tools import tool
@@ -93,18 +92,7 @@ ALERTS: dict[int, list[str]] = {}  # what each page said in an alert (Selkies' p
 
 
 def frames(driver: Any) -> int:
-    """The frames the page has decoded (0 once its peer connection is gone); an alert the page
-    raised is taken down and kept in ALERTS."""
-    from selenium.common.exceptions import UnexpectedAlertPresentException
-
-    try:
-        stats = driver.execute_async_script(READ_STATS) or {}
-    except UnexpectedAlertPresentException as alert:
-        ALERTS.setdefault(id(driver), []).append(str(alert.alert_text))
-        with contextlib.suppress(Exception):
-            driver.switch_to.alert.accept()
-        return 0
-    return int(stats.get("frames_decoded") or 0)
+    return frames_decoded(driver, ALERTS.setdefault(id(driver), []))
 
 
 def alerts(driver: Any) -> list[str]:
@@ -121,17 +109,7 @@ def decodes(driver: Any, at_least: int = 30, within_s: float = 60) -> int:
 
 
 def stopped_after(driver: Any, within_s: float) -> float | None:
-    """Seconds until the page's video stops (no frame decoded for a second); None if not."""
-    started = time.monotonic()
-    last, last_change = frames(driver), time.monotonic()
-    while time.monotonic() - started < within_s:
-        time.sleep(0.2)
-        now = frames(driver)
-        if now != last:
-            last, last_change = now, time.monotonic()
-        elif time.monotonic() - last_change >= 1.0:
-            return last_change - started
-    return None
+    return video_stopped_after(driver, within_s, ALERTS.setdefault(id(driver), []))
 
 
 def opened(driver: Any, url: str) -> Any:
