@@ -288,8 +288,9 @@ class Settings(BaseSettings):
         default=0,
         ge=0,
         le=65535,
-        description="A second listener, for the agents' callbacks only (their health reports "
-        "and TURN renewals; every other path is 404 there), so session pods can be allowed to "
+        description="A second listener, for the agents' callbacks only (their health reports, "
+        "TURN renewals, access documents and desktop audit events; every other path is 404 "
+        "there), so session pods can be allowed to "
         "reach it and nothing else of the API. 0: none (the chart sets 8081).",
     )
 

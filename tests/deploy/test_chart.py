@@ -257,6 +257,28 @@ def test_bad_values_are_rejected_by_the_schema(values: dict[str, Any]) -> None:
         render(values)
 
 
+def test_the_audit_webhook_is_configured_with_its_signing_key_from_the_secret() -> None:
+    objects = render(
+        {
+            "audit": {"webhookUrl": "https://siem.example.com/vdi"},
+            "secrets": {"auditWebhookSecret": "s" * 40},
+        }
+    )
+    [deployment] = by_kind(objects, "Deployment")
+    env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["VDI_AUDIT_WEBHOOK_URL"]["value"] == "https://siem.example.com/vdi"
+    assert env["VDI_AUDIT_WEBHOOK_SECRET"]["valueFrom"]["secretKeyRef"]["key"] == (
+        "VDI_AUDIT_WEBHOOK_SECRET"
+    )
+    [secret] = by_kind(objects, "Secret")
+    assert secret["stringData"]["VDI_AUDIT_WEBHOOK_SECRET"] == "s" * 40
+    assert "s" * 40 not in str(deployment)  # the key only in the Secret
+    plain = by_kind(render({}), "Deployment")[0]
+    assert "VDI_AUDIT_WEBHOOK_URL" not in str(plain)
+    with pytest.raises(helm_python.HelmError, match="auditWebhookSecret"):
+        render({"audit": {"webhookUrl": "https://siem.example.com/vdi"}})
+
+
 @pytest.mark.parametrize(
     "dockerfile",
     [

@@ -74,6 +74,15 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
       name: {{ include "vdi.secretName" . }}
       key: VDI_BOOTSTRAP_TOKEN
       optional: true
+{{- if .Values.audit.webhookUrl }}
+- name: VDI_AUDIT_WEBHOOK_URL
+  value: {{ .Values.audit.webhookUrl | quote }}
+- name: VDI_AUDIT_WEBHOOK_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "vdi.secretName" . }}
+      key: VDI_AUDIT_WEBHOOK_SECRET
+{{- end }}
 {{- end -}}
 
 {{- define "vdi.containerSecurity" -}}
