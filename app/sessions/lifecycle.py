@@ -445,25 +445,23 @@ def apply_viewers(
     now_viewers = [viewer.model_dump(mode="json") for viewer in reported]
     before = {viewer["id"]: viewer for viewer in session.viewers or []}
     after = {viewer["id"]: viewer for viewer in now_viewers}
-    events = [
-        EventDraft(
-            type=EventType.viewer_disconnected.value,
+
+    def came_or_went(kind: EventType, viewer: dict[str, Any], what: str) -> EventDraft:
+        return EventDraft(
+            type=kind.value,
             phase=session.phase,
             reason=viewer["role"],
-            message=f"{_viewer_words(viewer)} left the desktop",
+            message=f"{_viewer_words(viewer)} {what}",
             data=_viewer_change(viewer),
         )
+
+    events = [
+        came_or_went(EventType.viewer_disconnected, viewer, "left the desktop")
         for viewer_id, viewer in before.items()
         if viewer_id not in after
     ]
     events += [
-        EventDraft(
-            type=EventType.viewer_connected.value,
-            phase=session.phase,
-            reason=viewer["role"],
-            message=f"{_viewer_words(viewer)} connected",
-            data=_viewer_change(viewer),
-        )
+        came_or_went(EventType.viewer_connected, viewer, "connected")
         for viewer_id, viewer in after.items()
         if viewer_id not in before
     ]

@@ -305,19 +305,7 @@ async def start_recording(
         "duration_s": None,
         "error": None,
     }
-    session.recording = asked
-    session.updated_at = now
-    await db.flush()
-    await eventlog.add_events(db, session, [_recording_event(session, asked, by)], now)
-    audit.record(
-        db,
-        "recording.start",
-        actor=by,
-        user=session.user,
-        session_id=session.id,
-        data={"request": asked["request"], "name": name},
-        at=now,
-    )
+    await _ask_recording(db, session, asked, by, now)
     return asked
 
 
@@ -331,20 +319,27 @@ async def stop_recording(db: AsyncSession, session_id: uuid.UUID, by: str) -> di
         return asked
     now = utcnow()
     asked = {**asked, "wanted": False, "requested_by": by, "requested_at": now.isoformat()}
+    await _ask_recording(db, session, asked, by, now)
+    return asked
+
+
+async def _ask_recording(
+    db: AsyncSession, session: VDISession, asked: dict[str, Any], by: str, now: datetime
+) -> None:
+    """Store the ask (the agent's access document carries it), its event and its record."""
     session.recording = asked
     session.updated_at = now
     await db.flush()
     await eventlog.add_events(db, session, [_recording_event(session, asked, by)], now)
     audit.record(
         db,
-        "recording.stop",
+        "recording.start" if asked["wanted"] else "recording.stop",
         actor=by,
         user=session.user,
         session_id=session.id,
-        data={"request": asked["request"]},
+        data={"request": asked["request"], "name": asked.get("name")},
         at=now,
     )
-    return asked
 
 
 class RecordingNotFound(NotFound):
