@@ -40,10 +40,22 @@ function advice(type: ProblemType): string {
     case "urn:vdi-control:problem:session-ended":
     case "urn:vdi-control:problem:template-not-found":
     case "urn:vdi-control:problem:token-not-found":
+    case "urn:vdi-control:problem:share-not-found":
+    case "urn:vdi-control:problem:viewer-not-found":
+    case "urn:vdi-control:problem:recording-not-found":
+    case "urn:vdi-control:problem:audit-session-not-found":
       return "it is gone";
+    case "urn:vdi-control:problem:sharing-not-allowed":
+    case "urn:vdi-control:problem:recording-not-allowed":
+      return "this desktop's template does not allow it";
+    case "urn:vdi-control:problem:too-many-shares":
+      return "revoke a share first";
+    case "urn:vdi-control:problem:recording-in-progress":
+      return "stop the recording first";
     case "urn:vdi-control:problem:template-in-use":
     case "urn:vdi-control:problem:invalid-transition":
     case "urn:vdi-control:problem:session-not-started":
+    case "urn:vdi-control:problem:session-not-ready":
       return "try again";
     case "urn:vdi-control:problem:too-many-requests":
     case "urn:vdi-control:problem:service-unavailable":

@@ -168,7 +168,22 @@ def test_the_user_and_a_viewer_both_decode_and_only_the_users_typing_lands(
 
 def test_a_collaborators_typing_reaches_the_desktop(server: Server) -> None:
     with shared_desktop(server, "bea") as session:
-        link = make_share(server, session["id"], "collaborator")["link"]
+        made = make_share(server, session["id"], "collaborator")
+        link = made["link"]
+        # files: Selkies refuses a viewer's token the upload it takes from a collaborator's
+        viewer_token = make_share(server, session["id"], "viewer")["token"]
+        selkies = session["connection"]["url"].rstrip("/")
+        for token, status, name in ((viewer_token, 403, "v.txt"), (made["token"], 200, "c.txt")):
+            upload = httpx.post(
+                f"{selkies}/api/upload",
+                params={"token": token},
+                headers={"X-Upload-Path": name},
+                content=b"from a share",
+                timeout=10,
+            )
+            assert upload.status_code == status, (name, upload.status_code, upload.text)
+        assert (home(server, "bea") / "Desktop" / "c.txt").read_text() == "from a share"
+        assert not (home(server, "bea") / "Desktop" / "v.txt").exists()
         with chromium(relay_only=False) as collaborator:
             decodes(opened(collaborator, link))
             assert watched_by(server, session["id"], ["collaborator"])
