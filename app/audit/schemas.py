@@ -23,7 +23,8 @@ class AuditRecordOut(BaseModel):
     type: str = Field(
         examples=["session.create", "share.create", "desktop.clipboard.receive"],
         description="`session.create`, `session.delete`, `share.create`, `share.revoke`, "
-        "`viewer.disconnect`, `template.put`, `template.delete`, and the desktop's own as "
+        "`viewer.disconnect`, `recording.start`, `recording.stop`, `template.put`, "
+        "`template.delete`, `token.create`, `token.revoke`, and the desktop's own as "
         "`desktop.<Selkies event>` (`desktop.session.connect`, `desktop.clipboard.send`, "
         "`desktop.file.upload.end`, `desktop.file.download`, `desktop.recording.start`, ...)",
     )

@@ -6,6 +6,7 @@ import uuid
 
 from fastapi import APIRouter, Response, status
 
+from app.audit import service as audit
 from app.auth import service
 from app.auth.deps import AUTH_ERRORS, Admin
 from app.auth.schemas import TokenCreate, TokenCreated, TokenInfo, TokenList
@@ -22,8 +23,14 @@ router = APIRouter(prefix="/v1/tokens", tags=["tokens"])
     responses=problem_responses(*AUTH_ERRORS),
     summary="Create an API token (the token is shown only in this response)",
 )
-async def create_token(body: TokenCreate, db: DbSession, _: Admin) -> TokenCreated:
+async def create_token(body: TokenCreate, db: DbSession, principal: Admin) -> TokenCreated:
     token, plaintext = await service.create_token(db, body.name, body.scopes)
+    audit.record(
+        db,
+        "token.create",
+        actor=principal.name,
+        data={"token_id": str(token.id), "name": token.name, "scopes": sorted(token.scopes)},
+    )
     return TokenCreated(
         id=token.id,
         name=token.name,
@@ -47,6 +54,7 @@ async def list_tokens(db: DbSession, _: Admin) -> TokenList:
     responses=problem_responses(*AUTH_ERRORS, service.TokenNotFound),
     summary="Revoke a token (revoking twice is not an error)",
 )
-async def revoke_token(token_id: uuid.UUID, db: DbSession, _: Admin) -> Response:
+async def revoke_token(token_id: uuid.UUID, db: DbSession, principal: Admin) -> Response:
     await service.revoke_token(db, token_id)
+    audit.record(db, "token.revoke", actor=principal.name, data={"token_id": str(token_id)})
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -52,6 +52,8 @@ async def test_the_control_planes_actions_are_recorded_with_the_tokens_name(
 
     records = await audit(client)
     assert [(r["type"], r["actor"]) for r in records] == [
+        ("token.create", "bootstrap"),
+        ("token.create", "bootstrap"),
         ("template.put", "ops-team"),
         ("session.create", "portal"),
         ("share.create", "portal"),
@@ -65,6 +67,15 @@ async def test_the_control_planes_actions_are_recorded_with_the_tokens_name(
     assert by_type["share.create"]["data"]["share"] == share["id"]
     assert share["token"] not in str(records)
     assert [r["id"] for r in records] == sorted(r["id"] for r in records)
+    made = records[1]["data"]
+    assert made["name"] == "portal"
+    assert made["scopes"] == ["sessions:connect", "sessions:write"]
+    assert portal["Authorization"].split()[1] not in str(records)  # never the token itself
+    revoked = await client.delete(f"/v1/tokens/{made['token_id']}", headers=admin)
+    assert revoked.status_code == 204
+    [revocation] = await audit(client, type="token.revoke")
+    assert revocation["actor"] == "ops-team"
+    assert revocation["data"] == {"token_id": made["token_id"]}
 
 
 async def test_the_desktops_events_come_with_its_own_token_and_keep_only_metadata(
